@@ -1,0 +1,273 @@
+//! The agent: attach, resolve, apply, keep current, serve metrics.
+//!
+//! Start-up order matters for safety: the programs go in first in audit
+//! mode (or keep running as a previous agent left them), the policy is
+//! applied, and only then is the configured mode written. A fresh host is
+//! never in enforce mode with an empty allowlist.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context as _, Result};
+use sdm_common::{LOOPBACK_ENFORCE, LOOPBACK_PASS, MODE_AUDIT, MODE_ENFORCE};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    cgroup, compile,
+    config::{Config, LoopbackMode, Mode},
+    dataplane::{self, AttachOutcome, Layout, Maps},
+    entries,
+    metrics,
+    policy::{Policy, Target},
+    resolver::{DnsTiming, HostState, Resolver},
+    status::StateFile,
+};
+
+/// The resolvers the policy allows and the agent asks: `[dns] servers`, or
+/// the nameservers of /etc/resolv.conf.
+pub fn resolvers(config: &Config) -> Result<Vec<IpAddr>> {
+    if !config.dns.servers.is_empty() {
+        return Ok(config.dns.servers.clone());
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf").context("read /etc/resolv.conf (or set [dns] servers)")?;
+    let servers = compile::parse_resolv_conf(&text);
+    if servers.is_empty() {
+        bail!("/etc/resolv.conf names no nameserver; set [dns] servers in the config");
+    }
+    Ok(servers)
+}
+
+/// Where the config came from, for messages.
+pub fn config_label(path: Option<&Path>) -> String {
+    path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default config".into())
+}
+
+/// The cgroup to attach to, checked; a bad path names the config's file,
+/// line and key.
+pub fn target_cgroup(config: &Config, path: Option<&Path>) -> Result<PathBuf> {
+    cgroup::resolve(config.cgroup.as_deref()).map_err(|e| {
+        let line = path
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| {
+                t.lines()
+                    .position(|l| l.trim_start().starts_with("cgroup") && l.contains('='))
+                    .map(|i| format!("line {}: ", i + 1))
+            })
+            .unwrap_or_default();
+        anyhow::anyhow!("config {}: {line}key `cgroup`: {e}", config_label(path))
+    })
+}
+
+/// Loads and compiles a config: everything `check` and `run` verify before
+/// touching the kernel.
+pub fn prepare(path: Option<&Path>) -> Result<(Config, Policy, Vec<IpAddr>)> {
+    let config = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let resolvers = resolvers(&config)?;
+    let policy = compile::compile(&config, &resolvers).with_context(|| format!("config {}", config_label(path)))?;
+    Ok((config, policy, resolvers))
+}
+
+fn hostnames(policy: &Policy) -> Vec<String> {
+    let mut names: Vec<String> = policy
+        .rules
+        .iter()
+        .flat_map(|r| r.targets.iter())
+        .filter_map(|t| match t {
+            // Wildcards are learned from DNS answers in the kernel, not resolved here.
+            Target::Host(h) if !h.starts_with("*.") => Some(h.clone()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Drains aya-log records from the kernel programs into tracing.
+fn spawn_ebpf_logger(ebpf: &mut aya::Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            tokio::spawn(async move {
+                // SAFETY: the logger owns the ring buffer's fd and moves into
+                // the AsyncFd, which owns it for as long as it is registered.
+                let registered = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+                let Ok(mut fd) = registered else {
+                    tracing::warn!("cannot poll the eBPF log ring buffer");
+                    return;
+                };
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else { return };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "eBPF logging unavailable"),
+    }
+}
+
+struct Agent {
+    layout: Layout,
+    config_path: Option<PathBuf>,
+    policy: Policy,
+    maps: Arc<Mutex<Maps>>,
+    resolver: Resolver,
+    ids: std::collections::BTreeMap<String, u32>,
+}
+
+impl Agent {
+    /// Builds the wanted map contents from the policy and the current
+    /// answers and applies them (only the difference; atomic flip).
+    fn sync(&mut self) -> Result<usize> {
+        let resolver = &self.resolver;
+        let want = entries::build(&self.policy, &self.ids, |h| resolver.addresses(h));
+        let mut maps = self.maps.lock().map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
+        let writes = maps.apply(&want).context("apply the policy to the maps")?;
+        drop(maps);
+        self.write_state()?;
+        Ok(writes)
+    }
+
+    fn write_state(&self) -> Result<()> {
+        StateFile {
+            pid: std::process::id(),
+            config: self.config_path.clone(),
+            rules: self.policy.rules.clone(),
+            dns: self.resolver.report(),
+            updated: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        }
+        .write(&self.layout)
+        .with_context(|| format!("write {}", StateFile::path(&self.layout).display()))
+    }
+}
+
+/// Seeds the resolver with what the previous agent had resolved, so a
+/// restart with DNS down does not shrink the allowlist.
+fn seed_from_previous(resolver: &mut Resolver, layout: &Layout, names: &[String]) {
+    let Some(prev) = StateFile::read(layout) else { return };
+    let now = Instant::now();
+    let timing = resolver.timing().clone();
+    for h in prev.dns {
+        if !names.contains(&h.hostname) || h.addresses.is_empty() {
+            continue;
+        }
+        let mut st = HostState::new(now);
+        st.on_answer(now, &h.addresses, Duration::ZERO, &timing);
+        // Due at once: the seed only bridges until the first fresh answer.
+        st.next_refresh = now;
+        resolver.seed(&h.hostname, st);
+    }
+}
+
+pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
+    let (config, policy, resolvers) = prepare(config_path.as_deref())?;
+    let cgroup = target_cgroup(&config, config_path.as_deref())?;
+    for w in compile::lockout_warnings(&config, &policy) {
+        tracing::warn!("{w}");
+    }
+    if cgroup == cgroup::cgroup2_mount()? && config.mode == Mode::Enforce {
+        tracing::warn!(cgroup = %cgroup.display(), "enforcing on the root cgroup: every process of this host is filtered");
+    }
+    // Bind before touching the kernel: a busy port is an error that should
+    // change nothing.
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("listen on {} ([http] listen)", config.http.listen))?;
+
+    dataplane::ensure_bpffs().context("mount bpffs")?;
+    let object = dataplane::EBPF_OBJECT;
+    // With pinned links in place attach() adopts or replaces them, loading
+    // the object only when it must.
+    let (outcome, mut ebpf) = dataplane::attach(&layout, &cgroup, object, None).context("attach the programs")?;
+    match outcome {
+        AttachOutcome::Adopted => tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), "adopted the pinned programs and maps of a previous agent: no gap"),
+        AttachOutcome::Attached { replaced } => tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), replaced, "attached the egress and ingress programs"),
+    }
+    if let Some(e) = ebpf.as_mut() {
+        spawn_ebpf_logger(e);
+    }
+
+    let maps = Maps::open(&layout).context("open the pinned maps")?;
+    let maps = Arc::new(Mutex::new(maps));
+    let names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
+    let ids = maps
+        .lock()
+        .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?
+        .assign_rule_ids(&names)
+        .context("assign rule ids")?;
+    let timing = DnsTiming {
+        ttl_min: config.dns.ttl_min,
+        ttl_max: config.dns.ttl_max,
+        grace: config.dns.grace,
+    };
+    let mut resolver = Resolver::new(&resolvers, timing)?;
+    let hosts = hostnames(&policy);
+    resolver.set_names(hosts.iter().map(String::as_str), Instant::now());
+    seed_from_previous(&mut resolver, &layout, &hosts);
+    let mut agent = Agent {
+        layout: layout.clone(),
+        config_path: config_path.clone(),
+        policy,
+        maps: maps.clone(),
+        resolver,
+        ids,
+    };
+
+    tracing::info!(hostnames = hosts.len(), resolvers = ?resolvers, "resolving");
+    agent.resolver.refresh_due().await;
+    let writes = agent.sync()?;
+    {
+        let mut m = maps.lock().map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
+        m.set_loopback(match config.loopback {
+            LoopbackMode::Enforce => LOOPBACK_ENFORCE,
+            LoopbackMode::Pass => LOOPBACK_PASS,
+        })?;
+        m.set_mode(match config.mode {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Audit => MODE_AUDIT,
+        })?;
+    }
+    tracing::info!(
+        rules = agent.policy.rules.len(),
+        writes,
+        mode = ?config.mode,
+        metrics = %config.http.listen,
+        "policy applied; enforcement is live"
+    );
+
+    let registry = Arc::new(metrics::registry(metrics::Source { layout: layout.clone(), maps: maps.clone() }));
+    let mut server = tokio::spawn(metrics::serve(listener, registry));
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let wake = agent
+            .resolver
+            .next_due()
+            .map(|t| t.max(Instant::now() + Duration::from_millis(200)))
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if agent.resolver.refresh_due().await {
+                    let writes = agent.sync()?;
+                    tracing::info!(writes, "allowlist updated");
+                } else {
+                    agent.write_state()?;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            r = &mut server => {
+                bail!("the metrics server stopped: {r:?}");
+            }
+        }
+    }
+    tracing::info!("stopping; the programs stay attached and keep enforcing from the pinned maps (`sdm-agent detach` removes them)");
+    Ok(())
+}

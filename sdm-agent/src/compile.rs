@@ -1,0 +1,1167 @@
+//! Config + catalogue -> [`Policy`].
+//!
+//! Rules come out in a deterministic order: the guide's rows for each role
+//! in the order of `role` in the config (each role's rows in the guide's
+//! order), then `dns/egress/resolvers`, then the `[[allow]]` entries in file
+//! order.
+//!
+//! Rule names:
+//!
+//! | rule | name |
+//! | --- | --- |
+//! | a guide row | `{role}/{direction}/{key}`, e.g. `gateway/egress/app`, `client/ingress/cli-status` |
+//! | a gateway this host dials | `{role}/egress/gateway/{host}` |
+//! | a `[[resource]]` | `{role}/egress/resource/{name}` |
+//! | a `[[secret_store]]` | `{role}/egress/secret-store/{name}` |
+//! | the resolvers | `dns/egress/resolvers` |
+//! | an `[[allow]]` | `allow/{name}` |
+//!
+//! When several roles produce the same rule (same name after the role, and
+//! same direction, protocols, ports and targets), e.g. relay and gateway
+//! both need `app.strongdm.com:443`, it is emitted once, named by the first
+//! of those roles in config order, with `roles` listing them all.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::catalogue::{self, guide_section, CatalogueRow, RowPort, RowTarget};
+use crate::config::{Config, LoopbackMode, Mode, Role};
+use crate::policy::{Direction, Policy, PortRange, Proto, Rule, Target};
+
+/// Most (protocol, port) pairs one rule may expand to, per target address.
+pub const MAX_RULE_PORTS: u64 = 65536;
+
+/// Name of the rule that allows the resolvers.
+pub const RESOLVERS_RULE: &str = "dns/egress/resolvers";
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("the policy has {count} rules, more than the {max} the dataplane holds")]
+    TooManyRules { count: usize, max: usize },
+    #[error("rule {rule} expands to {count} (protocol, port) pairs, more than {max}")]
+    TooManyPorts { rule: String, count: u64, max: u64 },
+    #[error("two rules are named {0}")]
+    DuplicateName(String),
+    #[error("catalogue row {role}/{key}: its target and port do not go together")]
+    UnsupportedRow { role: Role, key: &'static str },
+}
+
+fn loopback_sources() -> Vec<Target> {
+    vec![
+        Target::Cidr(IpNet::V4(ipnet::Ipv4Net::new_assert(
+            std::net::Ipv4Addr::new(127, 0, 0, 0),
+            8,
+        ))),
+        Target::Cidr(IpNet::V6(ipnet::Ipv6Net::new_assert(
+            std::net::Ipv6Addr::LOCALHOST,
+            128,
+        ))),
+    ]
+}
+
+fn host_net(ip: IpAddr) -> Target {
+    Target::Cidr(IpNet::from(ip))
+}
+
+/// A rule produced by a guide row for one role, before merging roles.
+struct Candidate {
+    /// The name without the leading `{role}/`.
+    suffix: String,
+    rule: Rule,
+}
+
+fn guide_origin(row: &CatalogueRow) -> String {
+    format!(
+        "Ports Guide, {}: {} {} {} ({}): {}",
+        guide_section(row.role),
+        row.guide_target,
+        row.guide_port,
+        match row.direction {
+            Direction::Egress => "Egress",
+            Direction::Ingress => "Ingress",
+        },
+        if row.required { "Required" } else { "Optional" },
+        row.description
+    )
+}
+
+/// The rules one guide row asks for, given the config.
+fn expand_row(config: &Config, row: &CatalogueRow) -> Result<Vec<Candidate>, CompileError> {
+    let base = format!("{}/{}", row.direction, row.key);
+    let origin = guide_origin(row);
+    let one = |suffix: String, protos: Vec<Proto>, ports: Vec<PortRange>, targets: Vec<Target>| {
+        Candidate {
+            rule: Rule {
+                name: format!("{}/{suffix}", row.role),
+                direction: row.direction,
+                protos,
+                ports,
+                targets,
+                required: row.required,
+                roles: vec![row.role.as_str().to_string()],
+                origin: origin.clone(),
+            },
+            suffix,
+        }
+    };
+    let unsupported = CompileError::UnsupportedRow {
+        role: row.role,
+        key: row.key,
+    };
+    let out = match (row.target, row.port) {
+        (RowTarget::ControlPlane(which), RowPort::Fixed(proto, port)) => vec![one(
+            base,
+            vec![proto],
+            vec![PortRange::single(port)],
+            vec![Target::Host(config.hosts.get(which).to_string())],
+        )],
+        (RowTarget::DnsFallback, RowPort::Fixed(proto, port)) => match config.dns.fallback {
+            Some(ip) => vec![one(
+                base,
+                vec![proto],
+                vec![PortRange::single(port)],
+                vec![host_net(ip)],
+            )],
+            None => Vec::new(),
+        },
+        (RowTarget::Loopback, RowPort::Fixed(proto, port)) => vec![one(
+            base,
+            vec![proto],
+            vec![PortRange::single(port)],
+            loopback_sources(),
+        )],
+        (RowTarget::Loopback, RowPort::Custom) => {
+            if config.client.loopback_ports.is_empty() {
+                Vec::new()
+            } else {
+                vec![one(
+                    base,
+                    vec![Proto::Tcp],
+                    config.client.loopback_ports.clone(),
+                    loopback_sources(),
+                )]
+            }
+        }
+        (RowTarget::AnySource, RowPort::Custom) => {
+            if config.gateway.sources.is_empty() {
+                Vec::new()
+            } else {
+                vec![one(
+                    base,
+                    vec![Proto::Tcp],
+                    vec![PortRange::single(config.gateway.advertised_port)],
+                    config
+                        .gateway
+                        .sources
+                        .iter()
+                        .copied()
+                        .map(Target::Cidr)
+                        .collect(),
+                )]
+            }
+        }
+        (RowTarget::Gateways, RowPort::Custom) => {
+            // One rule per gateway host; a host listed with several ports
+            // gets one rule with all of them, so names stay unique.
+            let mut hosts: Vec<(&str, Target, Vec<PortRange>)> = Vec::new();
+            for gw in &config.gateways {
+                match hosts.iter_mut().find(|(h, _, _)| *h == gw.host) {
+                    Some((_, _, ports)) => ports.push(PortRange::single(gw.port)),
+                    None => hosts.push((&gw.host, gw.target(), vec![PortRange::single(gw.port)])),
+                }
+            }
+            hosts
+                .into_iter()
+                .map(|(host, target, ports)| {
+                    one(
+                        format!("{base}/{host}"),
+                        vec![Proto::Tcp],
+                        crate::config::normalize_ports(ports),
+                        vec![target],
+                    )
+                })
+                .collect()
+        }
+        (RowTarget::Resources, RowPort::Custom) | (RowTarget::SecretStores, RowPort::Custom) => {
+            let (list, kind) = if row.target == RowTarget::Resources {
+                (&config.resources, "[[resource]]")
+            } else {
+                (&config.secret_stores, "[[secret_store]]")
+            };
+            list.iter()
+                .map(|r| {
+                    let mut c = one(
+                        format!("{base}/{}", r.name),
+                        vec![r.proto],
+                        r.ports.clone(),
+                        vec![r.target.clone()],
+                    );
+                    c.rule.origin = format!("config {kind} {}; {origin}", r.name);
+                    c
+                })
+                .collect()
+        }
+        (RowTarget::ControlPlane(_), RowPort::Custom)
+        | (RowTarget::DnsFallback, RowPort::Custom)
+        | (RowTarget::AnySource, RowPort::Fixed(..))
+        | (RowTarget::Gateways, RowPort::Fixed(..))
+        | (RowTarget::Resources, RowPort::Fixed(..))
+        | (RowTarget::SecretStores, RowPort::Fixed(..)) => return Err(unsupported),
+    };
+    Ok(out)
+}
+
+/// Adds a guide rule, or merges it into the rule another role already
+/// produced with the same suffix and shape.
+fn push_merged(rules: &mut Vec<(String, Rule)>, c: Candidate) {
+    let same = rules.iter_mut().find(|(suffix, r)| {
+        *suffix == c.suffix
+            && r.direction == c.rule.direction
+            && r.protos == c.rule.protos
+            && r.ports == c.rule.ports
+            && r.targets == c.rule.targets
+    });
+    match same {
+        Some((_, r)) => {
+            for role in c.rule.roles {
+                if !r.roles.contains(&role) {
+                    r.roles.push(role);
+                }
+            }
+            r.required |= c.rule.required;
+        }
+        None => rules.push((c.suffix, c.rule)),
+    }
+}
+
+/// Compiles the config into the policy. `resolvers` are the DNS servers
+/// the agent uses (`[dns] servers`, or those of `/etc/resolv.conf` when
+/// that list is empty); they get the rule `dns/egress/resolvers`.
+pub fn compile(config: &Config, resolvers: &[IpAddr]) -> Result<Policy, CompileError> {
+    let mut guide: Vec<(String, Rule)> = Vec::new();
+    for &role in &config.roles {
+        for row in catalogue::rows_for(role) {
+            if !row.required && !config.optional {
+                continue;
+            }
+            for c in expand_row(config, row)? {
+                push_merged(&mut guide, c);
+            }
+        }
+    }
+    let mut rules: Vec<Rule> = guide.into_iter().map(|(_, r)| r).collect();
+
+    let mut targets: Vec<Target> = Vec::new();
+    for ip in resolvers {
+        let t = host_net(*ip);
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
+    if !targets.is_empty() {
+        rules.push(Rule {
+            name: RESOLVERS_RULE.to_string(),
+            direction: Direction::Egress,
+            protos: vec![Proto::Udp, Proto::Tcp],
+            ports: vec![PortRange::single(53)],
+            targets,
+            required: true,
+            roles: Vec::new(),
+            origin: if config.dns.servers.is_empty() {
+                "resolv.conf".to_string()
+            } else {
+                "[dns] servers".to_string()
+            },
+        });
+    }
+
+    for a in &config.allow {
+        rules.push(Rule {
+            name: format!("allow/{}", a.name),
+            direction: a.direction,
+            protos: vec![a.proto],
+            ports: a.ports.clone(),
+            targets: a.targets.clone(),
+            required: true,
+            roles: Vec::new(),
+            origin: format!("config [[allow]] {}", a.name),
+        });
+    }
+
+    let max = sdm_common::MAX_RULES as usize;
+    if rules.len() > max {
+        return Err(CompileError::TooManyRules {
+            count: rules.len(),
+            max,
+        });
+    }
+    let mut names = HashSet::new();
+    for r in &rules {
+        let ports: u64 = r.ports.iter().map(|p| u64::from(p.len())).sum();
+        let count = ports * r.protos.len() as u64;
+        if count > MAX_RULE_PORTS {
+            return Err(CompileError::TooManyPorts {
+                rule: r.name.clone(),
+                count,
+                max: MAX_RULE_PORTS,
+            });
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err(CompileError::DuplicateName(r.name.clone()));
+        }
+    }
+    Ok(Policy { rules })
+}
+
+/// The `nameserver` addresses of a resolv.conf, in order, duplicates
+/// removed. Comments (`#` or `;` to the end of the line) are ignored, a
+/// `%scope` suffix (`fe80::1%eth0`) is stripped, and lines that do not
+/// parse are skipped.
+pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split(['#', ';']).next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        let Some(addr) = words.next() else { continue };
+        let addr = addr.split('%').next().unwrap_or(addr);
+        if let Ok(ip) = addr.parse::<IpAddr>() {
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a target name (possibly a `*.` wildcard) covers `name`.
+fn host_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .strip_suffix(suffix)
+            .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+        None => pattern == name,
+    }
+}
+
+fn covers_everything(t: &Target) -> bool {
+    matches!(t, Target::Cidr(net) if net.prefix_len() == 0)
+}
+
+/// A target that names loopback sources specifically (inside 127.0.0.0/8
+/// or ::1), as opposed to a catch-all such as 0.0.0.0/0.
+fn is_loopback_target(t: &Target) -> bool {
+    match t {
+        Target::Cidr(IpNet::V4(net)) => net.prefix_len() >= 8 && net.network().is_loopback(),
+        Target::Cidr(IpNet::V6(net)) => net.prefix_len() == 128 && net.network().is_loopback(),
+        Target::Host(_) => false,
+    }
+}
+
+fn target_contains(t: &Target, ip: IpAddr) -> bool {
+    matches!(t, Target::Cidr(net) if net.contains(&ip))
+}
+
+/// Warnings for a config that would lock the operator (or the StrongDM
+/// components) out once enforced. All of them are about `mode = "enforce"`:
+/// in audit mode nothing is dropped, so the list is empty.
+///
+/// In enforce mode, a warning is given when:
+/// - no ingress rule allows tcp/22 (SSH to the host would be dropped);
+/// - no egress rule allows tcp/443 to the control plane's `app` host (e.g.
+///   `role = []`);
+/// - `loopback = "enforce"` without the client role and with no rule for
+///   loopback sources, so loopback traffic is dropped;
+/// - `loopback = "enforce"` and the agent's own `[http] listen` address is
+///   on loopback and no rule allows it;
+/// - the gateway role has an advertised port with no allowed `sources`;
+/// - the client or relay role has no `gateways` to dial;
+/// - no rule allows DNS (udp/53) at all, so no name can be resolved.
+pub fn lockout_warnings(config: &Config, policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    if config.mode != Mode::Enforce {
+        return out;
+    }
+    let rules = &policy.rules;
+
+    let ssh = rules.iter().any(|r| {
+        r.direction == Direction::Ingress && r.allows(Proto::Tcp, 22) && !r.targets.is_empty()
+    });
+    if !ssh {
+        out.push(
+            "enforce mode: no ingress rule allows tcp/22, so SSH to this host will be dropped; \
+             add e.g. [[allow]] name = \"ssh-in\", direction = \"ingress\", port = 22, from = \"<admin network>\""
+                .to_string(),
+        );
+    }
+
+    let app = &config.hosts.app;
+    let control_plane = rules.iter().any(|r| {
+        r.direction == Direction::Egress
+            && r.allows(Proto::Tcp, 443)
+            && r.targets.iter().any(|t| match t {
+                Target::Host(h) => host_matches(h, app),
+                Target::Cidr(_) => covers_everything(t),
+            })
+    });
+    if !control_plane {
+        let roles: Vec<&str> = config.roles.iter().map(|r| r.as_str()).collect();
+        out.push(format!(
+            "enforce mode: no rule allows tcp/443 to {app}, so nothing on this host can reach the \
+             StrongDM control plane (roles: [{}])",
+            roles.join(", ")
+        ));
+    }
+
+    if config.loopback == LoopbackMode::Enforce {
+        let loopback_rule = rules
+            .iter()
+            .any(|r| r.direction == Direction::Ingress && r.targets.iter().any(is_loopback_target));
+        let listen = config.http.listen;
+        if !config.roles.contains(&Role::Client) && !loopback_rule {
+            out.push(
+                "loopback = \"enforce\" without the client role and with no rule for loopback \
+                 sources: loopback traffic (local services, this agent's HTTP endpoint) will be dropped"
+                    .to_string(),
+            );
+        } else if listen.ip().is_loopback()
+            && !rules.iter().any(|r| {
+                r.direction == Direction::Ingress
+                    && r.allows(Proto::Tcp, listen.port())
+                    && r.targets.iter().any(|t| target_contains(t, listen.ip()))
+            })
+        {
+            out.push(format!(
+                "loopback = \"enforce\": no rule allows the agent's own HTTP endpoint {listen} \
+                 (tcp/{} from loopback)",
+                listen.port()
+            ));
+        }
+    }
+
+    if config.roles.contains(&Role::Gateway) && config.gateway.sources.is_empty() {
+        out.push(format!(
+            "gateway role with empty [gateway] sources: no client, relay or gateway can reach the advertised port {}",
+            config.gateway.advertised_port
+        ));
+    }
+
+    for role in [Role::Client, Role::Relay] {
+        if config.roles.contains(&role) && config.gateways.is_empty() {
+            out.push(format!(
+                "{role} role with no `gateways`: connections to StrongDM gateways will be dropped"
+            ));
+        }
+    }
+
+    let dns = rules
+        .iter()
+        .any(|r| r.direction == Direction::Egress && r.allows(Proto::Udp, 53));
+    if !dns {
+        out.push(
+            "enforce mode: no rule allows DNS (udp/53): no resolver is known ([dns] servers and \
+             /etc/resolv.conf are empty), so names cannot be resolved"
+                .to_string(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{AllowConfig, ResourceConfig};
+
+    fn cfg(text: &str) -> Config {
+        match Config::from_toml_str(text, Path::new("test.toml")) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> Target {
+        Target::Cidr(s.parse().unwrap())
+    }
+
+    fn host(s: &str) -> Target {
+        Target::Host(s.to_string())
+    }
+
+    fn names(p: &Policy) -> Vec<&str> {
+        p.rules.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    fn rule<'a>(p: &'a Policy, name: &str) -> &'a Rule {
+        p.rule(name)
+            .unwrap_or_else(|| panic!("no rule {name} in {:?}", names(p)))
+    }
+
+    fn compiled(text: &str) -> Policy {
+        compile(&cfg(text), &[ip("10.0.0.2")]).unwrap()
+    }
+
+    #[test]
+    fn default_config() {
+        let p = compile(&Config::default(), &[ip("192.0.2.53")]).unwrap();
+        assert_eq!(
+            names(&p),
+            [
+                "gateway/egress/app",
+                "gateway/egress/downloads",
+                "gateway/egress/checkip",
+                "gateway/egress/dns-fallback",
+                "gateway/ingress/advertised-port",
+                "dns/egress/resolvers",
+            ]
+        );
+        let app = rule(&p, "gateway/egress/app");
+        assert_eq!(app.direction, Direction::Egress);
+        assert_eq!(app.protos, [Proto::Tcp]);
+        assert_eq!(app.ports, [PortRange::single(443)]);
+        assert_eq!(app.targets, [host("app.strongdm.com")]);
+        assert!(app.required);
+        assert_eq!(app.roles, ["gateway"]);
+        assert!(
+            app.origin.contains("Gateways and Workers"),
+            "{}",
+            app.origin
+        );
+        assert!(app.origin.contains("routing information"), "{}", app.origin);
+        assert_eq!(
+            rule(&p, "gateway/egress/downloads").targets,
+            [host("downloads.strongdm.com")]
+        );
+        let checkip = rule(&p, "gateway/egress/checkip");
+        assert_eq!(checkip.targets, [host("checkip.amazonaws.com")]);
+        assert!(!checkip.required);
+        let fallback = rule(&p, "gateway/egress/dns-fallback");
+        assert_eq!(fallback.protos, [Proto::Udp]);
+        assert_eq!(fallback.ports, [PortRange::single(53)]);
+        assert_eq!(fallback.targets, [net("1.1.1.1/32")]);
+        assert!(!fallback.required);
+        let adv = rule(&p, "gateway/ingress/advertised-port");
+        assert_eq!(adv.direction, Direction::Ingress);
+        assert_eq!(adv.protos, [Proto::Tcp]);
+        assert_eq!(adv.ports, [PortRange::single(5000)]);
+        assert_eq!(adv.targets, [net("0.0.0.0/0"), net("::/0")]);
+        let dns = rule(&p, "dns/egress/resolvers");
+        assert_eq!(dns.protos, [Proto::Udp, Proto::Tcp]);
+        assert_eq!(dns.ports, [PortRange::single(53)]);
+        assert_eq!(dns.targets, [net("192.0.2.53/32")]);
+        assert!(dns.required);
+        assert!(dns.roles.is_empty());
+        assert_eq!(dns.origin, "resolv.conf");
+        // Deterministic.
+        assert_eq!(compile(&Config::default(), &[ip("192.0.2.53")]).unwrap(), p);
+    }
+
+    #[test]
+    fn client_role() {
+        let p = compiled(
+            "role = \"client\"\ngateways = [\"gw1.example.com\"]\n[client]\nloopback_ports = [13306, \"15000-15002\"]\n",
+        );
+        assert_eq!(
+            names(&p),
+            [
+                "client/egress/app",
+                "client/egress/login",
+                "client/egress/downloads",
+                "client/egress/checkip",
+                "client/egress/dns-fallback",
+                "client/egress/gateway/gw1.example.com",
+                "client/ingress/cli-status",
+                "client/ingress/web-proxy",
+                "client/ingress/loopback-ports",
+                "dns/egress/resolvers",
+            ]
+        );
+        assert_eq!(
+            rule(&p, "client/egress/login").targets,
+            [host("login.strongdm.com")]
+        );
+        for (name, ports) in [
+            ("client/ingress/cli-status", vec![PortRange::single(65220)]),
+            ("client/ingress/web-proxy", vec![PortRange::single(65230)]),
+            (
+                "client/ingress/loopback-ports",
+                vec![
+                    PortRange::single(13306),
+                    PortRange {
+                        lo: 15000,
+                        hi: 15002,
+                    },
+                ],
+            ),
+        ] {
+            let r = rule(&p, name);
+            assert_eq!(r.direction, Direction::Ingress);
+            assert_eq!(r.protos, [Proto::Tcp]);
+            assert_eq!(r.ports, ports);
+            assert_eq!(r.targets, [net("127.0.0.0/8"), net("::1/128")]);
+            assert!(r.required);
+        }
+        // No custom loopback ports: no rule.
+        let p = compiled("role = \"client\"\n");
+        assert!(p.rule("client/ingress/loopback-ports").is_none());
+        assert!(p.rule("client/ingress/cli-status").is_some());
+    }
+
+    #[test]
+    fn gateways_entries() {
+        let p = compiled(
+            "role = [\"client\"]\ngateways = [\"GW.example.com:5000\", \"gw2\", \"[::1]:5000\", \"1.2.3.4:5001\", \"gw.example.com:5002\"]\n",
+        );
+        let gw: Vec<&Rule> = p
+            .rules
+            .iter()
+            .filter(|r| r.name.starts_with("client/egress/gateway/"))
+            .collect();
+        let gw_names: Vec<&str> = gw.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            gw_names,
+            [
+                "client/egress/gateway/gw.example.com",
+                "client/egress/gateway/gw2",
+                "client/egress/gateway/::1",
+                "client/egress/gateway/1.2.3.4",
+            ]
+        );
+        assert_eq!(gw[0].targets, [host("gw.example.com")]);
+        assert_eq!(
+            gw[0].ports,
+            [PortRange::single(5000), PortRange::single(5002)]
+        );
+        assert_eq!(gw[1].targets, [host("gw2")]);
+        assert_eq!(gw[1].ports, [PortRange::single(5000)]);
+        assert_eq!(gw[2].targets, [net("::1/128")]);
+        assert_eq!(gw[3].targets, [net("1.2.3.4/32")]);
+        assert_eq!(gw[3].ports, [PortRange::single(5001)]);
+        for r in &gw {
+            assert_eq!(r.protos, [Proto::Tcp]);
+            assert_eq!(r.direction, Direction::Egress);
+            assert!(r.required);
+        }
+        // No gateways: no rule.
+        let p = compiled("role = \"relay\"\n");
+        assert!(
+            !p.rules.iter().any(|r| r.name.contains("/gateway")),
+            "{:?}",
+            names(&p)
+        );
+    }
+
+    #[test]
+    fn multi_role_dedup() {
+        let p = compiled(
+            "role = [\"relay\", \"gateway\"]\ngateways = [\"gw:5000\"]\n\
+             [[resource]]\nname = \"db\"\nhost = \"db.internal\"\nport = 5432\n",
+        );
+        assert_eq!(
+            names(&p),
+            [
+                "relay/egress/app",
+                "relay/egress/downloads",
+                "relay/egress/checkip",
+                "relay/egress/dns-fallback",
+                "relay/egress/gateway/gw",
+                "relay/egress/resource/db",
+                "gateway/ingress/advertised-port",
+                "dns/egress/resolvers",
+            ]
+        );
+        for name in [
+            "relay/egress/app",
+            "relay/egress/downloads",
+            "relay/egress/checkip",
+            "relay/egress/dns-fallback",
+            "relay/egress/gateway/gw",
+            "relay/egress/resource/db",
+        ] {
+            assert_eq!(rule(&p, name).roles, ["relay", "gateway"], "{name}");
+        }
+        assert_eq!(
+            rule(&p, "gateway/ingress/advertised-port").roles,
+            ["gateway"]
+        );
+        assert!(p.rule("gateway/egress/app").is_none());
+
+        // Named by the first role in config order.
+        let p = compiled("role = [\"gateway\", \"relay\", \"api\", \"ad-dc\", \"client\"]\n");
+        let app = rule(&p, "gateway/egress/app");
+        assert_eq!(app.roles, ["gateway", "relay", "api", "ad-dc", "client"]);
+        assert!(p.rule("relay/egress/app").is_none() && p.rule("client/egress/app").is_none());
+        // Only the client needs login.
+        assert_eq!(rule(&p, "client/egress/login").roles, ["client"]);
+        let mut seen = HashSet::new();
+        assert!(p.rules.iter().all(|r| seen.insert(&r.name)));
+    }
+
+    #[test]
+    fn merged_rule_is_required_if_any_role_requires_it() {
+        let mk = |role: &str, required: bool| Candidate {
+            suffix: "egress/x".into(),
+            rule: Rule {
+                name: format!("{role}/egress/x"),
+                direction: Direction::Egress,
+                protos: vec![Proto::Tcp],
+                ports: vec![PortRange::single(1)],
+                targets: vec![host("x.example")],
+                required,
+                roles: vec![role.into()],
+                origin: String::new(),
+            },
+        };
+        let mut rules = Vec::new();
+        push_merged(&mut rules, mk("relay", false));
+        push_merged(&mut rules, mk("gateway", true));
+        push_merged(&mut rules, mk("gateway", true));
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].1.name, "relay/egress/x");
+        assert_eq!(rules[0].1.roles, ["relay", "gateway"]);
+        assert!(rules[0].1.required);
+        // A different shape is a different rule.
+        let mut other = mk("client", true);
+        other.rule.ports = vec![PortRange::single(2)];
+        push_merged(&mut rules, other);
+        assert_eq!(rules.len(), 2);
+    }
+
+    #[test]
+    fn optional_false_drops_optional_rows() {
+        let p = compiled("role = [\"client\", \"relay\", \"gateway\"]\noptional = false\n");
+        assert!(
+            !p.rules.iter().any(|r| r.name.ends_with("/checkip")),
+            "{:?}",
+            names(&p)
+        );
+        assert!(
+            !p.rules.iter().any(|r| r.name.ends_with("/dns-fallback")),
+            "{:?}",
+            names(&p)
+        );
+        assert!(p.rules.iter().all(|r| r.required));
+        assert!(p.rule("client/egress/app").is_some());
+        let with = compiled("role = [\"client\", \"relay\", \"gateway\"]\n");
+        assert!(with.rule("client/egress/checkip").is_some());
+        assert!(with.rule("client/egress/dns-fallback").is_some());
+        // The fallback can be disabled on its own.
+        let p = compiled("[dns]\nfallback = \"none\"\n");
+        assert!(p.rule("gateway/egress/dns-fallback").is_none());
+        assert!(p.rule("gateway/egress/checkip").is_some());
+        let p = compiled("[dns]\nfallback = \"2606:4700:4700::1111\"\n");
+        assert_eq!(
+            rule(&p, "gateway/egress/dns-fallback").targets,
+            [net("2606:4700:4700::1111/128")]
+        );
+    }
+
+    #[test]
+    fn region_and_host_overrides() {
+        let p = compiled(
+            "role = \"client\"\nregion = \"uk\"\n[hosts]\ndownloads = \"dl.example.com\"\n",
+        );
+        assert_eq!(
+            rule(&p, "client/egress/app").targets,
+            [host("app.uk.strongdm.com")]
+        );
+        assert_eq!(
+            rule(&p, "client/egress/login").targets,
+            [host("login.uk.strongdm.com")]
+        );
+        assert_eq!(
+            rule(&p, "client/egress/downloads").targets,
+            [host("dl.example.com")]
+        );
+        assert_eq!(
+            rule(&p, "client/egress/checkip").targets,
+            [host("checkip.amazonaws.com")]
+        );
+        let p = compiled("role = \"api\"\nregion = \"eu\"\n");
+        assert_eq!(names(&p), ["api/egress/app", "dns/egress/resolvers"]);
+        assert_eq!(
+            rule(&p, "api/egress/app").targets,
+            [host("app.eu.strongdm.com")]
+        );
+        let p = compiled("role = \"ad-dc\"\n");
+        assert_eq!(names(&p), ["ad-dc/egress/app", "dns/egress/resolvers"]);
+    }
+
+    #[test]
+    fn resources_and_secret_stores() {
+        let p = compiled(
+            "role = \"gateway\"\n\
+             [[resource]]\nname = \"prod-db\"\nhost = \"DB.internal\"\nport = 5432\n\
+             [[resource]]\nname = \"web\"\ncidr = \"10.0.0.0/24\"\nports = \"80,443,8000-8100\"\nproto = \"udp\"\n\
+             [[secret_store]]\nname = \"vault\"\nhost = \"*.vault.example\"\nport = 8200\n",
+        );
+        let db = rule(&p, "gateway/egress/resource/prod-db");
+        assert_eq!(db.targets, [host("db.internal")]);
+        assert_eq!(db.protos, [Proto::Tcp]);
+        assert_eq!(db.ports, [PortRange::single(5432)]);
+        assert!(db.required);
+        assert!(db.origin.contains("[[resource]] prod-db"), "{}", db.origin);
+        let web = rule(&p, "gateway/egress/resource/web");
+        assert_eq!(web.targets, [net("10.0.0.0/24")]);
+        assert_eq!(web.protos, [Proto::Udp]);
+        assert_eq!(
+            web.ports,
+            [
+                PortRange::single(80),
+                PortRange::single(443),
+                PortRange { lo: 8000, hi: 8100 }
+            ]
+        );
+        let vault = rule(&p, "gateway/egress/secret-store/vault");
+        assert_eq!(vault.targets, [host("*.vault.example")]);
+        assert!(
+            vault.origin.contains("[[secret_store]] vault"),
+            "{}",
+            vault.origin
+        );
+        // Clients do not get resource rules.
+        let p = compiled("role = \"client\"\n[[resource]]\nname = \"x\"\nhost = \"h\"\nport = 1\n");
+        assert!(!p.rules.iter().any(|r| r.name.contains("/resource/")));
+    }
+
+    #[test]
+    fn advertised_port_and_sources() {
+        let p = compiled(
+            "[gateway]\nadvertised_port = 5100\nsources = [\"10.0.0.0/8\", \"fd00::/8\"]\n",
+        );
+        let adv = rule(&p, "gateway/ingress/advertised-port");
+        assert_eq!(adv.ports, [PortRange::single(5100)]);
+        assert_eq!(adv.targets, [net("10.0.0.0/8"), net("fd00::/8")]);
+        let p = compiled("[gateway]\nsources = []\n");
+        assert!(p.rule("gateway/ingress/advertised-port").is_none());
+    }
+
+    #[test]
+    fn resolvers_rule() {
+        let c = Config::default();
+        let p = compile(&c, &[ip("10.0.0.2"), ip("fe80::1"), ip("10.0.0.2")]).unwrap();
+        let r = rule(&p, RESOLVERS_RULE);
+        assert_eq!(r.targets, [net("10.0.0.2/32"), net("fe80::1/128")]);
+        assert_eq!(r.origin, "resolv.conf");
+        let c = cfg("[dns]\nservers = [\"9.9.9.9\"]\n");
+        let p = compile(&c, &c.dns.servers).unwrap();
+        assert_eq!(rule(&p, RESOLVERS_RULE).origin, "[dns] servers");
+        assert_eq!(rule(&p, RESOLVERS_RULE).targets, [net("9.9.9.9/32")]);
+        let p = compile(&Config::default(), &[]).unwrap();
+        assert!(p.rule(RESOLVERS_RULE).is_none());
+    }
+
+    #[test]
+    fn allow_rules() {
+        let p = compiled(
+            "[[allow]]\nname = \"ssh-in\"\ndirection = \"ingress\"\nport = 22\nfrom = [\"10.0.0.0/8\", \"192.168.0.0/16\"]\n\
+             [[allow]]\nname = \"ping\"\ndirection = \"egress\"\nproto = \"icmp\"\nports = \"0,8\"\nto = [\"example.com\", \"10.0.0.1\"]\n",
+        );
+        let n = names(&p);
+        assert_eq!(
+            &n[n.len() - 3..],
+            ["dns/egress/resolvers", "allow/ssh-in", "allow/ping"]
+        );
+        let ssh = rule(&p, "allow/ssh-in");
+        assert_eq!(ssh.direction, Direction::Ingress);
+        assert_eq!(ssh.protos, [Proto::Tcp]);
+        assert_eq!(ssh.ports, [PortRange::single(22)]);
+        assert_eq!(ssh.targets, [net("10.0.0.0/8"), net("192.168.0.0/16")]);
+        assert!(ssh.required && ssh.roles.is_empty());
+        assert_eq!(ssh.origin, "config [[allow]] ssh-in");
+        let ping = rule(&p, "allow/ping");
+        assert_eq!(ping.direction, Direction::Egress);
+        assert_eq!(ping.protos, [Proto::Icmp]);
+        assert_eq!(ping.ports, [PortRange::single(0), PortRange::single(8)]);
+        assert_eq!(ping.targets, [host("example.com"), net("10.0.0.1/32")]);
+    }
+
+    #[test]
+    fn every_role_compiles_with_unique_names() {
+        let c = cfg(
+            "role = [\"client\", \"relay\", \"gateway\", \"api\", \"ad-dc\"]\n\
+             gateways = [\"gw:5000\", \"10.0.0.9:5001\"]\n\
+             [client]\nloopback_ports = [13306]\n\
+             [[resource]]\nname = \"a\"\nhost = \"a.example\"\nport = 1\n\
+             [[secret_store]]\nname = \"b\"\ncidr = \"10.1.0.0/16\"\nport = 2\n\
+             [[allow]]\nname = \"c\"\ndirection = \"egress\"\nport = 3\nto = \"c.example\"\n",
+        );
+        let p = compile(&c, &[ip("10.0.0.2")]).unwrap();
+        let mut seen = HashSet::new();
+        for r in &p.rules {
+            assert!(seen.insert(r.name.clone()), "duplicate {}", r.name);
+            assert!(
+                !r.protos.is_empty() && !r.ports.is_empty() && !r.targets.is_empty(),
+                "{r:?}"
+            );
+        }
+        // Every required guide row of every role is covered by some rule.
+        for row in catalogue::catalogue() {
+            let base = format!("{}/{}", row.direction, row.key);
+            let covered = p.rules.iter().any(|r| {
+                let suffix = r.name.split_once('/').map_or("", |(_, s)| s);
+                r.roles.iter().any(|x| x == row.role.as_str())
+                    && (suffix == base || suffix.starts_with(&format!("{base}/")))
+            });
+            assert!(covered, "row {}/{} has no rule", row.role, row.key);
+        }
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["rules"][0]["name"], "client/egress/app");
+        assert_eq!(json["rules"][0]["direction"], "egress");
+    }
+
+    #[test]
+    fn limits() {
+        let mut c = Config::default();
+        for i in 0..(sdm_common::MAX_RULES as usize) {
+            c.allow.push(AllowConfig {
+                name: format!("r{i}"),
+                direction: Direction::Egress,
+                proto: Proto::Tcp,
+                ports: vec![PortRange::single(1)],
+                targets: vec![host("h.example")],
+            });
+        }
+        match compile(&c, &[ip("10.0.0.2")]) {
+            Err(CompileError::TooManyRules { count, max }) => {
+                assert_eq!(max, 1024);
+                assert_eq!(count, 1024 + 6);
+            }
+            other => panic!("{other:?}"),
+        }
+        c.allow.truncate(1024 - 6);
+        assert_eq!(compile(&c, &[ip("10.0.0.2")]).unwrap().rules.len(), 1024);
+
+        let mut c = Config::default();
+        c.allow.push(AllowConfig {
+            name: "all".into(),
+            direction: Direction::Egress,
+            proto: Proto::Tcp,
+            ports: vec![PortRange { lo: 1, hi: 65535 }],
+            targets: vec![host("h.example")],
+        });
+        assert!(compile(&c, &[]).is_ok());
+        c.allow[0].ports.push(PortRange { lo: 1, hi: 100 });
+        match compile(&c, &[]) {
+            Err(CompileError::TooManyPorts { rule, count, max }) => {
+                assert_eq!(rule, "allow/all");
+                assert_eq!(count, 65635);
+                assert_eq!(max, 65536);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut c = Config::default();
+        c.resources.push(ResourceConfig {
+            name: "big".into(),
+            target: host("h.example"),
+            proto: Proto::Udp,
+            ports: vec![PortRange { lo: 1, hi: 65535 }, PortRange { lo: 2, hi: 3 }],
+        });
+        assert!(matches!(
+            compile(&c, &[]),
+            Err(CompileError::TooManyPorts { .. })
+        ));
+    }
+
+    #[test]
+    fn resolv_conf() {
+        let text = "# generated\n\
+                    nameserver 10.0.0.2\n\
+                    ; comment\n\
+                    search example.com\n\
+                    nameserver   fe80::1%eth0   # link-local\n\
+                    nameserver 10.0.0.2\n\
+                    #nameserver 9.9.9.9\n\
+                    nameserver not-an-ip\n\
+                    nameserver\n\
+                    options ndots:2\n\
+                    \tnameserver 2001:db8::53\r\n\
+                    nameserver 1.1.1.1;trailing\n";
+        assert_eq!(
+            parse_resolv_conf(text),
+            [
+                ip("10.0.0.2"),
+                ip("fe80::1"),
+                ip("2001:db8::53"),
+                ip("1.1.1.1")
+            ]
+        );
+        assert!(parse_resolv_conf("").is_empty());
+        assert!(parse_resolv_conf("search a\n").is_empty());
+    }
+
+    #[test]
+    fn host_matching() {
+        assert!(host_matches("app.strongdm.com", "app.strongdm.com"));
+        assert!(host_matches("*.strongdm.com", "app.strongdm.com"));
+        assert!(!host_matches("*.strongdm.com", "strongdm.com"));
+        assert!(!host_matches("*.strongdm.com", "appstrongdm.com"));
+        assert!(!host_matches("app.strongdm.com", "app.uk.strongdm.com"));
+    }
+
+    fn warnings(text: &str, resolvers: &[IpAddr]) -> Vec<String> {
+        let c = cfg(text);
+        let p = compile(&c, resolvers).unwrap();
+        lockout_warnings(&c, &p)
+    }
+
+    const SSH: &str =
+        "[[allow]]\nname = \"ssh\"\ndirection = \"ingress\"\nport = 22\nfrom = \"10.0.0.0/8\"\n";
+
+    #[test]
+    fn no_warnings_in_audit_mode() {
+        let r = [ip("10.0.0.2")];
+        assert!(warnings("", &r).is_empty());
+        assert!(warnings(
+            "role = []\nloopback = \"enforce\"\n[gateway]\nsources = []\n",
+            &[]
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn sane_enforced_config_has_no_warnings() {
+        let r = [ip("10.0.0.2")];
+        assert_eq!(
+            warnings(&format!("mode = \"enforce\"\n{SSH}"), &r),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            warnings(
+                &format!("mode = \"enforce\"\nrole = [\"client\", \"relay\"]\ngateways = [\"gw\"]\n{SSH}"),
+                &r
+            ),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn ssh_warning() {
+        let r = [ip("10.0.0.2")];
+        let w = warnings("mode = \"enforce\"\n", &r);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("tcp/22"), "{w:?}");
+        // A range covering 22 counts; udp or egress does not.
+        let w = warnings(
+            "mode = \"enforce\"\n[[allow]]\nname = \"a\"\ndirection = \"ingress\"\nports = \"20-30\"\nfrom = \"::/0\"\n",
+            &r,
+        );
+        assert!(w.is_empty(), "{w:?}");
+        let w = warnings(
+            "mode = \"enforce\"\n[[allow]]\nname = \"a\"\ndirection = \"ingress\"\nport = 22\nproto = \"udp\"\nfrom = \"::/0\"\n",
+            &r,
+        );
+        assert!(w.iter().any(|w| w.contains("tcp/22")), "{w:?}");
+        let w = warnings(
+            "mode = \"enforce\"\n[[allow]]\nname = \"a\"\ndirection = \"egress\"\nport = 22\nto = \"h.example\"\n",
+            &r,
+        );
+        assert!(w.iter().any(|w| w.contains("tcp/22")), "{w:?}");
+    }
+
+    #[test]
+    fn control_plane_warning() {
+        let r = [ip("10.0.0.2")];
+        let w = warnings(&format!("mode = \"enforce\"\nrole = []\n{SSH}"), &r);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("app.strongdm.com") && w[0].contains("tcp/443"),
+            "{w:?}"
+        );
+        // An [[allow]] to the app host (or a wildcard covering it) is enough.
+        let w = warnings(
+            &format!(
+                "mode = \"enforce\"\nrole = []\n{SSH}[[allow]]\nname = \"a\"\ndirection = \"egress\"\nport = 443\nto = \"*.strongdm.com\"\n"
+            ),
+            &r,
+        );
+        assert!(w.is_empty(), "{w:?}");
+        // The region's name is the one checked.
+        let w = warnings(
+            &format!(
+                "mode = \"enforce\"\nrole = []\nregion = \"eu\"\n{SSH}[[allow]]\nname = \"a\"\ndirection = \"egress\"\nport = 443\nto = \"app.strongdm.com\"\n"
+            ),
+            &r,
+        );
+        assert!(w.iter().any(|w| w.contains("app.eu.strongdm.com")), "{w:?}");
+    }
+
+    #[test]
+    fn loopback_warnings() {
+        let r = [ip("10.0.0.2")];
+        let w = warnings(
+            &format!("mode = \"enforce\"\nloopback = \"enforce\"\n{SSH}"),
+            &r,
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("loopback") && w[0].contains("client role"),
+            "{w:?}"
+        );
+        // With the client role, loopback has rules, but not the agent's port.
+        let w = warnings(
+            &format!("mode = \"enforce\"\nloopback = \"enforce\"\nrole = [\"client\", \"gateway\"]\ngateways = [\"gw\"]\n{SSH}"),
+            &r,
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("127.0.0.1:9850"), "{w:?}");
+        let w = warnings(
+            &format!(
+                "mode = \"enforce\"\nloopback = \"enforce\"\nrole = [\"client\"]\ngateways = [\"gw\"]\n{SSH}\
+                 [client]\nloopback_ports = [9850]\n"
+            ),
+            &r,
+        );
+        assert!(w.is_empty(), "{w:?}");
+        // An [[allow]] for loopback sources instead of the client role.
+        let w = warnings(
+            &format!(
+                "mode = \"enforce\"\nloopback = \"enforce\"\n{SSH}\
+                 [[allow]]\nname = \"local\"\ndirection = \"ingress\"\nports = \"1-65535\"\nfrom = \"127.0.0.0/8\"\n"
+            ),
+            &r,
+        );
+        assert!(w.is_empty(), "{w:?}");
+        // loopback = "pass": nothing to say.
+        let w = warnings(&format!("mode = \"enforce\"\n{SSH}"), &r);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn gateway_and_dns_warnings() {
+        let r = [ip("10.0.0.2")];
+        let w = warnings(
+            &format!("mode = \"enforce\"\n{SSH}[gateway]\nsources = []\n"),
+            &r,
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("sources") && w[0].contains("5000"), "{w:?}");
+        let w = warnings(
+            &format!("mode = \"enforce\"\nrole = [\"client\", \"relay\"]\n{SSH}"),
+            &r,
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("client role") && w[1].starts_with("relay role"),
+            "{w:?}"
+        );
+        let w = warnings(
+            &format!("mode = \"enforce\"\n{SSH}[dns]\nfallback = \"none\"\n"),
+            &[],
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("DNS"), "{w:?}");
+        // The guide's fallback alone still resolves.
+        let w = warnings(&format!("mode = \"enforce\"\n{SSH}"), &[]);
+        assert!(w.is_empty(), "{w:?}");
+    }
+}

@@ -1,0 +1,747 @@
+//! The kernel side as the agent sees it: loading the programs, pinning
+//! maps and links under the pin root, attaching to a cgroup, adopting what
+//! an earlier agent left, and reading and writing the maps.
+//!
+//! Pin layout (default root /sys/fs/bpf/sdm):
+//!   maps/<SDM_...>        every map, so enforcement, policy and counters
+//!                         outlive the agent
+//!   links/egress|ingress  the cgroup links; while they are pinned the
+//!                         programs stay attached
+//! and /run/sdm-agent/attach.json (see [`AttachRecord`]) says which cgroup
+//! they are attached to and which object they run.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use sdm_common::{
+    deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, Key4, Key6,
+    RuleName, RuleRef, RuleState, DIR_EGRESS, DIR_INGRESS, KERNEL_MAPS, LAYOUT_VERSION,
+    MAP_CIDR4, MAP_CIDR6, MAP_CONFIG, MAP_DENY_STATS, MAP_EXACT4, MAP_EXACT6, MAP_RULES,
+    MAP_RULE_NAMES, MAP_RULE_STATS, MAP_SOCK_STATE, MAX_RULES, PROG_EGRESS, PROG_INGRESS,
+    REASON_COUNT,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::entries::{diff, Entries};
+
+/// The eBPF object built by build.rs (aya-build), embedded in the binary.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sdm-ebpf"));
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/sdm";
+pub const DEFAULT_RUN_DIR: &str = "/run/sdm-agent";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("this sdm-agent was built with AYA_BUILD_SKIP=1 and holds no eBPF object; rebuild it with `cargo xtask build`")]
+    NoObject,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: String,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: Box<aya::pin::PinError>,
+    },
+    #[error("link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        source: Box<aya::programs::links::LinkError>,
+    },
+    #[error("nothing is pinned under {0}: is the agent attached (sdm-agent run)?")]
+    NotAttached(PathBuf),
+    #[error("the maps pinned under {root} have layout {found}, this agent uses {expected}: run `sdm-agent detach` first (enforcement stops until the agent runs again)")]
+    Layout {
+        root: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("more than {MAX_RULES} distinct rules have been seen; run `sdm-agent detach` to reset rule ids")]
+    RuleIdsExhausted,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DataplaneError + 'a {
+    move |source| DataplaneError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError + '_ {
+    move |source| DataplaneError::Map {
+        name: name.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+/// Where things are pinned and recorded.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub pin_root: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self {
+            pin_root: DEFAULT_PIN_ROOT.into(),
+            run_dir: DEFAULT_RUN_DIR.into(),
+        }
+    }
+}
+
+impl Layout {
+    pub fn map_pin(&self, name: &str) -> PathBuf {
+        self.pin_root.join("maps").join(name)
+    }
+    pub fn link_pin(&self, which: &str) -> PathBuf {
+        self.pin_root.join("links").join(which)
+    }
+    pub fn attach_record(&self) -> PathBuf {
+        self.run_dir.join("attach.json")
+    }
+    pub fn is_attached(&self) -> bool {
+        self.link_pin("egress").exists() || self.link_pin("ingress").exists()
+    }
+}
+
+/// What a running or past agent attached, kept beside the pins so that
+/// `status`, a restarted agent and `detach` know it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRecord {
+    pub cgroup: PathBuf,
+    pub object_hash: u64,
+    pub pid: u32,
+}
+
+impl AttachRecord {
+    pub fn read(layout: &Layout) -> Option<Self> {
+        let text = fs::read_to_string(layout.attach_record()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+    fn write(&self, layout: &Layout) -> Result<(), DataplaneError> {
+        fs::create_dir_all(&layout.run_dir).map_err(io_err("create", &layout.run_dir))?;
+        let path = layout.attach_record();
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        fs::write(&tmp, text).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+    }
+}
+
+/// FNV-1a: a stable fingerprint of the embedded object, to tell whether
+/// pinned links already run this very code.
+pub fn object_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Mounts bpffs at /sys/fs/bpf when it is not mounted yet.
+pub fn ensure_bpffs() -> Result<(), DataplaneError> {
+    let mounts = fs::read_to_string("/proc/mounts").map_err(io_err("read", Path::new("/proc/mounts")))?;
+    let mounted = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[1] == "/sys/fs/bpf" && f[2] == "bpf"
+    });
+    if mounted {
+        return Ok(());
+    }
+    let dir = Path::new("/sys/fs/bpf");
+    fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .status()
+        .map_err(io_err("mount bpffs at", dir))?;
+    if !ok.success() {
+        return Err(DataplaneError::Io {
+            op: "mount bpffs at",
+            path: dir.into(),
+            source: io::Error::other(format!("mount exited with {ok}")),
+        });
+    }
+    Ok(())
+}
+
+/// Loads the programs, creating the maps under the pin root or reusing the
+/// ones pinned there (so policy and counters carry over). Attaches nothing.
+pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
+    if object.is_empty() {
+        return Err(DataplaneError::NoObject);
+    }
+    let maps_dir = layout.pin_root.join("maps");
+    fs::create_dir_all(&maps_dir).map_err(io_err("create", &maps_dir))?;
+    check_layout(layout)?;
+    let mut loader = EbpfLoader::new();
+    let names: Vec<(&str, PathBuf)> = KERNEL_MAPS
+        .iter()
+        .chain([MAP_SOCK_STATE].iter())
+        .map(|n| (*n, layout.map_pin(n)))
+        .collect();
+    for (name, path) in &names {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(object).map_err(|e| DataplaneError::Load(Box::new(e)))?;
+    for name in [PROG_EGRESS, PROG_INGRESS] {
+        let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
+        prog.load().map_err(|e| DataplaneError::Program {
+            name,
+            source: Box::new(e),
+        })?;
+    }
+    // A config created just now is all zeros: audit mode, generation 0.
+    let mut maps = Maps::open(layout)?;
+    let mut cfg = maps.config()?;
+    if cfg.layout == 0 {
+        cfg.layout = LAYOUT_VERSION;
+        maps.write_config(&cfg)?;
+    }
+    Ok(ebpf)
+}
+
+fn check_layout(layout: &Layout) -> Result<(), DataplaneError> {
+    let path = layout.map_pin(MAP_CONFIG);
+    if !path.exists() {
+        return Ok(());
+    }
+    let data = MapData::from_pin(&path).map_err(map_err(MAP_CONFIG))?;
+    let arr: Array<MapData, Config> = Array::try_from(aya::maps::Map::Array(data)).map_err(map_err(MAP_CONFIG))?;
+    let cfg = arr.get(&0, 0).map_err(map_err(MAP_CONFIG))?;
+    if cfg.layout != 0 && cfg.layout != LAYOUT_VERSION {
+        return Err(DataplaneError::Layout {
+            root: layout.pin_root.clone(),
+            found: cfg.layout,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+pub fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::Program {
+            name,
+            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+        })?
+        .try_into()
+        .map_err(|e| DataplaneError::Program {
+            name,
+            source: Box::new(e),
+        })
+}
+
+/// How [`attach`] went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// Pinned links on this cgroup already run this object: kept as they are.
+    Adopted,
+    /// New links attached; any earlier ones were detached after them.
+    Attached { replaced: bool },
+}
+
+/// Attaches the programs to `cgroup` and pins the links, unless pinned
+/// links from an earlier agent already run this object there (then they
+/// are adopted and nothing is touched: no gap, no double counting).
+///
+/// Replacing earlier links attaches the new ones first (multi-attach: both
+/// run and both must pass) and only then unpins the old, so there is never
+/// a moment without a filter.
+pub fn attach(
+    layout: &Layout,
+    cgroup: &Path,
+    object: &[u8],
+    ebpf: Option<&mut Ebpf>,
+) -> Result<(AttachOutcome, Option<Ebpf>), DataplaneError> {
+    let hash = object_hash(object);
+    let record = AttachRecord::read(layout);
+    let pinned = layout.link_pin("egress").exists() && layout.link_pin("ingress").exists();
+    if pinned {
+        if let Some(r) = &record {
+            if r.cgroup == cgroup && r.object_hash == hash {
+                AttachRecord {
+                    pid: std::process::id(),
+                    ..r.clone()
+                }
+                .write(layout)?;
+                return Ok((AttachOutcome::Adopted, None));
+            }
+        }
+    }
+    let mut owned = None;
+    let ebpf = match ebpf {
+        Some(e) => e,
+        None => owned.insert(load(layout, object)?),
+    };
+    let links_dir = layout.pin_root.join("links");
+    fs::create_dir_all(&links_dir).map_err(io_err("create", &links_dir))?;
+    let cg = fs::File::open(cgroup).map_err(io_err("open cgroup", cgroup))?;
+    let mut replaced = false;
+    for (name, which, kind) in [
+        (PROG_EGRESS, "egress", CgroupSkbAttachType::Egress),
+        (PROG_INGRESS, "ingress", CgroupSkbAttachType::Ingress),
+    ] {
+        let prog = program(ebpf, name)?;
+        // A cgroup bpf_link always coexists with other programs (it has
+        // BPF_F_ALLOW_MULTI semantics); BPF_LINK_CREATE rejects that flag
+        // itself, so the mode here must be Single (kernel/bpf/cgroup.c,
+        // cgroup_bpf_link_attach).
+        let id = prog
+            .attach(cg.as_fd(), kind, CgroupAttachMode::Single)
+            .map_err(|e| DataplaneError::Program { name, source: Box::new(e) })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| DataplaneError::Program { name, source: Box::new(e) })?;
+        let fd_link: FdLink = link.try_into().map_err(|e| DataplaneError::Link {
+            path: layout.link_pin(which),
+            source: Box::new(e),
+        })?;
+        let final_path = layout.link_pin(which);
+        // bpffs refuses names with dots (reserved: bpf_lookup in kernel/bpf/inode.c).
+        let tmp = layout.link_pin(&format!("{which}_new"));
+        let _ = fs::remove_file(&tmp);
+        let pinned: PinnedLink = fd_link.pin(&tmp).map_err(|e| DataplaneError::Pin {
+            path: tmp.clone(),
+            source: Box::new(e),
+        })?;
+        replaced |= final_path.exists();
+        // rename(2) over the old pin drops the old link's last reference,
+        // which detaches the old program, after the new one is in place.
+        fs::rename(&tmp, &final_path).map_err(io_err("rename", &final_path))?;
+        drop(pinned);
+    }
+    let mut maps = Maps::open(layout)?;
+    let mut cfg = maps.config()?;
+    cfg.object_hash = hash;
+    maps.write_config(&cfg)?;
+    AttachRecord {
+        cgroup: cgroup.to_owned(),
+        object_hash: hash,
+        pid: std::process::id(),
+    }
+    .write(layout)?;
+    Ok((AttachOutcome::Attached { replaced }, owned))
+}
+
+/// Removes every link and map the agent pinned: the programs are detached
+/// once no process holds them any more. Returns what was removed.
+pub fn detach(layout: &Layout) -> Result<Vec<PathBuf>, DataplaneError> {
+    let mut removed = Vec::new();
+    for sub in ["links", "maps"] {
+        let dir = layout.pin_root.join(sub);
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            fs::remove_file(&p).map_err(io_err("unpin", &p))?;
+            removed.push(p);
+        }
+        fs::remove_dir(&dir).map_err(io_err("remove", &dir))?;
+    }
+    if layout.pin_root.exists() {
+        fs::remove_dir(&layout.pin_root).map_err(io_err("remove", &layout.pin_root))?;
+    }
+    let rec = layout.attach_record();
+    if rec.exists() {
+        fs::remove_file(&rec).map_err(io_err("remove", &rec))?;
+        removed.push(rec);
+    }
+    Ok(removed)
+}
+
+/// Typed handles on the pinned maps.
+pub struct Maps {
+    root: PathBuf,
+    config: Array<MapData, Config>,
+    exact4: [HashMap<MapData, Key4, RuleRef>; 2],
+    exact6: [HashMap<MapData, Key6, RuleRef>; 2],
+    cidr4: [LpmTrie<MapData, Cidr4, RuleRef>; 2],
+    cidr6: [LpmTrie<MapData, Cidr6, RuleRef>; 2],
+    rules: Array<MapData, RuleState>,
+    rule_stats: PerCpuArray<MapData, Counter>,
+    deny_stats: PerCpuArray<MapData, Counter>,
+    rule_names: Array<MapData, RuleName>,
+    /// What each slot holds, once read or written by us.
+    shadow: [Option<Entries>; 2],
+}
+
+fn open_map(layout: &Layout, name: &str) -> Result<aya::maps::Map, DataplaneError> {
+    let path = layout.map_pin(name);
+    if !path.exists() {
+        return Err(DataplaneError::NotAttached(layout.pin_root.clone()));
+    }
+    let data = MapData::from_pin(&path).map_err(map_err(name))?;
+    aya::maps::Map::from_map_data(data).map_err(map_err(name))
+}
+
+macro_rules! typed {
+    ($layout:expr, $name:expr) => {
+        open_map($layout, $name)?.try_into().map_err(map_err($name))?
+    };
+}
+
+impl Maps {
+    /// Opens the pinned maps; creates and pins the agent-only rule names map
+    /// if it is not there yet.
+    pub fn open(layout: &Layout) -> Result<Self, DataplaneError> {
+        let names_path = layout.map_pin(MAP_RULE_NAMES);
+        let rule_names: Array<MapData, RuleName> = if names_path.exists() {
+            typed!(layout, MAP_RULE_NAMES)
+        } else {
+            if !layout.map_pin(MAP_CONFIG).exists() {
+                return Err(DataplaneError::NotAttached(layout.pin_root.clone()));
+            }
+            let arr = Array::<MapData, RuleName>::create(MAX_RULES, 0).map_err(map_err(MAP_RULE_NAMES))?;
+            // pin() consumes the handle; the map lives on in bpffs.
+            arr.pin(&names_path).map_err(|e| DataplaneError::Pin {
+                path: names_path.clone(),
+                source: Box::new(e),
+            })?;
+            typed!(layout, MAP_RULE_NAMES)
+        };
+        Ok(Self {
+            root: layout.pin_root.clone(),
+            config: typed!(layout, MAP_CONFIG),
+            exact4: [typed!(layout, MAP_EXACT4[0]), typed!(layout, MAP_EXACT4[1])],
+            exact6: [typed!(layout, MAP_EXACT6[0]), typed!(layout, MAP_EXACT6[1])],
+            cidr4: [typed!(layout, MAP_CIDR4[0]), typed!(layout, MAP_CIDR4[1])],
+            cidr6: [typed!(layout, MAP_CIDR6[0]), typed!(layout, MAP_CIDR6[1])],
+            rules: typed!(layout, MAP_RULES),
+            rule_stats: typed!(layout, MAP_RULE_STATS),
+            deny_stats: typed!(layout, MAP_DENY_STATS),
+            rule_names,
+            shadow: [None, None],
+        })
+    }
+
+    pub fn pin_root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> Result<Config, DataplaneError> {
+        self.config.get(&0, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    pub fn write_config(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Switches the mode in place: the programs read it on every packet.
+    pub fn set_mode(&mut self, mode: u32) -> Result<(), DataplaneError> {
+        let mut cfg = self.config()?;
+        cfg.mode = mode;
+        self.write_config(&cfg)
+    }
+
+    pub fn set_loopback(&mut self, loopback: u32) -> Result<(), DataplaneError> {
+        let mut cfg = self.config()?;
+        cfg.loopback = loopback;
+        self.write_config(&cfg)
+    }
+
+    /// Rule ids and names recorded in the pinned names map.
+    pub fn rule_names(&self) -> Result<BTreeMap<u32, String>, DataplaneError> {
+        let mut out = BTreeMap::new();
+        for id in 0..MAX_RULES {
+            let n = self.rule_names.get(&id, 0).map_err(map_err(MAP_RULE_NAMES))?;
+            let len = n.name.iter().position(|b| *b == 0).unwrap_or(n.name.len());
+            if len > 0 {
+                out.insert(id, String::from_utf8_lossy(&n.name[..len]).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gives every name an id, keeping the ids already recorded (so counters
+    /// continue across restarts). Ids of names no longer wanted are reused
+    /// only when no free id is left, with their counters cleared.
+    pub fn assign_rule_ids(&mut self, names: &[&str]) -> Result<BTreeMap<String, u32>, DataplaneError> {
+        let known = self.rule_names()?;
+        let by_name: BTreeMap<&str, u32> = known.iter().map(|(id, n)| (n.as_str(), *id)).collect();
+        let wanted: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        let mut free: Vec<u32> = (0..MAX_RULES).filter(|id| !known.contains_key(id)).rev().collect();
+        let mut stale: Vec<u32> = known
+            .iter()
+            .filter(|(_, n)| !wanted.contains(n.as_str()))
+            .map(|(id, _)| *id)
+            .rev()
+            .collect();
+        let mut out = BTreeMap::new();
+        for name in names {
+            if let Some(id) = by_name.get(name) {
+                out.insert((*name).to_owned(), *id);
+                continue;
+            }
+            let id = match free.pop() {
+                Some(id) => id,
+                None => {
+                    let id = stale.pop().ok_or(DataplaneError::RuleIdsExhausted)?;
+                    self.clear_rule_stats(id)?;
+                    id
+                }
+            };
+            let mut rn = RuleName::default();
+            let b = name.as_bytes();
+            let n = b.len().min(rn.name.len() - 1);
+            rn.name[..n].copy_from_slice(&b[..n]);
+            self.rule_names.set(id, rn, 0).map_err(map_err(MAP_RULE_NAMES))?;
+            out.insert((*name).to_owned(), id);
+        }
+        Ok(out)
+    }
+
+    fn clear_rule_stats(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
+            op: "count",
+            path: "/sys/devices/system/cpu/possible".into(),
+            source: e,
+        })?;
+        for dir in [DIR_EGRESS, DIR_INGRESS] {
+            let zeros = PerCpuValues::try_from(vec![Counter::default(); ncpus]).map_err(|e| {
+                DataplaneError::Io {
+                    op: "build per-CPU values for",
+                    path: MAP_RULE_STATS.into(),
+                    source: e,
+                }
+            })?;
+            self.rule_stats
+                .set(rule_stats_index(id, dir), zeros, 0)
+                .map_err(map_err(MAP_RULE_STATS))?;
+        }
+        Ok(())
+    }
+
+    fn sum(values: &PerCpuValues<Counter>) -> Counter {
+        values.iter().fold(Counter::default(), |a, c| Counter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        })
+    }
+
+    /// Allowed packets and bytes of a rule in one direction, summed over CPUs.
+    pub fn rule_counter(&self, id: u32, dir: u8) -> Result<Counter, DataplaneError> {
+        let v = self
+            .rule_stats
+            .get(&rule_stats_index(id, dir), 0)
+            .map_err(map_err(MAP_RULE_STATS))?;
+        Ok(Self::sum(&v))
+    }
+
+    /// Deny counter for (mode, direction, reason), summed over CPUs.
+    pub fn deny_counter(&self, enforce: bool, dir: u8, reason: u32) -> Result<Counter, DataplaneError> {
+        debug_assert!(reason < REASON_COUNT);
+        let v = self
+            .deny_stats
+            .get(&deny_index(u32::from(enforce), dir, reason), 0)
+            .map_err(map_err(MAP_DENY_STATS))?;
+        Ok(Self::sum(&v))
+    }
+
+    /// Reads what a slot holds from the kernel.
+    pub fn read_slot(&self, slot: usize) -> Result<Entries, DataplaneError> {
+        let mut e = Entries::default();
+        for kv in self.exact4[slot].iter() {
+            let (k, v) = kv.map_err(map_err(MAP_EXACT4[slot]))?;
+            e.exact4.insert(k, v.rule);
+        }
+        for kv in self.exact6[slot].iter() {
+            let (k, v) = kv.map_err(map_err(MAP_EXACT6[slot]))?;
+            e.exact6.insert(k, v.rule);
+        }
+        for kv in self.cidr4[slot].iter() {
+            let (k, v) = kv.map_err(map_err(MAP_CIDR4[slot]))?;
+            e.cidr4.insert((k.prefix_len(), k.data()), v.rule);
+        }
+        for kv in self.cidr6[slot].iter() {
+            let (k, v) = kv.map_err(map_err(MAP_CIDR6[slot]))?;
+            e.cidr6.insert((k.prefix_len(), k.data()), v.rule);
+        }
+        for id in 0..MAX_RULES {
+            let s = self
+                .rules
+                .get(&rule_slot_index(slot as u32, id), 0)
+                .map_err(map_err(MAP_RULES))?;
+            if s.active != 0 {
+                e.rules.insert(id);
+            }
+        }
+        Ok(e)
+    }
+
+    /// The live slot's contents.
+    pub fn live(&mut self) -> Result<Entries, DataplaneError> {
+        let slot = (self.config()?.generation & 1) as usize;
+        self.slot(slot).cloned()
+    }
+
+    fn slot(&mut self, slot: usize) -> Result<&Entries, DataplaneError> {
+        if self.shadow[slot].is_none() {
+            self.shadow[slot] = Some(self.read_slot(slot)?);
+        }
+        Ok(self.shadow[slot].get_or_insert_with(Entries::default))
+    }
+
+    /// Makes `want` the live policy. It is written into the idle slot (only
+    /// the differences from what that slot held), then one write of the
+    /// config flips the generation: packets see the old policy or the new
+    /// one, never a mix. Returns the number of map writes, 0 when nothing
+    /// changed (then nothing is flipped either).
+    pub fn apply(&mut self, want: &Entries) -> Result<usize, DataplaneError> {
+        let mut cfg = self.config()?;
+        let live = (cfg.generation & 1) as usize;
+        if self.slot(live)? == want {
+            return Ok(0);
+        }
+        let idle = live ^ 1;
+        let have = self.slot(idle)?.clone();
+        let mut writes = 0;
+        // Mark a slot's contents unknown while it is being written, so an
+        // error half way makes the next apply read it back from the kernel.
+        self.shadow[idle] = None;
+
+        let d = diff(&have.exact4, &want.exact4);
+        for (k, v) in &d.upsert {
+            self.exact4[idle].insert(k, RuleRef { rule: *v }, 0).map_err(map_err(MAP_EXACT4[idle]))?;
+        }
+        for k in &d.remove {
+            self.exact4[idle].remove(k).map_err(map_err(MAP_EXACT4[idle]))?;
+        }
+        writes += d.upsert.len() + d.remove.len();
+
+        let d = diff(&have.exact6, &want.exact6);
+        for (k, v) in &d.upsert {
+            self.exact6[idle].insert(k, RuleRef { rule: *v }, 0).map_err(map_err(MAP_EXACT6[idle]))?;
+        }
+        for k in &d.remove {
+            self.exact6[idle].remove(k).map_err(map_err(MAP_EXACT6[idle]))?;
+        }
+        writes += d.upsert.len() + d.remove.len();
+
+        let d = diff(&have.cidr4, &want.cidr4);
+        for ((plen, k), v) in &d.upsert {
+            self.cidr4[idle]
+                .insert(&LpmKey::new(*plen, *k), RuleRef { rule: *v }, 0)
+                .map_err(map_err(MAP_CIDR4[idle]))?;
+        }
+        for (plen, k) in &d.remove {
+            self.cidr4[idle].remove(&LpmKey::new(*plen, *k)).map_err(map_err(MAP_CIDR4[idle]))?;
+        }
+        writes += d.upsert.len() + d.remove.len();
+
+        let d = diff(&have.cidr6, &want.cidr6);
+        for ((plen, k), v) in &d.upsert {
+            self.cidr6[idle]
+                .insert(&LpmKey::new(*plen, *k), RuleRef { rule: *v }, 0)
+                .map_err(map_err(MAP_CIDR6[idle]))?;
+        }
+        for (plen, k) in &d.remove {
+            self.cidr6[idle].remove(&LpmKey::new(*plen, *k)).map_err(map_err(MAP_CIDR6[idle]))?;
+        }
+        writes += d.upsert.len() + d.remove.len();
+
+        for id in want.rules.symmetric_difference(&have.rules) {
+            let active = u32::from(want.rules.contains(id));
+            self.rules
+                .set(rule_slot_index(idle as u32, *id), RuleState { active }, 0)
+                .map_err(map_err(MAP_RULES))?;
+            writes += 1;
+        }
+        self.shadow[idle] = Some(want.clone());
+
+        cfg.generation = cfg.generation.wrapping_add(1);
+        self.write_config(&cfg)?;
+        Ok(writes + 1)
+    }
+}
+
+/// Runs a program once on a crafted packet with BPF_PROG_TEST_RUN and
+/// returns its verdict (1 pass, 0 drop). `packet` starts at the IP header;
+/// an Ethernet header is put in front, as the kernel expects for skb
+/// programs. `ifindex` must name a non-loopback device of the calling
+/// thread's network namespace for the packet not to count as loopback.
+/// aya has no wrapper for this command, hence the raw syscall.
+pub fn test_run(prog: &CgroupSkb, packet: &[u8], ifindex: u32, repeat: u32) -> io::Result<(u32, u32)> {
+    let fd = prog.fd().map_err(io::Error::other)?;
+    let raw = fd.as_fd().as_raw_fd();
+    let ethertype: u16 = match packet.first().map(|b| b >> 4) {
+        Some(6) => 0x86dd,
+        _ => 0x0800,
+    };
+    let mut data = Vec::with_capacity(14 + packet.len());
+    data.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
+    data.extend_from_slice(&ethertype.to_be_bytes());
+    data.extend_from_slice(packet);
+    // struct __sk_buff: only ifindex (offset 40) is set.
+    let mut ctx = [0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    let mut attr = TestRunAttr {
+        prog_fd: raw as u32,
+        data_size_in: data.len() as u32,
+        data_in: data.as_ptr() as u64,
+        repeat,
+        ctx_size_in: ctx.len() as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        ..Default::default()
+    };
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // SAFETY: attr is a valid bpf_attr prefix for this command; the kernel
+    // reads data_in/ctx_in within the sizes given and writes only attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((attr.retval, attr.duration))
+}

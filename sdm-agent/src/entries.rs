@@ -1,0 +1,250 @@
+//! From the policy and the addresses its hostnames resolve to, the exact
+//! contents the allowlist maps should have; and the difference between two
+//! such contents, so a sync writes only what changed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use sdm_common::{
+    Cidr4, Cidr6, Key4, Key6, CIDR_HEADER_BITS, DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP, PROTO_UDP,
+};
+
+use crate::policy::{Direction, Policy, Proto, Rule, Target};
+
+/// An LPM trie entry: (prefix length in bits, including the 32 bits of
+/// direction, protocol and port, then the key data).
+pub type Cidr4Entry = (u32, Cidr4);
+pub type Cidr6Entry = (u32, Cidr6);
+
+/// What one slot of the allowlist maps holds: key -> rule id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entries {
+    pub exact4: BTreeMap<Key4, u32>,
+    pub exact6: BTreeMap<Key6, u32>,
+    pub cidr4: BTreeMap<Cidr4Entry, u32>,
+    pub cidr6: BTreeMap<Cidr6Entry, u32>,
+    /// Rule ids live in this slot.
+    pub rules: BTreeSet<u32>,
+}
+
+impl Entries {
+    pub fn len(&self) -> usize {
+        self.exact4.len() + self.exact6.len() + self.cidr4.len() + self.cidr6.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Changes that turn one map's contents into another's.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Diff<K, V> {
+    pub upsert: Vec<(K, V)>,
+    pub remove: Vec<K>,
+}
+
+impl<K, V> Diff<K, V> {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// The changes from `old` to `new`: entries new or with another value, and
+/// keys no longer present.
+pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> Diff<K, V> {
+    let upsert = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let remove = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
+    Diff { upsert, remove }
+}
+
+fn dir_code(d: Direction) -> u8 {
+    match d {
+        Direction::Egress => DIR_EGRESS,
+        Direction::Ingress => DIR_INGRESS,
+    }
+}
+
+fn proto_code(p: Proto, v6: bool) -> u8 {
+    match (p, v6) {
+        (Proto::Tcp, _) => PROTO_TCP,
+        (Proto::Udp, _) => PROTO_UDP,
+        (Proto::Icmp, false) => PROTO_ICMP,
+        (Proto::Icmp, true) => PROTO_ICMPV6,
+    }
+}
+
+fn is_loopback(net: &IpNet) -> bool {
+    net.addr().is_loopback()
+}
+
+/// Builds the map contents. `ids` names each rule's id (rules without one
+/// are skipped); `resolved` gives the current addresses of a hostname.
+/// When two rules claim the same key, the first in policy order keeps it.
+pub fn build<'a>(
+    policy: &Policy,
+    ids: &BTreeMap<String, u32>,
+    resolved: impl Fn(&str) -> &'a [IpAddr],
+) -> Entries {
+    let mut out = Entries::default();
+    for rule in &policy.rules {
+        let Some(&id) = ids.get(&rule.name) else {
+            continue;
+        };
+        out.rules.insert(id);
+        for target in &rule.targets {
+            match target {
+                Target::Host(h) => {
+                    for addr in resolved(h) {
+                        add_net(&mut out, rule, id, IpNet::from(*addr));
+                    }
+                }
+                Target::Cidr(net) => add_net(&mut out, rule, id, *net),
+            }
+        }
+    }
+    out
+}
+
+fn add_net(out: &mut Entries, rule: &Rule, id: u32, net: IpNet) {
+    let net = net.trunc();
+    let mut dirs = vec![dir_code(rule.direction)];
+    // On loopback both ends are this host: a client connecting to an
+    // allowed loopback listener sends from a socket of its own.
+    if rule.direction == Direction::Ingress && is_loopback(&net) {
+        dirs.push(DIR_EGRESS);
+    }
+    for dir in dirs {
+        for proto in &rule.protos {
+            for range in &rule.ports {
+                for port in range.iter() {
+                    insert(out, &net, dir, *proto, port, id);
+                }
+            }
+        }
+    }
+}
+
+fn insert(out: &mut Entries, net: &IpNet, dir: u8, proto: Proto, port: u16, id: u32) {
+    match net {
+        IpNet::V4(n) => {
+            let proto = proto_code(proto, false);
+            let addr = n.addr().octets();
+            if n.prefix_len() == 32 {
+                let key = Key4 { addr, port, proto, dir };
+                out.exact4.entry(key).or_insert(id);
+            } else {
+                let key = Cidr4 {
+                    dir,
+                    proto,
+                    port: port.to_be_bytes(),
+                    addr,
+                };
+                let plen = CIDR_HEADER_BITS + u32::from(n.prefix_len());
+                out.cidr4.entry((plen, key)).or_insert(id);
+            }
+        }
+        IpNet::V6(n) => {
+            let proto = proto_code(proto, true);
+            let addr = n.addr().octets();
+            if n.prefix_len() == 128 {
+                let key = Key6 { addr, port, proto, dir };
+                out.exact6.entry(key).or_insert(id);
+            } else {
+                let key = Cidr6 {
+                    dir,
+                    proto,
+                    port: port.to_be_bytes(),
+                    addr,
+                };
+                let plen = CIDR_HEADER_BITS + u32::from(n.prefix_len());
+                out.cidr6.entry((plen, key)).or_insert(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PortRange;
+
+    fn rule(name: &str, dir: Direction, protos: Vec<Proto>, ports: Vec<PortRange>, targets: Vec<Target>) -> Rule {
+        Rule {
+            name: name.into(),
+            direction: dir,
+            protos,
+            ports,
+            targets,
+            required: true,
+            roles: vec![],
+            origin: "test".into(),
+        }
+    }
+
+    #[test]
+    fn diff_lists_only_changes() {
+        let old: BTreeMap<u32, u32> = [(1, 1), (2, 2), (3, 3)].into();
+        let new: BTreeMap<u32, u32> = [(1, 1), (2, 5), (4, 4)].into();
+        let d = diff(&old, &new);
+        assert_eq!(d.upsert, vec![(2, 5), (4, 4)]);
+        assert_eq!(d.remove, vec![3]);
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn hosts_cidrs_ranges_and_first_rule_wins() {
+        let policy = Policy {
+            rules: vec![
+                rule("a", Direction::Egress, vec![Proto::Tcp], vec![PortRange::single(443)], vec![Target::Host("app.example".into())]),
+                rule("b", Direction::Egress, vec![Proto::Tcp, Proto::Udp], vec![PortRange { lo: 8000, hi: 8002 }, PortRange::single(443)], vec![Target::Host("app.example".into()), Target::Cidr("10.0.0.0/8".parse().unwrap()), Target::Cidr("2001:db8::1/128".parse().unwrap())]),
+                rule("ssh", Direction::Ingress, vec![Proto::Tcp], vec![PortRange::single(22)], vec![Target::Cidr("10.1.2.3/8".parse().unwrap())]),
+                rule("unnamed", Direction::Egress, vec![Proto::Tcp], vec![PortRange::single(1)], vec![Target::Cidr("1.2.3.4/32".parse().unwrap())]),
+            ],
+        };
+        let ids: BTreeMap<String, u32> = [("a".to_string(), 7), ("b".to_string(), 9), ("ssh".to_string(), 3)].into();
+        let addrs: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap()];
+        let e = build(&policy, &ids, |h| if h == "app.example" { &addrs[..] } else { &[] });
+        let k = |port, proto| Key4 { addr: [192, 0, 2, 1], port, proto, dir: DIR_EGRESS };
+        assert_eq!(e.exact4.get(&k(443, PROTO_TCP)), Some(&7), "first rule keeps the shared key");
+        assert_eq!(e.exact4.get(&k(443, PROTO_UDP)), Some(&9));
+        assert_eq!(e.exact4.get(&k(8001, PROTO_TCP)), Some(&9));
+        assert_eq!(e.exact4.get(&k(8003, PROTO_TCP)), None);
+        // 1 (a) + 2 protos x 4 ports (b) on the host
+        assert_eq!(e.exact4.len(), 1 + 8 - 1);
+        assert_eq!(e.exact6.len(), 8);
+        let c = Cidr4 { dir: DIR_EGRESS, proto: PROTO_TCP, port: 8000u16.to_be_bytes(), addr: [10, 0, 0, 0] };
+        assert_eq!(e.cidr4.get(&(CIDR_HEADER_BITS + 8, c)), Some(&9));
+        // host bits of a CIDR are cleared
+        let s = Cidr4 { dir: DIR_INGRESS, proto: PROTO_TCP, port: 22u16.to_be_bytes(), addr: [10, 0, 0, 0] };
+        assert_eq!(e.cidr4.get(&(CIDR_HEADER_BITS + 8, s)), Some(&3));
+        assert_eq!(e.rules, [3, 7, 9].into());
+        assert!(!e.exact4.keys().any(|k| k.port == 1), "rules without an id are skipped");
+    }
+
+    #[test]
+    fn loopback_ingress_rules_open_both_ends() {
+        let policy = Policy {
+            rules: vec![rule("cli", Direction::Ingress, vec![Proto::Tcp], vec![PortRange::single(65220)], vec![Target::Cidr("127.0.0.0/8".parse().unwrap()), Target::Cidr("::1/128".parse().unwrap())])],
+        };
+        let ids: BTreeMap<String, u32> = [("cli".to_string(), 1)].into();
+        let e = build(&policy, &ids, |_| &[]);
+        assert_eq!(e.cidr4.len(), 2);
+        assert!(e.cidr4.keys().any(|(_, k)| k.dir == DIR_EGRESS));
+        assert_eq!(e.exact6.len(), 2);
+    }
+}

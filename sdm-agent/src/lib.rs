@@ -1,0 +1,13 @@
+//! sdm-agent: turns a StrongDM host role and a short config into the
+//! allowlist maps of the sdm-egress kernel programs, and keeps them current.
+pub mod app;
+pub mod catalogue;
+pub mod cgroup;
+pub mod compile;
+pub mod config;
+pub mod dataplane;
+pub mod entries;
+pub mod metrics;
+pub mod policy;
+pub mod resolver;
+pub mod status;

@@ -1,0 +1,273 @@
+//! What is enforced right now, read from the kernel: the pinned maps hold
+//! the mode, the live policy and every counter, so this works while the
+//! agent is down. The agent adds what only it knows (rule details, DNS
+//! state) in RUN_DIR/state.json.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    fs,
+    net::IpAddr,
+    path::PathBuf,
+};
+
+use ipnet::IpNet;
+use sdm_common::{
+    CIDR_HEADER_BITS, DIR_EGRESS, DIR_INGRESS, LOOPBACK_ENFORCE, MODE_ENFORCE, REASON_COUNT,
+    REASON_NAMES,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dataplane::{AttachRecord, DataplaneError, Layout, Maps},
+    policy::Rule,
+    resolver::HostReport,
+};
+
+/// What the agent writes after every policy change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StateFile {
+    pub pid: u32,
+    pub config: Option<PathBuf>,
+    pub rules: Vec<Rule>,
+    pub dns: Vec<HostReport>,
+    /// Unix seconds of the last write.
+    pub updated: u64,
+}
+
+impl StateFile {
+    pub fn path(layout: &Layout) -> PathBuf {
+        layout.run_dir.join("state.json")
+    }
+
+    pub fn read(layout: &Layout) -> Option<Self> {
+        serde_json::from_str(&fs::read_to_string(Self::path(layout)).ok()?).ok()
+    }
+
+    pub fn write(&self, layout: &Layout) -> std::io::Result<()> {
+        fs::create_dir_all(&layout.run_dir)?;
+        let path = Self::path(layout);
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        fs::rename(&tmp, &path)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<sdm_common::Counter> for Count {
+    fn from(c: sdm_common::Counter) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RuleStatus {
+    pub name: String,
+    pub id: u32,
+    /// From the agent's state file; absent if the agent never wrote one.
+    pub direction: Option<String>,
+    pub protos: Vec<String>,
+    pub ports: Vec<String>,
+    pub targets: Vec<String>,
+    pub required: Option<bool>,
+    pub origin: Option<String>,
+    /// In the live policy slot right now.
+    pub active: bool,
+    /// Addresses and CIDRs the live maps hold for this rule.
+    pub addresses: Vec<String>,
+    pub egress: Count,
+    pub ingress: Count,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DenyStatus {
+    pub mode: String,
+    pub direction: String,
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub mode: String,
+    pub loopback: String,
+    pub generation: u32,
+    pub cgroup: Option<PathBuf>,
+    pub pin_root: PathBuf,
+    pub agent_pid: Option<u32>,
+    pub agent_running: bool,
+    pub rules: Vec<RuleStatus>,
+    pub denied: Vec<DenyStatus>,
+    pub dns: Vec<HostReport>,
+}
+
+pub fn mode_name(mode: u32) -> &'static str {
+    if mode == MODE_ENFORCE {
+        "enforce"
+    } else {
+        "audit"
+    }
+}
+
+pub fn dir_name(dir: u8) -> &'static str {
+    if dir == DIR_EGRESS {
+        "egress"
+    } else {
+        "ingress"
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}
+
+/// Reads everything. `maps` must be open on the layout's pins.
+pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneError> {
+    let cfg = maps.config()?;
+    let names = maps.rule_names()?;
+    let live = maps.live()?;
+    let mut addrs: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+    for (k, id) in &live.exact4 {
+        addrs.entry(*id).or_default().insert(IpAddr::from(k.addr).to_string());
+    }
+    for (k, id) in &live.exact6 {
+        addrs.entry(*id).or_default().insert(IpAddr::from(k.addr).to_string());
+    }
+    for ((plen, k), id) in &live.cidr4 {
+        let len = (plen - CIDR_HEADER_BITS) as u8;
+        if let Ok(n) = IpNet::new(IpAddr::from(k.addr), len) {
+            addrs.entry(*id).or_default().insert(n.to_string());
+        }
+    }
+    for ((plen, k), id) in &live.cidr6 {
+        let len = (plen - CIDR_HEADER_BITS) as u8;
+        if let Ok(n) = IpNet::new(IpAddr::from(k.addr), len) {
+            addrs.entry(*id).or_default().insert(n.to_string());
+        }
+    }
+    let state = StateFile::read(layout);
+    let details: BTreeMap<&str, &Rule> = state
+        .as_ref()
+        .map(|s| s.rules.iter().map(|r| (r.name.as_str(), r)).collect())
+        .unwrap_or_default();
+    let mut rules = Vec::new();
+    for (id, name) in &names {
+        let active = live.rules.contains(id);
+        let rule = details.get(name.as_str());
+        if !active && rule.is_none() {
+            continue; // a rule of an earlier policy, kept only for its id
+        }
+        rules.push(RuleStatus {
+            name: name.clone(),
+            id: *id,
+            direction: rule.map(|r| r.direction.to_string()),
+            protos: rule.map(|r| r.protos.iter().map(|p| p.to_string()).collect()).unwrap_or_default(),
+            ports: rule.map(|r| r.ports.iter().map(|p| p.to_string()).collect()).unwrap_or_default(),
+            targets: rule.map(|r| r.targets.iter().map(|t| t.to_string()).collect()).unwrap_or_default(),
+            required: rule.map(|r| r.required),
+            origin: rule.map(|r| r.origin.clone()),
+            active,
+            addresses: addrs.remove(id).map(|s| s.into_iter().collect()).unwrap_or_default(),
+            egress: maps.rule_counter(*id, DIR_EGRESS)?.into(),
+            ingress: maps.rule_counter(*id, DIR_INGRESS)?.into(),
+        });
+    }
+    // Keep the policy's order where the agent recorded it.
+    if let Some(s) = &state {
+        let order: BTreeMap<&str, usize> = s.rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+        rules.sort_by_key(|r| order.get(r.name.as_str()).copied().unwrap_or(usize::MAX));
+    }
+    let mut denied = Vec::new();
+    for enforce in [false, true] {
+        for dir in [DIR_EGRESS, DIR_INGRESS] {
+            for reason in 0..REASON_COUNT {
+                let c = maps.deny_counter(enforce, dir, reason)?;
+                denied.push(DenyStatus {
+                    mode: if enforce { "enforce" } else { "audit" }.into(),
+                    direction: dir_name(dir).into(),
+                    reason: REASON_NAMES[reason as usize].into(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                });
+            }
+        }
+    }
+    let record = AttachRecord::read(layout);
+    let agent_pid = state.as_ref().map(|s| s.pid).or(record.as_ref().map(|r| r.pid));
+    Ok(Status {
+        mode: mode_name(cfg.mode).into(),
+        loopback: if cfg.loopback == LOOPBACK_ENFORCE { "enforce" } else { "pass" }.into(),
+        generation: cfg.generation,
+        cgroup: record.map(|r| r.cgroup),
+        pin_root: layout.pin_root.clone(),
+        agent_running: agent_pid.is_some_and(pid_alive),
+        agent_pid,
+        rules,
+        denied,
+        dns: state.map(|s| s.dns).unwrap_or_default(),
+    })
+}
+
+/// The human view of [`Status`].
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "mode:       {} (loopback: {})", s.mode, s.loopback);
+    let cg = s.cgroup.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "unknown".into());
+    let _ = writeln!(o, "cgroup:     {cg}");
+    let _ = writeln!(o, "pins:       {}", s.pin_root.display());
+    let agent = match (s.agent_pid, s.agent_running) {
+        (Some(p), true) => format!("running (pid {p})"),
+        (Some(p), false) => format!("not running (last pid {p}); enforcement continues from the pinned maps"),
+        (None, _) => "unknown".into(),
+    };
+    let _ = writeln!(o, "agent:      {agent}");
+    let _ = writeln!(o, "generation: {}", s.generation);
+    let _ = writeln!(o, "\nRULES");
+    let _ = writeln!(o, "{:<44} {:<8} {:<10} {:>12} {:>12}  addresses", "name", "dir", "ports", "egress pkts", "ingress pkts");
+    for r in &s.rules {
+        let _ = writeln!(
+            o,
+            "{:<44} {:<8} {:<10} {:>12} {:>12}  {}{}",
+            r.name,
+            r.direction.as_deref().unwrap_or("?"),
+            format!("{}/{}", r.protos.join("+"), r.ports.join(",")),
+            r.egress.packets,
+            r.ingress.packets,
+            if r.addresses.is_empty() { "-".to_string() } else { r.addresses.join(" ") },
+            if r.active { "" } else { "  (not in the live policy)" }
+        );
+    }
+    let _ = writeln!(o, "\nDENIED (packets)");
+    for d in s.denied.iter().filter(|d| d.packets > 0) {
+        let _ = writeln!(o, "  {:<8} {:<8} {:<17} {:>12}", d.mode, d.direction, d.reason, d.packets);
+    }
+    if s.denied.iter().all(|d| d.packets == 0) {
+        let _ = writeln!(o, "  none");
+    }
+    let _ = writeln!(o, "\nDNS");
+    for h in &s.dns {
+        let addrs: Vec<String> = h.addresses.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            o,
+            "  {:<40} {}  failures {}{}",
+            h.hostname,
+            if addrs.is_empty() { "-".into() } else { addrs.join(" ") },
+            h.failures,
+            h.last_error.as_ref().map(|e| format!(" (last: {e})")).unwrap_or_default()
+        );
+    }
+    if s.dns.is_empty() {
+        let _ = writeln!(o, "  no state from the agent");
+    }
+    o
+}

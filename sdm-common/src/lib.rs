@@ -1,0 +1,250 @@
+//! Types and constants shared by the kernel programs (`sdm-ebpf`) and the
+//! agent (`sdm-agent`). Every struct is `#[repr(C)]` with explicit padding
+//! fields so its layout is the same on both sides and the kernel never sees
+//! uninitialised bytes in a map key.
+#![no_std]
+
+/// Map names. Kernel object names are at most 15 characters
+/// (BPF_OBJ_NAME_LEN is 16), so every name here stays within that.
+pub const MAP_CONFIG: &str = "SDM_CONFIG";
+pub const MAP_EXACT4: [&str; 2] = ["SDM_EXACT4_0", "SDM_EXACT4_1"];
+pub const MAP_EXACT6: [&str; 2] = ["SDM_EXACT6_0", "SDM_EXACT6_1"];
+pub const MAP_CIDR4: [&str; 2] = ["SDM_CIDR4_0", "SDM_CIDR4_1"];
+pub const MAP_CIDR6: [&str; 2] = ["SDM_CIDR6_0", "SDM_CIDR6_1"];
+pub const MAP_RULES: &str = "SDM_RULES";
+pub const MAP_RULE_STATS: &str = "SDM_RULE_STATS";
+pub const MAP_DENY_STATS: &str = "SDM_DENY_STATS";
+pub const MAP_SOCK_STATE: &str = "SDM_SOCK_STATE";
+/// Created and used by the agent only: rule id -> rule name, so ids (and
+/// with them the counters) survive agent restarts.
+pub const MAP_RULE_NAMES: &str = "SDM_RULE_NAMES";
+
+/// Program names, as the kernel sees them.
+pub const PROG_EGRESS: &str = "sdm_egress";
+pub const PROG_INGRESS: &str = "sdm_ingress";
+
+/// Every map the kernel programs declare, for pinning.
+pub const KERNEL_MAPS: [&str; 12] = [
+    MAP_CONFIG,
+    MAP_EXACT4[0],
+    MAP_EXACT4[1],
+    MAP_EXACT6[0],
+    MAP_EXACT6[1],
+    MAP_CIDR4[0],
+    MAP_CIDR4[1],
+    MAP_CIDR6[0],
+    MAP_CIDR6[1],
+    MAP_RULES,
+    MAP_RULE_STATS,
+    MAP_DENY_STATS,
+];
+
+/// Capacities. Exact maps hold one entry per (address, protocol, port).
+pub const MAX_EXACT_ENTRIES: u32 = 131_072;
+pub const MAX_CIDR_ENTRIES: u32 = 16_384;
+/// Rule ids are indexes into `SDM_RULES`, `SDM_RULE_STATS` and `SDM_RULE_NAMES`.
+pub const MAX_RULES: u32 = 1024;
+/// Bumped whenever a map's key, value or capacity changes: an agent refuses
+/// to adopt pinned maps of another layout instead of misreading them.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Directions, as stored in keys and counters.
+pub const DIR_EGRESS: u8 = 0;
+pub const DIR_INGRESS: u8 = 1;
+
+/// Modes held in `Config::mode`. Zero is audit, so a freshly created,
+/// zero-filled config map never drops anything.
+pub const MODE_AUDIT: u32 = 0;
+pub const MODE_ENFORCE: u32 = 1;
+
+/// `Config::loopback`.
+pub const LOOPBACK_PASS: u32 = 0;
+pub const LOOPBACK_ENFORCE: u32 = 1;
+
+/// IP protocol numbers used in keys.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Deny reasons, the index into `SDM_DENY_STATS` together with mode and
+/// direction (see [`deny_index`]).
+pub const REASON_NO_RULE: u32 = 0;
+pub const REASON_MALFORMED: u32 = 1;
+pub const REASON_FRAGMENT: u32 = 2;
+pub const REASON_UNKNOWN_PROTO: u32 = 3;
+pub const REASON_COUNT: u32 = 4;
+pub const REASON_NAMES: [&str; REASON_COUNT as usize] =
+    ["no_rule", "malformed", "fragment", "unknown_protocol"];
+
+pub const DENY_STATS_ENTRIES: u32 = 2 * 2 * REASON_COUNT;
+
+/// Index of a deny counter: mode (audit/enforce) x direction x reason.
+#[inline(always)]
+pub const fn deny_index(mode: u32, dir: u8, reason: u32) -> u32 {
+    (mode * 2 + dir as u32) * REASON_COUNT + reason
+}
+
+/// Index of a rule counter: rule id x direction (replies to an egress rule
+/// count under ingress).
+#[inline(always)]
+pub const fn rule_stats_index(rule: u32, dir: u8) -> u32 {
+    rule * 2 + dir as u32
+}
+
+/// Index of a rule's active flag in `SDM_RULES` for a policy slot.
+#[inline(always)]
+pub const fn rule_slot_index(slot: u32, rule: u32) -> u32 {
+    slot * MAX_RULES + rule
+}
+
+/// The single entry of `SDM_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `MODE_AUDIT` or `MODE_ENFORCE`.
+    pub mode: u32,
+    /// `LOOPBACK_PASS` or `LOOPBACK_ENFORCE`.
+    pub loopback: u32,
+    /// Policy generation; the live slot of the allowlist maps is
+    /// `generation & 1`. The agent fills the other slot, then bumps this.
+    pub generation: u32,
+    /// Non-zero: log every verdict through aya-log (debugging only).
+    pub log_verdicts: u32,
+    /// `LAYOUT_VERSION` of the agent that created the maps.
+    pub layout: u32,
+    pub _pad: u32,
+    /// Hash of the eBPF object the pinned links run, so a restarted agent
+    /// knows whether it can adopt them as they are.
+    pub object_hash: u64,
+}
+
+/// Packet and byte counter, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Exact IPv4 key: (direction, protocol, port, remote address). For egress
+/// the port is the remote port; for ingress the local port. For ICMP the
+/// port holds the ICMP type.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key4 {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub dir: u8,
+}
+
+/// Exact IPv6 key, as [`Key4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key6 {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub dir: u8,
+}
+
+/// Data of an IPv4 LPM trie key. Direction, protocol and port come first
+/// and are always matched in full (prefix length = 32 + CIDR length), so
+/// one trie holds every (direction, protocol, port, CIDR) rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr4 {
+    pub dir: u8,
+    pub proto: u8,
+    /// Big-endian, like everything matched bit by bit in a trie.
+    pub port: [u8; 2],
+    pub addr: [u8; 4],
+}
+
+/// Data of an IPv6 LPM trie key, as [`Cidr4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr6 {
+    pub dir: u8,
+    pub proto: u8,
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// Bits of the trie key before the address.
+pub const CIDR_HEADER_BITS: u32 = 32;
+
+/// Value of every allowlist entry: the rule that allows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleRef {
+    pub rule: u32,
+}
+
+/// A rule's state in one policy slot (`SDM_RULES`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleState {
+    /// Non-zero while the rule is part of that slot's policy.
+    pub active: u32,
+}
+
+/// A rule's name (`SDM_RULE_NAMES`), NUL padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleName {
+    pub name: [u8; 96],
+}
+
+impl Default for RuleName {
+    fn default() -> Self {
+        Self { name: [0; 96] }
+    }
+}
+
+/// Per-socket verdict cache (`SDM_SOCK_STATE`, socket local storage): the
+/// last flow this socket was allowed for and the rule that allowed it. It
+/// lives and dies with the socket, so it can never overflow or evict a live
+/// connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockState {
+    /// Remote address (IPv4 in the first four bytes).
+    pub remote: [u8; 16],
+    /// Remote port (host order); 0 for ICMP.
+    pub remote_port: u16,
+    pub proto: u8,
+    /// Direction of the rule that allowed the flow.
+    pub dir: u8,
+    pub rule: u32,
+    /// Non-zero once filled in.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made of integers and byte arrays,
+    // with explicit padding fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for Key4 {}
+    unsafe impl aya::Pod for Key6 {}
+    unsafe impl aya::Pod for Cidr4 {}
+    unsafe impl aya::Pod for Cidr6 {}
+    unsafe impl aya::Pod for RuleRef {}
+    unsafe impl aya::Pod for RuleState {}
+    unsafe impl aya::Pod for RuleName {}
+    unsafe impl aya::Pod for SockState {}
+}
+
+// Layouts the kernel and agent rely on: no hidden padding anywhere.
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<Key4>() == 8);
+const _: () = assert!(core::mem::size_of::<Key6>() == 20);
+const _: () = assert!(core::mem::size_of::<Cidr4>() == 8);
+const _: () = assert!(core::mem::size_of::<Cidr6>() == 20);
+const _: () = assert!(core::mem::size_of::<SockState>() == 32);

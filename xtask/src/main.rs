@@ -1,0 +1,91 @@
+//! `cargo xtask`: the one entry point for setting up, building, running and
+//! testing sdm-egress, on a developer's machine and in CI alike.
+//!
+//! A fresh machine only needs rustup with a stable and a nightly toolchain;
+//! everything else (rust-src, bpf-linker, bpffs, test packages) is put in
+//! place by `setup`, which `build`, `run` and `test` run first.
+
+mod bpf_linker;
+mod context;
+mod system;
+mod tasks;
+mod toolchain;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::{context::Ctx, tasks::Purpose};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build, run and test sdm-egress"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building (and, with --for, running or testing) needs.
+    Setup {
+        /// Only check; print the commands that would change the machine.
+        #[arg(long)]
+        dry_run: bool,
+        /// What to prepare for: `run` adds bpffs, `test` adds test packages.
+        #[arg(long = "for", value_enum, default_value_t = Purpose::Build)]
+        purpose: Purpose,
+    },
+    /// Build the workspace (the eBPF object is built by sdm-agent's build.rs).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `sdm-agent run <ARGS>` as root.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `sdm-agent run`, after `--`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Run every test, including the privileged kernel tests (needs root).
+    Test {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for the test binaries, after `--` (e.g. a name filter).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// rustfmt --check and clippy -D warnings (skips the eBPF build).
+    Check,
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The cause chain, without anyhow's backtrace: CI sets
+            // RUST_BACKTRACE for the tests, not to debug xtask itself.
+            eprintln!("xtask: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("xtask:   caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup { dry_run, purpose } => tasks::setup(&Ctx::new(dry_run)?, purpose),
+        Task::Build { release } => tasks::build(&Ctx::new(false)?, release),
+        Task::Run { release, args } => tasks::run(&Ctx::new(false)?, release, &args),
+        Task::Test { release, args } => tasks::test(&Ctx::new(false)?, release, &args),
+        Task::Check => tasks::check(&Ctx::new(false)?),
+    }
+}

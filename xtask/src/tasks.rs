@@ -1,0 +1,178 @@
+//! The subcommands: setup, build, run, test, check.
+
+use std::{ffi::OsString, os::unix::process::CommandExt as _, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+use clap::ValueEnum;
+
+use crate::{
+    bpf_linker,
+    context::{self, describe, Ctx},
+    system, toolchain,
+};
+
+/// The eBPF crate is built for bpfel-unknown-none by sdm-agent's build.rs;
+/// a host build of the workspace must leave it out.
+const EBPF_PACKAGE: &str = "sdm-ebpf";
+/// The privileged integration tests, run one at a time.
+const PRIVILEGED_TESTS: &str = "sdm-tests";
+/// The userspace agent binary.
+const AGENT: &str = "sdm-agent";
+
+/// What `setup` prepares the machine for.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Purpose {
+    /// nightly rust-src and bpf-linker.
+    Build,
+    /// Also bpffs mounted at /sys/fs/bpf (needs root).
+    Run,
+    /// Also the Debian packages the privileged tests use (needs root).
+    Test,
+}
+
+impl Purpose {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Build => "build",
+            Self::Run => "run",
+            Self::Test => "test",
+        }
+    }
+}
+
+/// Puts in place what `purpose` needs; fast when everything is there.
+pub fn setup(ctx: &Ctx, purpose: Purpose) -> Result<()> {
+    if purpose != Purpose::Build && !ctx.dry_run {
+        // Say so before spending a minute on bpf-linker.
+        system::require_root(&format!("`cargo xtask {}`", purpose.name()))?;
+    }
+    if !toolchain::ensure_nightly(ctx)? {
+        println!("xtask: [dry run] the later steps need the nightly toolchain; stopping here");
+        return Ok(());
+    }
+    bpf_linker::ensure(ctx)?;
+    if purpose != Purpose::Build {
+        system::ensure_bpffs(ctx)?;
+    }
+    if purpose == Purpose::Test {
+        system::ensure_test_packages(ctx)?;
+    }
+    Ok(())
+}
+
+pub fn build(ctx: &Ctx, release: bool) -> Result<()> {
+    setup(ctx, Purpose::Build)?;
+    context::run(&mut host_cargo(ctx, "build", release))
+}
+
+/// Builds, then replaces xtask with `sdm-agent run <args>`, so signals (Ctrl-C)
+/// reach the agent directly and its exit status is the caller's.
+pub fn run(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
+    setup(ctx, Purpose::Run)?;
+    context::run(&mut host_cargo(ctx, "build", release))?;
+    let agent = ctx.target_dir().join(profile(release)).join(AGENT);
+    // The agent keeps the caller's working directory, so a relative
+    // `--config` path means what the caller meant.
+    let mut cmd = ctx.command(&agent);
+    cmd.arg("run").args(args);
+    println!("xtask: running {}", describe(&cmd));
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("could not start `{}`", describe(&cmd)))
+}
+
+/// Builds everything once, then runs the unit tests and the privileged
+/// tests; both run even if the first fails, and a summary says which failed.
+pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
+    setup(ctx, Purpose::Test)?;
+    // Builds the eBPF object once, before two `cargo test` runs need it.
+    let mut build = host_cargo(ctx, "build", release);
+    build.arg("--all-targets");
+    context::run(&mut build).context("the build failed, so no test ran")?;
+
+    let mut unit = host_cargo(ctx, "test", release);
+    unit.args(["--exclude", PRIVILEGED_TESTS, "--"]).args(args);
+    let unit = test_step("unit tests", unit)?;
+
+    let mut privileged = test_cargo(ctx, release);
+    // One at a time: the tests share the kernel's cgroups, maps and bpffs.
+    privileged
+        .args(["--package", PRIVILEGED_TESTS, "--", "--test-threads=1"])
+        .args(args);
+    let privileged = test_step("privileged tests", privileged)?;
+
+    let steps = [unit, privileged];
+    let summary: Vec<String> = steps.iter().map(StepResult::summary).collect();
+    println!("xtask: test summary: {}", summary.join("; "));
+    if steps.iter().any(|step| step.failure.is_some()) {
+        bail!("some tests failed");
+    }
+    Ok(())
+}
+
+/// rustfmt and clippy over the host crates, without building the eBPF
+/// object (AYA_BUILD_SKIP), so it needs neither nightly nor bpf-linker.
+pub fn check(ctx: &Ctx) -> Result<()> {
+    context::run(&mut ctx.cargo(["fmt", "--all", "--", "--check"]))?;
+    let mut clippy = ctx.cargo(["clippy", "--workspace", "--exclude", EBPF_PACKAGE]);
+    clippy
+        .args(["--all-targets", "--", "-D", "warnings"])
+        .env("AYA_BUILD_SKIP", "1");
+    context::run(&mut clippy)
+}
+
+/// `cargo <subcommand> --workspace --exclude sdm-ebpf [--release]`, with the
+/// eBPF build switched on even if the caller's shell had switched it off.
+fn host_cargo(ctx: &Ctx, subcommand: &str, release: bool) -> Command {
+    let mut cmd = ctx.cargo([subcommand, "--workspace", "--exclude", EBPF_PACKAGE]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.env_remove("AYA_BUILD_SKIP");
+    cmd
+}
+
+/// `cargo test [--release]` for one package.
+fn test_cargo(ctx: &Ctx, release: bool) -> Command {
+    let mut cmd = ctx.cargo(["test"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.env_remove("AYA_BUILD_SKIP");
+    cmd
+}
+
+struct StepResult {
+    name: &'static str,
+    /// What went wrong, if it did.
+    failure: Option<String>,
+}
+
+impl StepResult {
+    fn summary(&self) -> String {
+        match &self.failure {
+            None => format!("{} passed", self.name),
+            Some(why) => format!("{} FAILED ({why})", self.name),
+        }
+    }
+}
+
+/// Runs one `cargo test`; a failing test is a result, not an error, so the
+/// next step still runs. CARGO_TERM_COLOR is inherited as it is.
+fn test_step(name: &'static str, mut cmd: Command) -> Result<StepResult> {
+    cmd.env("RUST_BACKTRACE", "1");
+    println!("xtask: {name}: {}", describe(&cmd));
+    let status = context::status(&mut cmd)?;
+    Ok(StepResult {
+        name,
+        failure: (!status.success()).then(|| status.to_string()),
+    })
+}
+
+/// The folder under the target dir that cargo's profile writes to.
+fn profile(release: bool) -> &'static str {
+    if release {
+        "release"
+    } else {
+        "debug"
+    }
+}
