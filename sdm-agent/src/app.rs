@@ -166,9 +166,35 @@ fn seed_from_previous(resolver: &mut Resolver, layout: &Layout, names: &[String]
     }
 }
 
+/// Holds an exclusive lock on RUN_DIR/agent.lock while the agent runs, so a
+/// second agent on the same pins fails at once instead of fighting the first.
+struct InstanceLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_instance(layout: &Layout) -> Result<InstanceLock> {
+    use std::os::fd::AsRawFd as _;
+    std::fs::create_dir_all(&layout.run_dir).with_context(|| format!("create {}", layout.run_dir.display()))?;
+    let path = layout.run_dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let pid = StateFile::read(layout).map(|s| s.pid.to_string()).unwrap_or_else(|| "?".into());
+        bail!(
+            "another sdm-agent (pid {pid}) is running on {}; stop it first",
+            layout.pin_root.display()
+        );
+    }
+    Ok(InstanceLock(file))
+}
+
 pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
     let (config, policy, resolvers) = prepare(config_path.as_deref())?;
     let cgroup = target_cgroup(&config, config_path.as_deref())?;
+    let _lock = lock_instance(&layout)?;
     for w in compile::lockout_warnings(&config, &policy) {
         tracing::warn!("{w}");
     }

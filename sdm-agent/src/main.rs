@@ -58,8 +58,20 @@ enum Command {
     },
     /// Remove everything the agent attached and pinned.
     Detach,
+    /// Log every verdict from the kernel (through the running agent's log);
+    /// off by default: it costs time on every packet.
+    Trace {
+        #[arg(value_enum)]
+        state: OnOff,
+    },
     /// Print the default config, commented.
     DefaultConfig,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -144,6 +156,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             };
             maps.set_mode(m)?;
             println!("mode: {} (a running agent keeps it; a restarted agent applies its config's mode)", status::mode_name(m));
+        }
+        Command::Trace { state } => {
+            let mut maps = Maps::open(&layout)?;
+            let mut cfg = maps.config()?;
+            cfg.log_verdicts = u32::from(matches!(state, OnOff::On));
+            maps.write_config(&cfg)?;
+            println!(
+                "verdict tracing {}",
+                if cfg.log_verdicts != 0 { "on: verdicts appear in the log of the agent that loaded the programs" } else { "off" }
+            );
         }
         Command::Detach => {
             let removed = dataplane::detach(&layout)?;

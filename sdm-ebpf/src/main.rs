@@ -57,7 +57,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, PerCpuArray},
     programs::SkBuffContext,
 };
-use aya_log_ebpf::debug;
+use aya_log_ebpf::info;
 use sdm_common::{
     deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, Key4, Key6,
     RuleRef, RuleState, SockState, CIDR_HEADER_BITS, DENY_STATS_ENTRIES, DIR_EGRESS, DIR_INGRESS,
@@ -188,7 +188,7 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
         remember(sk, &flow, dir, rule);
         count_rule(rule, dir, len);
         if config.log_verdicts != 0 {
-            debug!(ctx, "allow dir={} proto={} port={} rule={}", dir, flow.proto, port, rule);
+            info!(ctx, "allow dir={} proto={} port={} rule={}", dir, flow.proto, port, rule);
         }
         return PASS;
     }
@@ -208,7 +208,7 @@ fn deny(ctx: &SkBuffContext, config: &Config, mode: u32, dir: u8, reason: u32, l
     let enforce = mode == MODE_ENFORCE;
     add(&DENY_STATS, deny_index(if enforce { 1 } else { 0 }, dir, reason), len);
     if config.log_verdicts != 0 {
-        debug!(ctx, "deny dir={} reason={} enforce={}", dir, reason, mode);
+        info!(ctx, "deny dir={} reason={} enforce={}", dir, reason, mode);
     }
     if enforce {
         DROP
@@ -486,24 +486,40 @@ fn transport(
     if off > 40 + MAX_IPV6_EXT_HEADERS * 2048 {
         return Err(Unjudgeable::Malformed);
     }
-    let (src, dst) = match proto {
-        PROTO_TCP | PROTO_UDP => {
-            let ports: [u8; 4] = read(ctx, off)?;
-            (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]))
-        }
-        PROTO_ICMP if !v6 => {
-            let t: u8 = read(ctx, off)?;
-            (u16::from(t), u16::from(t))
-        }
-        PROTO_ICMPV6 if v6 => {
-            let t: u8 = read(ctx, off)?;
-            (u16::from(t), u16::from(t))
-        }
-        0 | 43 | 44 | 51 | 60 => return Err(Unjudgeable::Malformed),
-        _ => return Err(Unjudgeable::UnknownProto),
+    let icmp = (proto == PROTO_ICMP && !v6) || (proto == PROTO_ICMPV6 && v6);
+    if proto != PROTO_TCP && proto != PROTO_UDP && !icmp {
+        return Err(match proto {
+            0 | 43 | 44 | 51 | 60 => Unjudgeable::Malformed,
+            _ => Unjudgeable::UnknownProto,
+        });
+    }
+    // The first four bytes of the transport header: ports, or ICMP type,
+    // code and checksum (an ICMP header is 8 bytes, so they are there).
+    let l4 = first_l4_bytes(ctx, off)?;
+    let (src, dst) = if icmp {
+        (u16::from(l4[0]), u16::from(l4[0]))
+    } else {
+        (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]))
     };
     let (remote_port, local_port) = if dir == DIR_EGRESS { (dst, src) } else { (src, dst) };
     Ok(Flow { v6, proto, remote, remote_port, local_port })
+}
+
+/// Reads four bytes at `off`. The common cases (IPv4 without options,
+/// IPv6 without extension headers) are constant offsets that direct packet
+/// access covers, so a plain TCP or UDP packet is parsed without any helper
+/// call.
+#[inline(always)]
+fn first_l4_bytes(ctx: &SkBuffContext, off: usize) -> Result<[u8; 4], Unjudgeable> {
+    if off == 20 {
+        let h: [u8; 24] = read_head(ctx)?;
+        return Ok([h[20], h[21], h[22], h[23]]);
+    }
+    if off == 40 {
+        let h: [u8; 44] = read_head(ctx)?;
+        return Ok([h[40], h[41], h[42], h[43]]);
+    }
+    read(ctx, off)
 }
 
 #[cfg(not(test))]
