@@ -22,7 +22,7 @@ use aya::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
     },
     Ebpf, EbpfLoader,
 };
@@ -30,8 +30,8 @@ use sdm_common::{
     deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, Key4, Key6,
     RuleName, RuleRef, RuleState, DIR_EGRESS, DIR_INGRESS, KERNEL_MAPS, LAYOUT_VERSION,
     MAP_CIDR4, MAP_CIDR6, MAP_CONFIG, MAP_DENY_STATS, MAP_EXACT4, MAP_EXACT6, MAP_RULES,
-    MAP_RULE_NAMES, MAP_RULE_STATS, MAP_SOCK_STATE, MAX_RULES, PROG_EGRESS, PROG_INGRESS,
-    REASON_COUNT,
+    MAP_RULE_NAMES, MAP_RULE_STATS, MAP_SOCK_STATE, MAX_RULES, PROG_CONNECT4, PROG_CONNECT6,
+    PROG_EGRESS, PROG_INGRESS, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, REASON_COUNT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -129,7 +129,91 @@ impl Layout {
         self.run_dir.join("attach.json")
     }
     pub fn is_attached(&self) -> bool {
-        self.link_pin("egress").exists() || self.link_pin("ingress").exists()
+        ATTACHMENTS.iter().any(|a| self.link_pin(a.pin).exists())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Skb(CgroupSkbAttachType),
+    Sock,
+    SockAddr,
+}
+
+/// One program and where its link is pinned.
+#[derive(Clone, Copy, Debug)]
+pub struct Attachment {
+    pub program: &'static str,
+    pub pin: &'static str,
+    kind: Kind,
+}
+
+/// Every program, in attach order: the packet filters first (they are the
+/// authority), then the socket hooks that name processes and fail fast.
+pub const ATTACHMENTS: [Attachment; 7] = [
+    Attachment { program: PROG_EGRESS, pin: "egress", kind: Kind::Skb(CgroupSkbAttachType::Egress) },
+    Attachment { program: PROG_INGRESS, pin: "ingress", kind: Kind::Skb(CgroupSkbAttachType::Ingress) },
+    Attachment { program: PROG_SOCK_CREATE, pin: "sock_create", kind: Kind::Sock },
+    Attachment { program: PROG_CONNECT4, pin: "connect4", kind: Kind::SockAddr },
+    Attachment { program: PROG_CONNECT6, pin: "connect6", kind: Kind::SockAddr },
+    Attachment { program: PROG_SENDMSG4, pin: "sendmsg4", kind: Kind::SockAddr },
+    Attachment { program: PROG_SENDMSG6, pin: "sendmsg6", kind: Kind::SockAddr },
+];
+
+fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> DataplaneError {
+    move |e| DataplaneError::Program {
+        name,
+        source: Box::new(e),
+    }
+}
+
+fn missing(name: &'static str) -> DataplaneError {
+    DataplaneError::Program {
+        name,
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+    }
+}
+
+/// Loads one program into the kernel.
+fn load_program(ebpf: &mut Ebpf, a: &Attachment) -> Result<(), DataplaneError> {
+    let prog = ebpf.program_mut(a.program).ok_or_else(|| missing(a.program))?;
+    match a.kind {
+        Kind::Skb(_) => <&mut CgroupSkb>::try_from(prog).map_err(prog_err(a.program))?.load(),
+        Kind::Sock => <&mut CgroupSock>::try_from(prog).map_err(prog_err(a.program))?.load(),
+        Kind::SockAddr => <&mut CgroupSockAddr>::try_from(prog).map_err(prog_err(a.program))?.load(),
+    }
+    .map_err(prog_err(a.program))
+}
+
+/// Attaches one program to the cgroup and returns its link, not yet pinned.
+///
+/// A cgroup bpf_link always coexists with other programs (it has
+/// BPF_F_ALLOW_MULTI semantics); BPF_LINK_CREATE rejects that flag itself,
+/// so the mode here must be Single (cgroup_bpf_link_attach in
+/// kernel/bpf/cgroup.c).
+fn attach_program(ebpf: &mut Ebpf, a: &Attachment, cg: &fs::File) -> Result<FdLink, DataplaneError> {
+    let prog = ebpf.program_mut(a.program).ok_or_else(|| missing(a.program))?;
+    let mode = CgroupAttachMode::Single;
+    let link_err = |e| DataplaneError::Link {
+        path: PathBuf::from(a.pin),
+        source: Box::new(e),
+    };
+    match a.kind {
+        Kind::Skb(t) => {
+            let p = <&mut CgroupSkb>::try_from(prog).map_err(prog_err(a.program))?;
+            let id = p.attach(cg.as_fd(), t, mode).map_err(prog_err(a.program))?;
+            FdLink::try_from(p.take_link(id).map_err(prog_err(a.program))?).map_err(link_err)
+        }
+        Kind::Sock => {
+            let p = <&mut CgroupSock>::try_from(prog).map_err(prog_err(a.program))?;
+            let id = p.attach(cg.as_fd(), mode).map_err(prog_err(a.program))?;
+            FdLink::try_from(p.take_link(id).map_err(prog_err(a.program))?).map_err(link_err)
+        }
+        Kind::SockAddr => {
+            let p = <&mut CgroupSockAddr>::try_from(prog).map_err(prog_err(a.program))?;
+            let id = p.attach(cg.as_fd(), mode).map_err(prog_err(a.program))?;
+            FdLink::try_from(p.take_link(id).map_err(prog_err(a.program))?).map_err(link_err)
+        }
     }
 }
 
@@ -210,12 +294,8 @@ pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(object).map_err(|e| DataplaneError::Load(Box::new(e)))?;
-    for name in [PROG_EGRESS, PROG_INGRESS] {
-        let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
-        prog.load().map_err(|e| DataplaneError::Program {
-            name,
-            source: Box::new(e),
-        })?;
+    for a in &ATTACHMENTS {
+        load_program(&mut ebpf, a)?;
     }
     // A config created just now is all zeros: audit mode, generation 0.
     let mut maps = Maps::open(layout)?;
@@ -282,7 +362,7 @@ pub fn attach(
 ) -> Result<(AttachOutcome, Option<Ebpf>), DataplaneError> {
     let hash = object_hash(object);
     let record = AttachRecord::read(layout);
-    let pinned = layout.link_pin("egress").exists() && layout.link_pin("ingress").exists();
+    let pinned = ATTACHMENTS.iter().all(|a| layout.link_pin(a.pin).exists());
     if pinned {
         if let Some(r) = &record {
             if r.cgroup == cgroup && r.object_hash == hash {
@@ -304,28 +384,11 @@ pub fn attach(
     fs::create_dir_all(&links_dir).map_err(io_err("create", &links_dir))?;
     let cg = fs::File::open(cgroup).map_err(io_err("open cgroup", cgroup))?;
     let mut replaced = false;
-    for (name, which, kind) in [
-        (PROG_EGRESS, "egress", CgroupSkbAttachType::Egress),
-        (PROG_INGRESS, "ingress", CgroupSkbAttachType::Ingress),
-    ] {
-        let prog = program(ebpf, name)?;
-        // A cgroup bpf_link always coexists with other programs (it has
-        // BPF_F_ALLOW_MULTI semantics); BPF_LINK_CREATE rejects that flag
-        // itself, so the mode here must be Single (kernel/bpf/cgroup.c,
-        // cgroup_bpf_link_attach).
-        let id = prog
-            .attach(cg.as_fd(), kind, CgroupAttachMode::Single)
-            .map_err(|e| DataplaneError::Program { name, source: Box::new(e) })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|e| DataplaneError::Program { name, source: Box::new(e) })?;
-        let fd_link: FdLink = link.try_into().map_err(|e| DataplaneError::Link {
-            path: layout.link_pin(which),
-            source: Box::new(e),
-        })?;
-        let final_path = layout.link_pin(which);
+    for a in &ATTACHMENTS {
+        let fd_link = attach_program(ebpf, a, &cg)?;
+        let final_path = layout.link_pin(a.pin);
         // bpffs refuses names with dots (reserved: bpf_lookup in kernel/bpf/inode.c).
-        let tmp = layout.link_pin(&format!("{which}_new"));
+        let tmp = layout.link_pin(&format!("{}_new", a.pin));
         let _ = fs::remove_file(&tmp);
         let pinned: PinnedLink = fd_link.pin(&tmp).map_err(|e| DataplaneError::Pin {
             path: tmp.clone(),

@@ -7,6 +7,7 @@ pub mod compile;
 pub mod config;
 pub mod dataplane;
 pub mod entries;
+pub mod events;
 pub mod metrics;
 pub mod policy;
 pub mod resolver;

@@ -15,6 +15,12 @@ pub const MAP_RULES: &str = "SDM_RULES";
 pub const MAP_RULE_STATS: &str = "SDM_RULE_STATS";
 pub const MAP_DENY_STATS: &str = "SDM_DENY_STATS";
 pub const MAP_SOCK_STATE: &str = "SDM_SOCK_STATE";
+/// Ring buffer of [`DenyEvent`]s.
+pub const MAP_EVENTS: &str = "SDM_EVENTS";
+/// Per-CPU event counters, indexed by `EVENT_STAT_*`.
+pub const MAP_EVENT_STATS: &str = "SDM_EVENT_STAT";
+/// LRU of recently reported flows: rate-limits events per flow.
+pub const MAP_EVENT_SEEN: &str = "SDM_EVENT_SEEN";
 /// Created and used by the agent only: rule id -> rule name, so ids (and
 /// with them the counters) survive agent restarts.
 pub const MAP_RULE_NAMES: &str = "SDM_RULE_NAMES";
@@ -22,9 +28,17 @@ pub const MAP_RULE_NAMES: &str = "SDM_RULE_NAMES";
 /// Program names, as the kernel sees them.
 pub const PROG_EGRESS: &str = "sdm_egress";
 pub const PROG_INGRESS: &str = "sdm_ingress";
+pub const PROG_SOCK_CREATE: &str = "sdm_sock_create";
+pub const PROG_CONNECT4: &str = "sdm_connect4";
+pub const PROG_CONNECT6: &str = "sdm_connect6";
+pub const PROG_SENDMSG4: &str = "sdm_sendmsg4";
+pub const PROG_SENDMSG6: &str = "sdm_sendmsg6";
 
 /// Every map the kernel programs declare, for pinning.
-pub const KERNEL_MAPS: [&str; 12] = [
+pub const KERNEL_MAPS: [&str; 15] = [
+    MAP_EVENTS,
+    MAP_EVENT_STATS,
+    MAP_EVENT_SEEN,
     MAP_CONFIG,
     MAP_EXACT4[0],
     MAP_EXACT4[1],
@@ -39,6 +53,18 @@ pub const KERNEL_MAPS: [&str; 12] = [
     MAP_DENY_STATS,
 ];
 
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+/// Flows remembered for rate-limiting events.
+pub const EVENT_SEEN_ENTRIES: u32 = 65_536;
+/// A flow is reported at most once per this many nanoseconds.
+pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+/// `SDM_EVENT_STAT` indexes.
+pub const EVENT_STAT_SENT: u32 = 0;
+pub const EVENT_STAT_LOST: u32 = 1;
+pub const EVENT_STAT_SUPPRESSED: u32 = 2;
+pub const EVENT_STAT_ENTRIES: u32 = 4;
+
 /// Capacities. Exact maps hold one entry per (address, protocol, port).
 pub const MAX_EXACT_ENTRIES: u32 = 131_072;
 pub const MAX_CIDR_ENTRIES: u32 = 16_384;
@@ -46,7 +72,7 @@ pub const MAX_CIDR_ENTRIES: u32 = 16_384;
 pub const MAX_RULES: u32 = 1024;
 /// Bumped whenever a map's key, value or capacity changes: an agent refuses
 /// to adopt pinned maps of another layout instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Directions, as stored in keys and counters.
 pub const DIR_EGRESS: u8 = 0;
@@ -220,11 +246,95 @@ pub struct SockState {
     pub rule: u32,
     /// Non-zero once filled in.
     pub valid: u32,
-    pub _pad: u32,
+    /// Process that created or connected the socket (tgid); 0 if unknown.
+    pub pid: u32,
+    /// Its name (task comm).
+    pub comm: [u8; 16],
+}
+
+/// One denied (or, in audit mode, would-be denied) flow, reported by the
+/// kernel at most once per `EVENT_INTERVAL_NS` per flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenyEvent {
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns); the agent converts to wall time.
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    /// Packets of this flow denied since its previous event (this one included).
+    pub packets: u64,
+    /// Process that owns the socket (tgid), 0 when unknown.
+    pub pid: u32,
+    /// Socket owner uid (bpf_get_socket_uid).
+    pub uid: u32,
+    /// Packet length.
+    pub len: u32,
+    /// `REASON_*`.
+    pub reason: u32,
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+    /// `DIR_*`.
+    pub dir: u8,
+    /// 1 for IPv6 (addresses use 16 bytes), 0 for IPv4 (first 4 bytes).
+    pub v6: u8,
+    /// 1 when the packet was dropped (enforce), 0 when passed (audit).
+    pub dropped: u8,
+    /// Process name (task comm), NUL padded; empty when unknown.
+    pub comm: [u8; 16],
+}
+
+impl Default for DenyEvent {
+    fn default() -> Self {
+        Self {
+            ts_ns: 0,
+            cgroup_id: 0,
+            packets: 0,
+            pid: 0,
+            uid: 0,
+            len: 0,
+            reason: 0,
+            local: [0; 16],
+            remote: [0; 16],
+            local_port: 0,
+            remote_port: 0,
+            proto: 0,
+            dir: 0,
+            v6: 0,
+            dropped: 0,
+            comm: [0; 16],
+        }
+    }
+}
+
+/// Key of the event rate limiter: one flow as seen from this host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    pub remote: [u8; 16],
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: [u8; 2],
+    pub cgroup_id: u64,
+}
+
+/// Value of the event rate limiter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSeen {
+    pub last_ns: u64,
+    /// Packets denied since the last event.
+    pub pending: u64,
 }
 
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for DenyEvent {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowSeen {}
     use super::*;
     // SAFETY: all of these are repr(C), made of integers and byte arrays,
     // with explicit padding fields, so every bit pattern is valid.
@@ -247,4 +357,6 @@ const _: () = assert!(core::mem::size_of::<Key4>() == 8);
 const _: () = assert!(core::mem::size_of::<Key6>() == 20);
 const _: () = assert!(core::mem::size_of::<Cidr4>() == 8);
 const _: () = assert!(core::mem::size_of::<Cidr6>() == 20);
-const _: () = assert!(core::mem::size_of::<SockState>() == 32);
+const _: () = assert!(core::mem::size_of::<SockState>() == 48);
+const _: () = assert!(core::mem::size_of::<DenyEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);

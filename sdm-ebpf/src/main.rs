@@ -52,15 +52,24 @@ use aya_ebpf::{
     bindings::{bpf_sock, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::SkStorage,
     cty::c_void,
-    helpers::generated::{bpf_sk_fullsock, bpf_sk_storage_get},
-    macros::{btf_map, cgroup_skb, map},
-    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, PerCpuArray},
-    programs::SkBuffContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_uid, bpf_ktime_get_ns, bpf_sk_fullsock,
+            bpf_sk_storage_get, bpf_skb_cgroup_id,
+        },
+    },
+    macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, map},
+    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::{SkBuffContext, SockAddrContext, SockContext},
 };
 use aya_log_ebpf::info;
 use sdm_common::{
-    deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, Key4, Key6,
-    RuleRef, RuleState, SockState, CIDR_HEADER_BITS, DENY_STATS_ENTRIES, DIR_EGRESS, DIR_INGRESS,
+    deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, DenyEvent,
+    FlowKey, FlowSeen, Key4, Key6, RuleRef, RuleState, SockState, CIDR_HEADER_BITS,
+    DENY_STATS_ENTRIES, DIR_EGRESS, DIR_INGRESS, EVENTS_RING_BYTES, EVENT_INTERVAL_NS,
+    EVENT_SEEN_ENTRIES, EVENT_STAT_ENTRIES, EVENT_STAT_LOST, EVENT_STAT_SENT,
+    EVENT_STAT_SUPPRESSED,
     LOOPBACK_ENFORCE, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_RULES, MODE_ENFORCE, PROTO_ICMP,
     PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_RULE,
     REASON_UNKNOWN_PROTO,
@@ -107,6 +116,17 @@ static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(2 * MAX_
 #[map(name = "SDM_DENY_STATS")]
 static DENY_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DENY_STATS_ENTRIES, 0);
 
+/// Deny events for the agent, rate-limited per flow by `EVENT_SEEN`.
+#[map(name = "SDM_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+/// Events sent, lost (ring buffer full) and suppressed (rate limit).
+#[map(name = "SDM_EVENT_STAT")]
+static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STAT_ENTRIES, 0);
+/// When each recently denied flow was last reported.
+#[map(name = "SDM_EVENT_SEEN")]
+static EVENT_SEEN: LruHashMap<FlowKey, FlowSeen> =
+    LruHashMap::with_max_entries(EVENT_SEEN_ENTRIES, 0);
+
 #[btf_map(name = "SDM_SOCK_STATE")]
 static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
 
@@ -126,6 +146,8 @@ struct Flow {
     proto: u8,
     /// Remote address; IPv4 in the first four bytes.
     remote: [u8; 16],
+    /// Local address, as `remote`.
+    local: [u8; 16],
     /// Remote port, or the ICMP type.
     remote_port: u16,
     /// Local port, or the ICMP type.
@@ -161,7 +183,8 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
                 Unjudgeable::Fragment => REASON_FRAGMENT,
                 Unjudgeable::UnknownProto => REASON_UNKNOWN_PROTO,
             };
-            return deny(ctx, config, mode, dir, reason, len);
+            let sk = full_socket(ctx);
+            return deny(ctx, config, mode, dir, reason, len, None, sk);
         }
     };
     let slot = config.generation & 1;
@@ -200,13 +223,54 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
     }
 
     // 8. No rule.
-    deny(ctx, config, mode, dir, REASON_NO_RULE, len)
+    deny(ctx, config, mode, dir, REASON_NO_RULE, len, Some(&flow), sk)
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn deny(ctx: &SkBuffContext, config: &Config, mode: u32, dir: u8, reason: u32, len: u32) -> i32 {
+fn deny(
+    ctx: &SkBuffContext,
+    config: &Config,
+    mode: u32,
+    dir: u8,
+    reason: u32,
+    len: u32,
+    flow: Option<&Flow>,
+    sk: *mut bpf_sock,
+) -> i32 {
     let enforce = mode == MODE_ENFORCE;
     add(&DENY_STATS, deny_index(if enforce { 1 } else { 0 }, dir, reason), len);
+    // SAFETY: helpers on the program's own context.
+    let (cgroup_id, uid) = unsafe {
+        (bpf_skb_cgroup_id(ctx.skb.skb), bpf_get_socket_uid(ctx.skb.skb))
+    };
+    let mut ev = DenyEvent {
+        cgroup_id,
+        uid,
+        len,
+        reason,
+        dir,
+        dropped: u8::from(enforce),
+        ..DenyEvent::default()
+    };
+    if let Some(f) = flow {
+        ev.remote = f.remote;
+        ev.local = f.local;
+        ev.remote_port = f.remote_port;
+        ev.local_port = f.local_port;
+        ev.proto = f.proto;
+        ev.v6 = u8::from(f.v6);
+    }
+    // The process that owns the socket, as recorded when it was created or
+    // connected: this program often runs outside that process's context.
+    if let Some(state) = sock_state(sk, false) {
+        // SAFETY: a non-null pointer from bpf_sk_storage_get.
+        unsafe {
+            ev.pid = (*state).pid;
+            ev.comm = (*state).comm;
+        }
+    }
+    report(&mut ev);
     if config.log_verdicts != 0 {
         info!(ctx, "deny dir={} reason={} enforce={}", dir, reason, mode);
     }
@@ -215,6 +279,207 @@ fn deny(ctx: &SkBuffContext, config: &Config, mode: u32, dir: u8, reason: u32, l
     } else {
         PASS
     }
+}
+
+/// Sends a deny event unless this flow was reported less than
+/// `EVENT_INTERVAL_NS` ago: then it only adds to the flow's pending count,
+/// which the next event carries. A flood of denied packets costs the agent
+/// at most one event per flow per interval; the counters still count all.
+#[inline(always)]
+fn report(ev: &mut DenyEvent) {
+    let key = FlowKey {
+        remote: ev.remote,
+        remote_port: ev.remote_port,
+        local_port: if ev.dir == DIR_INGRESS { ev.local_port } else { 0 },
+        proto: ev.proto,
+        dir: ev.dir,
+        _pad: [ev.reason as u8, 0],
+        cgroup_id: ev.cgroup_id,
+    };
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut pending = 0;
+    if let Some(seen) = EVENT_SEEN.get_ptr_mut(&key) {
+        // SAFETY: a valid map value pointer.
+        unsafe {
+            if now.wrapping_sub((*seen).last_ns) < EVENT_INTERVAL_NS {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(ptr::addr_of_mut!((*seen).pending), 1);
+                bump(EVENT_STAT_SUPPRESSED);
+                return;
+            }
+            pending = (*seen).pending;
+        }
+    }
+    let _ = EVENT_SEEN.insert(&key, &FlowSeen { last_ns: now, pending: 0 }, 0);
+    ev.ts_ns = now;
+    ev.packets = pending + 1;
+    match EVENTS.reserve::<DenyEvent>(0) {
+        Some(mut slot) => {
+            slot.write(*ev);
+            slot.submit(0);
+            bump(EVENT_STAT_SENT);
+        }
+        None => bump(EVENT_STAT_LOST),
+    }
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(c) = EVENT_STATS.get_ptr_mut(index) {
+        // SAFETY: valid per-CPU map memory.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, 1) };
+    }
+}
+
+/// Records the creating process on every new socket of the cgroup, so
+/// denies on it can name who owns it.
+#[cgroup_sock(sock_create)]
+pub fn sdm_sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the context is the new socket; sk storage accepts it here
+    // (bpf_sk_storage_get_cg_sock_proto, net/core/bpf_sk_storage.c).
+    let state = unsafe {
+        bpf_sk_storage_get(
+            ptr::addr_of!(SOCK_STATE).cast_mut().cast::<c_void>(),
+            ctx.sock.cast::<c_void>(),
+            ptr::null_mut(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    }
+    .cast::<SockState>();
+    if !state.is_null() {
+        // SAFETY: a non-null pointer from bpf_sk_storage_get.
+        unsafe { record_process(&mut *state) };
+    }
+    PASS
+}
+
+#[inline(always)]
+fn record_process(st: &mut SockState) {
+    st.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Ok(comm) = bpf_get_current_comm() {
+        st.comm = comm;
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sdm_connect4(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sdm_connect6(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sdm_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sdm_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, true)
+}
+
+/// connect() and sendmsg() with an address: refuse a denied destination
+/// with EPERM at once in enforce mode, instead of letting the application
+/// wait for its own timeout while its SYNs are dropped. The packet programs
+/// stay the authority for every packet; this only fails fast. Only TCP and
+/// UDP are judged here; audit mode refuses nothing (the packet path counts
+/// the would-be drops). Returning 0 makes the syscall fail with EPERM
+/// (`__cgroup_bpf_run_filter_sock_addr`, kernel/bpf/cgroup.c).
+#[inline(always)]
+fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let sa = ctx.sock_addr;
+    // Who connects: recorded on the socket for later deny events.
+    // SAFETY: the storage API takes this context.
+    if let Some(st) = unsafe { SOCK_STATE.get_or_insert_ptr_mut(ctx, None).as_mut() } {
+        record_process(st);
+    }
+    // SAFETY: reading context fields the verifier allows for sock_addr programs.
+    let (proto, port_be) = unsafe { ((*sa).protocol, (*sa).user_port) };
+    let proto = proto as u8;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return PASS;
+    }
+    let Some(config) = CONFIG.get(0) else {
+        return PASS;
+    };
+    if config.mode != MODE_ENFORCE {
+        return PASS;
+    }
+    let remote_port = u16::from_be(port_be as u16);
+    let mut remote = [0u8; 16];
+    // SAFETY: as above; addresses are read as the u32 words they are.
+    unsafe {
+        if v6 {
+            let w = (*sa).user_ip6;
+            let mut i = 0;
+            while i < 4 {
+                let b = w[i].to_ne_bytes();
+                remote[i * 4] = b[0];
+                remote[i * 4 + 1] = b[1];
+                remote[i * 4 + 2] = b[2];
+                remote[i * 4 + 3] = b[3];
+                i += 1;
+            }
+        } else {
+            let b = (*sa).user_ip4.to_ne_bytes();
+            remote[0] = b[0];
+            remote[1] = b[1];
+            remote[2] = b[2];
+            remote[3] = b[3];
+        }
+    }
+    // Loopback destinations are judged on the loopback device, where the
+    // packet program knows the interface; this hook does not.
+    let loopback = if v6 {
+        remote[..15].iter().all(|b| *b == 0) && remote[15] == 1
+    } else {
+        remote[0] == 127
+    };
+    if loopback && config.loopback != LOOPBACK_ENFORCE {
+        return PASS;
+    }
+    // SAFETY: the socket behind the context; its source port is readable.
+    let local_port = unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        if sk.is_null() {
+            0
+        } else {
+            (*sk).src_port as u16
+        }
+    };
+    let flow = Flow { v6, proto, remote, local: [0; 16], remote_port, local_port };
+    let slot = config.generation & 1;
+    if lookup(slot, &flow, DIR_EGRESS, remote_port).is_some() {
+        return PASS;
+    }
+    // A server answering an allowed inbound flow with sendto().
+    if local_port != 0 && lookup(slot, &flow, DIR_INGRESS, local_port).is_some() {
+        return PASS;
+    }
+    add(&DENY_STATS, deny_index(1, DIR_EGRESS, REASON_NO_RULE), 0);
+    let mut ev = DenyEvent {
+        // SAFETY: helpers without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        uid: bpf_get_current_uid_gid() as u32,
+        reason: REASON_NO_RULE,
+        dir: DIR_EGRESS,
+        dropped: 1,
+        remote,
+        remote_port,
+        local_port,
+        proto,
+        v6: u8::from(v6),
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        ..DenyEvent::default()
+    };
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+    report(&mut ev);
+    DROP
 }
 
 #[inline(always)]
@@ -420,13 +685,16 @@ fn parse_v4(ctx: &SkBuffContext, dir: u8, hdr: &[u8; 20]) -> Result<Flow, Unjudg
     }
     let proto = hdr[9];
     let mut remote = [0u8; 16];
-    let at = if dir == DIR_EGRESS { 16 } else { 12 };
-    remote[0] = hdr[at];
-    remote[1] = hdr[at + 1];
-    remote[2] = hdr[at + 2];
-    remote[3] = hdr[at + 3];
+    let mut local = [0u8; 16];
+    let (at, lat) = if dir == DIR_EGRESS { (16, 12) } else { (12, 16) };
+    let mut i = 0;
+    while i < 4 {
+        remote[i] = hdr[at + i];
+        local[i] = hdr[lat + i];
+        i += 1;
+    }
     // IPv4 options are skipped by the header length, not read.
-    transport(ctx, dir, false, proto, ihl * 4, remote)
+    transport(ctx, dir, false, proto, ihl * 4, remote, local)
 }
 
 #[inline(always)]
@@ -434,10 +702,12 @@ fn parse_v6(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
     let hdr: [u8; 40] = read_head(ctx)?;
     let mut next = hdr[6];
     let mut remote = [0u8; 16];
-    let at = if dir == DIR_EGRESS { 24 } else { 8 };
+    let mut local = [0u8; 16];
+    let (at, lat) = if dir == DIR_EGRESS { (24, 8) } else { (8, 24) };
     let mut i = 0;
     while i < 16 {
         remote[i] = hdr[at + i];
+        local[i] = hdr[lat + i];
         i += 1;
     }
     let mut off: usize = 40;
@@ -470,7 +740,7 @@ fn parse_v6(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
         }
         n += 1;
     }
-    transport(ctx, dir, true, next, off, remote)
+    transport(ctx, dir, true, next, off, remote, local)
 }
 
 #[inline(always)]
@@ -481,6 +751,7 @@ fn transport(
     proto: u8,
     off: usize,
     remote: [u8; 16],
+    local: [u8; 16],
 ) -> Result<Flow, Unjudgeable> {
     // Keeps the offset provably bounded for the verifier.
     if off > 40 + MAX_IPV6_EXT_HEADERS * 2048 {
@@ -502,7 +773,7 @@ fn transport(
         (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]))
     };
     let (remote_port, local_port) = if dir == DIR_EGRESS { (dst, src) } else { (src, dst) };
-    Ok(Flow { v6, proto, remote, remote_port, local_port })
+    Ok(Flow { v6, proto, remote, local, remote_port, local_port })
 }
 
 /// Reads four bytes at `off`. The common cases (IPv4 without options,

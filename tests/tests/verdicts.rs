@@ -378,3 +378,67 @@ fn many_addresses_do_not_change_verdicts() {
     assert_eq!(f.egress(&v4(APP_ADDR, TCP, 443)), PASS);
 }
 
+
+fn drain_events(f: &Fixture) -> Vec<sdm_common::DenyEvent> {
+    let mut ring = sdm_agent::events::open(&f._pins.layout).expect("open the event ring buffer");
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(sdm_agent::events::decode(&item).expect("a whole event"));
+    }
+    out
+}
+
+fn event_stat(f: &Fixture, index: u32) -> u64 {
+    let path = f._pins.layout.map_pin(sdm_common::MAP_EVENT_STATS);
+    let data = aya::maps::MapData::from_pin(&path).expect("event stats pin");
+    let arr: aya::maps::PerCpuArray<aya::maps::MapData, u64> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).expect("per-CPU array");
+    arr.get(&index, 0).expect("read").iter().sum()
+}
+
+#[test]
+fn denies_are_reported_once_per_flow_per_interval() {
+    let mut f = Fixture::new(&base_policy());
+    let ifindex = f.ifindex;
+    let denied = v4(Ipv4Addr::new(8, 8, 8, 8), TCP, 443);
+    assert_eq!(f.run(DIR_EGRESS, &denied, ifindex, 1000), DROP);
+    let other = v4(Ipv4Addr::new(9, 9, 9, 9), UDP, 53);
+    assert_eq!(f.egress(&other), DROP);
+    assert_eq!(f.egress(&v4(APP_ADDR, TCP, 443)), PASS, "allowed packets make no events");
+    let events = drain_events(&f);
+    assert_eq!(events.len(), 2, "one event per flow, however many packets: {events:?}");
+    let e = events.iter().find(|e| e.remote[..4] == [8, 8, 8, 8]).expect("the 8.8.8.8 event");
+    assert_eq!((e.proto, e.remote_port, e.local_port, e.dir, e.dropped), (TCP, 443, 40000, DIR_EGRESS, 1));
+    assert_eq!(e.local[..4], ME.octets());
+    assert_eq!(e.reason, REASON_NO_RULE);
+    assert_eq!(e.v6, 0);
+    assert_eq!(e.packets, 1);
+    assert_eq!(event_stat(&f, sdm_common::EVENT_STAT_SENT), 2);
+    assert_eq!(event_stat(&f, sdm_common::EVENT_STAT_SUPPRESSED), 999);
+    assert_eq!(event_stat(&f, sdm_common::EVENT_STAT_LOST), 0);
+    assert_eq!(f.denied(true, DIR_EGRESS, REASON_NO_RULE), 1001, "counters still count every packet");
+    // After the interval the next packet reports again, carrying the
+    // packets suppressed in between.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(f.egress(&denied), DROP);
+    let events = drain_events(&f);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].packets, 1000, "999 suppressed + this one");
+}
+
+#[test]
+fn audit_mode_reports_would_be_drops_and_malformed_packets() {
+    let mut f = Fixture::new(&base_policy());
+    f.maps.set_mode(MODE_AUDIT).expect("audit");
+    let p6 = v6("2001:db8:9::1".parse().unwrap(), UDP, 1234);
+    assert_eq!(f.egress(&p6), PASS);
+    let mut bad = v4(APP_ADDR, TCP, 443);
+    bad[0] = 0x55;
+    assert_eq!(f.egress(&bad), PASS);
+    let events = drain_events(&f);
+    assert_eq!(events.len(), 2, "{events:?}");
+    let e6 = events.iter().find(|e| e.v6 == 1).expect("the IPv6 event");
+    assert_eq!((e6.dropped, e6.remote_port, e6.proto), (0, 1234, UDP));
+    assert_eq!(e6.remote, "2001:db8:9::1".parse::<Ipv6Addr>().unwrap().octets());
+    assert!(events.iter().any(|e| e.reason == REASON_MALFORMED && e.dropped == 0));
+}

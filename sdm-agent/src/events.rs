@@ -1,0 +1,174 @@
+//! Deny events from the kernel: the ring buffer `SDM_EVENTS`, drained from
+//! a tokio `AsyncFd` task and handed on as [`Event`]s with wall-clock time.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use sdm_common::{DenyEvent, MAP_EVENTS, REASON_NAMES};
+use serde::Serialize;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::dataplane::{DataplaneError, Layout};
+
+/// A decoded deny event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub time: SystemTime,
+    /// "egress" | "ingress".
+    pub direction: &'static str,
+    /// "tcp" | "udp" | "icmp" | "icmpv6" | the protocol number.
+    pub proto: String,
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+    /// "dropped" (enforce) | "audit" (would have been dropped; passed).
+    pub verdict: &'static str,
+    /// `no_rule`, `malformed`, `fragment`, `unknown_protocol`.
+    pub reason: &'static str,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    /// 0 when unknown.
+    pub pid: u32,
+    /// Empty when unknown.
+    pub comm: String,
+    /// Packets of this flow denied since its previous event (rate limiting
+    /// folds floods into one event a second per flow).
+    pub packets: u64,
+    pub len: u32,
+}
+
+fn addr(bytes: &[u8; 16], v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    }
+}
+
+/// Converts the kernel's CLOCK_MONOTONIC stamp into wall-clock time.
+fn wall_time(ts_ns: u64) -> SystemTime {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now_mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    let age = now_mono.saturating_sub(Duration::from_nanos(ts_ns));
+    SystemTime::now() - age
+}
+
+impl Event {
+    pub fn from_raw(e: &DenyEvent) -> Self {
+        let v6 = e.v6 != 0;
+        let proto = match (e.proto, v6) {
+            (6, _) => "tcp".to_string(),
+            (17, _) => "udp".to_string(),
+            (1, false) => "icmp".to_string(),
+            (58, true) => "icmpv6".to_string(),
+            (p, _) => p.to_string(),
+        };
+        let len = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
+        Self {
+            time: wall_time(e.ts_ns),
+            direction: crate::status::dir_name(e.dir),
+            proto,
+            local: addr(&e.local, v6),
+            local_port: e.local_port,
+            remote: addr(&e.remote, v6),
+            remote_port: e.remote_port,
+            verdict: if e.dropped != 0 { "dropped" } else { "audit" },
+            reason: REASON_NAMES.get(e.reason as usize).copied().unwrap_or("unknown"),
+            cgroup_id: e.cgroup_id,
+            uid: e.uid,
+            pid: e.pid,
+            comm: String::from_utf8_lossy(&e.comm[..len]).into_owned(),
+            packets: e.packets,
+            len: e.len,
+        }
+    }
+}
+
+/// Decodes one ring buffer record.
+pub fn decode(bytes: &[u8]) -> Option<DenyEvent> {
+    if bytes.len() < std::mem::size_of::<DenyEvent>() {
+        return None;
+    }
+    // SAFETY: DenyEvent is plain old data; the length was checked.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DenyEvent>()) })
+}
+
+/// Opens the pinned ring buffer.
+pub fn open(layout: &Layout) -> Result<RingBuf<MapData>, DataplaneError> {
+    let path = layout.map_pin(MAP_EVENTS);
+    let data = MapData::from_pin(&path).map_err(|e| DataplaneError::Map {
+        name: MAP_EVENTS.into(),
+        source: Box::new(e),
+    })?;
+    RingBuf::try_from(aya::maps::Map::RingBuf(data)).map_err(|e| DataplaneError::Map {
+        name: MAP_EVENTS.into(),
+        source: Box::new(e),
+    })
+}
+
+/// Drains the ring buffer into `tx` until the receiver is dropped. When the
+/// channel is full, events are dropped here and counted in `lost` rather
+/// than stalling the kernel side (which counts its own losses).
+pub async fn forward(ring: RingBuf<MapData>, tx: mpsc::Sender<Event>, lost: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let mut fd = match AsyncFd::new(ring) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot poll the deny event ring buffer; flows will not be recorded");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if let Some(raw) = decode(&item) {
+                match tx.try_send(Event::from_raw(&raw)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_raw_event() {
+        let mut raw = DenyEvent {
+            ts_ns: 1,
+            pid: 42,
+            proto: 6,
+            dir: 0,
+            v6: 0,
+            dropped: 1,
+            remote_port: 443,
+            local_port: 40000,
+            packets: 3,
+            ..Default::default()
+        };
+        raw.remote[..4].copy_from_slice(&[192, 0, 2, 1]);
+        raw.comm[..4].copy_from_slice(b"curl");
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw as *const DenyEvent).cast::<u8>(), std::mem::size_of::<DenyEvent>())
+        };
+        let back = decode(bytes).expect("decode");
+        let e = Event::from_raw(&back);
+        assert_eq!(e.remote, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!((e.proto.as_str(), e.verdict, e.comm.as_str(), e.pid), ("tcp", "dropped", "curl", 42));
+        assert_eq!(e.direction, "egress");
+        assert!(decode(&bytes[..10]).is_none());
+    }
+}
