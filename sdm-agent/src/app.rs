@@ -272,19 +272,33 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
     let mut server = tokio::spawn(metrics::serve(listener, registry));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut retry_sync = false;
     loop {
+        let retry_at = retry_sync.then(|| Instant::now() + config.dns.ttl_min);
         let wake = agent
             .resolver
             .next_due()
+            .into_iter()
+            .chain(retry_at)
+            .min()
             .map(|t| t.max(Instant::now() + Duration::from_millis(200)))
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = tokio::time::sleep_until(wake.into()) => {
-                if agent.resolver.refresh_due().await {
-                    let writes = agent.sync()?;
-                    tracing::info!(writes, "allowlist updated");
-                } else {
-                    agent.write_state()?;
+                // A failed update (a map full, say) keeps the last applied
+                // policy live: the flip happens only after a complete write.
+                // It is logged and retried at the next refresh; the agent
+                // stays up.
+                let changed = agent.resolver.refresh_due().await || retry_sync;
+                let result = if changed { agent.sync().map(Some) } else { agent.write_state().map(|()| None) };
+                retry_sync = false;
+                match result {
+                    Ok(Some(writes)) => tracing::info!(writes, "allowlist updated"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        retry_sync = changed;
+                        tracing::error!(error = %format!("{e:#}"), "updating the allowlist failed; the previous policy stays in force");
+                    }
                 }
             }
             _ = tokio::signal::ctrl_c() => break,

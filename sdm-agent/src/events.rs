@@ -116,7 +116,10 @@ pub fn open(layout: &Layout) -> Result<RingBuf<MapData>, DataplaneError> {
 /// channel is full, events are dropped here and counted in `lost` rather
 /// than stalling the kernel side (which counts its own losses).
 pub async fn forward(ring: RingBuf<MapData>, tx: mpsc::Sender<Event>, lost: std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    let mut fd = match AsyncFd::new(ring) {
+    // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which
+    // owns it for as long as it is registered.
+    let registered = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {
             tracing::error!(error = %e, "cannot poll the deny event ring buffer; flows will not be recorded");

@@ -431,6 +431,13 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
             remote[3] = b[3];
         }
     }
+    // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) on a dual-stack socket
+    // goes out as IPv4: judge it as the packet program will see it.
+    let mut v6 = v6;
+    if v6 && remote[..10].iter().all(|b| *b == 0) && remote[10] == 0xff && remote[11] == 0xff {
+        v6 = false;
+        remote = [remote[12], remote[13], remote[14], remote[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    }
     // Loopback destinations are judged on the loopback device, where the
     // packet program knows the interface; this hook does not.
     let loopback = if v6 {
