@@ -20,8 +20,7 @@ use crate::{
     cgroup, compile,
     config::{Config, LoopbackMode, Mode},
     dataplane::{self, AttachOutcome, Layout, Maps},
-    entries,
-    metrics,
+    entries, metrics,
     policy::{Policy, Target},
     resolver::{DnsTiming, HostState, Resolver},
     status::StateFile,
@@ -33,7 +32,8 @@ pub fn resolvers(config: &Config) -> Result<Vec<IpAddr>> {
     if !config.dns.servers.is_empty() {
         return Ok(config.dns.servers.clone());
     }
-    let text = std::fs::read_to_string("/etc/resolv.conf").context("read /etc/resolv.conf (or set [dns] servers)")?;
+    let text = std::fs::read_to_string("/etc/resolv.conf")
+        .context("read /etc/resolv.conf (or set [dns] servers)")?;
     let servers = compile::parse_resolv_conf(&text);
     if servers.is_empty() {
         bail!("/etc/resolv.conf names no nameserver; set [dns] servers in the config");
@@ -43,7 +43,8 @@ pub fn resolvers(config: &Config) -> Result<Vec<IpAddr>> {
 
 /// Where the config came from, for messages.
 pub fn config_label(path: Option<&Path>) -> String {
-    path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default config".into())
+    path.map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in default config".into())
 }
 
 /// The cgroup to attach to, checked; a bad path names the config's file,
@@ -70,7 +71,8 @@ pub fn prepare(path: Option<&Path>) -> Result<(Config, Policy, Vec<IpAddr>)> {
         None => Config::default(),
     };
     let resolvers = resolvers(&config)?;
-    let policy = compile::compile(&config, &resolvers).with_context(|| format!("config {}", config_label(path)))?;
+    let policy = compile::compile(&config, &resolvers)
+        .with_context(|| format!("config {}", config_label(path)))?;
     Ok((config, policy, resolvers))
 }
 
@@ -97,13 +99,17 @@ fn spawn_ebpf_logger(ebpf: &mut aya::Ebpf) {
             tokio::spawn(async move {
                 // SAFETY: the logger owns the ring buffer's fd and moves into
                 // the AsyncFd, which owns it for as long as it is registered.
-                let registered = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+                let registered = unsafe {
+                    AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+                };
                 let Ok(mut fd) = registered else {
                     tracing::warn!("cannot poll the eBPF log ring buffer");
                     return;
                 };
                 loop {
-                    let Ok(mut guard) = fd.readable_mut().await else { return };
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        return;
+                    };
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
@@ -128,7 +134,10 @@ impl Agent {
     fn sync(&mut self) -> Result<usize> {
         let resolver = &self.resolver;
         let want = entries::build(&self.policy, &self.ids, |h| resolver.addresses(h));
-        let mut maps = self.maps.lock().map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
+        let mut maps = self
+            .maps
+            .lock()
+            .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
         let writes = maps.apply(&want).context("apply the policy to the maps")?;
         drop(maps);
         self.write_state()?;
@@ -141,7 +150,10 @@ impl Agent {
             config: self.config_path.clone(),
             rules: self.policy.rules.clone(),
             dns: self.resolver.report(),
-            updated: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            updated: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         }
         .write(&self.layout)
         .with_context(|| format!("write {}", StateFile::path(&self.layout).display()))
@@ -151,7 +163,9 @@ impl Agent {
 /// Seeds the resolver with what the previous agent had resolved, so a
 /// restart with DNS down does not shrink the allowlist.
 fn seed_from_previous(resolver: &mut Resolver, layout: &Layout, names: &[String]) {
-    let Some(prev) = StateFile::read(layout) else { return };
+    let Some(prev) = StateFile::read(layout) else {
+        return;
+    };
     let now = Instant::now();
     let timing = resolver.timing().clone();
     for h in prev.dns {
@@ -172,7 +186,8 @@ struct InstanceLock(#[allow(dead_code)] std::fs::File);
 
 fn lock_instance(layout: &Layout) -> Result<InstanceLock> {
     use std::os::fd::AsRawFd as _;
-    std::fs::create_dir_all(&layout.run_dir).with_context(|| format!("create {}", layout.run_dir.display()))?;
+    std::fs::create_dir_all(&layout.run_dir)
+        .with_context(|| format!("create {}", layout.run_dir.display()))?;
     let path = layout.run_dir.join("agent.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -182,7 +197,9 @@ fn lock_instance(layout: &Layout) -> Result<InstanceLock> {
         .with_context(|| format!("open {}", path.display()))?;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let pid = StateFile::read(layout).map(|s| s.pid.to_string()).unwrap_or_else(|| "?".into());
+        let pid = StateFile::read(layout)
+            .map(|s| s.pid.to_string())
+            .unwrap_or_else(|| "?".into());
         bail!(
             "another sdm-agent (pid {pid}) is running on {}; stop it first",
             layout.pin_root.display()
@@ -211,10 +228,15 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
     let object = dataplane::EBPF_OBJECT;
     // With pinned links in place attach() adopts or replaces them, loading
     // the object only when it must.
-    let (outcome, mut ebpf) = dataplane::attach(&layout, &cgroup, object, None).context("attach the programs")?;
+    let (outcome, mut ebpf) =
+        dataplane::attach(&layout, &cgroup, object, None).context("attach the programs")?;
     match outcome {
-        AttachOutcome::Adopted => tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), "adopted the pinned programs and maps of a previous agent: no gap"),
-        AttachOutcome::Attached { replaced } => tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), replaced, "attached the egress and ingress programs"),
+        AttachOutcome::Adopted => {
+            tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), "adopted the pinned programs and maps of a previous agent: no gap")
+        }
+        AttachOutcome::Attached { replaced } => {
+            tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), replaced, "attached the egress and ingress programs")
+        }
     }
     if let Some(e) = ebpf.as_mut() {
         spawn_ebpf_logger(e);
@@ -250,7 +272,9 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
     agent.resolver.refresh_due().await;
     let writes = agent.sync()?;
     {
-        let mut m = maps.lock().map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
+        let mut m = maps
+            .lock()
+            .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
         m.set_loopback(match config.loopback {
             LoopbackMode::Enforce => LOOPBACK_ENFORCE,
             LoopbackMode::Pass => LOOPBACK_PASS,
@@ -268,7 +292,10 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
         "policy applied; enforcement is live"
     );
 
-    let registry = Arc::new(metrics::registry(metrics::Source { layout: layout.clone(), maps: maps.clone() }));
+    let registry = Arc::new(metrics::registry(metrics::Source {
+        layout: layout.clone(),
+        maps: maps.clone(),
+    }));
     let mut server = tokio::spawn(metrics::serve(listener, registry));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -12,8 +12,7 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
-    io,
+    fs, io,
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
@@ -28,10 +27,10 @@ use aya::{
 };
 use sdm_common::{
     deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, Key4, Key6,
-    RuleName, RuleRef, RuleState, DIR_EGRESS, DIR_INGRESS, KERNEL_MAPS, LAYOUT_VERSION,
-    MAP_CIDR4, MAP_CIDR6, MAP_CONFIG, MAP_DENY_STATS, MAP_EXACT4, MAP_EXACT6, MAP_RULES,
-    MAP_RULE_NAMES, MAP_RULE_STATS, MAP_SOCK_STATE, MAX_RULES, PROG_CONNECT4, PROG_CONNECT6,
-    PROG_EGRESS, PROG_INGRESS, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, REASON_COUNT,
+    RuleName, RuleRef, RuleState, DIR_EGRESS, DIR_INGRESS, KERNEL_MAPS, LAYOUT_VERSION, MAP_CIDR4,
+    MAP_CIDR6, MAP_CONFIG, MAP_DENY_STATS, MAP_EXACT4, MAP_EXACT6, MAP_RULES, MAP_RULE_NAMES,
+    MAP_RULE_STATS, MAP_SOCK_STATE, MAX_RULES, PROG_CONNECT4, PROG_CONNECT6, PROG_EGRESS,
+    PROG_INGRESS, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, REASON_COUNT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -151,13 +150,41 @@ pub struct Attachment {
 /// Every program, in attach order: the packet filters first (they are the
 /// authority), then the socket hooks that name processes and fail fast.
 pub const ATTACHMENTS: [Attachment; 7] = [
-    Attachment { program: PROG_EGRESS, pin: "egress", kind: Kind::Skb(CgroupSkbAttachType::Egress) },
-    Attachment { program: PROG_INGRESS, pin: "ingress", kind: Kind::Skb(CgroupSkbAttachType::Ingress) },
-    Attachment { program: PROG_SOCK_CREATE, pin: "sock_create", kind: Kind::Sock },
-    Attachment { program: PROG_CONNECT4, pin: "connect4", kind: Kind::SockAddr },
-    Attachment { program: PROG_CONNECT6, pin: "connect6", kind: Kind::SockAddr },
-    Attachment { program: PROG_SENDMSG4, pin: "sendmsg4", kind: Kind::SockAddr },
-    Attachment { program: PROG_SENDMSG6, pin: "sendmsg6", kind: Kind::SockAddr },
+    Attachment {
+        program: PROG_EGRESS,
+        pin: "egress",
+        kind: Kind::Skb(CgroupSkbAttachType::Egress),
+    },
+    Attachment {
+        program: PROG_INGRESS,
+        pin: "ingress",
+        kind: Kind::Skb(CgroupSkbAttachType::Ingress),
+    },
+    Attachment {
+        program: PROG_SOCK_CREATE,
+        pin: "sock_create",
+        kind: Kind::Sock,
+    },
+    Attachment {
+        program: PROG_CONNECT4,
+        pin: "connect4",
+        kind: Kind::SockAddr,
+    },
+    Attachment {
+        program: PROG_CONNECT6,
+        pin: "connect6",
+        kind: Kind::SockAddr,
+    },
+    Attachment {
+        program: PROG_SENDMSG4,
+        pin: "sendmsg4",
+        kind: Kind::SockAddr,
+    },
+    Attachment {
+        program: PROG_SENDMSG6,
+        pin: "sendmsg6",
+        kind: Kind::SockAddr,
+    },
 ];
 
 fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> DataplaneError {
@@ -176,11 +203,19 @@ fn missing(name: &'static str) -> DataplaneError {
 
 /// Loads one program into the kernel.
 fn load_program(ebpf: &mut Ebpf, a: &Attachment) -> Result<(), DataplaneError> {
-    let prog = ebpf.program_mut(a.program).ok_or_else(|| missing(a.program))?;
+    let prog = ebpf
+        .program_mut(a.program)
+        .ok_or_else(|| missing(a.program))?;
     match a.kind {
-        Kind::Skb(_) => <&mut CgroupSkb>::try_from(prog).map_err(prog_err(a.program))?.load(),
-        Kind::Sock => <&mut CgroupSock>::try_from(prog).map_err(prog_err(a.program))?.load(),
-        Kind::SockAddr => <&mut CgroupSockAddr>::try_from(prog).map_err(prog_err(a.program))?.load(),
+        Kind::Skb(_) => <&mut CgroupSkb>::try_from(prog)
+            .map_err(prog_err(a.program))?
+            .load(),
+        Kind::Sock => <&mut CgroupSock>::try_from(prog)
+            .map_err(prog_err(a.program))?
+            .load(),
+        Kind::SockAddr => <&mut CgroupSockAddr>::try_from(prog)
+            .map_err(prog_err(a.program))?
+            .load(),
     }
     .map_err(prog_err(a.program))
 }
@@ -191,8 +226,14 @@ fn load_program(ebpf: &mut Ebpf, a: &Attachment) -> Result<(), DataplaneError> {
 /// BPF_F_ALLOW_MULTI semantics); BPF_LINK_CREATE rejects that flag itself,
 /// so the mode here must be Single (cgroup_bpf_link_attach in
 /// kernel/bpf/cgroup.c).
-fn attach_program(ebpf: &mut Ebpf, a: &Attachment, cg: &fs::File) -> Result<FdLink, DataplaneError> {
-    let prog = ebpf.program_mut(a.program).ok_or_else(|| missing(a.program))?;
+fn attach_program(
+    ebpf: &mut Ebpf,
+    a: &Attachment,
+    cg: &fs::File,
+) -> Result<FdLink, DataplaneError> {
+    let prog = ebpf
+        .program_mut(a.program)
+        .ok_or_else(|| missing(a.program))?;
     let mode = CgroupAttachMode::Single;
     let link_err = |e| DataplaneError::Link {
         path: PathBuf::from(a.pin),
@@ -251,7 +292,8 @@ pub fn object_hash(bytes: &[u8]) -> u64 {
 
 /// Mounts bpffs at /sys/fs/bpf when it is not mounted yet.
 pub fn ensure_bpffs() -> Result<(), DataplaneError> {
-    let mounts = fs::read_to_string("/proc/mounts").map_err(io_err("read", Path::new("/proc/mounts")))?;
+    let mounts =
+        fs::read_to_string("/proc/mounts").map_err(io_err("read", Path::new("/proc/mounts")))?;
     let mounted = mounts.lines().any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.len() > 2 && f[1] == "/sys/fs/bpf" && f[2] == "bpf"
@@ -293,7 +335,9 @@ pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
     for (name, path) in &names {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(object).map_err(|e| DataplaneError::Load(Box::new(e)))?;
+    let mut ebpf = loader
+        .load(object)
+        .map_err(|e| DataplaneError::Load(Box::new(e)))?;
     for a in &ATTACHMENTS {
         load_program(&mut ebpf, a)?;
     }
@@ -313,7 +357,8 @@ fn check_layout(layout: &Layout) -> Result<(), DataplaneError> {
         return Ok(());
     }
     let data = MapData::from_pin(&path).map_err(map_err(MAP_CONFIG))?;
-    let arr: Array<MapData, Config> = Array::try_from(aya::maps::Map::Array(data)).map_err(map_err(MAP_CONFIG))?;
+    let arr: Array<MapData, Config> =
+        Array::try_from(aya::maps::Map::Array(data)).map_err(map_err(MAP_CONFIG))?;
     let cfg = arr.get(&0, 0).map_err(map_err(MAP_CONFIG))?;
     if cfg.layout != 0 && cfg.layout != LAYOUT_VERSION {
         return Err(DataplaneError::Layout {
@@ -325,7 +370,10 @@ fn check_layout(layout: &Layout) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-pub fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, DataplaneError> {
+pub fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSkb, DataplaneError> {
     ebpf.program_mut(name)
         .ok_or(DataplaneError::Program {
             name,
@@ -419,7 +467,9 @@ pub fn detach(layout: &Layout) -> Result<Vec<PathBuf>, DataplaneError> {
     let mut removed = Vec::new();
     for sub in ["links", "maps"] {
         let dir = layout.pin_root.join(sub);
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             fs::remove_file(&p).map_err(io_err("unpin", &p))?;
@@ -465,7 +515,9 @@ fn open_map(layout: &Layout, name: &str) -> Result<aya::maps::Map, DataplaneErro
 
 macro_rules! typed {
     ($layout:expr, $name:expr) => {
-        open_map($layout, $name)?.try_into().map_err(map_err($name))?
+        open_map($layout, $name)?
+            .try_into()
+            .map_err(map_err($name))?
     };
 }
 
@@ -480,7 +532,8 @@ impl Maps {
             if !layout.map_pin(MAP_CONFIG).exists() {
                 return Err(DataplaneError::NotAttached(layout.pin_root.clone()));
             }
-            let arr = Array::<MapData, RuleName>::create(MAX_RULES, 0).map_err(map_err(MAP_RULE_NAMES))?;
+            let arr = Array::<MapData, RuleName>::create(MAX_RULES, 0)
+                .map_err(map_err(MAP_RULE_NAMES))?;
             // pin() consumes the handle; the map lives on in bpffs.
             arr.pin(&names_path).map_err(|e| DataplaneError::Pin {
                 path: names_path.clone(),
@@ -532,7 +585,10 @@ impl Maps {
     pub fn rule_names(&self) -> Result<BTreeMap<u32, String>, DataplaneError> {
         let mut out = BTreeMap::new();
         for id in 0..MAX_RULES {
-            let n = self.rule_names.get(&id, 0).map_err(map_err(MAP_RULE_NAMES))?;
+            let n = self
+                .rule_names
+                .get(&id, 0)
+                .map_err(map_err(MAP_RULE_NAMES))?;
             let len = n.name.iter().position(|b| *b == 0).unwrap_or(n.name.len());
             if len > 0 {
                 out.insert(id, String::from_utf8_lossy(&n.name[..len]).into_owned());
@@ -544,11 +600,17 @@ impl Maps {
     /// Gives every name an id, keeping the ids already recorded (so counters
     /// continue across restarts). Ids of names no longer wanted are reused
     /// only when no free id is left, with their counters cleared.
-    pub fn assign_rule_ids(&mut self, names: &[&str]) -> Result<BTreeMap<String, u32>, DataplaneError> {
+    pub fn assign_rule_ids(
+        &mut self,
+        names: &[&str],
+    ) -> Result<BTreeMap<String, u32>, DataplaneError> {
         let known = self.rule_names()?;
         let by_name: BTreeMap<&str, u32> = known.iter().map(|(id, n)| (n.as_str(), *id)).collect();
         let wanted: std::collections::BTreeSet<&str> = names.iter().copied().collect();
-        let mut free: Vec<u32> = (0..MAX_RULES).filter(|id| !known.contains_key(id)).rev().collect();
+        let mut free: Vec<u32> = (0..MAX_RULES)
+            .filter(|id| !known.contains_key(id))
+            .rev()
+            .collect();
         let mut stale: Vec<u32> = known
             .iter()
             .filter(|(_, n)| !wanted.contains(n.as_str()))
@@ -573,7 +635,9 @@ impl Maps {
             let b = name.as_bytes();
             let n = b.len().min(rn.name.len() - 1);
             rn.name[..n].copy_from_slice(&b[..n]);
-            self.rule_names.set(id, rn, 0).map_err(map_err(MAP_RULE_NAMES))?;
+            self.rule_names
+                .set(id, rn, 0)
+                .map_err(map_err(MAP_RULE_NAMES))?;
             out.insert((*name).to_owned(), id);
         }
         Ok(out)
@@ -617,7 +681,12 @@ impl Maps {
     }
 
     /// Deny counter for (mode, direction, reason), summed over CPUs.
-    pub fn deny_counter(&self, enforce: bool, dir: u8, reason: u32) -> Result<Counter, DataplaneError> {
+    pub fn deny_counter(
+        &self,
+        enforce: bool,
+        dir: u8,
+        reason: u32,
+    ) -> Result<Counter, DataplaneError> {
         debug_assert!(reason < REASON_COUNT);
         let v = self
             .deny_stats
@@ -690,19 +759,27 @@ impl Maps {
 
         let d = diff(&have.exact4, &want.exact4);
         for (k, v) in &d.upsert {
-            self.exact4[idle].insert(k, RuleRef { rule: *v }, 0).map_err(map_err(MAP_EXACT4[idle]))?;
+            self.exact4[idle]
+                .insert(k, RuleRef { rule: *v }, 0)
+                .map_err(map_err(MAP_EXACT4[idle]))?;
         }
         for k in &d.remove {
-            self.exact4[idle].remove(k).map_err(map_err(MAP_EXACT4[idle]))?;
+            self.exact4[idle]
+                .remove(k)
+                .map_err(map_err(MAP_EXACT4[idle]))?;
         }
         writes += d.upsert.len() + d.remove.len();
 
         let d = diff(&have.exact6, &want.exact6);
         for (k, v) in &d.upsert {
-            self.exact6[idle].insert(k, RuleRef { rule: *v }, 0).map_err(map_err(MAP_EXACT6[idle]))?;
+            self.exact6[idle]
+                .insert(k, RuleRef { rule: *v }, 0)
+                .map_err(map_err(MAP_EXACT6[idle]))?;
         }
         for k in &d.remove {
-            self.exact6[idle].remove(k).map_err(map_err(MAP_EXACT6[idle]))?;
+            self.exact6[idle]
+                .remove(k)
+                .map_err(map_err(MAP_EXACT6[idle]))?;
         }
         writes += d.upsert.len() + d.remove.len();
 
@@ -713,7 +790,9 @@ impl Maps {
                 .map_err(map_err(MAP_CIDR4[idle]))?;
         }
         for (plen, k) in &d.remove {
-            self.cidr4[idle].remove(&LpmKey::new(*plen, *k)).map_err(map_err(MAP_CIDR4[idle]))?;
+            self.cidr4[idle]
+                .remove(&LpmKey::new(*plen, *k))
+                .map_err(map_err(MAP_CIDR4[idle]))?;
         }
         writes += d.upsert.len() + d.remove.len();
 
@@ -724,7 +803,9 @@ impl Maps {
                 .map_err(map_err(MAP_CIDR6[idle]))?;
         }
         for (plen, k) in &d.remove {
-            self.cidr6[idle].remove(&LpmKey::new(*plen, *k)).map_err(map_err(MAP_CIDR6[idle]))?;
+            self.cidr6[idle]
+                .remove(&LpmKey::new(*plen, *k))
+                .map_err(map_err(MAP_CIDR6[idle]))?;
         }
         writes += d.upsert.len() + d.remove.len();
 
@@ -749,7 +830,12 @@ impl Maps {
 /// programs. `ifindex` must name a non-loopback device of the calling
 /// thread's network namespace for the packet not to count as loopback.
 /// aya has no wrapper for this command, hence the raw syscall.
-pub fn test_run(prog: &CgroupSkb, packet: &[u8], ifindex: u32, repeat: u32) -> io::Result<(u32, u32)> {
+pub fn test_run(
+    prog: &CgroupSkb,
+    packet: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> io::Result<(u32, u32)> {
     let fd = prog.fd().map_err(io::Error::other)?;
     let raw = fd.as_fd().as_raw_fd();
     let ethertype: u16 = match packet.first().map(|b| b >> 4) {

@@ -145,7 +145,12 @@ fn insert(out: &mut Entries, net: &IpNet, dir: u8, proto: Proto, port: u16, id: 
             let proto = proto_code(proto, false);
             let addr = n.addr().octets();
             if n.prefix_len() == 32 {
-                let key = Key4 { addr, port, proto, dir };
+                let key = Key4 {
+                    addr,
+                    port,
+                    proto,
+                    dir,
+                };
                 out.exact4.entry(key).or_insert(id);
             } else {
                 let key = Cidr4 {
@@ -162,7 +167,12 @@ fn insert(out: &mut Entries, net: &IpNet, dir: u8, proto: Proto, port: u16, id: 
             let proto = proto_code(proto, true);
             let addr = n.addr().octets();
             if n.prefix_len() == 128 {
-                let key = Key6 { addr, port, proto, dir };
+                let key = Key6 {
+                    addr,
+                    port,
+                    proto,
+                    dir,
+                };
                 out.exact6.entry(key).or_insert(id);
             } else {
                 let key = Cidr6 {
@@ -183,7 +193,13 @@ mod tests {
     use super::*;
     use crate::policy::PortRange;
 
-    fn rule(name: &str, dir: Direction, protos: Vec<Proto>, ports: Vec<PortRange>, targets: Vec<Target>) -> Rule {
+    fn rule(
+        name: &str,
+        dir: Direction,
+        protos: Vec<Proto>,
+        ports: Vec<PortRange>,
+        targets: Vec<Target>,
+    ) -> Rule {
         Rule {
             name: name.into(),
             direction: dir,
@@ -210,36 +226,106 @@ mod tests {
     fn hosts_cidrs_ranges_and_first_rule_wins() {
         let policy = Policy {
             rules: vec![
-                rule("a", Direction::Egress, vec![Proto::Tcp], vec![PortRange::single(443)], vec![Target::Host("app.example".into())]),
-                rule("b", Direction::Egress, vec![Proto::Tcp, Proto::Udp], vec![PortRange { lo: 8000, hi: 8002 }, PortRange::single(443)], vec![Target::Host("app.example".into()), Target::Cidr("10.0.0.0/8".parse().unwrap()), Target::Cidr("2001:db8::1/128".parse().unwrap())]),
-                rule("ssh", Direction::Ingress, vec![Proto::Tcp], vec![PortRange::single(22)], vec![Target::Cidr("10.1.2.3/8".parse().unwrap())]),
-                rule("unnamed", Direction::Egress, vec![Proto::Tcp], vec![PortRange::single(1)], vec![Target::Cidr("1.2.3.4/32".parse().unwrap())]),
+                rule(
+                    "a",
+                    Direction::Egress,
+                    vec![Proto::Tcp],
+                    vec![PortRange::single(443)],
+                    vec![Target::Host("app.example".into())],
+                ),
+                rule(
+                    "b",
+                    Direction::Egress,
+                    vec![Proto::Tcp, Proto::Udp],
+                    vec![PortRange { lo: 8000, hi: 8002 }, PortRange::single(443)],
+                    vec![
+                        Target::Host("app.example".into()),
+                        Target::Cidr("10.0.0.0/8".parse().unwrap()),
+                        Target::Cidr("2001:db8::1/128".parse().unwrap()),
+                    ],
+                ),
+                rule(
+                    "ssh",
+                    Direction::Ingress,
+                    vec![Proto::Tcp],
+                    vec![PortRange::single(22)],
+                    vec![Target::Cidr("10.1.2.3/8".parse().unwrap())],
+                ),
+                rule(
+                    "unnamed",
+                    Direction::Egress,
+                    vec![Proto::Tcp],
+                    vec![PortRange::single(1)],
+                    vec![Target::Cidr("1.2.3.4/32".parse().unwrap())],
+                ),
             ],
         };
-        let ids: BTreeMap<String, u32> = [("a".to_string(), 7), ("b".to_string(), 9), ("ssh".to_string(), 3)].into();
+        let ids: BTreeMap<String, u32> = [
+            ("a".to_string(), 7),
+            ("b".to_string(), 9),
+            ("ssh".to_string(), 3),
+        ]
+        .into();
         let addrs: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap()];
-        let e = build(&policy, &ids, |h| if h == "app.example" { &addrs[..] } else { &[] });
-        let k = |port, proto| Key4 { addr: [192, 0, 2, 1], port, proto, dir: DIR_EGRESS };
-        assert_eq!(e.exact4.get(&k(443, PROTO_TCP)), Some(&7), "first rule keeps the shared key");
+        let e = build(&policy, &ids, |h| {
+            if h == "app.example" {
+                &addrs[..]
+            } else {
+                &[]
+            }
+        });
+        let k = |port, proto| Key4 {
+            addr: [192, 0, 2, 1],
+            port,
+            proto,
+            dir: DIR_EGRESS,
+        };
+        assert_eq!(
+            e.exact4.get(&k(443, PROTO_TCP)),
+            Some(&7),
+            "first rule keeps the shared key"
+        );
         assert_eq!(e.exact4.get(&k(443, PROTO_UDP)), Some(&9));
         assert_eq!(e.exact4.get(&k(8001, PROTO_TCP)), Some(&9));
         assert_eq!(e.exact4.get(&k(8003, PROTO_TCP)), None);
         // 1 (a) + 2 protos x 4 ports (b) on the host
         assert_eq!(e.exact4.len(), 1 + 8 - 1);
         assert_eq!(e.exact6.len(), 8);
-        let c = Cidr4 { dir: DIR_EGRESS, proto: PROTO_TCP, port: 8000u16.to_be_bytes(), addr: [10, 0, 0, 0] };
+        let c = Cidr4 {
+            dir: DIR_EGRESS,
+            proto: PROTO_TCP,
+            port: 8000u16.to_be_bytes(),
+            addr: [10, 0, 0, 0],
+        };
         assert_eq!(e.cidr4.get(&(CIDR_HEADER_BITS + 8, c)), Some(&9));
         // host bits of a CIDR are cleared
-        let s = Cidr4 { dir: DIR_INGRESS, proto: PROTO_TCP, port: 22u16.to_be_bytes(), addr: [10, 0, 0, 0] };
+        let s = Cidr4 {
+            dir: DIR_INGRESS,
+            proto: PROTO_TCP,
+            port: 22u16.to_be_bytes(),
+            addr: [10, 0, 0, 0],
+        };
         assert_eq!(e.cidr4.get(&(CIDR_HEADER_BITS + 8, s)), Some(&3));
         assert_eq!(e.rules, [3, 7, 9].into());
-        assert!(!e.exact4.keys().any(|k| k.port == 1), "rules without an id are skipped");
+        assert!(
+            !e.exact4.keys().any(|k| k.port == 1),
+            "rules without an id are skipped"
+        );
     }
 
     #[test]
     fn loopback_ingress_rules_open_both_ends() {
         let policy = Policy {
-            rules: vec![rule("cli", Direction::Ingress, vec![Proto::Tcp], vec![PortRange::single(65220)], vec![Target::Cidr("127.0.0.0/8".parse().unwrap()), Target::Cidr("::1/128".parse().unwrap())])],
+            rules: vec![rule(
+                "cli",
+                Direction::Ingress,
+                vec![Proto::Tcp],
+                vec![PortRange::single(65220)],
+                vec![
+                    Target::Cidr("127.0.0.0/8".parse().unwrap()),
+                    Target::Cidr("::1/128".parse().unwrap()),
+                ],
+            )],
         };
         let ids: BTreeMap<String, u32> = [("cli".to_string(), 1)].into();
         let e = build(&policy, &ids, |_| &[]);

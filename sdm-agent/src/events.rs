@@ -51,7 +51,10 @@ fn addr(bytes: &[u8; 16], v6: bool) -> IpAddr {
 
 /// Converts the kernel's CLOCK_MONOTONIC stamp into wall-clock time.
 fn wall_time(ts_ns: u64) -> SystemTime {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the struct we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let now_mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
@@ -79,7 +82,10 @@ impl Event {
             remote: addr(&e.remote, v6),
             remote_port: e.remote_port,
             verdict: if e.dropped != 0 { "dropped" } else { "audit" },
-            reason: REASON_NAMES.get(e.reason as usize).copied().unwrap_or("unknown"),
+            reason: REASON_NAMES
+                .get(e.reason as usize)
+                .copied()
+                .unwrap_or("unknown"),
             cgroup_id: e.cgroup_id,
             uid: e.uid,
             pid: e.pid,
@@ -115,10 +121,15 @@ pub fn open(layout: &Layout) -> Result<RingBuf<MapData>, DataplaneError> {
 /// Drains the ring buffer into `tx` until the receiver is dropped. When the
 /// channel is full, events are dropped here and counted in `lost` rather
 /// than stalling the kernel side (which counts its own losses).
-pub async fn forward(ring: RingBuf<MapData>, tx: mpsc::Sender<Event>, lost: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+pub async fn forward(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Event>,
+    lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which
     // owns it for as long as it is registered.
-    let registered = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+    let registered =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {
@@ -127,7 +138,9 @@ pub async fn forward(ring: RingBuf<MapData>, tx: mpsc::Sender<Event>, lost: std:
         }
     };
     loop {
-        let Ok(mut guard) = fd.readable_mut().await else { return };
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             if let Some(raw) = decode(&item) {
@@ -165,12 +178,18 @@ mod tests {
         raw.remote[..4].copy_from_slice(&[192, 0, 2, 1]);
         raw.comm[..4].copy_from_slice(b"curl");
         let bytes = unsafe {
-            std::slice::from_raw_parts((&raw as *const DenyEvent).cast::<u8>(), std::mem::size_of::<DenyEvent>())
+            std::slice::from_raw_parts(
+                (&raw as *const DenyEvent).cast::<u8>(),
+                std::mem::size_of::<DenyEvent>(),
+            )
         };
         let back = decode(bytes).expect("decode");
         let e = Event::from_raw(&back);
         assert_eq!(e.remote, "192.0.2.1".parse::<IpAddr>().unwrap());
-        assert_eq!((e.proto.as_str(), e.verdict, e.comm.as_str(), e.pid), ("tcp", "dropped", "curl", 42));
+        assert_eq!(
+            (e.proto.as_str(), e.verdict, e.comm.as_str(), e.pid),
+            ("tcp", "dropped", "curl", 42)
+        );
         assert_eq!(e.direction, "egress");
         assert!(decode(&bytes[..10]).is_none());
     }

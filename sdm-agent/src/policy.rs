@@ -6,7 +6,9 @@ use std::fmt;
 use ipnet::IpNet;
 use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Egress,
@@ -24,7 +26,9 @@ impl fmt::Display for Direction {
 
 /// Transport protocol of a rule. `Icmp` covers ICMP on IPv4 and ICMPv6 on
 /// IPv6; its "ports" are ICMP types.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -44,7 +48,9 @@ impl fmt::Display for Proto {
 
 /// Inclusive port range (a single port has `lo == hi`). For ICMP rules the
 /// values are ICMP types.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 pub struct PortRange {
     pub lo: u16,
     pub hi: u16,

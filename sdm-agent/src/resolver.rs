@@ -61,7 +61,13 @@ impl HostState {
     }
 
     /// Records an answer. Returns whether the allowed set changed.
-    pub fn on_answer(&mut self, now: Instant, answer: &[IpAddr], ttl: Duration, t: &DnsTiming) -> bool {
+    pub fn on_answer(
+        &mut self,
+        now: Instant,
+        answer: &[IpAddr],
+        ttl: Duration,
+        t: &DnsTiming,
+    ) -> bool {
         if answer.is_empty() {
             // An empty answer (NOERROR, no records) is treated as a failure:
             // keep what worked.
@@ -139,7 +145,10 @@ impl Resolver {
     /// resolvers the policy allows.
     pub fn new(servers: &[IpAddr], timing: DnsTiming) -> Result<Self, ResolverError> {
         let config = ResolverConfig::from_name_servers(
-            servers.iter().map(|ip| NameServerConfig::udp_and_tcp(*ip)).collect(),
+            servers
+                .iter()
+                .map(|ip| NameServerConfig::udp_and_tcp(*ip))
+                .collect(),
         );
         let mut opts = ResolverOpts::default();
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
@@ -166,7 +175,11 @@ impl Resolver {
 
     /// Tracks exactly these names: new ones are due at once, dropped ones
     /// are forgotten. Returns whether names were dropped.
-    pub fn set_names<'a>(&mut self, names: impl IntoIterator<Item = &'a str>, now: Instant) -> bool {
+    pub fn set_names<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a str>,
+        now: Instant,
+    ) -> bool {
         let wanted: std::collections::BTreeSet<&str> = names.into_iter().collect();
         let before = self.hosts.len();
         self.hosts.retain(|h, _| wanted.contains(h.as_str()));
@@ -224,7 +237,9 @@ impl Resolver {
         let now = Instant::now();
         let mut changed = false;
         for (host, result) in results {
-            let Some(state) = self.hosts.get_mut(&host) else { continue };
+            let Some(state) = self.hosts.get_mut(&host) else {
+                continue;
+            };
             match result {
                 Ok(lookup) => {
                     let addrs: Vec<IpAddr> = lookup.iter().collect();
@@ -297,12 +312,23 @@ mod tests {
         let t = timing();
         let t0 = Instant::now();
         let mut h = HostState::new(t0);
-        assert!(h.on_answer(t0, &[ip("192.0.2.1"), ip("2001:db8::1")], Duration::from_secs(60), &t));
+        assert!(h.on_answer(
+            t0,
+            &[ip("192.0.2.1"), ip("2001:db8::1")],
+            Duration::from_secs(60),
+            &t
+        ));
         let t1 = t0 + Duration::from_secs(60);
         assert!(h.on_answer(t1, &[ip("192.0.2.2")], Duration::from_secs(60), &t));
-        assert_eq!(h.addresses(), &[ip("192.0.2.1"), ip("192.0.2.2"), ip("2001:db8::1")]);
+        assert_eq!(
+            h.addresses(),
+            &[ip("192.0.2.1"), ip("192.0.2.2"), ip("2001:db8::1")]
+        );
         assert_eq!(h.next_expiry(&t), Some(t1 + t.grace));
-        assert!(!h.expire(t1 + t.grace - Duration::from_secs(1), &t), "still in grace");
+        assert!(
+            !h.expire(t1 + t.grace - Duration::from_secs(1), &t),
+            "still in grace"
+        );
         assert!(h.expire(t1 + t.grace, &t), "grace over");
         assert_eq!(h.addresses(), &[ip("192.0.2.2")]);
     }
@@ -313,8 +339,18 @@ mod tests {
         let t0 = Instant::now();
         let mut h = HostState::new(t0);
         h.on_answer(t0, &[ip("192.0.2.1")], Duration::from_secs(60), &t);
-        h.on_answer(t0 + Duration::from_secs(60), &[ip("192.0.2.2")], Duration::from_secs(60), &t);
-        h.on_answer(t0 + Duration::from_secs(120), &[ip("192.0.2.1")], Duration::from_secs(60), &t);
+        h.on_answer(
+            t0 + Duration::from_secs(60),
+            &[ip("192.0.2.2")],
+            Duration::from_secs(60),
+            &t,
+        );
+        h.on_answer(
+            t0 + Duration::from_secs(120),
+            &[ip("192.0.2.1")],
+            Duration::from_secs(60),
+            &t,
+        );
         // .1 is back in the answer: it must not expire with .2's grace.
         h.expire(t0 + Duration::from_secs(120) + t.grace, &t);
         assert_eq!(h.addresses(), &[ip("192.0.2.1")]);
@@ -328,12 +364,18 @@ mod tests {
         h.on_answer(t0, &[ip("192.0.2.1")], Duration::from_secs(60), &t);
         let t1 = t0 + Duration::from_secs(60);
         assert!(!h.on_failure(t1, "SERVFAIL".into(), &t));
-        assert!(!h.on_answer(t1, &[], Duration::from_secs(60), &t), "empty answers count as failures");
+        assert!(
+            !h.on_answer(t1, &[], Duration::from_secs(60), &t),
+            "empty answers count as failures"
+        );
         // Even long after the grace period: a failure never empties the set.
         assert!(!h.on_failure(t1 + Duration::from_secs(100_000), "timeout".into(), &t));
         assert_eq!(h.addresses(), &[ip("192.0.2.1")]);
         assert_eq!(h.failures, 3);
-        assert_eq!(h.next_refresh, t1 + Duration::from_secs(100_000) + t.ttl_min);
+        assert_eq!(
+            h.next_refresh,
+            t1 + Duration::from_secs(100_000) + t.ttl_min
+        );
         assert_eq!(h.last_error.as_deref(), Some("timeout"));
     }
 

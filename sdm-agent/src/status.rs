@@ -48,7 +48,10 @@ impl StateFile {
         fs::create_dir_all(&layout.run_dir)?;
         let path = Self::path(layout);
         let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
         fs::rename(&tmp, &path)
     }
 }
@@ -138,10 +141,16 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
     let live = maps.live()?;
     let mut addrs: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
     for (k, id) in &live.exact4 {
-        addrs.entry(*id).or_default().insert(IpAddr::from(k.addr).to_string());
+        addrs
+            .entry(*id)
+            .or_default()
+            .insert(IpAddr::from(k.addr).to_string());
     }
     for (k, id) in &live.exact6 {
-        addrs.entry(*id).or_default().insert(IpAddr::from(k.addr).to_string());
+        addrs
+            .entry(*id)
+            .or_default()
+            .insert(IpAddr::from(k.addr).to_string());
     }
     for ((plen, k), id) in &live.cidr4 {
         let len = (plen - CIDR_HEADER_BITS) as u8;
@@ -171,20 +180,34 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
             name: name.clone(),
             id: *id,
             direction: rule.map(|r| r.direction.to_string()),
-            protos: rule.map(|r| r.protos.iter().map(|p| p.to_string()).collect()).unwrap_or_default(),
-            ports: rule.map(|r| r.ports.iter().map(|p| p.to_string()).collect()).unwrap_or_default(),
-            targets: rule.map(|r| r.targets.iter().map(|t| t.to_string()).collect()).unwrap_or_default(),
+            protos: rule
+                .map(|r| r.protos.iter().map(|p| p.to_string()).collect())
+                .unwrap_or_default(),
+            ports: rule
+                .map(|r| r.ports.iter().map(|p| p.to_string()).collect())
+                .unwrap_or_default(),
+            targets: rule
+                .map(|r| r.targets.iter().map(|t| t.to_string()).collect())
+                .unwrap_or_default(),
             required: rule.map(|r| r.required),
             origin: rule.map(|r| r.origin.clone()),
             active,
-            addresses: addrs.remove(id).map(|s| s.into_iter().collect()).unwrap_or_default(),
+            addresses: addrs
+                .remove(id)
+                .map(|s| s.into_iter().collect())
+                .unwrap_or_default(),
             egress: maps.rule_counter(*id, DIR_EGRESS)?.into(),
             ingress: maps.rule_counter(*id, DIR_INGRESS)?.into(),
         });
     }
     // Keep the policy's order where the agent recorded it.
     if let Some(s) = &state {
-        let order: BTreeMap<&str, usize> = s.rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+        let order: BTreeMap<&str, usize> = s
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.as_str(), i))
+            .collect();
         rules.sort_by_key(|r| order.get(r.name.as_str()).copied().unwrap_or(usize::MAX));
     }
     let mut denied = Vec::new();
@@ -203,10 +226,18 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         }
     }
     let record = AttachRecord::read(layout);
-    let agent_pid = state.as_ref().map(|s| s.pid).or(record.as_ref().map(|r| r.pid));
+    let agent_pid = state
+        .as_ref()
+        .map(|s| s.pid)
+        .or(record.as_ref().map(|r| r.pid));
     Ok(Status {
         mode: mode_name(cfg.mode).into(),
-        loopback: if cfg.loopback == LOOPBACK_ENFORCE { "enforce" } else { "pass" }.into(),
+        loopback: if cfg.loopback == LOOPBACK_ENFORCE {
+            "enforce"
+        } else {
+            "pass"
+        }
+        .into(),
         generation: cfg.generation,
         cgroup: record.map(|r| r.cgroup),
         pin_root: layout.pin_root.clone(),
@@ -222,18 +253,28 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "mode:       {} (loopback: {})", s.mode, s.loopback);
-    let cg = s.cgroup.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "unknown".into());
+    let cg = s
+        .cgroup
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "unknown".into());
     let _ = writeln!(o, "cgroup:     {cg}");
     let _ = writeln!(o, "pins:       {}", s.pin_root.display());
     let agent = match (s.agent_pid, s.agent_running) {
         (Some(p), true) => format!("running (pid {p})"),
-        (Some(p), false) => format!("not running (last pid {p}); enforcement continues from the pinned maps"),
+        (Some(p), false) => {
+            format!("not running (last pid {p}); enforcement continues from the pinned maps")
+        }
         (None, _) => "unknown".into(),
     };
     let _ = writeln!(o, "agent:      {agent}");
     let _ = writeln!(o, "generation: {}", s.generation);
     let _ = writeln!(o, "\nRULES");
-    let _ = writeln!(o, "{:<44} {:<8} {:<10} {:>12} {:>12}  addresses", "name", "dir", "ports", "egress pkts", "ingress pkts");
+    let _ = writeln!(
+        o,
+        "{:<44} {:<8} {:<10} {:>12} {:>12}  addresses",
+        "name", "dir", "ports", "egress pkts", "ingress pkts"
+    );
     for r in &s.rules {
         let _ = writeln!(
             o,
@@ -243,13 +284,25 @@ pub fn render(s: &Status) -> String {
             format!("{}/{}", r.protos.join("+"), r.ports.join(",")),
             r.egress.packets,
             r.ingress.packets,
-            if r.addresses.is_empty() { "-".to_string() } else { r.addresses.join(" ") },
-            if r.active { "" } else { "  (not in the live policy)" }
+            if r.addresses.is_empty() {
+                "-".to_string()
+            } else {
+                r.addresses.join(" ")
+            },
+            if r.active {
+                ""
+            } else {
+                "  (not in the live policy)"
+            }
         );
     }
     let _ = writeln!(o, "\nDENIED (packets)");
     for d in s.denied.iter().filter(|d| d.packets > 0) {
-        let _ = writeln!(o, "  {:<8} {:<8} {:<17} {:>12}", d.mode, d.direction, d.reason, d.packets);
+        let _ = writeln!(
+            o,
+            "  {:<8} {:<8} {:<17} {:>12}",
+            d.mode, d.direction, d.reason, d.packets
+        );
     }
     if s.denied.iter().all(|d| d.packets == 0) {
         let _ = writeln!(o, "  none");
@@ -261,9 +314,16 @@ pub fn render(s: &Status) -> String {
             o,
             "  {:<40} {}  failures {}{}",
             h.hostname,
-            if addrs.is_empty() { "-".into() } else { addrs.join(" ") },
+            if addrs.is_empty() {
+                "-".into()
+            } else {
+                addrs.join(" ")
+            },
             h.failures,
-            h.last_error.as_ref().map(|e| format!(" (last: {e})")).unwrap_or_default()
+            h.last_error
+                .as_ref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default()
         );
     }
     if s.dns.is_empty() {

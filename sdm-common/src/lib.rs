@@ -255,7 +255,7 @@ pub struct SockState {
 /// One denied (or, in audit mode, would-be denied) flow, reported by the
 /// kernel at most once per `EVENT_INTERVAL_NS` per flow.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenyEvent {
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns); the agent converts to wall time.
     pub ts_ns: u64,
@@ -283,29 +283,6 @@ pub struct DenyEvent {
     pub dropped: u8,
     /// Process name (task comm), NUL padded; empty when unknown.
     pub comm: [u8; 16],
-}
-
-impl Default for DenyEvent {
-    fn default() -> Self {
-        Self {
-            ts_ns: 0,
-            cgroup_id: 0,
-            packets: 0,
-            pid: 0,
-            uid: 0,
-            len: 0,
-            reason: 0,
-            local: [0; 16],
-            remote: [0; 16],
-            local_port: 0,
-            remote_port: 0,
-            proto: 0,
-            dir: 0,
-            v6: 0,
-            dropped: 0,
-            comm: [0; 16],
-        }
-    }
 }
 
 /// Key of the event rate limiter: one flow as seen from this host.

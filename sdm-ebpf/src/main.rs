@@ -69,10 +69,9 @@ use sdm_common::{
     FlowKey, FlowSeen, Key4, Key6, RuleRef, RuleState, SockState, CIDR_HEADER_BITS,
     DENY_STATS_ENTRIES, DIR_EGRESS, DIR_INGRESS, EVENTS_RING_BYTES, EVENT_INTERVAL_NS,
     EVENT_SEEN_ENTRIES, EVENT_STAT_ENTRIES, EVENT_STAT_LOST, EVENT_STAT_SENT,
-    EVENT_STAT_SUPPRESSED,
-    LOOPBACK_ENFORCE, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_RULES, MODE_ENFORCE, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_RULE,
-    REASON_UNKNOWN_PROTO,
+    EVENT_STAT_SUPPRESSED, LOOPBACK_ENFORCE, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_RULES,
+    MODE_ENFORCE, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT,
+    REASON_MALFORMED, REASON_NO_RULE, REASON_UNKNOWN_PROTO,
 };
 
 const PASS: i32 = 1;
@@ -206,12 +205,19 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
     }
 
     // 6. The allowlist of this direction.
-    let port = if dir == DIR_EGRESS { flow.remote_port } else { flow.local_port };
+    let port = if dir == DIR_EGRESS {
+        flow.remote_port
+    } else {
+        flow.local_port
+    };
     if let Some(rule) = lookup(slot, &flow, dir, port) {
         remember(sk, &flow, dir, rule);
         count_rule(rule, dir, len);
         if config.log_verdicts != 0 {
-            info!(ctx, "allow dir={} proto={} port={} rule={}", dir, flow.proto, port, rule);
+            info!(
+                ctx,
+                "allow dir={} proto={} port={} rule={}", dir, flow.proto, port, rule
+            );
         }
         return PASS;
     }
@@ -239,38 +245,46 @@ fn deny(
     sk: *mut bpf_sock,
 ) -> i32 {
     let enforce = mode == MODE_ENFORCE;
-    add(&DENY_STATS, deny_index(if enforce { 1 } else { 0 }, dir, reason), len);
-    // SAFETY: helpers on the program's own context.
-    let (cgroup_id, uid) = unsafe {
-        (bpf_skb_cgroup_id(ctx.skb.skb), bpf_get_socket_uid(ctx.skb.skb))
-    };
-    let mut ev = DenyEvent {
-        cgroup_id,
-        uid,
+    add(
+        &DENY_STATS,
+        deny_index(if enforce { 1 } else { 0 }, dir, reason),
         len,
-        reason,
-        dir,
-        dropped: u8::from(enforce),
-        ..DenyEvent::default()
+    );
+    // SAFETY: a helper on the program's own context.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let (remote, remote_port, local_port, proto) = match flow {
+        Some(f) => (f.remote, f.remote_port, f.local_port, f.proto),
+        None => ([0; 16], 0, 0, 0),
     };
-    if let Some(f) = flow {
-        ev.remote = f.remote;
-        ev.local = f.local;
-        ev.remote_port = f.remote_port;
-        ev.local_port = f.local_port;
-        ev.proto = f.proto;
-        ev.v6 = u8::from(f.v6);
-    }
-    // The process that owns the socket, as recorded when it was created or
-    // connected: this program often runs outside that process's context.
-    if let Some(state) = sock_state(sk, false) {
-        // SAFETY: a non-null pointer from bpf_sk_storage_get.
+    let key = flow_key(&remote, remote_port, local_port, proto, dir, reason, cgroup_id);
+    if let Some((packets, ev)) = reserve_event(&key) {
+        // SAFETY: `ev` points at a reserved, zeroed ring buffer record.
         unsafe {
-            ev.pid = (*state).pid;
-            ev.comm = (*state).comm;
+            (*ev).packets = packets;
+            (*ev).cgroup_id = cgroup_id;
+            (*ev).uid = bpf_get_socket_uid(ctx.skb.skb);
+            (*ev).len = len;
+            (*ev).reason = reason;
+            (*ev).dir = dir;
+            (*ev).dropped = u8::from(enforce);
+            (*ev).remote = remote;
+            (*ev).remote_port = remote_port;
+            (*ev).local_port = local_port;
+            (*ev).proto = proto;
+            if let Some(f) = flow {
+                (*ev).local = f.local;
+                (*ev).v6 = u8::from(f.v6);
+            }
+            // The process that owns the socket, as recorded when it was
+            // created or connected: this program often runs outside that
+            // process's context.
+            if let Some(state) = sock_state(sk, false) {
+                (*ev).pid = (*state).pid;
+                (*ev).comm = (*state).comm;
+            }
         }
+        submit_event(ev);
     }
-    report(&mut ev);
     if config.log_verdicts != 0 {
         info!(ctx, "deny dir={} reason={} enforce={}", dir, reason, mode);
     }
@@ -281,46 +295,75 @@ fn deny(
     }
 }
 
-/// Sends a deny event unless this flow was reported less than
-/// `EVENT_INTERVAL_NS` ago: then it only adds to the flow's pending count,
-/// which the next event carries. A flood of denied packets costs the agent
-/// at most one event per flow per interval; the counters still count all.
 #[inline(always)]
-fn report(ev: &mut DenyEvent) {
-    let key = FlowKey {
-        remote: ev.remote,
-        remote_port: ev.remote_port,
-        local_port: if ev.dir == DIR_INGRESS { ev.local_port } else { 0 },
-        proto: ev.proto,
-        dir: ev.dir,
-        _pad: [ev.reason as u8, 0],
-        cgroup_id: ev.cgroup_id,
-    };
+fn flow_key(
+    remote: &[u8; 16],
+    remote_port: u16,
+    local_port: u16,
+    proto: u8,
+    dir: u8,
+    reason: u32,
+    cgroup_id: u64,
+) -> FlowKey {
+    FlowKey {
+        remote: *remote,
+        remote_port,
+        // Egress flows differ by destination, not by ephemeral source port.
+        local_port: if dir == DIR_INGRESS { local_port } else { 0 },
+        proto,
+        dir,
+        _pad: [reason as u8, 0],
+        cgroup_id,
+    }
+}
+
+/// Decides whether this flow is reported now: not if it was reported less
+/// than `EVENT_INTERVAL_NS` ago (then it only adds to the flow's pending
+/// count, which the next event carries). A flood of denied packets costs
+/// the agent at most one event per flow per interval; the counters still
+/// count every packet. Returns the packets the event stands for and a
+/// zeroed ring buffer record to fill in and pass to [`submit_event`]; the
+/// record is written in place, as the stack is too small for a copy.
+#[inline(always)]
+fn reserve_event(key: &FlowKey) -> Option<(u64, *mut DenyEvent)> {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut pending = 0;
-    if let Some(seen) = EVENT_SEEN.get_ptr_mut(&key) {
+    if let Some(seen) = EVENT_SEEN.get_ptr_mut(key) {
         // SAFETY: a valid map value pointer.
         unsafe {
             if now.wrapping_sub((*seen).last_ns) < EVENT_INTERVAL_NS {
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(ptr::addr_of_mut!((*seen).pending), 1);
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    ptr::addr_of_mut!((*seen).pending),
+                    1,
+                );
                 bump(EVENT_STAT_SUPPRESSED);
-                return;
+                return None;
             }
             pending = (*seen).pending;
         }
     }
-    let _ = EVENT_SEEN.insert(&key, &FlowSeen { last_ns: now, pending: 0 }, 0);
-    ev.ts_ns = now;
-    ev.packets = pending + 1;
-    match EVENTS.reserve::<DenyEvent>(0) {
-        Some(mut slot) => {
-            slot.write(*ev);
-            slot.submit(0);
-            bump(EVENT_STAT_SENT);
-        }
-        None => bump(EVENT_STAT_LOST),
+    let _ = EVENT_SEEN.insert(key, &FlowSeen { last_ns: now, pending: 0 }, 0);
+    let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) else {
+        bump(EVENT_STAT_LOST);
+        return None;
+    };
+    let ev = entry.as_mut_ptr();
+    // The entry is submitted through its pointer by submit_event.
+    core::mem::forget(entry);
+    // SAFETY: a reserved record of the right size.
+    unsafe {
+        ptr::write_bytes(ev, 0, 1);
+        (*ev).ts_ns = now;
     }
+    Some((pending + 1, ev))
+}
+
+#[inline(always)]
+fn submit_event(ev: *mut DenyEvent) {
+    // SAFETY: a record from reserve_event, submitted once.
+    unsafe { aya_ebpf::helpers::generated::bpf_ringbuf_submit(ev.cast::<c_void>(), 0) };
+    bump(EVENT_STAT_SENT);
 }
 
 #[inline(always)]
@@ -436,7 +479,9 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     let mut v6 = v6;
     if v6 && remote[..10].iter().all(|b| *b == 0) && remote[10] == 0xff && remote[11] == 0xff {
         v6 = false;
-        remote = [remote[12], remote[13], remote[14], remote[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        remote = [
+            remote[12], remote[13], remote[14], remote[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
     }
     // Loopback destinations are judged on the loopback device, where the
     // packet program knows the interface; this hook does not.
@@ -457,7 +502,14 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
             (*sk).src_port as u16
         }
     };
-    let flow = Flow { v6, proto, remote, local: [0; 16], remote_port, local_port };
+    let flow = Flow {
+        v6,
+        proto,
+        remote,
+        local: [0; 16],
+        remote_port,
+        local_port,
+    };
     let slot = config.generation & 1;
     if lookup(slot, &flow, DIR_EGRESS, remote_port).is_some() {
         return PASS;
@@ -467,25 +519,30 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
         return PASS;
     }
     add(&DENY_STATS, deny_index(1, DIR_EGRESS, REASON_NO_RULE), 0);
-    let mut ev = DenyEvent {
-        // SAFETY: helpers without arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        uid: bpf_get_current_uid_gid() as u32,
-        reason: REASON_NO_RULE,
-        dir: DIR_EGRESS,
-        dropped: 1,
-        remote,
-        remote_port,
-        local_port,
-        proto,
-        v6: u8::from(v6),
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        ..DenyEvent::default()
-    };
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
+    // SAFETY: a helper without arguments, in the process's context.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let key = flow_key(&remote, remote_port, local_port, proto, DIR_EGRESS, REASON_NO_RULE, cgroup_id);
+    if let Some((packets, ev)) = reserve_event(&key) {
+        // SAFETY: `ev` points at a reserved, zeroed ring buffer record.
+        unsafe {
+            (*ev).packets = packets;
+            (*ev).cgroup_id = cgroup_id;
+            (*ev).uid = bpf_get_current_uid_gid() as u32;
+            (*ev).reason = REASON_NO_RULE;
+            (*ev).dir = DIR_EGRESS;
+            (*ev).dropped = 1;
+            (*ev).remote = remote;
+            (*ev).remote_port = remote_port;
+            (*ev).local_port = local_port;
+            (*ev).proto = proto;
+            (*ev).v6 = u8::from(v6);
+            (*ev).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            if let Ok(comm) = bpf_get_current_comm() {
+                (*ev).comm = comm;
+            }
+        }
+        submit_event(ev);
     }
-    report(&mut ev);
     DROP
 }
 
@@ -504,7 +561,10 @@ fn add(map: &PerCpuArray<Counter>, index: u32, len: u32) {
     if let Some(c) = map.get_ptr_mut(index) {
         // SAFETY: the pointer is valid per-CPU map memory, 8-byte aligned.
         unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(ptr::addr_of_mut!((*c).packets), 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                ptr::addr_of_mut!((*c).packets),
+                1,
+            );
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
                 ptr::addr_of_mut!((*c).bytes),
                 u64::from(len),
@@ -550,7 +610,11 @@ fn sock_state(sk: *mut bpf_sock, create: bool) -> Option<*mut SockState> {
     if sk.is_null() {
         return None;
     }
-    let flags = if create { u64::from(BPF_SK_STORAGE_GET_F_CREATE) } else { 0 };
+    let flags = if create {
+        u64::from(BPF_SK_STORAGE_GET_F_CREATE)
+    } else {
+        0
+    };
     // SAFETY: sk is a full socket from bpf_sk_fullsock; the map pointer is
     // the BTF map definition the loader relocates.
     let p = unsafe {
@@ -588,7 +652,12 @@ fn remember(sk: *mut bpf_sock, flow: &Flow, dir: u8, rule: u32) {
 #[inline(always)]
 fn lookup(slot: u32, flow: &Flow, dir: u8, port: u16) -> Option<u32> {
     if flow.v6 {
-        let key = Key6 { addr: flow.remote, port, proto: flow.proto, dir };
+        let key = Key6 {
+            addr: flow.remote,
+            port,
+            proto: flow.proto,
+            dir,
+        };
         let exact = if slot == 0 { &EXACT6_0 } else { &EXACT6_1 };
         // SAFETY: values are plain integers; copied out at once.
         if let Some(r) = unsafe { exact.get(&key) } {
@@ -597,12 +666,27 @@ fn lookup(slot: u32, flow: &Flow, dir: u8, port: u16) -> Option<u32> {
         let trie = if slot == 0 { &CIDR6_0 } else { &CIDR6_1 };
         let key = LpmKey::new(
             CIDR_HEADER_BITS + 128,
-            Cidr6 { dir, proto: flow.proto, port: port.to_be_bytes(), addr: flow.remote },
+            Cidr6 {
+                dir,
+                proto: flow.proto,
+                port: port.to_be_bytes(),
+                addr: flow.remote,
+            },
         );
         trie.get(&key).map(|r| r.rule)
     } else {
-        let addr = [flow.remote[0], flow.remote[1], flow.remote[2], flow.remote[3]];
-        let key = Key4 { addr, port, proto: flow.proto, dir };
+        let addr = [
+            flow.remote[0],
+            flow.remote[1],
+            flow.remote[2],
+            flow.remote[3],
+        ];
+        let key = Key4 {
+            addr,
+            port,
+            proto: flow.proto,
+            dir,
+        };
         let exact = if slot == 0 { &EXACT4_0 } else { &EXACT4_1 };
         // SAFETY: as above.
         if let Some(r) = unsafe { exact.get(&key) } {
@@ -611,7 +695,12 @@ fn lookup(slot: u32, flow: &Flow, dir: u8, port: u16) -> Option<u32> {
         let trie = if slot == 0 { &CIDR4_0 } else { &CIDR4_1 };
         let key = LpmKey::new(
             CIDR_HEADER_BITS + 32,
-            Cidr4 { dir, proto: flow.proto, port: port.to_be_bytes(), addr },
+            Cidr4 {
+                dir,
+                proto: flow.proto,
+                port: port.to_be_bytes(),
+                addr,
+            },
         );
         trie.get(&key).map(|r| r.rule)
     }
@@ -651,7 +740,12 @@ fn reverse_lookup(slot: u32, flow: &Flow, dir: u8, sk: *mut bpf_sock) -> Option<
 #[inline(always)]
 fn read_head<T: Copy>(ctx: &SkBuffContext) -> Result<T, Unjudgeable> {
     // SAFETY: reading the context's data pointers.
-    let (data, end) = unsafe { ((*ctx.skb.skb).data as usize, (*ctx.skb.skb).data_end as usize) };
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
     if data + size_of::<T>() <= end {
         // SAFETY: bounds checked against data_end just above.
         return Ok(unsafe { ptr::read_unaligned(data as *const T) });
@@ -693,7 +787,11 @@ fn parse_v4(ctx: &SkBuffContext, dir: u8, hdr: &[u8; 20]) -> Result<Flow, Unjudg
     let proto = hdr[9];
     let mut remote = [0u8; 16];
     let mut local = [0u8; 16];
-    let (at, lat) = if dir == DIR_EGRESS { (16, 12) } else { (12, 16) };
+    let (at, lat) = if dir == DIR_EGRESS {
+        (16, 12)
+    } else {
+        (12, 16)
+    };
     let mut i = 0;
     while i < 4 {
         remote[i] = hdr[at + i];
@@ -777,10 +875,24 @@ fn transport(
     let (src, dst) = if icmp {
         (u16::from(l4[0]), u16::from(l4[0]))
     } else {
-        (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]))
+        (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
     };
-    let (remote_port, local_port) = if dir == DIR_EGRESS { (dst, src) } else { (src, dst) };
-    Ok(Flow { v6, proto, remote, local, remote_port, local_port })
+    let (remote_port, local_port) = if dir == DIR_EGRESS {
+        (dst, src)
+    } else {
+        (src, dst)
+    };
+    Ok(Flow {
+        v6,
+        proto,
+        remote,
+        local,
+        remote_port,
+        local_port,
+    })
 }
 
 /// Reads four bytes at `off`. The common cases (IPv4 without options,

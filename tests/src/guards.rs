@@ -53,7 +53,13 @@ impl Netns {
             .unwrap_or_else(|e| panic!("open {}: {e}", self.path().display()));
         // SAFETY: setns on valid namespace fds, affecting only this thread.
         let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns into {}: {}", self.name, std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "setns into {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
         NetnsEntered { original }
     }
 }

@@ -58,7 +58,13 @@ fn base_policy() -> Policy {
             rule("app", Egress, Proto::Tcp, one(443), "app.example"),
             rule("dns-fallback", Egress, Proto::Udp, one(53), "1.1.1.1/32"),
             rule("db", Egress, Proto::Tcp, one(5432), "10.0.0.0/24"),
-            rule("range", Egress, Proto::Tcp, PortRange { lo: 8000, hi: 8100 }, "10.1.0.0/16"),
+            rule(
+                "range",
+                Egress,
+                Proto::Tcp,
+                PortRange { lo: 8000, hi: 8100 },
+                "10.1.0.0/16",
+            ),
             rule("advertised", Ingress, Proto::Tcp, one(5000), "0.0.0.0/0"),
             rule("ping", Egress, Proto::Icmp, one(8), "192.0.2.10/32"),
             rule("app6", Egress, Proto::Tcp, one(443), "2001:db8::10/128"),
@@ -122,7 +128,11 @@ impl Fixture {
     }
 
     fn run(&mut self, dir: u8, pkt: &[u8], ifindex: u32, repeat: u32) -> u32 {
-        let name = if dir == DIR_EGRESS { PROG_EGRESS } else { PROG_INGRESS };
+        let name = if dir == DIR_EGRESS {
+            PROG_EGRESS
+        } else {
+            PROG_INGRESS
+        };
         let prog = dataplane::program(&mut self.ebpf, name).expect("program");
         let _in = self.ns.enter();
         let (ret, _) = dataplane::test_run(prog, pkt, ifindex, repeat)
@@ -139,12 +149,18 @@ impl Fixture {
     }
 
     fn denied(&self, enforce: bool, dir: u8, reason: u32) -> u64 {
-        self.maps.deny_counter(enforce, dir, reason).expect("deny counter").packets
+        self.maps
+            .deny_counter(enforce, dir, reason)
+            .expect("deny counter")
+            .packets
     }
 
     fn rule_packets(&self, name: &str, dir: u8) -> u64 {
         let id = self.ids[name];
-        self.maps.rule_counter(id, dir).expect("rule counter").packets
+        self.maps
+            .rule_counter(id, dir)
+            .expect("rule counter")
+            .packets
     }
 }
 
@@ -159,18 +175,62 @@ fn v6(dst: Ipv6Addr, proto: u8, dport: u16) -> Vec<u8> {
 #[test]
 fn ipv4_egress_exact_cidr_range_and_public_addresses() {
     let mut f = Fixture::new(&base_policy());
-    assert_eq!(f.egress(&v4(APP_ADDR, TCP, 443)), PASS, "resolved host, allowed port");
-    assert_eq!(f.egress(&v4(APP_ADDR, TCP, 444)), DROP, "resolved host, other port");
-    assert_eq!(f.egress(&v4(APP_ADDR, UDP, 443)), DROP, "resolved host, other protocol");
-    assert_eq!(f.egress(&v4(Ipv4Addr::new(1, 1, 1, 1), UDP, 53)), PASS, "fallback resolver");
-    assert_eq!(f.egress(&v4(Ipv4Addr::new(1, 1, 1, 1), TCP, 53)), DROP, "fallback is udp only");
+    assert_eq!(
+        f.egress(&v4(APP_ADDR, TCP, 443)),
+        PASS,
+        "resolved host, allowed port"
+    );
+    assert_eq!(
+        f.egress(&v4(APP_ADDR, TCP, 444)),
+        DROP,
+        "resolved host, other port"
+    );
+    assert_eq!(
+        f.egress(&v4(APP_ADDR, UDP, 443)),
+        DROP,
+        "resolved host, other protocol"
+    );
+    assert_eq!(
+        f.egress(&v4(Ipv4Addr::new(1, 1, 1, 1), UDP, 53)),
+        PASS,
+        "fallback resolver"
+    );
+    assert_eq!(
+        f.egress(&v4(Ipv4Addr::new(1, 1, 1, 1), TCP, 53)),
+        DROP,
+        "fallback is udp only"
+    );
     assert_eq!(f.egress(&v4(Ipv4Addr::new(1, 0, 0, 1), UDP, 53)), DROP);
-    assert_eq!(f.egress(&v4(Ipv4Addr::new(10, 0, 0, 200), TCP, 5432)), PASS, "in the CIDR");
-    assert_eq!(f.egress(&v4(Ipv4Addr::new(10, 0, 1, 1), TCP, 5432)), DROP, "outside the CIDR");
-    assert_eq!(f.egress(&v4(Ipv4Addr::new(10, 1, 9, 9), TCP, 8000)), PASS, "range start");
-    assert_eq!(f.egress(&v4(Ipv4Addr::new(10, 1, 9, 9), TCP, 8100)), PASS, "range end");
-    assert_eq!(f.egress(&v4(Ipv4Addr::new(10, 1, 9, 9), TCP, 8101)), DROP, "past the range");
-    assert_eq!(f.egress(&v4(Ipv4Addr::new(8, 8, 8, 8), TCP, 443)), DROP, "a public address");
+    assert_eq!(
+        f.egress(&v4(Ipv4Addr::new(10, 0, 0, 200), TCP, 5432)),
+        PASS,
+        "in the CIDR"
+    );
+    assert_eq!(
+        f.egress(&v4(Ipv4Addr::new(10, 0, 1, 1), TCP, 5432)),
+        DROP,
+        "outside the CIDR"
+    );
+    assert_eq!(
+        f.egress(&v4(Ipv4Addr::new(10, 1, 9, 9), TCP, 8000)),
+        PASS,
+        "range start"
+    );
+    assert_eq!(
+        f.egress(&v4(Ipv4Addr::new(10, 1, 9, 9), TCP, 8100)),
+        PASS,
+        "range end"
+    );
+    assert_eq!(
+        f.egress(&v4(Ipv4Addr::new(10, 1, 9, 9), TCP, 8101)),
+        DROP,
+        "past the range"
+    );
+    assert_eq!(
+        f.egress(&v4(Ipv4Addr::new(8, 8, 8, 8), TCP, 443)),
+        DROP,
+        "a public address"
+    );
     assert_eq!(f.rule_packets("app", DIR_EGRESS), 1);
     assert_eq!(f.rule_packets("range", DIR_EGRESS), 2);
     assert_eq!(f.denied(true, DIR_EGRESS, REASON_NO_RULE), 7);
@@ -179,12 +239,20 @@ fn ipv4_egress_exact_cidr_range_and_public_addresses() {
 #[test]
 fn icmp_by_type() {
     let mut f = Fixture::new(&base_policy());
-    assert_eq!(f.egress(&v4(APP_ADDR, ICMP, 8)), PASS, "echo request to an allowed host");
+    assert_eq!(
+        f.egress(&v4(APP_ADDR, ICMP, 8)),
+        PASS,
+        "echo request to an allowed host"
+    );
     assert_eq!(f.egress(&v4(APP_ADDR, ICMP, 13)), DROP, "timestamp request");
     assert_eq!(f.egress(&v4(ME, ICMP, 8)), DROP, "echo request elsewhere");
     let reply = ipv4(APP_ADDR, ME, ICMP, &l4(ICMP, 0, 0), V4Opts::default());
     assert_eq!(f.ingress(&reply), PASS, "echo reply from the allowed host");
-    assert_eq!(f.egress(&v6(APP6, ICMPV6, 128)), PASS, "ICMPv6 echo request");
+    assert_eq!(
+        f.egress(&v6(APP6, ICMPV6, 128)),
+        PASS,
+        "ICMPv6 echo request"
+    );
     assert_eq!(f.egress(&v6(APP6, ICMPV6, 135)), DROP, "ICMPv6 other type");
     let reply6 = ipv6(APP6, ME6, ICMPV6, &[], &l4(ICMPV6, 0, 129));
     assert_eq!(f.ingress(&reply6), PASS, "ICMPv6 echo reply");
@@ -196,7 +264,10 @@ fn ipv6_exact_and_cidr_ingress() {
     assert_eq!(f.egress(&v6(APP6, TCP, 443)), PASS);
     assert_eq!(f.egress(&v6(APP6, TCP, 80)), DROP);
     let ssh_from = |src: Ipv6Addr| ipv6(src, ME6, TCP, &[], &l4(TCP, 50000, 22));
-    assert_eq!(f.ingress(&ssh_from("2001:db8:1:2::5".parse().unwrap())), PASS);
+    assert_eq!(
+        f.ingress(&ssh_from("2001:db8:1:2::5".parse().unwrap())),
+        PASS
+    );
     assert_eq!(f.ingress(&ssh_from("2001:db8:2::5".parse().unwrap())), DROP);
     assert_eq!(f.rule_packets("ssh6", DIR_INGRESS), 1);
 }
@@ -206,35 +277,65 @@ fn ipv4_options_are_skipped_not_misread() {
     let mut f = Fixture::new(&base_policy());
     // Options are NOP bytes: a parser that ignored IHL would read ports
     // 257/257 and drop this packet.
-    let opts = V4Opts { option_words: 3, ..Default::default() };
+    let opts = V4Opts {
+        option_words: 3,
+        ..Default::default()
+    };
     let p = ipv4(ME, APP_ADDR, TCP, &l4(TCP, 40000, 443), opts);
     assert_eq!(f.egress(&p), PASS);
     let p = ipv4(ME, APP_ADDR, TCP, &l4(TCP, 40000, 257), opts);
     assert_eq!(f.egress(&p), DROP);
-    let max = V4Opts { option_words: 10, ..Default::default() };
-    assert_eq!(f.egress(&ipv4(ME, APP_ADDR, TCP, &l4(TCP, 40000, 443), max)), PASS, "IHL 15");
+    let max = V4Opts {
+        option_words: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        f.egress(&ipv4(ME, APP_ADDR, TCP, &l4(TCP, 40000, 443), max)),
+        PASS,
+        "IHL 15"
+    );
 }
 
 #[test]
 fn ipv6_extension_headers_are_walked() {
     let mut f = Fixture::new(&base_policy());
     let l = l4(TCP, 40000, 443);
-    let chain = [Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::Fragment(0), Ext::DestOpts];
-    assert_eq!(f.egress(&ipv6(ME6, APP6, TCP, &chain, &l)), PASS, "five extension headers");
+    let chain = [
+        Ext::HopByHop,
+        Ext::DestOpts,
+        Ext::Routing,
+        Ext::Fragment(0),
+        Ext::DestOpts,
+    ];
+    assert_eq!(
+        f.egress(&ipv6(ME6, APP6, TCP, &chain, &l)),
+        PASS,
+        "five extension headers"
+    );
     let wrong = ipv6(ME6, APP6, TCP, &[Ext::HopByHop], &l4(TCP, 40000, 444));
     assert_eq!(f.egress(&wrong), DROP);
     let nine = [Ext::DestOpts; 9];
-    assert_eq!(f.egress(&ipv6(ME6, APP6, TCP, &nine, &l)), DROP, "more headers than walked");
+    assert_eq!(
+        f.egress(&ipv6(ME6, APP6, TCP, &nine, &l)),
+        DROP,
+        "more headers than walked"
+    );
     assert_eq!(f.denied(true, DIR_EGRESS, REASON_MALFORMED), 1);
 }
 
 #[test]
 fn fragments_have_their_own_verdict() {
     let mut f = Fixture::new(&base_policy());
-    let first = V4Opts { more_fragments: true, ..Default::default() };
+    let first = V4Opts {
+        more_fragments: true,
+        ..Default::default()
+    };
     let p = ipv4(ME, APP_ADDR, TCP, &l4(TCP, 40000, 443), first);
     assert_eq!(f.egress(&p), PASS, "a first fragment carries the ports");
-    let later = V4Opts { frag_offset: 185, ..Default::default() };
+    let later = V4Opts {
+        frag_offset: 185,
+        ..Default::default()
+    };
     let p = ipv4(ME, APP_ADDR, TCP, &[0u8; 32], later);
     assert_eq!(f.egress(&p), DROP, "non-first IPv4 fragment");
     let p = ipv6(ME6, APP6, TCP, &[Ext::Fragment(100)], &[0u8; 32]);
@@ -249,7 +350,10 @@ fn truncated_malformed_and_unknown_protocols() {
     // (BPF_PROG_TEST_RUN itself refuses packets shorter than an IP header.)
     let full = v4(APP_ADDR, TCP, 443);
     assert_eq!(f.egress(&full[..22]), DROP, "TCP ports cut short");
-    let opts = V4Opts { option_words: 2, ..Default::default() };
+    let opts = V4Opts {
+        option_words: 2,
+        ..Default::default()
+    };
     let cut = ipv4(ME, APP_ADDR, TCP, &l4(TCP, 40000, 443), opts);
     assert_eq!(f.egress(&cut[..26]), DROP, "IPv4 options cut short");
     let mut bad_ihl = full.clone();
@@ -259,7 +363,11 @@ fn truncated_malformed_and_unknown_protocols() {
     v5[0] = 0x55;
     assert_eq!(f.egress(&v5), DROP, "IP version 5");
     let ext = ipv6(ME6, APP6, TCP, &[Ext::HopByHop], &l4(TCP, 40000, 443));
-    assert_eq!(f.egress(&ext[..41]), DROP, "IPv6 extension header cut short");
+    assert_eq!(
+        f.egress(&ext[..41]),
+        DROP,
+        "IPv6 extension header cut short"
+    );
     assert_eq!(f.denied(true, DIR_EGRESS, REASON_MALFORMED), 5);
     let sctp = ipv4(ME, APP_ADDR, 132, &[0u8; 12], V4Opts::default());
     assert_eq!(f.egress(&sctp), DROP);
@@ -280,9 +388,17 @@ fn audit_mode_passes_and_counts_and_switching_is_immediate() {
     let mut v5 = denied.clone();
     v5[0] = 0x55;
     assert_eq!(f.egress(&v5), PASS, "audit passes even malformed packets");
-    assert_eq!(f.denied(false, DIR_EGRESS, REASON_NO_RULE), 1, "counted under audit");
+    assert_eq!(
+        f.denied(false, DIR_EGRESS, REASON_NO_RULE),
+        1,
+        "counted under audit"
+    );
     assert_eq!(f.denied(false, DIR_EGRESS, REASON_MALFORMED), 1);
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_NO_RULE), 1, "the enforce-mode drop");
+    assert_eq!(
+        f.denied(true, DIR_EGRESS, REASON_NO_RULE),
+        1,
+        "the enforce-mode drop"
+    );
     f.maps.set_mode(MODE_ENFORCE).expect("enforce");
     assert_eq!(f.egress(&denied), DROP, "back to enforce, same program");
 }
@@ -298,8 +414,16 @@ fn counters_are_exact_per_rule_and_direction() {
     assert_eq!(c.packets, 1000);
     assert_eq!(c.bytes, 1000 * p.len() as u64);
     let reply = ipv4(APP_ADDR, ME, TCP, &l4(TCP, 443, 40000), V4Opts::default());
-    assert_eq!(f.run(DIR_INGRESS, &reply, ifindex, 10), PASS, "replies pass");
-    assert_eq!(f.rule_packets("app", DIR_INGRESS), 10, "and count under ingress");
+    assert_eq!(
+        f.run(DIR_INGRESS, &reply, ifindex, 10),
+        PASS,
+        "replies pass"
+    );
+    assert_eq!(
+        f.rule_packets("app", DIR_INGRESS),
+        10,
+        "and count under ingress"
+    );
     let denied = v4(Ipv4Addr::new(8, 8, 8, 8), UDP, 53);
     assert_eq!(f.run(DIR_EGRESS, &denied, ifindex, 777), DROP);
     assert_eq!(f.denied(true, DIR_EGRESS, REASON_NO_RULE), 777);
@@ -311,13 +435,38 @@ fn replies_and_unsolicited_inbound() {
     let from = |src: Ipv4Addr, sport: u16, dport: u16| {
         ipv4(src, ME, TCP, &l4(TCP, sport, dport), V4Opts::default())
     };
-    assert_eq!(f.ingress(&from(APP_ADDR, 443, 40000)), PASS, "reply from an allowed remote");
-    assert_eq!(f.ingress(&from(APP_ADDR, 444, 40000)), DROP, "other port of that host");
-    assert_eq!(f.ingress(&from(Ipv4Addr::new(8, 8, 8, 8), 443, 40000)), DROP, "unsolicited");
-    assert_eq!(f.ingress(&from(Ipv4Addr::new(8, 8, 8, 8), 50000, 5000)), PASS, "advertised port");
-    assert_eq!(f.ingress(&from(Ipv4Addr::new(8, 8, 8, 8), 50000, 5001)), DROP);
+    assert_eq!(
+        f.ingress(&from(APP_ADDR, 443, 40000)),
+        PASS,
+        "reply from an allowed remote"
+    );
+    assert_eq!(
+        f.ingress(&from(APP_ADDR, 444, 40000)),
+        DROP,
+        "other port of that host"
+    );
+    assert_eq!(
+        f.ingress(&from(Ipv4Addr::new(8, 8, 8, 8), 443, 40000)),
+        DROP,
+        "unsolicited"
+    );
+    assert_eq!(
+        f.ingress(&from(Ipv4Addr::new(8, 8, 8, 8), 50000, 5000)),
+        PASS,
+        "advertised port"
+    );
+    assert_eq!(
+        f.ingress(&from(Ipv4Addr::new(8, 8, 8, 8), 50000, 5001)),
+        DROP
+    );
     // The gateway answers its clients from the advertised port.
-    let answer = ipv4(ME, Ipv4Addr::new(8, 8, 8, 8), TCP, &l4(TCP, 5000, 50000), V4Opts::default());
+    let answer = ipv4(
+        ME,
+        Ipv4Addr::new(8, 8, 8, 8),
+        TCP,
+        &l4(TCP, 5000, 50000),
+        V4Opts::default(),
+    );
     assert_eq!(f.egress(&answer), PASS, "reply to an allowed inbound flow");
     assert_eq!(f.rule_packets("advertised", DIR_EGRESS), 1);
     assert_eq!(f.denied(true, DIR_INGRESS, REASON_NO_RULE), 3);
@@ -327,17 +476,49 @@ fn replies_and_unsolicited_inbound() {
 fn loopback_passes_unless_enforced() {
     let mut f = Fixture::new(&base_policy());
     let lo = 1;
-    let p = ipv4(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, TCP, &l4(TCP, 40000, 6000), V4Opts::default());
+    let p = ipv4(
+        Ipv4Addr::LOCALHOST,
+        Ipv4Addr::LOCALHOST,
+        TCP,
+        &l4(TCP, 40000, 6000),
+        V4Opts::default(),
+    );
     assert_eq!(f.run(DIR_EGRESS, &p, lo, 1), PASS);
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_NO_RULE), 0, "loopback is not even counted");
-    f.maps.set_loopback(LOOPBACK_ENFORCE).expect("loopback enforce");
+    assert_eq!(
+        f.denied(true, DIR_EGRESS, REASON_NO_RULE),
+        0,
+        "loopback is not even counted"
+    );
+    f.maps
+        .set_loopback(LOOPBACK_ENFORCE)
+        .expect("loopback enforce");
     assert_eq!(f.run(DIR_EGRESS, &p, lo, 1), DROP);
     let mut policy = base_policy();
-    policy.rules.push(rule("cli", Direction::Ingress, Proto::Tcp, one(6000), "127.0.0.0/8"));
+    policy.rules.push(rule(
+        "cli",
+        Direction::Ingress,
+        Proto::Tcp,
+        one(6000),
+        "127.0.0.0/8",
+    ));
     f.apply(&policy);
-    assert_eq!(f.run(DIR_EGRESS, &p, lo, 1), PASS, "an allowed loopback port, client side");
-    let inbound = ipv4(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, TCP, &l4(TCP, 40000, 6000), V4Opts::default());
-    assert_eq!(f.run(DIR_INGRESS, &inbound, lo, 1), PASS, "and listener side");
+    assert_eq!(
+        f.run(DIR_EGRESS, &p, lo, 1),
+        PASS,
+        "an allowed loopback port, client side"
+    );
+    let inbound = ipv4(
+        Ipv4Addr::LOCALHOST,
+        Ipv4Addr::LOCALHOST,
+        TCP,
+        &l4(TCP, 40000, 6000),
+        V4Opts::default(),
+    );
+    assert_eq!(
+        f.run(DIR_INGRESS, &inbound, lo, 1),
+        PASS,
+        "and listener side"
+    );
     f.maps.set_loopback(LOOPBACK_PASS).expect("loopback pass");
 }
 
@@ -347,7 +528,11 @@ fn policy_changes_flip_atomically_and_only_the_difference_is_written() {
     let db = v4(Ipv4Addr::new(10, 0, 0, 5), TCP, 5432);
     assert_eq!(f.egress(&db), PASS);
     let g0 = f.maps.config().expect("config").generation;
-    assert_eq!(f.apply(&base_policy()), 0, "same policy: nothing written, nothing flipped");
+    assert_eq!(
+        f.apply(&base_policy()),
+        0,
+        "same policy: nothing written, nothing flipped"
+    );
     assert_eq!(f.maps.config().expect("config").generation, g0);
     let mut smaller = base_policy();
     smaller.rules.retain(|r| r.name != "db");
@@ -359,7 +544,10 @@ fn policy_changes_flip_atomically_and_only_the_difference_is_written() {
     assert!(writes > 1);
     let writes = f.apply(&base_policy());
     assert_eq!(f.egress(&db), PASS);
-    assert!(writes <= 3, "re-adding one CIDR rule wrote {writes} entries");
+    assert!(
+        writes <= 3,
+        "re-adding one CIDR rule wrote {writes} entries"
+    );
 }
 
 #[test]
@@ -367,17 +555,32 @@ fn many_addresses_do_not_change_verdicts() {
     // 50,000 exact addresses: still one hash lookup, still the same answers.
     let mut f = Fixture::new(&base_policy());
     let mut policy = base_policy();
-    let mut r = rule("bulk", Direction::Egress, Proto::Tcp, one(9000), "0.0.0.0/32");
+    let mut r = rule(
+        "bulk",
+        Direction::Egress,
+        Proto::Tcp,
+        one(9000),
+        "0.0.0.0/32",
+    );
     r.targets = (0..50_000u32)
-        .map(|i| Target::Cidr(ipnet::IpNet::from(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)))))
+        .map(|i| {
+            Target::Cidr(ipnet::IpNet::from(IpAddr::V4(Ipv4Addr::from(
+                0x0b00_0000 + i,
+            ))))
+        })
         .collect();
     policy.rules.push(r);
     f.apply(&policy);
-    assert_eq!(f.egress(&v4(Ipv4Addr::from(0x0b00_0000 + 49_999), TCP, 9000)), PASS);
-    assert_eq!(f.egress(&v4(Ipv4Addr::from(0x0b00_0000 + 50_000), TCP, 9000)), DROP);
+    assert_eq!(
+        f.egress(&v4(Ipv4Addr::from(0x0b00_0000 + 49_999), TCP, 9000)),
+        PASS
+    );
+    assert_eq!(
+        f.egress(&v4(Ipv4Addr::from(0x0b00_0000 + 50_000), TCP, 9000)),
+        DROP
+    );
     assert_eq!(f.egress(&v4(APP_ADDR, TCP, 443)), PASS);
 }
-
 
 fn drain_events(f: &Fixture) -> Vec<sdm_common::DenyEvent> {
     let mut ring = sdm_agent::events::open(&f._pins.layout).expect("open the event ring buffer");
@@ -404,11 +607,25 @@ fn denies_are_reported_once_per_flow_per_interval() {
     assert_eq!(f.run(DIR_EGRESS, &denied, ifindex, 1000), DROP);
     let other = v4(Ipv4Addr::new(9, 9, 9, 9), UDP, 53);
     assert_eq!(f.egress(&other), DROP);
-    assert_eq!(f.egress(&v4(APP_ADDR, TCP, 443)), PASS, "allowed packets make no events");
+    assert_eq!(
+        f.egress(&v4(APP_ADDR, TCP, 443)),
+        PASS,
+        "allowed packets make no events"
+    );
     let events = drain_events(&f);
-    assert_eq!(events.len(), 2, "one event per flow, however many packets: {events:?}");
-    let e = events.iter().find(|e| e.remote[..4] == [8, 8, 8, 8]).expect("the 8.8.8.8 event");
-    assert_eq!((e.proto, e.remote_port, e.local_port, e.dir, e.dropped), (TCP, 443, 40000, DIR_EGRESS, 1));
+    assert_eq!(
+        events.len(),
+        2,
+        "one event per flow, however many packets: {events:?}"
+    );
+    let e = events
+        .iter()
+        .find(|e| e.remote[..4] == [8, 8, 8, 8])
+        .expect("the 8.8.8.8 event");
+    assert_eq!(
+        (e.proto, e.remote_port, e.local_port, e.dir, e.dropped),
+        (TCP, 443, 40000, DIR_EGRESS, 1)
+    );
     assert_eq!(e.local[..4], ME.octets());
     assert_eq!(e.reason, REASON_NO_RULE);
     assert_eq!(e.v6, 0);
@@ -416,7 +633,11 @@ fn denies_are_reported_once_per_flow_per_interval() {
     assert_eq!(event_stat(&f, sdm_common::EVENT_STAT_SENT), 2);
     assert_eq!(event_stat(&f, sdm_common::EVENT_STAT_SUPPRESSED), 999);
     assert_eq!(event_stat(&f, sdm_common::EVENT_STAT_LOST), 0);
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_NO_RULE), 1001, "counters still count every packet");
+    assert_eq!(
+        f.denied(true, DIR_EGRESS, REASON_NO_RULE),
+        1001,
+        "counters still count every packet"
+    );
     // After the interval the next packet reports again, carrying the
     // packets suppressed in between.
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -439,6 +660,11 @@ fn audit_mode_reports_would_be_drops_and_malformed_packets() {
     assert_eq!(events.len(), 2, "{events:?}");
     let e6 = events.iter().find(|e| e.v6 == 1).expect("the IPv6 event");
     assert_eq!((e6.dropped, e6.remote_port, e6.proto), (0, 1234, UDP));
-    assert_eq!(e6.remote, "2001:db8:9::1".parse::<Ipv6Addr>().unwrap().octets());
-    assert!(events.iter().any(|e| e.reason == REASON_MALFORMED && e.dropped == 0));
+    assert_eq!(
+        e6.remote,
+        "2001:db8:9::1".parse::<Ipv6Addr>().unwrap().octets()
+    );
+    assert!(events
+        .iter()
+        .any(|e| e.reason == REASON_MALFORMED && e.dropped == 0));
 }
