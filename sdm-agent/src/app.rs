@@ -20,10 +20,11 @@ use crate::{
     cgroup, compile,
     config::{Config, LoopbackMode, Mode},
     dataplane::{self, AttachOutcome, Layout, Maps},
-    entries, metrics,
+    entries, events, flows, http, metrics,
     policy::{Policy, Target},
     resolver::{DnsTiming, HostState, Resolver},
     status::StateFile,
+    store,
 };
 
 /// The resolvers the policy allows and the agent asks: `[dns] servers`, or
@@ -126,6 +127,8 @@ struct Agent {
     maps: Arc<Mutex<Maps>>,
     resolver: Resolver,
     ids: std::collections::BTreeMap<String, u32>,
+    /// Address -> hostnames, for naming the destinations of denied flows.
+    hostnames: flows::HostnameIndex,
 }
 
 impl Agent {
@@ -140,6 +143,15 @@ impl Agent {
             .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
         let writes = maps.apply(&want).context("apply the policy to the maps")?;
         drop(maps);
+        let index = flows::index_from(
+            self.resolver
+                .hosts()
+                .iter()
+                .map(|(h, s)| (h.as_str(), s.addresses())),
+        );
+        if let Ok(mut w) = self.hostnames.write() {
+            *w = index;
+        }
         self.write_state()?;
         Ok(writes)
     }
@@ -259,6 +271,7 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
     let hosts = hostnames(&policy);
     resolver.set_names(hosts.iter().map(String::as_str), Instant::now());
     seed_from_previous(&mut resolver, &layout, &hosts);
+    let hostnames: flows::HostnameIndex = Default::default();
     let mut agent = Agent {
         layout: layout.clone(),
         config_path: config_path.clone(),
@@ -266,6 +279,7 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
         maps: maps.clone(),
         resolver,
         ids,
+        hostnames: hostnames.clone(),
     };
 
     tracing::info!(hostnames = hosts.len(), resolvers = ?resolvers, "resolving");
@@ -292,11 +306,40 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
         "policy applied; enforcement is live"
     );
 
-    let registry = Arc::new(metrics::registry(metrics::Source {
+    // Denied flows: aggregated in memory, logged when new, stored in
+    // <[state] dir>/flows.db (a broken store is reported, never fatal).
+    let agent_stats = metrics::AgentStats::default();
+    let flow_table = flows::FlowTable::shared(flows::DEFAULT_CAPACITY);
+    let flow_store = store::StoreHandle::spawn(
+        store::StoreOptions::from_config(&config.state),
+        agent_stats.store.clone(),
+    );
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(flows::EVENT_CHANNEL_CAPACITY);
+    tokio::spawn(
+        flows::Pipeline::new(
+            flow_table.clone(),
+            hostnames.clone(),
+            flows::AuditLog::from_config(&config.audit),
+            Some(flow_store.clone()),
+        )
+        .run(events_rx),
+    );
+    let ring = events::open(&layout).context("open the deny event ring buffer")?;
+    tokio::spawn(events::forward(ring, events_tx, agent_stats.events_lost.clone()));
+
+    let source = metrics::Source {
         layout: layout.clone(),
         maps: maps.clone(),
-    }));
-    let mut server = tokio::spawn(metrics::serve(listener, registry));
+    };
+    let registry = Arc::new(metrics::registry_with(source.clone(), agent_stats.clone()));
+    let http_state = http::HttpState::new(
+        registry,
+        source,
+        flow_table,
+        Some(flow_store),
+        config.http.token.clone(),
+    );
+    let mut server = tokio::spawn(http::serve(listener, http_state));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut retry_sync = false;

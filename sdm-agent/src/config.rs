@@ -44,6 +44,10 @@ pub const DEFAULT_TTL_MAX: Duration = Duration::from_secs(3600);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(600);
 /// Longest `name` of a `[[resource]]`, `[[secret_store]]` or `[[allow]]`.
 pub const MAX_NAME_LEN: usize = 64;
+/// Default `[state] dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sdm-agent";
+/// Default `[state] retention`.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86400);
 
 // ---------------------------------------------------------------------------
 // Named enums
@@ -413,14 +417,46 @@ impl Default for DnsConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// When set, every request must carry `Authorization: Bearer <token>`
+    /// (or `?token=`). Required when `listen` is not a loopback address.
+    /// Never serialized.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_HTTP_LISTEN,
+            token: None,
         }
     }
+}
+
+/// `[state]`: where the agent keeps what must survive restarts (the denied
+/// flows database).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+    /// Flows not seen for longer than this are deleted from the store.
+    #[serde(serialize_with = "serialize_duration")]
+    pub retention: Duration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(DEFAULT_STATE_DIR),
+            retention: DEFAULT_RETENTION,
+        }
+    }
+}
+
+/// `[audit]`: where each new denied flow is written as one JSON line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AuditConfig {
+    /// A file to append to; `None`: standard output.
+    pub log: Option<PathBuf>,
 }
 
 /// The validated configuration.
@@ -447,6 +483,8 @@ pub struct Config {
     pub allow: Vec<AllowConfig>,
     pub dns: DnsConfig,
     pub http: HttpConfig,
+    pub state: StateConfig,
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -467,6 +505,8 @@ impl Default for Config {
             allow: Vec::new(),
             dns: DnsConfig::default(),
             http: HttpConfig::default(),
+            state: StateConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -550,7 +590,22 @@ ttl_max = "1h"
 grace = "10m"
 
 [http]
+# Metrics, the dashboard and its JSON API. Listening on anything but a
+# loopback address requires a token, sent as "Authorization: Bearer <token>"
+# (or ?token=<token> in the dashboard's address).
 listen = "127.0.0.1:9850"
+# token = "a-long-random-string"
+
+[state]
+# The denied flows database (flows.db) lives here.
+dir = "/var/lib/sdm-agent"
+# Flows not seen for this long are deleted.
+retention = "7d"
+
+# Each new denied flow is written as one JSON line: to standard output by
+# default, or appended to this file.
+# [audit]
+# log = "/var/log/sdm-agent/flows.jsonl"
 "#;
 
 impl Config {
@@ -763,6 +818,8 @@ struct RawConfig {
     allow: Vec<Spanned<RawAllow>>,
     dns: Option<RawDns>,
     http: Option<RawHttp>,
+    state: Option<RawState>,
+    audit: Option<RawAudit>,
 }
 
 #[derive(Deserialize)]
@@ -824,6 +881,20 @@ struct RawDns {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<Spanned<String>>,
+    retention: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    log: Option<Spanned<String>>,
 }
 
 /// A string, or an array of strings (each with its own span).
@@ -1001,7 +1072,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The shortest exact rendering of a duration in the units
-/// [`parse_duration`] reads: "1h", "10m", "30s", "500ms".
+/// [`parse_duration`] reads: "7d", "1h", "10m", "30s", "500ms".
 pub fn format_duration(d: Duration) -> String {
     if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return format!("{}ns", d.as_nanos());
@@ -1010,7 +1081,9 @@ pub fn format_duration(d: Duration) -> String {
         return format!("{}ms", d.as_millis());
     }
     let s = d.as_secs();
-    if s != 0 && s.is_multiple_of(3600) {
+    if s != 0 && s.is_multiple_of(86400) {
+        format!("{}d", s / 86400)
+    } else if s != 0 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
     } else if s != 0 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
@@ -1179,7 +1252,14 @@ pub fn normalize_ports(mut ports: Vec<PortRange>) -> Vec<PortRange> {
     out
 }
 
-fn valid_name(s: &str) -> Result<(), String> {
+/// Whether an address only reaches this host (127.0.0.0/8, ::1, and
+/// IPv4-mapped loopback).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// Checks a `[[resource]]`, `[[secret_store]]` or `[[allow]]` name.
+pub fn valid_name(s: &str) -> Result<(), String> {
     let mut chars = s.chars();
     let first_ok = chars
         .next()
@@ -1586,11 +1666,12 @@ impl Ctx<'_> {
         }
 
         if let Some(h) = &raw.http {
+            let here = Here::table("http");
             if let Some(v) = &h.listen {
                 cfg.http.listen = v.get_ref().parse().map_err(|_| {
                     self.err(
                         v.span(),
-                        &Here::table("http"),
+                        &here,
                         "listen",
                         format!(
                             "invalid socket address {:?}, expected e.g. \"127.0.0.1:9850\"",
@@ -1599,9 +1680,77 @@ impl Ctx<'_> {
                     )
                 })?;
             }
+            if let Some(v) = &h.token {
+                let t = v.get_ref();
+                if t.is_empty() {
+                    return Err(self.err(v.span(), &here, "token", "empty token"));
+                }
+                if let Some(c) = t.chars().find(|c| !c.is_ascii_graphic()) {
+                    return Err(self.err(
+                        v.span(),
+                        &here,
+                        "token",
+                        format!(
+                            "character {c:?} is not allowed (use printable ASCII without spaces)"
+                        ),
+                    ));
+                }
+                cfg.http.token = Some(t.clone());
+            }
+            if let Some(v) = &h.listen {
+                if cfg.http.token.is_none() && !is_loopback(cfg.http.listen.ip()) {
+                    return Err(self.err(
+                        v.span(),
+                        &here,
+                        "listen",
+                        format!(
+                            "{} is not a loopback address: set [http] token to serve the dashboard and metrics on it",
+                            cfg.http.listen
+                        ),
+                    ));
+                }
+            }
+        }
+
+        if let Some(st) = &raw.state {
+            let here = Here::table("state");
+            if let Some(v) = &st.dir {
+                cfg.state.dir = self.absolute(v, &here, "dir")?;
+            }
+            cfg.state.retention =
+                self.duration(st.retention.as_ref(), DEFAULT_RETENTION, &here, "retention")?;
+            if cfg.state.retention.is_zero() {
+                let span = st.retention.as_ref().map_or(0..0, |v| v.span());
+                return Err(self.err(span, &here, "retention", "must be greater than zero"));
+            }
+        }
+
+        if let Some(a) = &raw.audit {
+            if let Some(v) = &a.log {
+                cfg.audit.log = Some(self.absolute(v, &Here::table("audit"), "log")?);
+            }
         }
 
         Ok(cfg)
+    }
+
+    /// An absolute path.
+    fn absolute(
+        &self,
+        v: &Spanned<String>,
+        here: &Here,
+        key: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        let p = PathBuf::from(v.get_ref());
+        if !p.is_absolute() {
+            return Err(self.err(
+                v.span(),
+                here,
+                key,
+                format!("{:?} is not an absolute path", v.get_ref()),
+            ));
+        }
+        Ok(p)
     }
 
     /// The section label of an array entry: `[[resource]] "prod-db"`.
@@ -1809,6 +1958,10 @@ mod tests {
         assert_eq!(c.dns.ttl_max, Duration::from_secs(3600));
         assert_eq!(c.dns.grace, Duration::from_secs(600));
         assert_eq!(c.http.listen, "127.0.0.1:9850".parse().unwrap());
+        assert_eq!(c.http.token, None);
+        assert_eq!(c.state.dir, PathBuf::from("/var/lib/sdm-agent"));
+        assert_eq!(c.state.retention, Duration::from_secs(7 * 86400));
+        assert_eq!(c.audit.log, None);
     }
 
     #[test]
@@ -1840,6 +1993,11 @@ mod tests {
         assert_eq!(c.secret_stores.len(), 1);
         assert_eq!(c.allow.len(), 1);
         assert_eq!(c.hosts, ControlPlaneHosts::for_region(Region::Us));
+        assert_eq!(c.http.token.as_deref(), Some("a-long-random-string"));
+        assert_eq!(
+            c.audit.log.as_deref(),
+            Some(Path::new("/var/log/sdm-agent/flows.jsonl"))
+        );
     }
 
     #[test]
@@ -1901,6 +2059,13 @@ grace = "500ms"
 
 [http]
 listen = "[::1]:9000"
+
+[state]
+dir = "/srv/sdm"
+retention = "36h"
+
+[audit]
+log = "/var/log/sdm/flows.jsonl"
 "#);
         assert_eq!(c.roles, vec![Role::Relay, Role::Gateway]);
         assert_eq!(c.region, Region::Eu);
@@ -1997,6 +2162,137 @@ listen = "[::1]:9000"
         assert_eq!(c.dns.ttl_max, Duration::from_secs(9000));
         assert_eq!(c.dns.grace, Duration::from_millis(500));
         assert_eq!(c.http.listen, "[::1]:9000".parse().unwrap());
+        assert_eq!(c.http.token, None);
+        assert_eq!(c.state.dir, PathBuf::from("/srv/sdm"));
+        assert_eq!(c.state.retention, Duration::from_secs(36 * 3600));
+        assert_eq!(c.audit.log, Some(PathBuf::from("/var/log/sdm/flows.jsonl")));
+    }
+
+    #[test]
+    fn http_token_and_listen() {
+        // Off loopback without a token: an error naming [http] listen.
+        let msg = fails(
+            "[http]
+
+listen = \"0.0.0.0:9850\"\n",
+            3,
+            "listen",
+            &["[http]", "loopback", "token"],
+        );
+        assert!(msg.contains("0.0.0.0:9850"), "{msg}");
+        fails(
+            "[http]
+listen = \"[::]:9850\"\n",
+            2,
+            "listen",
+            &["token"],
+        );
+        fails(
+            "[http]
+listen = \"10.1.2.3:80\"\n",
+            2,
+            "listen",
+            &["token"],
+        );
+        // With a token, anywhere; the token is never serialized.
+        let c = ok("[http]
+listen = \"0.0.0.0:9850\"\ntoken = \"s3cret-token\"\n");
+        assert_eq!(c.http.token.as_deref(), Some("s3cret-token"));
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(!json.contains("s3cret"), "{json}");
+        // Loopback needs none, IPv4-mapped loopback included.
+        assert_eq!(
+            ok("[http]
+listen = \"127.0.0.2:1\"\n")
+            .http
+            .token,
+            None
+        );
+        ok("[http]
+listen = \"[::ffff:127.0.0.1]:1\"\n");
+        ok("[http]
+listen = \"[::1]:1\"\ntoken = \"t\"\n");
+        fails(
+            "[http]
+token = \"\"\n",
+            2,
+            "token",
+            &["empty"],
+        );
+        fails(
+            "[http]
+token = \"a b\"\n",
+            2,
+            "token",
+            &["not allowed"],
+        );
+        fails(
+            "[http]
+token = 5\n",
+            2,
+            "token",
+            &["[http]"],
+        );
+    }
+
+    #[test]
+    fn state_and_audit() {
+        let c = ok("[state]
+dir = \"/tmp/x\"\n");
+        assert_eq!(c.state.dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.state.retention, DEFAULT_RETENTION);
+        assert_eq!(
+            ok("[state]
+retention = 3600\n")
+            .state
+            .retention,
+            Duration::from_secs(3600)
+        );
+        fails(
+            "[state]
+dir = \"var/lib\"\n",
+            2,
+            "dir",
+            &["[state]", "absolute"],
+        );
+        fails(
+            "[state]
+
+retention = \"0s\"\n",
+            3,
+            "retention",
+            &["[state]", "greater than zero"],
+        );
+        fails(
+            "[state]
+retention = \"7 days\"\n",
+            2,
+            "retention",
+            &["invalid duration"],
+        );
+        fails(
+            "[state]
+dirs = \"/x\"\n",
+            2,
+            "dirs",
+            &["unknown field"],
+        );
+        fails(
+            "[audit]
+log = \"flows.log\"\n",
+            2,
+            "log",
+            &["[audit]", "absolute"],
+        );
+        fails(
+            "[audit]
+file = \"/x\"\n",
+            2,
+            "file",
+            &["unknown field"],
+        );
+        let json = serde_json::to_value(Config::default()).unwrap();
+        assert_eq!(json["state"]["retention"], "7d");
     }
 
     #[test]
@@ -2227,6 +2523,8 @@ login = "sso.example.com"
             );
         }
         assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(format_duration(Duration::from_secs(2 * 86400)), "2d");
+        assert_eq!(format_duration(Duration::from_secs(36 * 3600)), "36h");
     }
 
     #[test]

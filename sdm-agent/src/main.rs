@@ -1,18 +1,30 @@
 //! The `sdm-agent` command line.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use sdm_agent::{
     app, compile,
+    config::Config,
     dataplane::{self, Layout, Maps},
+    flows::{self, Flow, FlowKey, FlowQuery},
     status,
+    store::{self, Store, StoreError},
 };
 use sdm_common::{MODE_AUDIT, MODE_ENFORCE};
 
 #[derive(Parser)]
-#[command(name = "sdm-agent", version, about = "eBPF egress enforcer for hosts that run StrongDM components")]
+#[command(
+    name = "sdm-agent",
+    version,
+    about = "eBPF egress enforcer for hosts that run StrongDM components"
+)]
 struct Cli {
     /// Where maps and links are pinned (bpffs).
     #[arg(long, global = true, env = "SDM_PIN_ROOT", default_value = dataplane::DEFAULT_PIN_ROOT)]
@@ -66,6 +78,35 @@ enum Command {
     },
     /// Print the default config, commented.
     DefaultConfig,
+    /// Denied flows from the flow store (`[state] dir` of the config), oldest
+    /// first; works while the agent runs or is down.
+    Flows {
+        /// Config naming the state directory; default: the built-in config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How far back: e.g. 15m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_window)]
+        since: Duration,
+        /// One JSON object per line (the fields of /api/flows).
+        #[arg(long)]
+        json: bool,
+        /// Keep polling; print flows as they appear or change.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Print [[allow]] / [[resource]] config that would allow the flows seen
+    /// in audit mode, to review and append to the config.
+    Suggest {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How far back: e.g. 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = parse_window)]
+        since: Duration,
+    },
+}
+
+fn parse_window(s: &str) -> Result<Duration, String> {
+    sdm_agent::config::parse_duration(s)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,7 +169,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 "{}: ok, {} rules{}",
                 app::config_label(config.as_deref()),
                 policy.rules.len(),
-                if warnings.is_empty() { String::new() } else { format!(", {} warning(s)", warnings.len()) }
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} warning(s)", warnings.len())
+                }
             );
         }
         Command::Policy { config, json } => {
@@ -155,7 +200,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 ModeArg::Enforce => MODE_ENFORCE,
             };
             maps.set_mode(m)?;
-            println!("mode: {} (a running agent keeps it; a restarted agent applies its config's mode)", status::mode_name(m));
+            println!(
+                "mode: {} (a running agent keeps it; a restarted agent applies its config's mode)",
+                status::mode_name(m)
+            );
         }
         Command::Trace { state } => {
             let mut maps = Maps::open(&layout)?;
@@ -164,7 +212,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             maps.write_config(&cfg)?;
             println!(
                 "verdict tracing {}",
-                if cfg.log_verdicts != 0 { "on: verdicts appear in the log of the agent that loaded the programs" } else { "off" }
+                if cfg.log_verdicts != 0 {
+                    "on: verdicts appear in the log of the agent that loaded the programs"
+                } else {
+                    "off"
+                }
             );
         }
         Command::Detach => {
@@ -172,18 +224,194 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if removed.is_empty() {
                 println!("nothing was attached under {}", layout.pin_root.display());
             } else {
-                println!("detached: removed {} pins and records under {}", removed.len(), layout.pin_root.display());
+                println!(
+                    "detached: removed {} pins and records under {}",
+                    removed.len(),
+                    layout.pin_root.display()
+                );
             }
         }
         Command::DefaultConfig => print!("{}", sdm_agent::config::Config::default_toml()),
+        Command::Flows {
+            config,
+            since,
+            json,
+            follow,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            list_flows(&store::db_path(&cfg.state.dir), since, json, follow)?;
+        }
+        Command::Suggest { config, since } => {
+            let cfg = load_config(config.as_deref())?;
+            let path = store::db_path(&cfg.state.dir);
+            let mut q = FlowQuery::within(since);
+            q.verdict = Some("audit".into());
+            let found = match Store::open_existing(&path) {
+                Ok(s) => s.query(&q)?,
+                Err(StoreError::Missing { .. }) => {
+                    eprintln!(
+                        "no flows recorded yet: {} does not exist (the agent creates it)",
+                        path.display()
+                    );
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            // Leave out what the config already allows, where it compiles.
+            let resolvers = app::resolvers(&cfg).unwrap_or_default();
+            let policy = compile::compile(&cfg, &resolvers).ok();
+            print!(
+                "{}",
+                flows::suggest(&found, &cfg, policy.as_ref(), flows::DEFAULT_COLLAPSE)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    })
+}
+
+fn flow_line(f: &Flow) -> String {
+    let process = if f.key.comm.is_empty() {
+        "?".to_string()
+    } else {
+        f.key.comm.escape_debug().to_string()
+    };
+    let process = if f.pid != 0 {
+        format!("{process} ({})", f.pid)
+    } else {
+        process
+    };
+    format!(
+        "{:<24} {:<7} {:<7} {:<6} {:<39} {:>5}  {:<30} {:<22} {:>9}  {}",
+        flows::rfc3339(f.last_seen),
+        f.key.direction,
+        f.key.verdict,
+        f.key.proto,
+        f.key.remote,
+        f.key.port,
+        f.hostname.as_deref().unwrap_or("-"),
+        process,
+        f.count,
+        f.reason
+    )
+}
+
+fn flow_header() -> String {
+    format!(
+        "{:<24} {:<7} {:<7} {:<6} {:<39} {:>5}  {:<30} {:<22} {:>9}  reason",
+        "last seen (UTC)",
+        "dir",
+        "verdict",
+        "proto",
+        "remote",
+        "port",
+        "hostname",
+        "process (pid)",
+        "packets"
+    )
+}
+
+/// `sdm-agent flows`: oldest first; with `follow`, polls every second and
+/// prints the flows that appear or change. A closed pipe (`| head`) ends it.
+fn list_flows(path: &Path, since: Duration, json: bool, follow: bool) -> Result<()> {
+    match list_flows_to(&mut std::io::stdout(), path, since, json, follow) {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+fn list_flows_to(
+    out: &mut impl std::io::Write,
+    path: &Path,
+    since: Duration,
+    json: bool,
+    follow: bool,
+) -> Result<()> {
+    let mut store = None;
+    let mut printed: HashMap<FlowKey, (u64, u64)> = HashMap::new();
+    let mut header = !json;
+    let mut window = FlowQuery::within(since);
+    let mut warned = false;
+    loop {
+        if store.is_none() {
+            match Store::open_existing(path) {
+                Ok(s) => store = Some(s),
+                Err(StoreError::Missing { .. }) if !warned || !follow => {
+                    eprintln!(
+                        "no flows recorded yet: {} does not exist (the agent creates it)",
+                        path.display()
+                    );
+                    warned = true;
+                }
+                Err(StoreError::Missing { .. }) => {}
+                Err(e) if follow => eprintln!("sdm-agent: {e}; retrying"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(s) = &store {
+            match s.query(&window) {
+                Ok(mut found) => {
+                    found.reverse();
+                    for f in found {
+                        let seen = (f.last_seen, f.count);
+                        if printed.get(&f.key) == Some(&seen) {
+                            continue;
+                        }
+                        if header {
+                            writeln!(out, "{}", flow_header())?;
+                            header = false;
+                        }
+                        if json {
+                            writeln!(out, "{}", serde_json::to_string(&f)?)?;
+                        } else {
+                            writeln!(out, "{}", flow_line(&f))?;
+                        }
+                        printed.insert(f.key.clone(), seen);
+                    }
+                }
+                Err(e) if follow => {
+                    eprintln!("sdm-agent: {e}; retrying");
+                    store = None;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        out.flush()?;
+        std::thread::sleep(Duration::from_secs(1));
+        // Look back a little: the agent writes in batches, and events of
+        // different CPUs are not strictly ordered.
+        let newest = printed
+            .values()
+            .map(|(t, _)| *t)
+            .max()
+            .unwrap_or(window.since_ms);
+        window.since_ms = window.since_ms.max(newest.saturating_sub(10_000));
+        printed.retain(|_, (t, _)| *t + 60_000 >= window.since_ms);
+    }
 }
 
 fn render_policy(policy: &sdm_agent::policy::Policy) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
-    let _ = writeln!(o, "{:<44} {:<8} {:<9} {:<16} {:<9} targets", "rule", "dir", "proto", "ports", "guide");
+    let _ = writeln!(
+        o,
+        "{:<44} {:<8} {:<9} {:<16} {:<9} targets",
+        "rule", "dir", "proto", "ports", "guide"
+    );
     for r in &policy.rules {
         let protos: Vec<String> = r.protos.iter().map(|p| p.to_string()).collect();
         let ports: Vec<String> = r.ports.iter().map(|p| p.to_string()).collect();
@@ -195,7 +423,13 @@ fn render_policy(policy: &sdm_agent::policy::Policy) -> String {
             r.direction.to_string(),
             protos.join("+"),
             ports.join(","),
-            if r.roles.is_empty() { "config" } else if r.required { "required" } else { "optional" },
+            if r.roles.is_empty() {
+                "config"
+            } else if r.required {
+                "required"
+            } else {
+                "optional"
+            },
             targets.join(" ")
         );
     }

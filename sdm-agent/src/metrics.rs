@@ -1,8 +1,11 @@
 //! Prometheus metrics, read from the kernel maps at scrape time (nothing
-//! is copied or cached in between, so a scrape is always the truth), and
-//! the HTTP endpoint that serves them.
+//! is copied or cached in between, so a scrape is always the truth), plus
+//! the agent's own counters ([`AgentStats`]). `crate::http` serves them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
+};
 
 use prometheus_client::{
     collector::Collector,
@@ -14,6 +17,7 @@ use prometheus_client::{
 use crate::{
     dataplane::{Layout, Maps},
     status::{self, Status},
+    store::StoreStats,
 };
 
 /// The maps and layout the collector reads.
@@ -25,7 +29,9 @@ pub struct Source {
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Source").field("layout", &self.layout).finish()
+        f.debug_struct("Source")
+            .field("layout", &self.layout)
+            .finish()
     }
 }
 
@@ -82,29 +88,66 @@ impl Collector for SdmCollector {
         let mut bytes = Vec::new();
         for r in &s.rules {
             for (dir, c) in [("egress", r.egress), ("ingress", r.ingress)] {
-                let labels = vec![("rule", r.name.clone()), ("direction", dir.to_string()), ("verdict", "allow".to_string())];
+                let labels = vec![
+                    ("rule", r.name.clone()),
+                    ("direction", dir.to_string()),
+                    ("verdict", "allow".to_string()),
+                ];
                 packets.push((labels.clone(), c.packets));
                 bytes.push((labels, c.bytes));
             }
         }
         counter_family(&mut encoder, "sdm_rule_packets", "Packets allowed by each rule, by direction (replies to an egress rule count under ingress).", &packets)?;
-        counter_family(&mut encoder, "sdm_rule_bytes", "Bytes allowed by each rule, by direction.", &bytes)?;
+        counter_family(
+            &mut encoder,
+            "sdm_rule_bytes",
+            "Bytes allowed by each rule, by direction.",
+            &bytes,
+        )?;
         let denied: Vec<_> = s
             .denied
             .iter()
-            .map(|d| (vec![("direction", d.direction.clone()), ("reason", d.reason.clone()), ("mode", d.mode.clone())], d.packets))
+            .map(|d| {
+                (
+                    vec![
+                        ("direction", d.direction.clone()),
+                        ("reason", d.reason.clone()),
+                        ("mode", d.mode.clone()),
+                    ],
+                    d.packets,
+                )
+            })
             .collect();
         counter_family(&mut encoder, "sdm_denied_packets", "Packets denied (dropped in enforce mode, passed and counted in audit mode), by direction, reason and mode.", &denied)?;
         let denied_bytes: Vec<_> = s
             .denied
             .iter()
-            .map(|d| (vec![("direction", d.direction.clone()), ("reason", d.reason.clone()), ("mode", d.mode.clone())], d.bytes))
+            .map(|d| {
+                (
+                    vec![
+                        ("direction", d.direction.clone()),
+                        ("reason", d.reason.clone()),
+                        ("mode", d.mode.clone()),
+                    ],
+                    d.bytes,
+                )
+            })
             .collect();
-        counter_family(&mut encoder, "sdm_denied_bytes", "Bytes denied, by direction, reason and mode.", &denied_bytes)?;
+        counter_family(
+            &mut encoder,
+            "sdm_denied_bytes",
+            "Bytes denied, by direction, reason and mode.",
+            &denied_bytes,
+        )?;
         let addrs: Vec<_> = s
             .dns
             .iter()
-            .map(|h| (vec![("hostname", h.hostname.clone())], h.addresses.len() as i64))
+            .map(|h| {
+                (
+                    vec![("hostname", h.hostname.clone())],
+                    h.addresses.len() as i64,
+                )
+            })
             .collect();
         gauge_family(&mut encoder, "sdm_hostname_addresses", "Addresses currently allowed for each hostname (latest answer plus those in their grace period).", &addrs)?;
         let failures: Vec<_> = s
@@ -112,20 +155,107 @@ impl Collector for SdmCollector {
             .iter()
             .map(|h| (vec![("hostname", h.hostname.clone())], h.failures))
             .collect();
-        counter_family(&mut encoder, "sdm_dns_failures", "Failed DNS lookups per hostname (the last good answer is kept).", &failures)?;
+        counter_family(
+            &mut encoder,
+            "sdm_dns_failures",
+            "Failed DNS lookups per hostname (the last good answer is kept).",
+            &failures,
+        )?;
         let modes: Vec<_> = ["audit", "enforce"]
             .iter()
             .map(|m| (vec![("mode", m.to_string())], i64::from(s.mode == *m)))
             .collect();
-        gauge_family(&mut encoder, "sdm_mode", "1 for the mode the kernel programs are in.", &modes)?;
-        gauge_family(&mut encoder, "sdm_policy_generation", "Policy generation; increases with every applied change.", &[(vec![], i64::from(s.generation))])?;
+        gauge_family(
+            &mut encoder,
+            "sdm_mode",
+            "1 for the mode the kernel programs are in.",
+            &modes,
+        )?;
+        gauge_family(
+            &mut encoder,
+            "sdm_policy_generation",
+            "Policy generation; increases with every applied change.",
+            &[(vec![], i64::from(s.generation))],
+        )?;
         Ok(())
     }
 }
 
+/// What only the running agent counts.
+#[derive(Clone, Debug, Default)]
+pub struct AgentStats {
+    /// Deny events the agent dropped (its channel to the flow pipeline was
+    /// full); the kernel's own losses are read from `SDM_EVENT_STAT`.
+    pub events_lost: Arc<AtomicU64>,
+    pub store: StoreStats,
+}
+
+/// Events the kernel could not put on the ring buffer (full), summed over
+/// the CPUs; 0 when the counters are not pinned (yet).
+pub fn kernel_events_lost(layout: &Layout) -> u64 {
+    use aya::maps::{Map, MapData, PerCpuArray};
+    let Ok(data) = MapData::from_pin(layout.map_pin(sdm_common::MAP_EVENT_STATS)) else {
+        return 0;
+    };
+    let Ok(stats) = PerCpuArray::<MapData, u64>::try_from(Map::PerCpuArray(data)) else {
+        return 0;
+    };
+    stats
+        .get(&sdm_common::EVENT_STAT_LOST, 0)
+        .map(|v| v.iter().fold(0u64, |a, b| a.saturating_add(*b)))
+        .unwrap_or(0)
+}
+
+#[derive(Debug)]
+struct AgentCollector {
+    layout: Layout,
+    stats: AgentStats,
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let lost = kernel_events_lost(&self.layout)
+            .saturating_add(self.stats.events_lost.load(Ordering::Relaxed));
+        let family = encoder.encode_descriptor(
+            "sdm_events_lost",
+            "Deny events lost: the kernel's ring buffer was full, or the agent's flow pipeline was behind. The packet counters still count every packet.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(lost).encode(family)?;
+        let stored =
+            i64::try_from(self.stats.store.stored.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        let family = encoder.encode_descriptor(
+            "sdm_flows_stored",
+            "Denied flows in the flow store (as of its last write).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(stored).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "sdm_store_errors",
+            "Failures to open, write or read the flow store; flows are kept in memory meanwhile and enforcement is unaffected.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.stats.store.errors.load(Ordering::Relaxed)).encode(family)?;
+        Ok(())
+    }
+}
+
+/// The kernel's metrics only.
 pub fn registry(source: Source) -> Registry {
     let mut r = Registry::default();
     r.register_collector(Box::new(SdmCollector(source)));
+    r
+}
+
+/// The kernel's metrics and the agent's (`sdm_events_lost_total`,
+/// `sdm_flows_stored`, `sdm_store_errors_total`).
+pub fn registry_with(source: Source, stats: AgentStats) -> Registry {
+    let layout = source.layout.clone();
+    let mut r = registry(source);
+    r.register_collector(Box::new(AgentCollector { layout, stats }));
     r
 }
 
@@ -138,20 +268,35 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
-/// Serves `/metrics` (and `/healthz`) on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>) -> std::io::Result<()> {
-    use axum::{http::header, routing::get, Router};
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    let body = tokio::task::spawn_blocking(move || render(&registry)).await.unwrap_or_default();
-                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
-    axum::serve(listener, app).await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_metrics_have_help_and_values() {
+        let stats = AgentStats::default();
+        stats.events_lost.store(3, Ordering::Relaxed);
+        stats.store.stored.store(42, Ordering::Relaxed);
+        stats.store.errors.store(2, Ordering::Relaxed);
+        let layout = Layout {
+            pin_root: "/nonexistent/sdm-test".into(),
+            run_dir: "/nonexistent/sdm-run".into(),
+        };
+        assert_eq!(kernel_events_lost(&layout), 0);
+        let mut r = Registry::default();
+        r.register_collector(Box::new(AgentCollector { layout, stats }));
+        let text = render(&r);
+        for want in [
+            "# HELP sdm_events_lost Deny events lost",
+            "# TYPE sdm_events_lost counter",
+            "sdm_events_lost_total 3",
+            "# HELP sdm_flows_stored ",
+            "# TYPE sdm_flows_stored gauge",
+            "sdm_flows_stored 42",
+            "# HELP sdm_store_errors ",
+            "sdm_store_errors_total 2",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
+        }
+    }
 }

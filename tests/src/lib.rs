@@ -7,6 +7,7 @@
 //! the CI kernel has every feature these need.
 
 pub mod guards;
+pub mod lab;
 pub mod packets;
 
 use std::sync::atomic::{AtomicU32, Ordering};

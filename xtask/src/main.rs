@@ -5,13 +5,14 @@
 //! everything else (rust-src, bpf-linker, bpffs, test packages) is put in
 //! place by `setup`, which `build`, `run` and `test` run first.
 
+mod bench;
 mod bpf_linker;
 mod context;
 mod system;
 mod tasks;
 mod toolchain;
 
-use std::{ffi::OsString, process::ExitCode};
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -63,6 +64,18 @@ enum Task {
     },
     /// rustfmt --check and clippy -D warnings (skips the eBPF build).
     Check,
+    /// Run the benchmarks; write BENCHMARKS.md and target/bench/results.json (needs root).
+    Bench {
+        /// Every stage for a tiny duration: checks they work, asserts no timing.
+        #[arg(long)]
+        smoke: bool,
+        /// Where results.json goes (default target/bench).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Arguments for `sdm-bench run`, after `--` (e.g. `--only 1,3`).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,5 +100,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Task::Run { release, args } => tasks::run(&Ctx::new(false)?, release, &args),
         Task::Test { release, args } => tasks::test(&Ctx::new(false)?, release, &args),
         Task::Check => tasks::check(&Ctx::new(false)?),
+        Task::Bench { smoke, out, args } => {
+            bench::bench(&Ctx::new(false)?, smoke, out.as_deref(), &args)
+        }
     }
 }

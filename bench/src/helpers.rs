@@ -1,0 +1,299 @@
+//! The small programs the benchmark starts inside its namespaces and
+//! cgroups (as `sdm-bench <helper>`): a UDP echo server, a request/response
+//! client, a flood of denied packets and a probe for the first allowed
+//! packet. Each stops by itself after a bounded time and prints one JSON
+//! line (or, for the probe, one line per address).
+
+use std::{
+    io::{self, BufRead as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::json;
+
+use crate::sys::mono_ns;
+
+/// Echoes every datagram back to its sender on each address, for at most
+/// `max_secs`.
+pub fn udp_echo(binds: &[SocketAddr], max_secs: u64) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(max_secs);
+    let mut threads = Vec::new();
+    for addr in binds {
+        let sock = UdpSocket::bind(addr).with_context(|| format!("bind {addr}"))?;
+        sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+        threads.push(thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while Instant::now() < end {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        }));
+    }
+    println!("ready");
+    io::stdout().flush()?;
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// One datagram at a time to `to`, waiting for its echo, for `secs`;
+/// prints the number of transactions. With `probe`, sends one datagram and
+/// prints whether it was blocked (refused, or no answer within 300 ms).
+pub fn udp_rr(to: SocketAddr, secs: f64, size: usize, probe: bool) -> Result<()> {
+    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    if probe {
+        let blocked = match sock.connect(to).and_then(|()| sock.send(&[0u8; 8])) {
+            Err(e) => Some(e.to_string()),
+            Ok(_) => {
+                sock.set_read_timeout(Some(Duration::from_millis(300)))?;
+                let mut buf = [0u8; 64];
+                match sock.recv(&mut buf) {
+                    Ok(_) => None,
+                    Err(e) => Some(e.to_string()),
+                }
+            }
+        };
+        println!(
+            "{}",
+            json!({ "blocked": blocked.is_some(), "how": blocked })
+        );
+        return Ok(());
+    }
+    sock.connect(to)
+        .with_context(|| format!("connect to {to}"))?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let msg = vec![0x5au8; size];
+    let mut buf = vec![0u8; size.max(64) + 64];
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let (mut n, mut timeouts) = (0u64, 0u64);
+    while Instant::now() < end {
+        sock.send(&msg).context("send")?;
+        match sock.recv(&mut buf) {
+            Ok(_) => n += 1,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                timeouts += 1;
+                if timeouts > 20 {
+                    bail!("more than 20 requests to {to} went unanswered");
+                }
+            }
+            Err(e) => return Err(e).context("recv"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({ "transactions": n, "secs": secs, "timeouts": timeouts })
+    );
+    Ok(())
+}
+
+/// One arm of [`udp_rr_multi`]: a socket made inside a namespace and a
+/// cgroup, connected to an echo server.
+#[derive(Clone, Debug)]
+pub struct RrArm {
+    pub netns: std::path::PathBuf,
+    pub cgroup: std::path::PathBuf,
+    pub to: SocketAddr,
+}
+
+impl std::str::FromStr for RrArm {
+    type Err = String;
+    /// `<netns file>,<cgroup dir>,<ip:port>`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(',').collect();
+        let [ns, cg, to] = parts.as_slice() else {
+            return Err(format!("{s:?}: expected <netns>,<cgroup>,<ip:port>"));
+        };
+        Ok(Self {
+            netns: ns.into(),
+            cgroup: cg.into(),
+            to: to.parse().map_err(|e| format!("{to:?}: {e}"))?,
+        })
+    }
+}
+
+/// Request/response rates of several arms, measured by one process in
+/// short slices, round after round in a shuffled order, so that arms are
+/// compared within moments of each other without process start-ups in
+/// between. A socket belongs to the namespace and the cgroup its creator
+/// was in when it made it (`sk_alloc` records the cgroup): the process
+/// joins each arm's cgroup and namespace in turn to make that arm's socket.
+/// Prints `{"rates": [[per arm, in arm order] per round]}` (per second).
+pub fn udp_rr_multi(arms: &[RrArm], rounds: usize, slice_ms: u64, seed: u64) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let pid = std::process::id().to_string();
+    let mut socks = Vec::new();
+    for arm in arms {
+        std::fs::write(arm.cgroup.join("cgroup.procs"), &pid)
+            .with_context(|| format!("join {}", arm.cgroup.display()))?;
+        let ns = std::fs::File::open(&arm.netns)?;
+        // SAFETY: setns on valid namespace fds, for this thread.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error()).context("setns");
+        }
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect(arm.to)
+            .with_context(|| format!("connect to {}", arm.to))?;
+        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        socks.push(sock);
+        // SAFETY: as above.
+        if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error()).context("setns back");
+        }
+    }
+    let msg = [0x5au8; 64];
+    let mut buf = [0u8; 256];
+    let mut rng = crate::stats::Rng::new(seed);
+    let mut order: Vec<usize> = (0..arms.len()).collect();
+    let slice = Duration::from_millis(slice_ms);
+    let mut rates = Vec::with_capacity(rounds);
+    // One round more than asked: the first warms caches up and is dropped.
+    for round in 0..=rounds {
+        rng.shuffle(&mut order);
+        let mut row = vec![0.0f64; arms.len()];
+        for &i in &order {
+            let sock = &socks[i];
+            let (mut n, mut timeouts) = (0u64, 0u32);
+            let start = Instant::now();
+            while start.elapsed() < slice {
+                sock.send(&msg).context("send")?;
+                match sock.recv(&mut buf) {
+                    Ok(_) => n += 1,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        timeouts += 1;
+                        if timeouts > 5 {
+                            bail!("requests to {} go unanswered", arms[i].to);
+                        }
+                    }
+                    Err(e) => return Err(e).context("recv"),
+                }
+            }
+            row[i] = n as f64 / start.elapsed().as_secs_f64();
+        }
+        if round > 0 {
+            rates.push(row);
+        }
+    }
+    println!("{}", json!({ "rates": rates }));
+    Ok(())
+}
+
+/// Sends datagrams to ever new (address, port) pairs of `net`.x (x in
+/// 100..250) for `secs`, half through a UDP socket (judged by the sendmsg
+/// hook) and half through a raw socket (judged by the packet program).
+/// Prints how many were sent and how many the kernel refused.
+pub fn flood(net: Ipv4Addr, secs: f64) -> Result<()> {
+    let udp = UdpSocket::bind("0.0.0.0:0")?;
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error()).context("raw socket");
+    }
+    // SAFETY: a new fd we own.
+    let raw = unsafe { OwnedFd::from_raw_fd(raw) };
+    let base = net.octets();
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let (mut sent, mut refused, mut raw_sent, mut raw_refused) = (0u64, 0u64, 0u64, 0u64);
+    let mut i: u64 = 0;
+    let payload = [0u8; 32];
+    while Instant::now() < end {
+        for _ in 0..64 {
+            let host = 100 + (i % 150) as u8;
+            let port = 1 + ((i / 150) % 65_000) as u16;
+            let dst = Ipv4Addr::new(base[0], base[1], base[2], host);
+            i += 1;
+            if i.is_multiple_of(2) {
+                sent += 1;
+                if udp.send_to(&payload, SocketAddrV4::new(dst, port)).is_err() {
+                    refused += 1;
+                }
+            } else {
+                raw_sent += 1;
+                let mut pkt = [0u8; 40];
+                pkt[0..2].copy_from_slice(&40000u16.to_be_bytes());
+                pkt[2..4].copy_from_slice(&port.to_be_bytes());
+                pkt[4..6].copy_from_slice(&40u16.to_be_bytes());
+                // SAFETY: sockaddr_in built field by field; sendto reads
+                // only the buffers given with their lengths.
+                let rc = unsafe {
+                    let mut sa: libc::sockaddr_in = std::mem::zeroed();
+                    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+                    sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+                    libc::sendto(
+                        raw.as_raw_fd(),
+                        pkt.as_ptr().cast(),
+                        pkt.len(),
+                        0,
+                        (&sa as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
+                if rc < 0 {
+                    raw_refused += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "{}",
+        json!({
+            "secs": start.elapsed().as_secs_f64(),
+            "udp_sent": sent, "udp_refused": refused,
+            "raw_sent": raw_sent, "raw_refused": raw_refused,
+        })
+    );
+    Ok(())
+}
+
+/// Reads IPv4 addresses on stdin, one a line; for each, sends a datagram to
+/// it (on `port`) every 20 µs until the kernel lets one through, then prints
+/// `<address> <CLOCK_MONOTONIC ns>` (or `<address> timeout` after
+/// `timeout_ms`). Stops at end of input or after `max_secs`.
+pub fn probe(port: u16, timeout_ms: u64, max_secs: u64) -> Result<()> {
+    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    let stop = Instant::now() + Duration::from_secs(max_secs);
+    let stdin = io::stdin();
+    let mut out = io::stdout();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        let addr: Ipv4Addr = line.trim().parse().with_context(|| format!("{line:?}"))?;
+        let until = Instant::now() + Duration::from_millis(timeout_ms);
+        let result = loop {
+            if sock
+                .send_to(&[0u8; 8], SocketAddrV4::new(addr, port))
+                .is_ok()
+            {
+                break mono_ns().to_string();
+            }
+            if Instant::now() > until {
+                break "timeout".to_owned();
+            }
+            thread::sleep(Duration::from_micros(20));
+        };
+        writeln!(out, "{addr} {result}")?;
+        out.flush()?;
+        if Instant::now() > stop {
+            break;
+        }
+    }
+    Ok(())
+}

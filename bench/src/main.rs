@@ -1,0 +1,577 @@
+//! `sdm-bench`: the benchmark behind `cargo xtask bench` (a tool, not a
+//! test). It measures the real kernel programs and the real agent against
+//! no filter, iptables and nftables, prints medians and ratios, and writes
+//! BENCHMARKS.md and target/bench/results.json.
+//!
+//! Safety: programs are attached only to child cgroups the benchmark
+//! creates; traffic only flows between network namespaces it creates
+//! (10.232.x.y over veth) or on their loopback; iptables and nftables rules
+//! live only inside those namespaces. Everything is removed when the run
+//! ends, fails or is interrupted (RAII guards; Ctrl-C only sets a flag), and
+//! leftovers of a killed run are swept at the next start. Every measurement
+//! is bounded in time.
+
+mod agent;
+mod dns;
+mod guards;
+mod helpers;
+mod report;
+mod stats;
+mod sys;
+mod traffic;
+mod verdict;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::{
+    guards::Cgroup,
+    report::{Figure, Machine, Results},
+    stats::Rng,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "sdm-bench",
+    about = "Benchmarks of sdm-egress (run through `cargo xtask bench`)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the benchmark (as root).
+    Run {
+        /// Every measurement for a tiny duration: checks that each stage
+        /// works end to end; asserts nothing about timings.
+        #[arg(long)]
+        smoke: bool,
+        /// Where results.json goes (and BENCHMARKS.md for --smoke or --only).
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+        /// Where BENCHMARKS.md goes. Default: ./BENCHMARKS.md for a full run,
+        /// <out>/BENCHMARKS.md for --smoke or --only.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// The sdm-agent binary to measure (default: next to sdm-bench).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// DNS answers measured for figure 4 (0 skips it).
+        #[arg(long)]
+        dns_answers: Option<usize>,
+        /// Only these figures, e.g. `1,3` (figures 2 and 3 always run together).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<u8>,
+        /// Seed of the order of runs within a round (default: the time).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// What was measured, if not this checkout (a line for BENCHMARKS.md).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    #[command(hide = true)]
+    UdpEcho {
+        #[arg(long = "bind")]
+        binds: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 600)]
+        max_secs: u64,
+    },
+    #[command(hide = true)]
+    UdpRr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long)]
+        probe: bool,
+    },
+    #[command(hide = true)]
+    UdpRrMulti {
+        /// `<netns file>,<cgroup dir>,<ip:port>`, repeated.
+        #[arg(long = "arm")]
+        arms: Vec<helpers::RrArm>,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        #[arg(long, default_value_t = 100)]
+        slice_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    #[command(hide = true)]
+    Flood {
+        /// Any address of the /24 to flood (hosts .100 to .249).
+        #[arg(long)]
+        net: Ipv4Addr,
+        #[arg(long, default_value_t = 1.0)]
+        secs: f64,
+    },
+    #[command(hide = true)]
+    Probe {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 600)]
+        max_secs: u64,
+    },
+}
+
+/// How long and how often everything is measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Params {
+    pub smoke: bool,
+    pub seed: u64,
+    pub verdict_rounds: usize,
+    pub new_flow_calls: usize,
+    pub est_calls: usize,
+    pub est_repeat: u32,
+    pub exact_sizes: Vec<usize>,
+    pub cidr_sizes: Vec<usize>,
+    pub tcp_rounds: usize,
+    pub tcp_secs: u32,
+    pub tcp_omit: u32,
+    pub rr_rounds: usize,
+    pub rr_slice_ms: u64,
+    pub filter_sizes: Vec<usize>,
+    pub dns_answers: usize,
+    pub dns_max_secs: u64,
+    pub agent_entries: usize,
+    pub agent_rules: usize,
+    pub agent_rounds: usize,
+    pub agent_settle: f64,
+    pub idle_secs: f64,
+    pub flood_secs: f64,
+}
+
+impl Params {
+    fn new(smoke: bool, seed: u64) -> Self {
+        let full = !smoke;
+        let pick = |full_v: f64, smoke_v: f64| if full { full_v } else { smoke_v };
+        Self {
+            smoke,
+            seed,
+            verdict_rounds: if full { 21 } else { 2 },
+            new_flow_calls: if full { 5000 } else { 50 },
+            est_calls: if full { 16 } else { 4 },
+            est_repeat: if full { 10_000 } else { 100 },
+            exact_sizes: vec![10, 1_000, 100_000],
+            // MAX_CIDR_ENTRIES (sdm-common) is 16,384: 100,000 CIDRs do not fit.
+            cidr_sizes: vec![10, 1_000, sdm_common::MAX_CIDR_ENTRIES as usize],
+            tcp_rounds: if full { 30 } else { 1 },
+            tcp_secs: 1,
+            tcp_omit: 0,
+            rr_rounds: if full { 100 } else { 3 },
+            rr_slice_ms: if full { 100 } else { 20 },
+            filter_sizes: vec![10, 1_000, 10_000],
+            dns_answers: if full { 1000 } else { 5 },
+            dns_max_secs: if full { 420 } else { 30 },
+            agent_entries: 10_000,
+            agent_rules: 500,
+            agent_rounds: if full { 4 } else { 1 },
+            agent_settle: pick(2.0, 0.2),
+            idle_secs: pick(8.0, 0.5),
+            flood_secs: pick(3.0, 0.5),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run {
+            smoke,
+            out,
+            report,
+            agent,
+            dns_answers,
+            only,
+            seed,
+            source,
+        } => run(smoke, &out, report, agent, dns_answers, &only, seed, source),
+        Cmd::UdpEcho { binds, max_secs } => helpers::udp_echo(&binds, max_secs),
+        Cmd::UdpRr {
+            to,
+            secs,
+            size,
+            probe,
+        } => helpers::udp_rr(to, secs, size, probe),
+        Cmd::UdpRrMulti {
+            arms,
+            rounds,
+            slice_ms,
+            seed,
+        } => helpers::udp_rr_multi(&arms, rounds, slice_ms, seed),
+        Cmd::Flood { net, secs } => helpers::flood(net, secs),
+        Cmd::Probe {
+            port,
+            timeout_ms,
+            max_secs,
+        } => helpers::probe(port, timeout_ms, max_secs),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sdm-bench: error: {}", shorten(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Keeps an error readable when it carries a whole verifier log: its
+/// start and its end, which say what failed and why.
+fn shorten(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= 40 {
+        return text.to_owned();
+    }
+    format!(
+        "{}\n[... {} lines ...]\n{}",
+        lines[..10].join("\n"),
+        lines.len() - 30,
+        lines[lines.len() - 20..].join("\n")
+    )
+}
+
+fn require_tools() -> Result<()> {
+    let missing: Vec<&str> = ["ip", "ss", "iperf3", "iptables-restore", "iptables", "nft"]
+        .into_iter()
+        .filter(|t| sys::sh(&["sh", "-c", &format!("command -v {t}")]).is_err())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing tools: {} (`cargo xtask bench` installs the Debian packages iperf3, iptables and nftables)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The checkout being measured: `git rev-parse --short HEAD`, and whether
+/// the working tree has changes.
+fn git_source() -> String {
+    let Ok(rev) = sys::sh(&["git", "rev-parse", "--short", "HEAD"]) else {
+        return "unknown (not a git checkout)".into();
+    };
+    let dirty = sys::sh(&["git", "status", "--porcelain", "--untracked-files=no"])
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(false);
+    format!(
+        "commit {}{}",
+        rev.trim(),
+        if dirty {
+            " with uncommitted changes"
+        } else {
+            ""
+        }
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    smoke: bool,
+    out: &Path,
+    report: Option<PathBuf>,
+    agent: Option<PathBuf>,
+    dns_answers: Option<usize>,
+    only: &[u8],
+    seed: Option<u64>,
+    source: Option<String>,
+) -> Result<()> {
+    guards::require_root()?;
+    sys::install_signal_handlers();
+    require_tools()?;
+    let agent_bin = match agent {
+        Some(a) => a,
+        None => std::env::current_exe()?
+            .parent()
+            .context("sdm-bench's folder")?
+            .join("sdm-agent"),
+    };
+    let wants = |fig: u8| only.is_empty() || only.contains(&fig);
+    if (wants(4) || wants(5)) && !agent_bin.exists() {
+        bail!(
+            "{} not found: build it first (`cargo build --release -p sdm-agent`) or pass --agent",
+            agent_bin.display()
+        );
+    }
+    let swept = guards::sweep_stale()?;
+    if swept > 0 {
+        println!("sdm-bench: removed {swept} leftovers of earlier, killed runs");
+    }
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let mut p = Params::new(smoke, seed);
+    if let Some(n) = dns_answers {
+        p.dns_answers = n;
+    }
+    let started = Instant::now();
+    let date = report::utc_now();
+    let machine = Machine::probe();
+    println!(
+        "sdm-bench: {} run on {} ({} CPUs), kernel {}",
+        if smoke { "smoke" } else { "full" },
+        machine.cpu_model,
+        machine.cpus,
+        machine.kernel
+    );
+    let mut rng = Rng::new(seed);
+    let mut figs: Vec<Figure> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    {
+        let parent = Cgroup::new_top("cg")?;
+        if wants(1) {
+            println!("sdm-bench: [1] cost per verdict (BPF_PROG_TEST_RUN)");
+            verdict::run(&p, &mut rng, &mut figs, &mut notes).context("figure 1")?;
+        }
+        if wants(2) || wants(3) {
+            println!("sdm-bench: [2,3] real traffic over veth: no filter, this program, iptables, nftables");
+            traffic::run(&p, &mut rng, &parent, &mut figs, &mut notes)
+                .context("figures 2 and 3")?;
+        }
+        if wants(5) {
+            println!("sdm-bench: [5] the agent at idle and under a flood of denied packets");
+            agent::run_resources(&p, &agent_bin, &parent, &mut figs, &mut notes)
+                .context("figure 5")?;
+        }
+        if wants(4) {
+            println!(
+                "sdm-bench: [4] DNS answer to first allowed packet ({} answers)",
+                p.dns_answers
+            );
+            agent::run_dns(&p, &agent_bin, &parent, &mut figs, &mut notes).context("figure 4")?;
+        }
+    }
+    figs.sort_by_key(|f| f.section);
+    let results = Results {
+        source: source.unwrap_or_else(git_source),
+        smoke,
+        started: date,
+        duration_secs: started.elapsed().as_secs_f64(),
+        machine,
+        params: serde_json::to_value(&p)?,
+        figures: figs,
+        notes,
+    };
+    print_summary(&results);
+    let json = out.join("results.json");
+    results.write_json(&json)?;
+    let md = report.unwrap_or_else(|| {
+        if smoke || !only.is_empty() {
+            out.join("BENCHMARKS.md")
+        } else {
+            PathBuf::from("BENCHMARKS.md")
+        }
+    });
+    results.write_markdown(&md, &method(&p))?;
+    println!(
+        "sdm-bench: wrote {} and {} ({:.0} s)",
+        json.display(),
+        md.display(),
+        results.duration_secs
+    );
+    Ok(())
+}
+
+fn print_summary(r: &Results) {
+    println!(
+        "\nsdm-bench results ({}):",
+        if r.smoke {
+            "smoke: timings mean nothing"
+        } else {
+            "full"
+        }
+    );
+    for f in &r.figures {
+        let value = match &f.summary {
+            Some(s) => format!(
+                "{:.*} {} ({:.*}–{:.*}, n={})",
+                f.decimals, s.median, f.unit, f.decimals, s.min, f.decimals, s.max, s.n
+            ),
+            None => f.detail.clone().unwrap_or_default(),
+        };
+        let met = match f.met {
+            Some(true) => " [target met]",
+            Some(false) => " [target MISSED]",
+            None => "",
+        };
+        println!("  [{}] {}: {}{}", f.section, f.name, value.trim(), met);
+    }
+    println!();
+}
+
+/// How each figure is measured and how to reproduce it (after the table).
+fn method(p: &Params) -> String {
+    format!(
+        r#"## How each figure is measured
+
+**1. Cost per verdict.** The real egress program (`sdm_egress`) is loaded
+with a pin root of its own for each allowlist (nothing is attached) and fed
+crafted UDP packets with `BPF_PROG_TEST_RUN`, which reports the kernel's own
+average time per run, from inside a private network namespace (a veth's
+ifindex in the context, so the packet does not count as loopback). The
+baseline is the smallest possible cgroup_skb program (`r0 = 1; exit`, loaded
+from its two instructions with `bpf(BPF_PROG_LOAD)`) fed the same packets in
+the same rounds; each figure is the ratio within a round. Allowlists: {exact}
+exact addresses, and {cidr} /24 CIDRs (16,384 is `MAX_CIDR_ENTRIES`, so
+100,000 CIDRs cannot be loaded), on one UDP rule. Keys are rotated: each call
+sends to the next of up to 4,096 allowlisted addresses spread over the whole
+list.
+*New flow vs established:* `BPF_PROG_TEST_RUN` allocates a fresh socket for
+each call and reuses it for all `repeat` runs of that call. So the first run
+of a call is a new flow (socket-cache miss, hash/LPM lookup, socket storage
+created) and the later runs are an established flow (the socket's cached
+verdict). New flow = median over {nf} calls with `repeat = 1` (per round);
+established = median over {ec} calls with `repeat = {er}`. With `repeat = 1`
+the kernel's time includes its clock reads around the one run; the empty
+program is measured the same way, so the ratio understates the program's own
+cost rather than overstating it. {vr} rounds, arms in a shuffled order each
+round.
+
+**2. Overhead on real traffic.** Namespaces of the benchmark's own: a server
+namespace and client namespaces, each client joined to the server by its own
+veth pair (10.232.k.1 ↔ 10.232.k.2). The sender runs in a child cgroup with
+all the programs attached in enforce mode, allowing its flows (the same
+code path `sdm-agent` uses: `dataplane::load`, `attach`, `Maps::apply`), or
+in a sibling cgroup with nothing attached. TCP: `iperf3 -t {ts}`, attached
+and detached alternating, {tr} pairs; the figure is the median of the pair
+ratios. Small packets: a UDP request/response client of the benchmark's own
+(64-byte datagrams on a connected socket, one in flight) against a UDP echo
+server. One client process holds a socket per configuration (a socket
+belongs to the cgroup and namespace its creator was in when it made it), and
+measures them in {rs} ms slices, every configuration once per round in a
+shuffled order, {rr} rounds: configurations are compared within a second of
+each other and without process start-ups in between. Client, echo server and
+iperf3 all run on one CPU (the benchmark itself stays off it): a transaction
+then costs CPU time only, so the filters' share of it is as large as it gets.
+The same comparison with the client on another CPU than the server is given
+too: there each transaction mostly waits for cross-CPU wake-ups. "ns per
+transaction" is the per-round difference of 1/rate: the CPU time the filter
+adds to one request and its answer (each packet judged on egress and on
+ingress).
+
+**3. Against iptables and nftables.** Each configuration gets its own client
+namespace, so all stay set up and are measured in the same rounds as figure
+2's small packets (one CPU). iptables (`iptables-restore`, the system's
+backend as listed above): `OUTPUT -o <veth> -j SDMB`, a chain of N `-d
+<addr>/32 -p udp --dport 7000 -j ACCEPT` rules whose last one is the allowed
+flow (every packet walks the whole chain, as a denied one would; stateless,
+no conntrack shortcut), then `DROP`. nftables: one `ipv4_addr .
+inet_service` set of N elements and `ip daddr . udp dport @allow counter
+accept`, then `drop`, in an output hook. This program: N exact addresses. The
+figures are the rate divided by the no-filter rate of the same round. Before
+measuring, every filter is checked to block a second echo port that answers
+without a filter; afterwards, that each allowing rule counted the traffic.
+iptables and nftables filter egress only; this program also judges every
+reply on ingress.
+
+**4. DNS to enforcement.** The agent runs with `[dns] servers =
+["127.0.0.1"]` inside a namespace where the benchmark's DNS responder
+answers; an `[[allow]]` rule names `probe.bench.test`, whose every answer
+carries one new address (TTL 0). A probe process in the enforced cgroup
+starts sending UDP to the new address every 20 µs just before the answer
+leaves; the figure is the time from the answer to the first `sendto()` the
+kernel accepts. The in-kernel learning path does not exist yet.
+
+**5. The agent.** The real `sdm-agent run` (release build) with a generated
+config: role `client`, enforce mode, {ae} allowlist entries as {ar}
+`[[allow]]` rules (`MAX_RULES` is 1,024), a pin root, run folder and target
+cgroup of the benchmark's own, and its DNS answered by the benchmark's
+responder. After start-up, {arounds} rounds of an idle window ({is} s) and a
+flood window ({fs} s: a process in the enforced cgroup sends to ever new
+denied destinations, half through a UDP socket, half through a raw socket).
+CPU is `utime + stime` from `/proc/<pid>/stat` over each window; memory is
+`VmRSS` from `/proc/<pid>/status` (the largest sample of the window).
+
+## Reproduce
+
+```sh
+cargo xtask bench            # as root; about 8 minutes; rewrites BENCHMARKS.md
+                             # and target/bench/results.json
+cargo xtask bench --smoke    # seconds per stage; checks every stage works,
+                             # asserts no timing; writes only under target/bench
+cargo xtask bench -- --only 1,3 --dns-answers 200   # options of sdm-bench run
+```
+
+The set-up is the README's (`cargo xtask` installs what is missing, here also
+the Debian packages `iperf3`, `iptables` and `nftables`). The benchmark only
+creates namespaces, cgroups, pins and files named `sdmb<pid>x...` and removes
+them when it ends, fails or is interrupted; a later run sweeps what a killed
+one left. Seed of this run's shuffles: {seed}.
+"#,
+        exact = join(&p.exact_sizes),
+        cidr = join(&p.cidr_sizes),
+        nf = group(p.new_flow_calls),
+        ec = p.est_calls,
+        er = group(p.est_repeat as usize),
+        vr = p.verdict_rounds,
+        ts = p.tcp_secs,
+        tr = p.tcp_rounds,
+        rs = p.rr_slice_ms,
+        rr = p.rr_rounds,
+        ae = group(p.agent_entries),
+        ar = p.agent_rules,
+        arounds = p.agent_rounds,
+        is = p.idle_secs,
+        fs = p.flood_secs,
+        seed = p.seed,
+    )
+}
+
+fn join(v: &[usize]) -> String {
+    let s: Vec<String> = v.iter().map(|n| group(*n)).collect();
+    match s.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// 100000 -> "100,000".
+pub(crate) fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(group(10), "10");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(100_000), "100,000");
+        assert_eq!(join(&[10, 1000, 16384]), "10, 1,000 and 16,384");
+    }
+
+    #[test]
+    fn smoke_is_short_and_full_is_not() {
+        let s = Params::new(true, 1);
+        let f = Params::new(false, 1);
+        assert!(s.rr_slice_ms < f.rr_slice_ms && s.verdict_rounds < f.verdict_rounds);
+        assert!(f.agent_entries == 10_000 && f.exact_sizes.contains(&100_000));
+    }
+}

@@ -1,0 +1,410 @@
+//! A client process for the lab (tests/src/lab.rs): it joins a network
+//! namespace and a cgroup (in that order, before it opens any socket, so
+//! every socket it opens belongs to both), performs one network action and
+//! prints the outcome as one JSON line on standard output.
+//!
+//! ```text
+//! lab-probe [--netns PATH] [--cgroup DIR] ACTION ARGS...
+//!   tcp ADDR TIMEOUT_MS               connect, read the server's "ok" line
+//!   udp ADDR TIMEOUT_MS               send a datagram, await its echo
+//!   listen-tcp ADDR SECONDS           print {"result":"listening"}, then accept
+//!                                     for SECONDS, answering "ok\n" to each
+//!   tcp-hold ADDR SECONDS INTERVAL_MS connect, then exchange a line every
+//!                                     INTERVAL_MS for SECONDS on that one connection
+//!   tcp-loop ADDR SECONDS INTERVAL_MS TIMEOUT_MS
+//!                                     a new `tcp` connection every INTERVAL_MS
+//!   resolve DNS_IP NAME [A|AAAA]      one UDP query to DNS_IP:53
+//! ```
+//!
+//! `result` is "ok" on success, else "timeout", "refused", "eperm", "reset",
+//! "eacces", "unreachable" or "errno<N>". Exit status 0 unless the arguments
+//! are wrong or the namespace or cgroup cannot be joined (status 2).
+
+use std::{
+    fs,
+    io::{self, Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
+    time::{Duration, Instant},
+};
+
+use hickory_proto::{
+    op::{Message, Query},
+    rr::{Name, RData, RecordType},
+};
+use serde_json::{json, Value};
+
+fn usage(msg: &str) -> ! {
+    eprintln!("lab-probe: {msg}");
+    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|listen-tcp|tcp-hold|tcp-loop|resolve ARGS...");
+    std::process::exit(2);
+}
+
+fn fatal(msg: String) -> ! {
+    eprintln!("lab-probe: {msg}");
+    std::process::exit(2);
+}
+
+/// How an I/O error is reported.
+fn errname(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "eperm".into(),
+        Some(libc::EACCES) => "eacces".into(),
+        Some(libc::ECONNREFUSED) => "refused".into(),
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) => "reset".into(),
+        Some(libc::ETIMEDOUT) | Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => "timeout".into(),
+        Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => "unreachable".into(),
+        Some(n) => format!("errno{n}"),
+        None => match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timeout".into(),
+            io::ErrorKind::UnexpectedEof => "eof".into(),
+            k => format!("{k:?}").to_lowercase(),
+        },
+    }
+}
+
+fn ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+fn parse<T: std::str::FromStr>(what: &str, s: Option<&String>) -> T {
+    let s = s.unwrap_or_else(|| usage(&format!("missing {what}")));
+    s.parse()
+        .unwrap_or_else(|_| usage(&format!("bad {what}: {s:?}")))
+}
+
+fn join_netns(path: &str) {
+    let f = fs::File::open(path).unwrap_or_else(|e| fatal(format!("open {path}: {e}")));
+    // SAFETY: setns on a valid namespace fd; this process is single-threaded.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        fatal(format!("setns {path}: {}", io::Error::last_os_error()));
+    }
+}
+
+fn join_cgroup(dir: &str) {
+    let procs = format!("{dir}/cgroup.procs");
+    fs::write(&procs, std::process::id().to_string())
+        .unwrap_or_else(|e| fatal(format!("write {procs}: {e}")));
+}
+
+/// Reads one line (up to '\n' or EOF) with the stream's read timeout.
+fn read_line(s: &mut TcpStream) -> io::Result<String> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(_) => {
+                out.push(b[0]);
+                if b[0] == b'\n' {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Connects and reads the server's first line.
+fn tcp_once(addr: SocketAddr, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            return json!({"result": errname(&e), "phase": "connect", "ms": ms(start), "detail": e.to_string()})
+        }
+    };
+    let left = timeout
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_millis(50));
+    let _ = s.set_read_timeout(Some(left));
+    match read_line(&mut s) {
+        Ok(line) if line.trim() == "ok" => json!({"result": "ok", "ms": ms(start)}),
+        Ok(line) => {
+            json!({"result": "bad-reply", "phase": "read", "ms": ms(start), "detail": line})
+        }
+        Err(e) => {
+            json!({"result": errname(&e), "phase": "read", "ms": ms(start), "detail": e.to_string()})
+        }
+    }
+}
+
+fn udp(addr: SocketAddr, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let s = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()}),
+    };
+    let payload = format!(
+        "probe-{}-{}",
+        std::process::id(),
+        start.elapsed().as_nanos()
+    );
+    if let Err(e) = s.send_to(payload.as_bytes(), addr) {
+        return json!({"result": errname(&e), "phase": "send", "ms": ms(start), "detail": e.to_string()});
+    }
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return json!({"result": "timeout", "phase": "recv", "ms": ms(start)});
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) if from == addr && &buf[..n] == payload.as_bytes() => {
+                return json!({"result": "ok", "ms": ms(start)})
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return json!({"result": errname(&e), "phase": "recv", "ms": ms(start), "detail": e.to_string()})
+            }
+        }
+    }
+}
+
+fn print(v: &Value) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn listen_tcp(addr: SocketAddr, secs: u64) -> Value {
+    let l = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()}),
+    };
+    l.set_nonblocking(true).expect("nonblocking listener");
+    print(&json!({"result": "listening", "addr": addr.to_string()}));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut accepted = 0u64;
+    let mut peers = Vec::new();
+    while Instant::now() < end {
+        match l.accept() {
+            Ok((mut s, peer)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = s.write_all(b"ok\n");
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                accepted += 1;
+                peers.push(peer.to_string());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => {
+                return json!({"result": errname(&e), "phase": "accept", "accepted": accepted})
+            }
+        }
+    }
+    json!({"result": "done", "accepted": accepted, "peers": peers})
+}
+
+/// One connection, a line each way every `interval`; the server echoes.
+fn tcp_hold(addr: SocketAddr, secs: u64, interval: Duration) -> Value {
+    let start = Instant::now();
+    let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(e) => {
+            return json!({"result": errname(&e), "phase": "connect", "ms": ms(start), "detail": e.to_string()})
+        }
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+    match read_line(&mut s) {
+        Ok(l) if l.trim() == "ok" => {}
+        Ok(l) => return json!({"result": "bad-reply", "phase": "greeting", "detail": l}),
+        Err(e) => {
+            return json!({"result": errname(&e), "phase": "greeting", "detail": e.to_string()})
+        }
+    }
+    print(&json!({"result": "connected", "ms": ms(start)}));
+    let end = start + Duration::from_secs(secs);
+    let (mut rounds, mut failures) = (0u64, 0u64);
+    let mut first_failure = Value::Null;
+    while Instant::now() < end {
+        rounds += 1;
+        let line = format!("ping {rounds}\n");
+        let r = s
+            .write_all(line.as_bytes())
+            .and_then(|()| read_line(&mut s));
+        let failed = match &r {
+            Ok(echo) if *echo == line => None,
+            Ok(echo) => Some(
+                json!({"round": rounds, "at_ms": ms(start), "result": "bad-echo", "detail": echo}),
+            ),
+            Err(e) => Some(
+                json!({"round": rounds, "at_ms": ms(start), "result": errname(e), "detail": e.to_string()}),
+            ),
+        };
+        if let Some(f) = failed {
+            failures += 1;
+            if first_failure.is_null() {
+                first_failure = f;
+            }
+            if failures >= 3 {
+                break;
+            }
+        }
+        std::thread::sleep(interval);
+    }
+    json!({
+        "result": if failures == 0 { "ok" } else { "failed" },
+        "rounds": rounds,
+        "failures": failures,
+        "first_failure": first_failure,
+        "ms": ms(start),
+    })
+}
+
+fn tcp_loop(addr: SocketAddr, secs: u64, interval: Duration, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let (mut attempts, mut ok) = (0u64, 0u64);
+    let mut failures = Vec::new();
+    while Instant::now() < end {
+        attempts += 1;
+        let at = ms(start);
+        let r = tcp_once(addr, timeout);
+        if r["result"] == "ok" {
+            ok += 1;
+        } else {
+            failures.push(json!({"at_ms": at, "outcome": r}));
+        }
+        std::thread::sleep(interval);
+    }
+    json!({
+        "result": if failures.is_empty() { "ok" } else { "failed" },
+        "attempts": attempts,
+        "ok": ok,
+        "failures": failures,
+    })
+}
+
+fn resolve(server: IpAddr, name: &str, qtype: RecordType) -> Value {
+    let start = Instant::now();
+    let fqdn = Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
+        .unwrap_or_else(|e| usage(&format!("bad name {name:?}: {e}")));
+    let mut msg = Message::query();
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(fqdn, qtype));
+    let bytes = msg.to_vec().expect("encode the query");
+    let bind = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let s = UdpSocket::bind(bind).expect("bind a UDP socket");
+    let to = SocketAddr::new(server, 53);
+    if let Err(e) = s.send_to(&bytes, to) {
+        return json!({"result": errname(&e), "phase": "send", "detail": e.to_string()});
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) if from == to => {
+                let Ok(reply) = Message::from_vec(&buf[..n]) else {
+                    return json!({"result": "bad-reply", "ms": ms(start)});
+                };
+                if reply.metadata.id != msg.metadata.id {
+                    continue;
+                }
+                let addrs: Vec<String> = reply
+                    .answers
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(a.0.to_string()),
+                        RData::AAAA(a) => Some(a.0.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                let ttl: Vec<u32> = reply.answers.iter().map(|r| r.ttl).collect();
+                return json!({
+                    "result": "ok",
+                    "rcode": format!("{:?}", reply.metadata.response_code),
+                    "addresses": addrs,
+                    "ttls": ttl,
+                    "ms": ms(start),
+                });
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return json!({"result": errname(&e), "phase": "recv", "ms": ms(start), "detail": e.to_string()})
+            }
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    let (mut netns, mut cgroup) = (None, None);
+    while i < args.len() && args[i].starts_with("--") {
+        let v = args
+            .get(i + 1)
+            .cloned()
+            .unwrap_or_else(|| usage(&format!("{} needs a value", args[i])));
+        match args[i].as_str() {
+            "--netns" => netns = Some(v),
+            "--cgroup" => cgroup = Some(v),
+            o => usage(&format!("unknown option {o}")),
+        }
+        i += 2;
+    }
+    // The namespace first: sockets take the namespace of their creation,
+    // and the cgroup of the process that creates them.
+    if let Some(p) = &netns {
+        join_netns(p);
+    }
+    if let Some(d) = &cgroup {
+        join_cgroup(d);
+    }
+    let action = args.get(i).cloned().unwrap_or_else(|| usage("no action"));
+    let rest = &args[i + 1..];
+    let out = match action.as_str() {
+        "tcp" => tcp_once(
+            parse("address", rest.first()),
+            Duration::from_millis(parse("timeout", rest.get(1))),
+        ),
+        "udp" => udp(
+            parse("address", rest.first()),
+            Duration::from_millis(parse("timeout", rest.get(1))),
+        ),
+        "listen-tcp" => listen_tcp(
+            parse("address", rest.first()),
+            parse("seconds", rest.get(1)),
+        ),
+        "tcp-hold" => tcp_hold(
+            parse("address", rest.first()),
+            parse("seconds", rest.get(1)),
+            Duration::from_millis(parse("interval", rest.get(2))),
+        ),
+        "tcp-loop" => tcp_loop(
+            parse("address", rest.first()),
+            parse("seconds", rest.get(1)),
+            Duration::from_millis(parse("interval", rest.get(2))),
+            Duration::from_millis(parse("timeout", rest.get(3))),
+        ),
+        "resolve" => {
+            let qtype = match rest.get(2).map(String::as_str) {
+                None | Some("A") => RecordType::A,
+                Some("AAAA") => RecordType::AAAA,
+                Some(o) => usage(&format!("bad query type {o}")),
+            };
+            let name: String = parse("name", rest.get(1));
+            resolve(parse("server", rest.first()), &name, qtype)
+        }
+        o => usage(&format!("unknown action {o}")),
+    };
+    print(&out);
+}
