@@ -376,7 +376,6 @@ pub fn next_line(rx: &mpsc::Receiver<String>, what: &str, timeout: Duration) -> 
 // bpf(2)
 
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
 
 /// Loads the smallest cgroup_skb program there is, `r0 = 1; exit` (pass),
@@ -450,64 +449,9 @@ pub fn load_empty_skb_prog() -> Result<OwnedFd> {
 }
 
 /// BPF_PROG_TEST_RUN of any skb program fd on `packet` (from the IP header
-/// on; an Ethernet header is put in front, as in
-/// `sdm_agent::dataplane::test_run`). Returns (verdict, the kernel's
-/// average duration in ns).
+/// on). Returns (verdict, the kernel's average duration in ns).
 pub fn test_run(prog_fd: RawFd, packet: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, u32)> {
-    let ethertype: u16 = match packet.first().map(|b| b >> 4) {
-        Some(6) => 0x86dd,
-        _ => 0x0800,
-    };
-    let mut data = Vec::with_capacity(14 + packet.len());
-    data.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
-    data.extend_from_slice(&ethertype.to_be_bytes());
-    data.extend_from_slice(packet);
-    // struct __sk_buff: only ifindex (offset 40) is set.
-    let mut ctx = [0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRunAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: data.len() as u32,
-        data_in: data.as_ptr() as u64,
-        repeat,
-        ctx_size_in: ctx.len() as u32,
-        ctx_in: ctx.as_ptr() as u64,
-        ..Default::default()
-    };
-    // SAFETY: attr is a valid bpf_attr prefix for this command; the kernel
-    // reads data_in/ctx_in within the sizes given and writes only attr.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
-    }
-    Ok((attr.retval, attr.duration))
+    sdm_agent::dataplane::test_run_fd(prog_fd, packet, ifindex, repeat).context("BPF_PROG_TEST_RUN")
 }
 
 #[cfg(test)]

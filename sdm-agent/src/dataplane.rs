@@ -837,7 +837,17 @@ pub fn test_run(
     repeat: u32,
 ) -> io::Result<(u32, u32)> {
     let fd = prog.fd().map_err(io::Error::other)?;
-    let raw = fd.as_fd().as_raw_fd();
+    test_run_fd(fd.as_fd().as_raw_fd(), packet, ifindex, repeat)
+}
+
+/// [`test_run`] on any skb program's fd (the benchmark's empty baseline
+/// program is loaded without aya).
+pub fn test_run_fd(
+    raw: std::os::fd::RawFd,
+    packet: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> io::Result<(u32, u32)> {
     let ethertype: u16 = match packet.first().map(|b| b >> 4) {
         Some(6) => 0x86dd,
         _ => 0x0800,
