@@ -315,7 +315,7 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
         agent_stats.store.clone(),
     );
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(flows::EVENT_CHANNEL_CAPACITY);
-    tokio::spawn(
+    let pipeline = tokio::spawn(
         flows::Pipeline::new(
             flow_table.clone(),
             hostnames.clone(),
@@ -325,7 +325,13 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
         .run(events_rx),
     );
     let ring = events::open(&layout).context("open the deny event ring buffer")?;
-    tokio::spawn(events::forward(ring, events_tx, agent_stats.events_lost.clone()));
+    let (stop_events, stop_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(events::forward(
+        ring,
+        events_tx,
+        agent_stats.events_lost.clone(),
+        stop_rx,
+    ));
 
     let source = metrics::Source {
         layout: layout.clone(),
@@ -336,7 +342,7 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
         registry,
         source,
         flow_table,
-        Some(flow_store),
+        Some(flow_store.clone()),
         config.http.token.clone(),
     );
     let mut server = tokio::spawn(http::serve(listener, http_state));
@@ -377,6 +383,17 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
                 bail!("the metrics server stopped: {r:?}");
             }
         }
+    }
+    // Hand the last events to the store before exiting: the forwarder
+    // drains the ring and closes the channel, the pipeline flushes, the
+    // writer commits. Bounded, so a stuck disk cannot hang a shutdown.
+    let _ = stop_events.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(3), pipeline).await;
+    let synced = tokio::task::spawn_blocking(move || flow_store.sync(Duration::from_secs(3)))
+        .await
+        .unwrap_or(false);
+    if !synced {
+        tracing::warn!("the flow store did not confirm the last write before exit");
     }
     tracing::info!("stopping; the programs stay attached and keep enforcing from the pinned maps (`sdm-agent detach` removes them)");
     Ok(())

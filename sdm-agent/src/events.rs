@@ -118,13 +118,16 @@ pub fn open(layout: &Layout) -> Result<RingBuf<MapData>, DataplaneError> {
     })
 }
 
-/// Drains the ring buffer into `tx` until the receiver is dropped. When the
-/// channel is full, events are dropped here and counted in `lost` rather
-/// than stalling the kernel side (which counts its own losses).
+/// Drains the ring buffer into `tx` until `stop` fires (then drains what
+/// is left, so the last events before a shutdown are not lost) or the
+/// receiver is dropped. When the channel is full, events are dropped here
+/// and counted in `lost` rather than stalling the kernel side (which counts
+/// its own losses).
 pub async fn forward(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<Event>,
     lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which
     // owns it for as long as it is registered.
@@ -137,11 +140,7 @@ pub async fn forward(
             return;
         }
     };
-    loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
-        let ring = guard.get_inner_mut();
+    let drain = |ring: &mut RingBuf<MapData>| -> bool {
         while let Some(item) = ring.next() {
             if let Some(raw) = decode(&item) {
                 match tx.try_send(Event::from_raw(&raw)) {
@@ -149,11 +148,26 @@ pub async fn forward(
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 }
             }
         }
-        guard.clear_ready();
+        true
+    };
+    loop {
+        tokio::select! {
+            ready = fd.readable_mut() => {
+                let Ok(mut guard) = ready else { return };
+                if !drain(guard.get_inner_mut()) {
+                    return;
+                }
+                guard.clear_ready();
+            }
+            _ = &mut stop => {
+                drain(fd.get_mut());
+                return;
+            }
+        }
     }
 }
 

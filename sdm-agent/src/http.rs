@@ -5,7 +5,10 @@
 //!
 //! Read-only: GET routes only, nothing changes the mode or the policy.
 //! With `[http] token` set, every request must carry
-//! `Authorization: Bearer <token>` or `?token=<token>`, else 401.
+//! `Authorization: Bearer <token>` or `?token=<token>`, else 401. Without
+//! a token (allowed on loopback binds only) a request whose `Host` is not a
+//! loopback name is refused (403): a web page the operator visits could
+//! otherwise rebind its own DNS name to 127.0.0.1 and read the API.
 
 use std::{io, sync::Arc, time::Duration};
 
@@ -142,7 +145,34 @@ pub fn authorized(token: &str, headers: &HeaderMap, query: Option<&str>) -> bool
     given.is_some_and(|g| ct_eq(&g, token.as_bytes()))
 }
 
+/// Whether a `Host` header names this machine's loopback: `localhost`,
+/// 127.0.0.0/8 or `[::1]`, with or without a port. No header (HTTP/1.0) is
+/// fine: browsers always send one.
+pub fn loopback_host(host: Option<&HeaderValue>) -> bool {
+    let Some(host) = host else { return true };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn auth(State(st): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
+    if st.token.is_none() && !loopback_host(req.headers().get(header::HOST)) {
+        return (
+            StatusCode::FORBIDDEN,
+            "forbidden: without [http] token only loopback Host names are served (http://127.0.0.1:<port>/); this guards against DNS rebinding\n",
+        )
+            .into_response();
+    }
     if let Some(token) = &st.token {
         if !authorized(token, req.headers(), req.uri().query()) {
             let mut r = (
@@ -529,6 +559,50 @@ mod tests {
         // No token configured: open.
         let open = router(state(None, None, true));
         assert_eq!(get(&open, "/api/status", None).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn tokenless_server_serves_loopback_host_names_only() {
+        let with_host = |app: &Router, host: &'static str| {
+            let req = Request::builder()
+                .uri("/api/status")
+                .header(header::HOST, host)
+                .body(Body::empty())
+                .unwrap();
+            let app = app.clone();
+            async move { app.oneshot(req).await.unwrap().status() }
+        };
+        let open = router(state(None, None, true));
+        for host in [
+            "127.0.0.1:9850",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:9850",
+            "127.1.2.3",
+        ] {
+            assert_eq!(with_host(&open, host).await, StatusCode::OK, "{host}");
+        }
+        for host in [
+            "evil.example:9850",
+            "10.0.0.1",
+            "[2001:db8::1]:80",
+            "127.0.0.1.evil.example",
+        ] {
+            assert_eq!(
+                with_host(&open, host).await,
+                StatusCode::FORBIDDEN,
+                "{host}"
+            );
+        }
+        // With a token the token is the guard, whatever the name.
+        let locked = router(state(Some("s3cret"), None, true));
+        let req = Request::builder()
+            .uri("/api/status")
+            .header(header::HOST, "gw1.example")
+            .header(header::AUTHORIZATION, "Bearer s3cret")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(locked.oneshot(req).await.unwrap().status(), StatusCode::OK);
     }
 
     #[tokio::test]

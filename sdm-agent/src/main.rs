@@ -260,10 +260,25 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             // Leave out what the config already allows, where it compiles.
             let resolvers = app::resolvers(&cfg).unwrap_or_default();
             let policy = compile::compile(&cfg, &resolvers).ok();
-            print!(
-                "{}",
-                flows::suggest(&found, &cfg, policy.as_ref(), flows::DEFAULT_COLLAPSE)
-            );
+            let suggestion = flows::suggest(&found, &cfg, policy.as_ref(), flows::DEFAULT_COLLAPSE);
+            print!("{suggestion}");
+            // Check that the config with the suggestion appended still
+            // loads and compiles (rule limits, name clashes), so a paste
+            // does not fail at the next restart.
+            if let Some(p) = config.as_deref() {
+                let text =
+                    std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+                let combined = format!("{text}\n{suggestion}");
+                let checked = Config::from_toml_str(&combined, p)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|c| compile::compile(&c, &resolvers).map_err(anyhow::Error::from));
+                if let Err(e) = checked {
+                    eprintln!(
+                        "sdm-agent: the config with these suggestions appended would not load: {e:#}"
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

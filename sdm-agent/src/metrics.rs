@@ -190,20 +190,29 @@ pub struct AgentStats {
     pub store: StoreStats,
 }
 
-/// Events the kernel could not put on the ring buffer (full), summed over
-/// the CPUs; 0 when the counters are not pinned (yet).
-pub fn kernel_events_lost(layout: &Layout) -> u64 {
+/// The kernel's event counters (`EVENT_STAT_*`), summed over the CPUs;
+/// zeros when the counters are not pinned (yet).
+pub fn kernel_event_stats(layout: &Layout) -> [u64; sdm_common::EVENT_STAT_ENTRIES as usize] {
     use aya::maps::{Map, MapData, PerCpuArray};
+    let mut out = [0; sdm_common::EVENT_STAT_ENTRIES as usize];
     let Ok(data) = MapData::from_pin(layout.map_pin(sdm_common::MAP_EVENT_STATS)) else {
-        return 0;
+        return out;
     };
     let Ok(stats) = PerCpuArray::<MapData, u64>::try_from(Map::PerCpuArray(data)) else {
-        return 0;
+        return out;
     };
-    stats
-        .get(&sdm_common::EVENT_STAT_LOST, 0)
-        .map(|v| v.iter().fold(0u64, |a, b| a.saturating_add(*b)))
-        .unwrap_or(0)
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = stats
+            .get(&(i as u32), 0)
+            .map(|v| v.iter().fold(0u64, |a, b| a.saturating_add(*b)))
+            .unwrap_or(0);
+    }
+    out
+}
+
+/// Events the kernel could not put on the ring buffer (full).
+pub fn kernel_events_lost(layout: &Layout) -> u64 {
+    kernel_event_stats(layout)[sdm_common::EVENT_STAT_LOST as usize]
 }
 
 #[derive(Debug)]
@@ -214,8 +223,20 @@ struct AgentCollector {
 
 impl Collector for AgentCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let lost = kernel_events_lost(&self.layout)
+        let kernel = kernel_event_stats(&self.layout);
+        let lost = kernel[sdm_common::EVENT_STAT_LOST as usize]
             .saturating_add(self.stats.events_lost.load(Ordering::Relaxed));
+        let rows: Vec<_> = sdm_common::EVENT_STAT_NAMES
+            .iter()
+            .zip(kernel)
+            .map(|(name, n)| (vec![("result", name.to_string())], n))
+            .collect();
+        counter_family(
+            &mut encoder,
+            "sdm_events",
+            "Deny events by what the kernel did with them: sent to the agent, lost (ring buffer full), suppressed (the flow was reported less than a second ago) or throttled (the CPU's budget of events per second was spent; the flow is reported later).",
+            &rows,
+        )?;
         let family = encoder.encode_descriptor(
             "sdm_events_lost",
             "Deny events lost: the kernel's ring buffer was full, or the agent's flow pipeline was behind. The packet counters still count every packet.",
@@ -295,6 +316,8 @@ mod tests {
             "sdm_flows_stored 42",
             "# HELP sdm_store_errors ",
             "sdm_store_errors_total 2",
+            "# HELP sdm_events Deny events by what",
+            "sdm_events_total{result=\"throttled\"} 0",
         ] {
             assert!(text.contains(want), "{want:?} not in:\n{text}");
         }

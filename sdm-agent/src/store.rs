@@ -549,10 +549,17 @@ struct Reader {
     failed_at: Option<Instant>,
 }
 
+/// What the writer thread is sent.
+enum WriterMsg {
+    Batch(Vec<Flow>),
+    /// Write what is pending now, then answer (used at shutdown).
+    Sync(mpsc::Sender<()>),
+}
+
 struct Inner {
     opts: StoreOptions,
     stats: StoreStats,
-    tx: SyncSender<Vec<Flow>>,
+    tx: SyncSender<WriterMsg>,
     /// Bumped by the writer on every (re)open, so readers follow a
     /// database that was moved aside and recreated.
     generation: Arc<AtomicU64>,
@@ -636,7 +643,7 @@ fn writer_loop(
     opts: StoreOptions,
     stats: StoreStats,
     generation: Arc<AtomicU64>,
-    rx: mpsc::Receiver<Vec<Flow>>,
+    rx: mpsc::Receiver<WriterMsg>,
 ) {
     let mut store: Option<Store> = None;
     let mut retry_at = Instant::now();
@@ -644,18 +651,28 @@ fn writer_loop(
     let mut pending: HashMap<FlowKey, Flow> = HashMap::new();
     let mut report = Reporter::default();
     let mut running = true;
+    let mut waiting: Vec<mpsc::Sender<()>> = Vec::new();
     let fail = |e: &StoreError, report: &mut Reporter| {
         stats.errors.fetch_add(1, Ordering::Relaxed);
         report.error(e);
     };
     while running {
+        // Whoever asked for a sync is answered after this round's write,
+        // whatever its outcome (a broken store must not hang a shutdown).
+        for ack in waiting.drain(..) {
+            let _ = ack.send(());
+        }
+        let mut take = |msg: WriterMsg, pending: &mut HashMap<FlowKey, Flow>| match msg {
+            WriterMsg::Batch(batch) => merge_into(pending, batch),
+            WriterMsg::Sync(ack) => waiting.push(ack),
+        };
         match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(batch) => merge_into(&mut pending, batch),
+            Ok(msg) => take(msg, &mut pending),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => running = false,
         }
-        while let Ok(batch) = rx.try_recv() {
-            merge_into(&mut pending, batch);
+        while let Ok(msg) = rx.try_recv() {
+            take(msg, &mut pending);
         }
         let dropped = cap_pending(&mut pending, opts.max_pending);
         if dropped > 0 {
@@ -787,19 +804,41 @@ impl StoreHandle {
     /// Queues a batch for the writer; never blocks. A batch that does not
     /// fit (the writer is stuck) is dropped and counted as an error.
     pub fn submit(&self, batch: Vec<Flow>) {
-        match self.0.tx.try_send(batch) {
+        match self.0.tx.try_send(WriterMsg::Batch(batch)) {
             Ok(()) => {}
-            Err(TrySendError::Full(b)) => {
+            Err(TrySendError::Full(WriterMsg::Batch(b))) => {
                 self.0.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     flows = b.len(),
                     "flow store writer is behind; a batch was dropped"
                 );
             }
-            Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(WriterMsg::Sync(_))) | Err(TrySendError::Disconnected(_)) => {
                 self.0.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Waits until everything submitted before this call has been written
+    /// (or its write has failed), at most `timeout`; false on timeout.
+    /// Blocking: for shutdown, so the last second of flows is not lost.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let deadline = Instant::now() + timeout;
+        let mut msg = WriterMsg::Sync(ack_tx);
+        loop {
+            match self.0.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return false,
+            }
+        }
+        ack_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 
     /// Flows matching `q` from the database. Blocking.

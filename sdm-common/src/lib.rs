@@ -21,6 +21,9 @@ pub const MAP_EVENTS: &str = "SDM_EVENTS";
 pub const MAP_EVENT_STATS: &str = "SDM_EVENT_STAT";
 /// LRU of recently reported flows: rate-limits events per flow.
 pub const MAP_EVENT_SEEN: &str = "SDM_EVENT_SEEN";
+/// Per-CPU [`EventBudget`]: caps events per CPU per second, whatever the
+/// number of flows.
+pub const MAP_EVENT_BUDGET: &str = "SDM_EVENT_BUDGT";
 /// Created and used by the agent only: rule id -> rule name, so ids (and
 /// with them the counters) survive agent restarts.
 pub const MAP_RULE_NAMES: &str = "SDM_RULE_NAMES";
@@ -35,10 +38,11 @@ pub const PROG_SENDMSG4: &str = "sdm_sendmsg4";
 pub const PROG_SENDMSG6: &str = "sdm_sendmsg6";
 
 /// Every map the kernel programs declare, for pinning.
-pub const KERNEL_MAPS: [&str; 15] = [
+pub const KERNEL_MAPS: [&str; 16] = [
     MAP_EVENTS,
     MAP_EVENT_STATS,
     MAP_EVENT_SEEN,
+    MAP_EVENT_BUDGET,
     MAP_CONFIG,
     MAP_EXACT4[0],
     MAP_EXACT4[1],
@@ -63,7 +67,17 @@ pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
 pub const EVENT_STAT_SENT: u32 = 0;
 pub const EVENT_STAT_LOST: u32 = 1;
 pub const EVENT_STAT_SUPPRESSED: u32 = 2;
+/// Not sent because the CPU's `EVENT_BUDGET_PER_SEC` was spent; the flow
+/// keeps its count and is reported by a later packet.
+pub const EVENT_STAT_THROTTLED: u32 = 3;
 pub const EVENT_STAT_ENTRIES: u32 = 4;
+/// Names of the `EVENT_STAT_*` indexes, for metrics.
+pub const EVENT_STAT_NAMES: [&str; EVENT_STAT_ENTRIES as usize] =
+    ["sent", "lost", "suppressed", "throttled"];
+/// Events each CPU may send per second. The per-flow limit bounds the work
+/// for a few noisy flows; this bounds it for a flood of ever new flows
+/// (a port scan, a spoofed-source flood), which the per-flow LRU cannot.
+pub const EVENT_BUDGET_PER_SEC: u64 = 500;
 
 /// Capacities. Exact maps hold one entry per (address, protocol, port).
 pub const MAX_EXACT_ENTRIES: u32 = 131_072;
@@ -72,7 +86,7 @@ pub const MAX_CIDR_ENTRIES: u32 = 16_384;
 pub const MAX_RULES: u32 = 1024;
 /// Bumped whenever a map's key, value or capacity changes: an agent refuses
 /// to adopt pinned maps of another layout instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Directions, as stored in keys and counters.
 pub const DIR_EGRESS: u8 = 0;
@@ -307,11 +321,21 @@ pub struct FlowSeen {
     pub pending: u64,
 }
 
+/// Value of `SDM_EVENT_BUDGET` (one per CPU): the current one-second
+/// window and the events sent in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    pub window_ns: u64,
+    pub used: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for DenyEvent {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowSeen {}
+    unsafe impl aya::Pod for EventBudget {}
     use super::*;
     // SAFETY: all of these are repr(C), made of integers and byte arrays,
     // with explicit padding fields, so every bit pattern is valid.

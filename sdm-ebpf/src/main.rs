@@ -66,12 +66,12 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use sdm_common::{
     deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, DenyEvent,
-    FlowKey, FlowSeen, Key4, Key6, RuleRef, RuleState, SockState, CIDR_HEADER_BITS,
-    DENY_STATS_ENTRIES, DIR_EGRESS, DIR_INGRESS, EVENTS_RING_BYTES, EVENT_INTERVAL_NS,
-    EVENT_SEEN_ENTRIES, EVENT_STAT_ENTRIES, EVENT_STAT_LOST, EVENT_STAT_SENT,
-    EVENT_STAT_SUPPRESSED, LOOPBACK_ENFORCE, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_RULES,
-    MODE_ENFORCE, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT,
-    REASON_MALFORMED, REASON_NO_RULE, REASON_UNKNOWN_PROTO,
+    EventBudget, FlowKey, FlowSeen, Key4, Key6, RuleRef, RuleState, SockState, CIDR_HEADER_BITS,
+    DENY_STATS_ENTRIES, DIR_EGRESS, DIR_INGRESS, EVENTS_RING_BYTES, EVENT_BUDGET_PER_SEC,
+    EVENT_INTERVAL_NS, EVENT_SEEN_ENTRIES, EVENT_STAT_ENTRIES, EVENT_STAT_LOST, EVENT_STAT_SENT,
+    EVENT_STAT_SUPPRESSED, EVENT_STAT_THROTTLED, LOOPBACK_ENFORCE, MAX_CIDR_ENTRIES,
+    MAX_EXACT_ENTRIES, MAX_RULES, MODE_ENFORCE, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_RULE, REASON_UNKNOWN_PROTO,
 };
 
 const PASS: i32 = 1;
@@ -125,6 +125,10 @@ static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STAT_
 #[map(name = "SDM_EVENT_SEEN")]
 static EVENT_SEEN: LruHashMap<FlowKey, FlowSeen> =
     LruHashMap::with_max_entries(EVENT_SEEN_ENTRIES, 0);
+
+/// Events sent per CPU in the current second (see `EVENT_BUDGET_PER_SEC`).
+#[map(name = "SDM_EVENT_BUDGT")]
+static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
 #[btf_map(name = "SDM_SOCK_STATE")]
 static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
@@ -256,7 +260,15 @@ fn deny(
         Some(f) => (f.remote, f.remote_port, f.local_port, f.proto),
         None => ([0; 16], 0, 0, 0),
     };
-    let key = flow_key(&remote, remote_port, local_port, proto, dir, reason, cgroup_id);
+    let key = flow_key(
+        &remote,
+        remote_port,
+        local_port,
+        proto,
+        dir,
+        reason,
+        cgroup_id,
+    );
     if let Some((packets, ev)) = reserve_event(&key) {
         // SAFETY: `ev` points at a reserved, zeroed ring buffer record.
         unsafe {
@@ -319,17 +331,21 @@ fn flow_key(
 
 /// Decides whether this flow is reported now: not if it was reported less
 /// than `EVENT_INTERVAL_NS` ago (then it only adds to the flow's pending
-/// count, which the next event carries). A flood of denied packets costs
-/// the agent at most one event per flow per interval; the counters still
-/// count every packet. Returns the packets the event stands for and a
-/// zeroed ring buffer record to fill in and pass to [`submit_event`]; the
-/// record is written in place, as the stack is too small for a copy.
+/// count, which the next event carries), and not if this CPU has spent its
+/// `EVENT_BUDGET_PER_SEC` (then the flow keeps its count and stays due, so
+/// a later packet reports it). A flood of denied packets, of few flows or
+/// of ever new ones, costs the agent a bounded number of events; the
+/// counters still count every packet. Returns the packets the event stands
+/// for and a zeroed ring buffer record to fill in and pass to
+/// [`submit_event`]; the record is written in place, as the stack is too
+/// small for a copy.
 #[inline(always)]
 fn reserve_event(key: &FlowKey) -> Option<(u64, *mut DenyEvent)> {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut pending = 0;
-    if let Some(seen) = EVENT_SEEN.get_ptr_mut(key) {
+    let seen = EVENT_SEEN.get_ptr_mut(key);
+    if let Some(seen) = seen {
         // SAFETY: a valid map value pointer.
         unsafe {
             if now.wrapping_sub((*seen).last_ns) < EVENT_INTERVAL_NS {
@@ -343,7 +359,39 @@ fn reserve_event(key: &FlowKey) -> Option<(u64, *mut DenyEvent)> {
             pending = (*seen).pending;
         }
     }
-    let _ = EVENT_SEEN.insert(key, &FlowSeen { last_ns: now, pending: 0 }, 0);
+    if !take_budget(now) {
+        match seen {
+            // SAFETY: as above.
+            Some(seen) => unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    ptr::addr_of_mut!((*seen).pending),
+                    1,
+                );
+            },
+            None => {
+                // Due at once: its next packet may report it.
+                let stale = now.wrapping_sub(EVENT_INTERVAL_NS);
+                let _ = EVENT_SEEN.insert(
+                    key,
+                    &FlowSeen {
+                        last_ns: stale,
+                        pending: 1,
+                    },
+                    0,
+                );
+            }
+        }
+        bump(EVENT_STAT_THROTTLED);
+        return None;
+    }
+    let _ = EVENT_SEEN.insert(
+        key,
+        &FlowSeen {
+            last_ns: now,
+            pending: 0,
+        },
+        0,
+    );
     let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) else {
         bump(EVENT_STAT_LOST);
         return None;
@@ -357,6 +405,30 @@ fn reserve_event(key: &FlowKey) -> Option<(u64, *mut DenyEvent)> {
         (*ev).ts_ns = now;
     }
     Some((pending + 1, ev))
+}
+
+/// Takes one event from this CPU's budget for the current second. Per-CPU,
+/// so floods on several CPUs do not contend on one cache line; a program
+/// preempted between the read and the write can at worst let one extra
+/// event through.
+#[inline(always)]
+fn take_budget(now: u64) -> bool {
+    let Some(b) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: valid per-CPU map memory.
+    unsafe {
+        if now.wrapping_sub((*b).window_ns) >= 1_000_000_000 {
+            (*b).window_ns = now;
+            (*b).used = 1;
+            return true;
+        }
+        if (*b).used >= EVENT_BUDGET_PER_SEC {
+            return false;
+        }
+        (*b).used += 1;
+    }
+    true
 }
 
 #[inline(always)]
@@ -521,7 +593,15 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     add(&DENY_STATS, deny_index(1, DIR_EGRESS, REASON_NO_RULE), 0);
     // SAFETY: a helper without arguments, in the process's context.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let key = flow_key(&remote, remote_port, local_port, proto, DIR_EGRESS, REASON_NO_RULE, cgroup_id);
+    let key = flow_key(
+        &remote,
+        remote_port,
+        local_port,
+        proto,
+        DIR_EGRESS,
+        REASON_NO_RULE,
+        cgroup_id,
+    );
     if let Some((packets, ev)) = reserve_event(&key) {
         // SAFETY: `ev` points at a reserved, zeroed ring buffer record.
         unsafe {

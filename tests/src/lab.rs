@@ -1029,8 +1029,59 @@ impl Lab {
         fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
     }
 
-    /// GET /metrics from the agent, over loopback inside the host namespace.
-    pub fn metrics(&self) -> String {
+    /// Stops the agent with SIGTERM (a clean shutdown) and reaps it.
+    pub fn stop_agent(&mut self) {
+        let mut p = self.agent.take().expect("no agent is running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(15);
+        let st = loop {
+            match p.0.try_wait() {
+                Ok(Some(st)) => break st,
+                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(50)),
+                other => panic!("the agent did not exit within 15 s of SIGTERM: {other:?}"),
+            }
+        };
+        let _ = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| writeln!(f, "==== lab: stopped the agent (SIGTERM): {st} ===="));
+        assert!(st.success(), "the agent exited with {st} on SIGTERM");
+    }
+
+    /// CPU time the running agent has used so far (user + system).
+    pub fn agent_cpu(&self) -> Duration {
+        let pid = self.agent_pid().expect("no agent is running");
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+        // Fields after the command name, which is in parentheses and may
+        // hold spaces: utime and stime are fields 14 and 15 (1-based).
+        let rest = &stat[stat.rfind(')').expect("comm in /proc/pid/stat") + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// The running agent's resident memory in bytes.
+    pub fn agent_rss(&self) -> u64 {
+        let pid = self.agent_pid().expect("no agent is running");
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+        kb * 1024
+    }
+
+    /// GET `path` from the agent's HTTP server, over loopback inside the
+    /// host namespace, with optional extra header lines; returns the status
+    /// code and the body.
+    pub fn http_get_with(&self, path: &str, headers: &[&str]) -> (u16, String) {
         let addr: SocketAddr = AGENT_LISTEN.parse().expect("listen address");
         let mut conn = {
             let _in = self.host.enter();
@@ -1039,18 +1090,38 @@ impl Lab {
         };
         conn.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
-        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .expect("send GET /metrics");
+        let mut req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+        for h in headers {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        conn.write_all(req.as_bytes())
+            .unwrap_or_else(|e| panic!("send GET {path}: {e}"));
         let mut resp = String::new();
-        conn.read_to_string(&mut resp).expect("read /metrics");
+        conn.read_to_string(&mut resp)
+            .unwrap_or_else(|e| panic!("read GET {path}: {e}"));
         let (head, body) = resp
             .split_once("\r\n\r\n")
             .unwrap_or_else(|| panic!("no HTTP header end in {resp:?}"));
-        assert!(
-            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-            "GET /metrics: {head}"
-        );
-        body.to_owned()
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status code in {head:?}"));
+        (code, body.to_owned())
+    }
+
+    /// GET `path`, which must answer 200; returns the body.
+    pub fn http_get(&self, path: &str) -> String {
+        let (code, body) = self.http_get_with(path, &[]);
+        assert_eq!(code, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// GET /metrics from the agent, over loopback inside the host namespace.
+    pub fn metrics(&self) -> String {
+        self.http_get("/metrics")
     }
 }
 

@@ -6,6 +6,7 @@
 //! Tests panic with context rather than returning errors, and never skip:
 //! the CI kernel has every feature these need.
 
+pub mod gateway;
 pub mod guards;
 pub mod lab;
 pub mod packets;

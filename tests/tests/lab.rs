@@ -8,142 +8,31 @@
 //! goes anywhere else.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     os::unix::fs::MetadataExt as _,
     path::Path,
     time::{Duration, Instant},
 };
 
+use sdm_tests::gateway::{
+    self, expect_denied, expect_ok, sa, serve_all, wait_for, APP, CHECKIP, DB, DENY_MS, DOWNLOADS,
+    GW2, OK_MS, OTHER, VAULT,
+};
 use sdm_tests::lab::{
     denied, denied_packets, dns_addresses, dns_failures, metric, result, rule, rule_packets,
     AgentConfig, DnsMode, Lab,
 };
 use serde_json::Value;
 
-/// Timeout of a connection that should work.
-const OK_MS: u64 = 2000;
-/// Timeout of a connection that should be denied (dropped SYNs time out).
-const DENY_MS: u64 = 600;
-
-const APP: u8 = 3;
-const DOWNLOADS: u8 = 4;
-const CHECKIP: u8 = 5;
-const DB: u8 = 6;
-const VAULT: u8 = 7;
-const GW2: u8 = 8;
-const OTHER: u8 = 9;
-
-const GATEWAY_HOSTS: [&str; 5] = [
-    "app.strongdm.com",
-    "downloads.strongdm.com",
-    "checkip.amazonaws.com",
-    "db.lab.test",
-    "gw2.lab.test",
-];
-
 fn new_lab() -> Lab {
     Lab::new(env!("CARGO_BIN_EXE_lab-probe"))
-}
-
-fn sa(ip: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip, port)
-}
-
-fn any(port: u16) -> SocketAddr {
-    SocketAddr::new("::".parse().unwrap(), port)
-}
-
-#[track_caller]
-fn expect_ok(what: &str, v: &Value) {
-    assert_eq!(result(v), "ok", "{what}: expected ok, got {v}");
-}
-
-#[track_caller]
-fn expect_denied(what: &str, v: &Value) {
-    assert!(
-        denied(v),
-        "{what}: expected denied (timeout or eperm), got {v}"
-    );
-}
-
-/// Polls `f` every `every` until it returns Some, for at most `within`.
-fn wait_for<T>(within: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if start.elapsed() >= within {
-            return None;
-        }
-        std::thread::sleep(every);
-    }
-}
-
-/// TCP servers on every port the tests use, UDP echo on 9000 and 9001.
-fn serve_all(lab: &Lab) {
-    lab.serve_tcp(&[any(443), any(5432), any(8200), any(5000), any(8443)]);
-    lab.serve_udp_echo(&[any(9000), any(9001)]);
-}
-
-/// The gateway's names in the fake DNS, with this TTL.
-fn gateway_dns(lab: &Lab, ttl: u32) {
-    let d = lab.dns();
-    d.set(
-        "app.strongdm.com",
-        &[lab.net_ip(APP), lab.net_ip6(APP)],
-        ttl,
-    );
-    d.set("downloads.strongdm.com", &[lab.net_ip(DOWNLOADS)], ttl);
-    d.set("checkip.amazonaws.com", &[lab.net_ip(CHECKIP)], ttl);
-    d.set("db.lab.test", &[lab.net_ip(DB)], ttl);
-    d.set("gw2.lab.test", &[lab.net_ip(GW2)], ttl);
-}
-
-fn gateway_config(lab: &Lab, mode: &str, dns: &str) -> AgentConfig {
-    AgentConfig {
-        top: format!(
-            "role = [\"gateway\"]\n\
-             region = \"us\"\n\
-             mode = \"{mode}\"\n\
-             optional = true\n\
-             gateways = [\"gw2.lab.test:5000\"]"
-        ),
-        dns: dns.to_owned(),
-        tables: format!(
-            "[gateway]\n\
-             advertised_port = 5000\n\
-             sources = [\"10.231.0.0/16\"]\n\
-             \n\
-             [[resource]]\n\
-             name = \"db\"\n\
-             host = \"db.lab.test\"\n\
-             port = 5432\n\
-             \n\
-             [[secret_store]]\n\
-             name = \"vault\"\n\
-             cidr = \"10.231.{n}.{VAULT}/32\"\n\
-             port = 8200\n\
-             \n\
-             [[allow]]\n\
-             name = \"udp-echo\"\n\
-             direction = \"egress\"\n\
-             proto = \"udp\"\n\
-             port = 9000\n\
-             to = \"10.231.{n}.{OTHER}/32\"\n",
-            n = lab.n
-        ),
-    }
 }
 
 /// A lab with servers, the gateway's DNS names and a gateway agent running
 /// in `mode`; returns it with the config's path.
 fn gateway_lab(mode: &str, dns: &str) -> (Lab, std::path::PathBuf) {
     let mut lab = new_lab();
-    serve_all(&lab);
-    gateway_dns(&lab, 300);
-    let config = lab.write_config("gateway.toml", &gateway_config(&lab, mode, dns));
-    lab.start_agent(&config, mode, &GATEWAY_HOSTS);
+    let config = gateway::start(&mut lab, mode, dns);
     (lab, config)
 }
 

@@ -39,12 +39,18 @@ impl Net {
         let host = Netns::new("h");
         let net = Netns::new("n");
         let n = (std::process::id() % 200 + 20) as u8;
-        host.ip(&["link", "add", "h0", "type", "veth", "peer", "name", "n0", "netns", &net.name]);
+        host.ip(&[
+            "link", "add", "h0", "type", "veth", "peer", "name", "n0", "netns", &net.name,
+        ]);
         host.ip(&["addr", "add", &format!("10.233.{n}.1/24"), "dev", "h0"]);
         host.ip(&["link", "set", "h0", "up"]);
         net.ip(&["addr", "add", &format!("10.233.{n}.2/24"), "dev", "n0"]);
         net.ip(&["link", "set", "n0", "up"]);
-        Self { host, net, server: Ipv4Addr::new(10, 233, n, 2) }
+        Self {
+            host,
+            net,
+            server: Ipv4Addr::new(10, 233, n, 2),
+        }
     }
 }
 
@@ -100,12 +106,24 @@ fn connect_from(cg: &Cgroup, ns: &Netns, to: SocketAddr) -> (bool, String, Durat
     // nsenter enters only the network namespace (`ip netns exec` would
     // remount /sys and hide the cgroup2 mount).
     let out = Command::new("timeout")
-        .args(["5", "nsenter", &format!("--net={}", ns.path().display()), "--", "bash", "-c", &script])
+        .args([
+            "5",
+            "nsenter",
+            &format!("--net={}", ns.path().display()),
+            "--",
+            "bash",
+            "-c",
+            &script,
+        ])
         .output()
         .expect("run nsenter bash");
     let elapsed = start.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let pid = stderr.lines().next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    let pid = stderr
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
     (out.status.success(), stderr, elapsed, pid)
 }
 
@@ -134,7 +152,8 @@ fn denied_connect_fails_fast_with_eperm_and_names_the_process() {
         }],
     };
     let ids: BTreeMap<String, u32> = maps.assign_rule_ids(&["web"]).expect("ids");
-    maps.apply(&entries::build(&policy, &ids, |_| &[])).expect("apply");
+    maps.apply(&entries::build(&policy, &ids, |_| &[]))
+        .expect("apply");
     maps.set_mode(MODE_ENFORCE).expect("enforce");
 
     let (ok, err, _, _) = connect_from(&cg, &net.host, ok_addr);
@@ -142,13 +161,18 @@ fn denied_connect_fails_fast_with_eperm_and_names_the_process() {
 
     let (ok, err, elapsed, pid) = connect_from(&cg, &net.host, denied_addr);
     assert!(!ok, "denied connect succeeded");
-    assert!(err.contains("Operation not permitted"), "expected EPERM, got: {err}");
+    assert!(
+        err.contains("Operation not permitted"),
+        "expected EPERM, got: {err}"
+    );
     assert!(elapsed < Duration::from_secs(1), "EPERM took {elapsed:?}");
 
     let mut ring = sdm_agent::events::open(&pins.layout).expect("ring");
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        events.push(sdm_agent::events::Event::from_raw(&sdm_agent::events::decode(&item).expect("event")));
+        events.push(sdm_agent::events::Event::from_raw(
+            &sdm_agent::events::decode(&item).expect("event"),
+        ));
     }
     let e = events
         .iter()
@@ -156,14 +180,29 @@ fn denied_connect_fails_fast_with_eperm_and_names_the_process() {
         .unwrap_or_else(|| panic!("no event for the refused connect in {events:?}"));
     assert_eq!(e.comm, "bash");
     assert_eq!(e.pid, pid, "the connecting process");
-    assert_eq!((e.verdict, e.direction, e.proto.as_str()), ("dropped", "egress", "tcp"));
+    assert_eq!(
+        (e.verdict, e.direction, e.proto.as_str()),
+        ("dropped", "egress", "tcp")
+    );
 
     // A process outside the cgroup is not filtered at all.
     let out = Command::new("timeout")
-        .args(["5", "nsenter", &format!("--net={}", net.host.path().display()), "--", "bash", "-c", &format!("exec 3<>/dev/tcp/{}/8081", net.server)])
+        .args([
+            "5",
+            "nsenter",
+            &format!("--net={}", net.host.path().display()),
+            "--",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{}/8081", net.server),
+        ])
         .output()
         .expect("run bash");
-    assert!(out.status.success(), "outside the cgroup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "outside the cgroup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     maps.set_mode(MODE_AUDIT).expect("audit");
     let (ok, err, _, _) = connect_from(&cg, &net.host, denied_addr);

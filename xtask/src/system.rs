@@ -18,10 +18,17 @@ pub struct DebianPackage {
 }
 
 /// What the privileged tests run besides the agent (add e.g. chromium here).
-pub const TEST_PACKAGES: &[DebianPackage] = &[DebianPackage {
-    name: "iproute2",
-    command: "ip",
-}];
+pub const TEST_PACKAGES: &[DebianPackage] = &[
+    DebianPackage {
+        name: "iproute2",
+        command: "ip",
+    },
+    // The dashboard test drives the page in headless Chromium.
+    DebianPackage {
+        name: "chromium",
+        command: "chromium",
+    },
+];
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

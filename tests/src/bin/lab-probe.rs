@@ -14,6 +14,9 @@
 //!   tcp-loop ADDR SECONDS INTERVAL_MS TIMEOUT_MS
 //!                                     a new `tcp` connection every INTERVAL_MS
 //!   resolve DNS_IP NAME [A|AAAA]      one UDP query to DNS_IP:53
+//!   flood A.B.C COUNT                 COUNT datagrams to A.B.C.x (x in 100..250),
+//!                                     every one to a new (address, port); half
+//!                                     through a UDP socket, half through a raw one
 //! ```
 //!
 //! `result` is "ok" on success, else "timeout", "refused", "eperm", "reset",
@@ -36,7 +39,7 @@ use serde_json::{json, Value};
 
 fn usage(msg: &str) -> ! {
     eprintln!("lab-probe: {msg}");
-    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|listen-tcp|tcp-hold|tcp-loop|resolve ARGS...");
+    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|listen-tcp|tcp-hold|tcp-loop|resolve|flood ARGS...");
     std::process::exit(2);
 }
 
@@ -171,7 +174,13 @@ fn udp(addr: SocketAddr, timeout: Duration) -> Value {
     }
 }
 
+/// Prints one JSON line; objects get the probe's pid, so tests can match
+/// it against what the agent attributed.
 fn print(v: &Value) {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("pid".into(), json!(std::process::id()));
+    }
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();
@@ -345,6 +354,63 @@ fn resolve(server: IpAddr, name: &str, qtype: RecordType) -> Value {
     }
 }
 
+/// Sends `count` datagrams to ever new (address, port) pairs of `net`.x,
+/// alternating between a UDP socket (judged at sendmsg) and a raw socket
+/// (judged by the packet program). Counts how each send ended.
+fn flood(net: std::net::Ipv4Addr, count: u64) -> Value {
+    use std::{net::SocketAddrV4, os::fd::FromRawFd as _};
+    let start = Instant::now();
+    let udp = UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| fatal(format!("bind: {e}")));
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+    if raw < 0 {
+        fatal(format!("raw socket: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: a new fd we own.
+    let raw = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let base = net.octets();
+    let payload = [0u8; 32];
+    let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
+    for i in 0..count {
+        let host = 100 + (i % 150) as u8;
+        let port = 1 + ((i / 150) % 65_000) as u16;
+        let dst = std::net::Ipv4Addr::new(base[0], base[1], base[2], host);
+        let outcome = if i % 2 == 0 {
+            match udp.send_to(&payload, SocketAddrV4::new(dst, port)) {
+                Ok(_) => "udp-sent".to_string(),
+                Err(e) => format!("udp-{}", errname(&e)),
+            }
+        } else {
+            let mut pkt = [0u8; 40];
+            pkt[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            pkt[2..4].copy_from_slice(&port.to_be_bytes());
+            pkt[4..6].copy_from_slice(&40u16.to_be_bytes());
+            // SAFETY: sockaddr_in built field by field; sendto reads only
+            // the buffers given with their lengths.
+            let rc = unsafe {
+                let mut sa: libc::sockaddr_in = std::mem::zeroed();
+                sa.sin_family = libc::AF_INET as libc::sa_family_t;
+                sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+                libc::sendto(
+                    raw.as_raw_fd(),
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if rc >= 0 {
+                "raw-sent".to_string()
+            } else {
+                format!("raw-{}", errname(&io::Error::last_os_error()))
+            }
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    json!({"result": "done", "count": count, "outcomes": outcomes, "ms": ms(start)})
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -403,6 +469,13 @@ fn main() {
             };
             let name: String = parse("name", rest.get(1));
             resolve(parse("server", rest.first()), &name, qtype)
+        }
+        "flood" => {
+            let net: String = parse("network", rest.first());
+            let net: std::net::Ipv4Addr = format!("{net}.0")
+                .parse()
+                .unwrap_or_else(|_| usage(&format!("bad network {net:?} (want A.B.C)")));
+            flood(net, parse("count", rest.get(1)))
         }
         o => usage(&format!("unknown action {o}")),
     };

@@ -1,0 +1,210 @@
+//! The dashboard in a real browser: denied flows generated in the lab must
+//! show up, with their process names and hostnames, in the page's flow
+//! table and chart as headless Chromium renders it (Debian's `chromium`,
+//! installed by `cargo xtask test`).
+
+use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration};
+
+use sdm_tests::{
+    gateway::{self, sa, wait_for, DB, DENY_MS, OTHER},
+    lab::{result, Lab, AGENT_LISTEN},
+};
+use serde_json::Value;
+
+fn new_lab() -> Lab {
+    Lab::new(env!("CARGO_BIN_EXE_lab-probe"))
+}
+
+/// Chromium, which the test needs and does not skip without.
+fn chromium() -> PathBuf {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("chromium is not installed: `cargo xtask test` installs Debian's chromium")
+        })
+}
+
+/// Loads `url` in headless Chromium inside the lab's host namespace, lets
+/// its scripts run (fetches, a few refreshes) and returns the DOM.
+fn render(lab: &Lab, url: &str) -> String {
+    let profile = lab.dir.path().join("chromium-profile");
+    // nsenter --net: only the network namespace, so /sys and /dev stay as
+    // they are (ip netns exec would remount /sys).
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", lab.host.path().display()))
+        .arg(chromium())
+        .args([
+            "--headless",
+            // Root in a test VM: Chromium's sandbox needs user namespaces
+            // it may not get; the page is the test's own.
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--virtual-time-budget=8000",
+            "--window-size=1400,1800",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .env("HOME", lab.dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("run chromium: {e}"));
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && dom.contains("</html>"),
+        "chromium failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        dom
+    );
+    dom
+}
+
+/// The start tags named `tag` in `html`, as attribute maps (the DOM that
+/// Chromium serialises: double-quoted attributes, `&quot;` escaped).
+fn tags(html: &str, tag: &str) -> Vec<HashMap<String, String>> {
+    let open = format!("<{tag}");
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find(&open) {
+        rest = &rest[i + open.len()..];
+        if !rest.starts_with([' ', '>', '/']) {
+            continue;
+        }
+        let end = rest.find('>').unwrap_or(rest.len());
+        out.push(attributes(&rest[..end]));
+        rest = &rest[end..];
+    }
+    out
+}
+
+fn attributes(s: &str) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    let mut rest = s.trim_start();
+    while !rest.is_empty() {
+        let name_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace() || c == '/')
+            .unwrap_or(rest.len());
+        let name = rest[..name_end].to_string();
+        rest = &rest[name_end..];
+        if let Some(r) = rest.strip_prefix("=\"") {
+            let end = r.find('"').unwrap_or(r.len());
+            let value = r[..end]
+                .replace("&quot;", "\"")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&");
+            map.insert(name, value);
+            rest = &r[(end + 1).min(r.len())..];
+        } else {
+            if !name.is_empty() {
+                map.insert(name, String::new());
+            }
+            rest = &rest[1.min(rest.len())..];
+        }
+        rest = rest.trim_start();
+    }
+    map
+}
+
+fn has_class(t: &HashMap<String, String>, class: &str) -> bool {
+    t.get("class")
+        .is_some_and(|c| c.split_whitespace().any(|x| x == class))
+}
+
+#[test]
+fn dashboard_in_chromium_shows_denied_flows() {
+    let mut lab = new_lab();
+    gateway::start(&mut lab, "enforce", "");
+    let db = lab.net_ip(DB).to_string();
+    let other = lab.net_ip(OTHER).to_string();
+
+    // Two denied flows: one to a resolved hostname, one to a bare address.
+    for (ip, port) in [(lab.net_ip(DB), 2222), (lab.net_ip(OTHER), 7777)] {
+        let v = lab.probe(&["tcp", &sa(ip, port).to_string(), &DENY_MS.to_string()]);
+        assert_eq!(result(&v), "eperm", "{v}");
+    }
+    wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        let v: Value = serde_json::from_str(&lab.http_get("/api/flows?since=1h")).ok()?;
+        let n = v["flows"]
+            .as_array()?
+            .iter()
+            .filter(|f| f["comm"] == "lab-probe")
+            .count();
+        (n >= 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the denied flows never reached /api/flows"));
+
+    let dom = render(&lab, &format!("http://{AGENT_LISTEN}/"));
+    let body = tags(&dom, "body");
+    assert!(
+        body.first()
+            .is_some_and(|b| b.contains_key("data-refreshed")),
+        "the page never finished a refresh (no body[data-refreshed]):\n{dom}"
+    );
+    let mode = tags(&dom, "span")
+        .into_iter()
+        .find(|t| t.get("id").is_some_and(|i| i == "mode"))
+        .unwrap_or_else(|| panic!("no #mode on the page:\n{dom}"));
+    assert_eq!(mode.get("data-mode").map(String::as_str), Some("enforce"));
+
+    // The flow table: rows with the process and the hostname.
+    let rows: Vec<_> = tags(&dom, "tr")
+        .into_iter()
+        .filter(|t| has_class(t, "flow"))
+        .collect();
+    let row = |remote: &str, port: &str| {
+        rows.iter()
+            .find(|r| {
+                r.get("data-remote").is_some_and(|v| v == remote)
+                    && r.get("data-port").is_some_and(|v| v == port)
+            })
+            .unwrap_or_else(|| panic!("no flow row for {remote}:{port} in {rows:?}\n{dom}"))
+    };
+    let r = row(&db, "2222");
+    assert_eq!(r["data-comm"], "lab-probe", "{r:?}");
+    assert_eq!(r["data-hostname"], "db.lab.test", "{r:?}");
+    assert_eq!(r["data-verdict"], "dropped", "{r:?}");
+    let r = row(&other, "7777");
+    assert_eq!(r["data-comm"], "lab-probe", "{r:?}");
+    assert!(
+        dom.contains("db.lab.test") && dom.contains("lab-probe"),
+        "the names are shown as text too"
+    );
+
+    // The chart marks the flows with their process.
+    let marks: Vec<_> = tags(&dom, "circle")
+        .into_iter()
+        .filter(|c| c.get("data-comm").is_some_and(|v| v == "lab-probe"))
+        .collect();
+    assert!(
+        marks
+            .iter()
+            .any(|c| c.get("data-hostname").is_some_and(|h| h == "db.lab.test")),
+        "no chart mark for the db.lab.test flow: {marks:?}\n{dom}"
+    );
+    assert!(
+        marks
+            .iter()
+            .any(|c| c.get("data-remote").is_some_and(|h| *h == other)),
+        "no chart mark for {other}: {marks:?}"
+    );
+}
+
+#[test]
+fn attribute_parser_reads_chromium_dom() {
+    let t = tags(
+        r#"<tr class="flow x" data-comm="a &quot;b&quot;" data-port="1"><td></td></tr><track>"#,
+        "tr",
+    );
+    assert_eq!(t.len(), 1, "<track> is not a <tr>");
+    assert!(has_class(&t[0], "flow"));
+    assert_eq!(t[0]["data-comm"], "a \"b\"");
+    assert_eq!(t[0]["data-port"], "1");
+}
