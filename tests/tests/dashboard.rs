@@ -126,9 +126,16 @@ fn dashboard_in_chromium_shows_denied_flows() {
     let other = lab.net_ip(OTHER).to_string();
 
     // Two denied flows: one to a resolved hostname, one to a bare address.
+    let mut pids = Vec::new();
     for (ip, port) in [(lab.net_ip(DB), 2222), (lab.net_ip(OTHER), 7777)] {
         let v = lab.probe(&["tcp", &sa(ip, port).to_string(), &DENY_MS.to_string()]);
         assert_eq!(result(&v), "eperm", "{v}");
+        pids.push(
+            v["pid"]
+                .as_u64()
+                .expect("the probe prints its pid")
+                .to_string(),
+        );
     }
     wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
         let v: Value = serde_json::from_str(&lab.http_get("/api/flows?since=1h")).ok()?;
@@ -171,8 +178,10 @@ fn dashboard_in_chromium_shows_denied_flows() {
     assert_eq!(r["data-comm"], "lab-probe", "{r:?}");
     assert_eq!(r["data-hostname"], "db.lab.test", "{r:?}");
     assert_eq!(r["data-verdict"], "dropped", "{r:?}");
+    assert_eq!(r["data-pid"], pids[0], "{r:?}");
     let r = row(&other, "7777");
     assert_eq!(r["data-comm"], "lab-probe", "{r:?}");
+    assert_eq!(r["data-pid"], pids[1], "{r:?}");
     assert!(
         dom.contains("db.lab.test") && dom.contains("lab-probe"),
         "the names are shown as text too"

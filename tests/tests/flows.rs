@@ -68,11 +68,16 @@ fn expect_attributed(what: &str, f: &Value, pid: u64, hostname: &str, verdict: &
 fn denied_flow_is_recorded_everywhere_and_survives_restart() {
     let mut lab = new_lab();
     let config = gateway::start(&mut lab, "enforce", "");
-    let db = lab.net_ip(DB);
+    // The process resolves db.lab.test through the allowed resolver, as an
+    // application would, then connects to a port no rule allows (5432 is
+    // the allowed one).
+    let answer = lab.probe(&["resolve", &lab.dns_ip().to_string(), "db.lab.test"]);
+    let db: std::net::IpAddr = answer["addresses"][0]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("resolve db.lab.test: {answer}"));
+    assert_eq!(db, lab.net_ip(DB), "{answer}");
     let db_s = db.to_string();
-
-    // db.lab.test is allowed on 5432 only: 2222 is a denied destination on
-    // a host the agent resolved.
     let v = lab.probe(&["tcp", &sa(db, 2222).to_string(), &DENY_MS.to_string()]);
     assert_eq!(result(&v), "eperm", "a denied connect fails at once: {v}");
     let pid = v["pid"].as_u64().expect("the probe prints its pid");
