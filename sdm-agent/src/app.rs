@@ -48,20 +48,33 @@ pub fn config_label(path: Option<&Path>) -> String {
         .unwrap_or_else(|| "built-in default config".into())
 }
 
-/// The cgroup to attach to, checked; a bad path names the config's file,
-/// line and key.
-pub fn target_cgroup(config: &Config, path: Option<&Path>) -> Result<PathBuf> {
-    cgroup::resolve(config.cgroup.as_deref()).map_err(|e| {
-        let line = path
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|t| {
-                t.lines()
-                    .position(|l| l.trim_start().starts_with("cgroup") && l.contains('='))
-                    .map(|i| format!("line {}: ", i + 1))
-            })
-            .unwrap_or_default();
-        anyhow::anyhow!("config {}: {line}key `cgroup`: {e}", config_label(path))
-    })
+/// Where `cgroup` is set in the config file, as "line N: ", for messages.
+fn cgroup_line(path: Option<&Path>) -> String {
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| {
+            t.lines()
+                .position(|l| l.trim_start().starts_with("cgroup") && l.contains('='))
+                .map(|i| format!("line {}: ", i + 1))
+        })
+        .unwrap_or_default()
+}
+
+/// The cgroup to attach to, checked. `Ok(None)`: the target does not exist
+/// yet (a unit not started), with the reason; a bad target names the
+/// config's file, line and key.
+pub fn target_cgroup(
+    config: &Config,
+    path: Option<&Path>,
+) -> Result<Result<PathBuf, cgroup::CgroupError>> {
+    match cgroup::resolve_target(config.cgroup.as_ref()) {
+        Ok(p) => Ok(Ok(p)),
+        Err(e) if e.is_missing() => Ok(Err(e)),
+        Err(e) => Err(anyhow::anyhow!(
+            "config {}: {}key `cgroup`: {e}",
+            config_label(path),
+            cgroup_line(path)
+        )),
+    }
 }
 
 /// Loads and compiles a config: everything `check` and `run` verify before
@@ -220,21 +233,120 @@ fn lock_instance(layout: &Layout) -> Result<InstanceLock> {
     Ok(InstanceLock(file))
 }
 
-pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
-    let (config, policy, resolvers) = prepare(config_path.as_deref())?;
-    let cgroup = target_cgroup(&config, config_path.as_deref())?;
+/// Waits until the target cgroup exists (a unit that has not started yet,
+/// say), logging that it waits; `None` if the agent was asked to stop
+/// meanwhile.
+async fn wait_for_target(
+    config: &Config,
+    config_path: Option<&Path>,
+    first: cgroup::CgroupError,
+) -> Result<Option<PathBuf>> {
+    let target = config
+        .cgroup
+        .as_ref()
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    tracing::warn!(%target, reason = %first, mode = ?config.mode, "the target cgroup does not exist yet; waiting for it (the programs are attached, in the configured mode, as soon as it appears)");
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let started = Instant::now();
+    let mut next_note = started + Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TARGET_POLL) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(None),
+            _ = sigterm.recv() => return Ok(None),
+        }
+        match target_cgroup(config, config_path)? {
+            Ok(p) => {
+                tracing::info!(%target, cgroup = %p.display(), waited_secs = started.elapsed().as_secs(), "the target cgroup appeared");
+                return Ok(Some(p));
+            }
+            Err(e) if Instant::now() >= next_note => {
+                tracing::warn!(%target, reason = %e, waited_secs = started.elapsed().as_secs(), "still waiting for the target cgroup");
+                next_note = Instant::now() + Duration::from_secs(60);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// How often a missing or re-created target cgroup is looked for.
+const TARGET_POLL: Duration = Duration::from_millis(100);
+
+/// The attached cgroup, followed across re-creation: a restarted service
+/// gets a new cgroup at the same path (a new id), which has none of the
+/// programs; they are attached to it as soon as it is seen.
+struct Followed {
+    target: Option<cgroup::CgroupTarget>,
+    path: PathBuf,
+    id: u64,
+    /// Since when the cgroup has been gone, if it is.
+    gone_since: Option<Instant>,
+    last_search: Instant,
+}
+
+impl Followed {
+    /// Checks the cgroup; returns a path to attach to when it was
+    /// re-created (or moved, for a unit put in another slice).
+    fn check(&mut self) -> Option<PathBuf> {
+        match cgroup::cgroup_id(&self.path) {
+            Ok(id) if id == self.id => {
+                self.gone_since = None;
+                None
+            }
+            Ok(_) => Some(self.path.clone()),
+            Err(_) => {
+                if self.gone_since.is_none() {
+                    tracing::warn!(cgroup = %self.path.display(), "the target cgroup is gone (its service stopped?); its processes are gone with it; waiting for it to come back");
+                    self.gone_since = Some(Instant::now());
+                }
+                // A unit may come back under another slice: search the
+                // tree, but not on every tick.
+                if let Some(cgroup::CgroupTarget::Unit(u)) = &self.target {
+                    if self.last_search.elapsed() >= Duration::from_secs(1) {
+                        self.last_search = Instant::now();
+                        let mount = cgroup::cgroup2_mount().ok()?;
+                        return cgroup::find_unit(&mount, u);
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+pub async fn run(
+    layout: Layout,
+    config_path: Option<PathBuf>,
+    cgroup_override: Option<cgroup::CgroupTarget>,
+) -> Result<()> {
+    let (mut config, policy, resolvers) = prepare(config_path.as_deref())?;
+    if let Some(t) = cgroup_override {
+        config.cgroup = Some(t);
+    }
+    let found = target_cgroup(&config, config_path.as_deref())?;
     let _lock = lock_instance(&layout)?;
     for w in compile::lockout_warnings(&config, &policy) {
         tracing::warn!("{w}");
-    }
-    if cgroup == cgroup::cgroup2_mount()? && config.mode == Mode::Enforce {
-        tracing::warn!(cgroup = %cgroup.display(), "enforcing on the root cgroup: every process of this host is filtered");
     }
     // Bind before touching the kernel: a busy port is an error that should
     // change nothing.
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("listen on {} ([http] listen)", config.http.listen))?;
+    let cgroup = match found {
+        Ok(p) => p,
+        Err(e) => match wait_for_target(&config, config_path.as_deref(), e).await? {
+            Some(p) => p,
+            None => {
+                tracing::info!("stopped while waiting for the target cgroup; nothing was attached");
+                return Ok(());
+            }
+        },
+    };
+    if cgroup == cgroup::cgroup2_mount()? && config.mode == Mode::Enforce {
+        tracing::warn!(cgroup = %cgroup.display(), "enforcing on the root cgroup: every process of this host is filtered");
+    }
 
     dataplane::ensure_bpffs().context("mount bpffs")?;
     let object = dataplane::EBPF_OBJECT;
@@ -253,6 +365,17 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
     if let Some(e) = ebpf.as_mut() {
         spawn_ebpf_logger(e);
     }
+    let mut followed = Followed {
+        // A pid target is followed by the path it resolved to: the process
+        // may be gone after a restart, its service's cgroup comes back.
+        target: config.cgroup.clone(),
+        id: cgroup::cgroup_id(&cgroup)?,
+        path: cgroup.clone(),
+        gone_since: None,
+        last_search: Instant::now(),
+    };
+    let mut follow_tick = tokio::time::interval(TARGET_POLL);
+    follow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let maps = Maps::open(&layout).context("open the pinned maps")?;
     let maps = Arc::new(Mutex::new(maps));
@@ -348,16 +471,18 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
     let mut server = tokio::spawn(http::serve(listener, http_state));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut retry_sync = false;
+    // Absolute times, so the other branches of the loop (the target check
+    // ticks every 100 ms) do not push them back.
+    let mut retry_at: Option<Instant> = None;
+    let mut last_refresh = Instant::now();
     loop {
-        let retry_at = retry_sync.then(|| Instant::now() + config.dns.ttl_min);
         let wake = agent
             .resolver
             .next_due()
             .into_iter()
             .chain(retry_at)
             .min()
-            .map(|t| t.max(Instant::now() + Duration::from_millis(200)))
+            .map(|t| t.max(last_refresh + Duration::from_millis(200)))
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = tokio::time::sleep_until(wake.into()) => {
@@ -365,15 +490,44 @@ pub async fn run(layout: Layout, config_path: Option<PathBuf>) -> Result<()> {
                 // policy live: the flip happens only after a complete write.
                 // It is logged and retried at the next refresh; the agent
                 // stays up.
+                let retry_sync = retry_at.is_some_and(|t| t <= Instant::now());
                 let changed = agent.resolver.refresh_due().await || retry_sync;
+                last_refresh = Instant::now();
                 let result = if changed { agent.sync().map(Some) } else { agent.write_state().map(|()| None) };
-                retry_sync = false;
+                if retry_sync {
+                    retry_at = None;
+                }
                 match result {
                     Ok(Some(writes)) => tracing::info!(writes, "allowlist updated"),
                     Ok(None) => {}
                     Err(e) => {
-                        retry_sync = changed;
+                        if changed {
+                            retry_at = Some(Instant::now() + config.dns.ttl_min);
+                        }
                         tracing::error!(error = %format!("{e:#}"), "updating the allowlist failed; the previous policy stays in force");
+                    }
+                }
+            }
+            _ = follow_tick.tick() => {
+                if let Some(path) = followed.check() {
+                    let was_gone = followed.gone_since.map(|t| t.elapsed());
+                    match dataplane::attach(&layout, &path, object, ebpf.as_mut()) {
+                        Ok((_, loaded)) => {
+                            if loaded.is_some() {
+                                ebpf = loaded;
+                                if let Some(e) = ebpf.as_mut() {
+                                    spawn_ebpf_logger(e);
+                                }
+                            }
+                            followed.id = cgroup::cgroup_id(&path).unwrap_or(0);
+                            followed.path = path;
+                            followed.gone_since = None;
+                            tracing::info!(cgroup = %followed.path.display(), gone_ms = was_gone.map(|d| d.as_millis() as u64), "the target cgroup was re-created; attached the programs to the new one");
+                            if let Err(e) = agent.write_state() {
+                                tracing::warn!(error = %format!("{e:#}"), "writing the state file failed");
+                            }
+                        }
+                        Err(e) => tracing::error!(cgroup = %path.display(), error = %e, "attaching to the re-created target cgroup failed; retrying"),
                     }
                 }
             }

@@ -20,6 +20,236 @@ pub enum CgroupError {
     NoCgroup2Mount,
     #[error("{path} is not a directory of a cgroup2 file system")]
     NotCgroup2 { path: PathBuf },
+    /// The target does not exist (yet): a unit that has not started, a
+    /// process that is gone. The agent waits for it.
+    #[error("{target}: {why}")]
+    Missing { target: String, why: String },
+    #[error("{target}: {why}")]
+    Refused { target: String, why: String },
+}
+
+impl CgroupError {
+    /// Whether waiting could help (the target may appear later).
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Self::Missing { .. })
+    }
+}
+
+/// What `cgroup =` names: a cgroup2 directory, the cgroup of a systemd
+/// unit, or the cgroup of a running process.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(into = "String")]
+pub enum CgroupTarget {
+    /// An absolute path to a cgroup2 directory.
+    Path(PathBuf),
+    /// `unit:NAME`: the unit's cgroup (e.g. `sdm-proxy.service`), found in
+    /// the cgroup2 tree, wherever its slice puts it.
+    Unit(String),
+    /// `pid:N`: the cgroup process N is in, resolved when the agent starts;
+    /// from then on the agent follows that cgroup's path.
+    Pid(u32),
+}
+
+impl std::fmt::Display for CgroupTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Path(p) => write!(f, "{}", p.display()),
+            Self::Unit(u) => write!(f, "unit:{u}"),
+            Self::Pid(p) => write!(f, "pid:{p}"),
+        }
+    }
+}
+
+impl From<CgroupTarget> for String {
+    fn from(t: CgroupTarget) -> String {
+        t.to_string()
+    }
+}
+
+/// Unit types that own a cgroup.
+const UNIT_SUFFIXES: [&str; 3] = [".service", ".scope", ".slice"];
+
+impl std::str::FromStr for CgroupTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(unit) = s.strip_prefix("unit:") {
+            let unit = unit.trim();
+            if unit.is_empty() {
+                return Err("`unit:` needs a unit name, e.g. unit:sdm-proxy.service".into());
+            }
+            // systemd unit names: ASCII letters, digits, ":-_.\@"
+            // (systemd.unit(5)); no '/', so the name is one path component.
+            if let Some(c) = unit
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || ":-_.\\@".contains(*c)))
+            {
+                return Err(format!("{unit:?} is not a unit name (character {c:?})"));
+            }
+            let unit = if UNIT_SUFFIXES.iter().any(|x| unit.ends_with(x)) {
+                unit.to_string()
+            } else if unit.contains('.') {
+                return Err(format!(
+                    "{unit:?}: only .service, .scope and .slice units have a cgroup"
+                ));
+            } else {
+                format!("{unit}.service")
+            };
+            return Ok(Self::Unit(unit));
+        }
+        if let Some(pid) = s.strip_prefix("pid:") {
+            return match pid.trim().parse::<u32>() {
+                Ok(p) if p > 0 => Ok(Self::Pid(p)),
+                _ => Err(format!("{pid:?} is not a process id (pid:<N>, N > 0)")),
+            };
+        }
+        let p = PathBuf::from(s);
+        if !p.is_absolute() {
+            return Err(format!(
+                "{s:?} is not an absolute path, `unit:NAME` or `pid:N`"
+            ));
+        }
+        Ok(Self::Path(p))
+    }
+}
+
+/// The cgroup id of a cgroup2 directory: its inode number (kernfs node id,
+/// what bpf_get_current_cgroup_id returns on 64-bit). A re-created cgroup
+/// (a restarted service) has the same path and a new id.
+pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|source| CgroupError::Io {
+            op: "stat",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Finds the cgroup of unit `name` under `mount`: breadth first (a
+/// service's cgroup is usually `system.slice/NAME`, but `Slice=` can put it
+/// anywhere), at most `MAX_UNIT_DEPTH` levels down.
+pub fn find_unit(mount: &Path, name: &str) -> Option<PathBuf> {
+    const MAX_UNIT_DEPTH: usize = 6;
+    let mut level = vec![mount.to_owned()];
+    for _ in 0..MAX_UNIT_DEPTH {
+        let mut next = Vec::new();
+        // A stable order, so two runs pick the same match.
+        level.sort();
+        for dir in &level {
+            let Ok(rd) = fs::read_dir(dir) else { continue };
+            for e in rd.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                if e.file_name() == name {
+                    return Some(e.path());
+                }
+                next.push(e.path());
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    None
+}
+
+/// The cgroup2 directory of process `pid`, from /proc/PID/cgroup (the
+/// `0::/path` line).
+pub fn pid_cgroup(mount: &Path, pid: u32) -> Result<PathBuf, CgroupError> {
+    let target = format!("pid:{pid}");
+    let file = format!("/proc/{pid}/cgroup");
+    let text = fs::read_to_string(&file).map_err(|e| CgroupError::Missing {
+        target: target.clone(),
+        why: format!("cannot read {file} ({e}): no such process?"),
+    })?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| CgroupError::Refused {
+            target: target.clone(),
+            why: format!("{file} has no cgroup2 entry (0::)"),
+        })?;
+    // The path is relative to the reader's cgroup namespace: in a
+    // container (a sidecar) it can be "/" or "/../<sibling>" although the
+    // process is elsewhere in the host's tree. Take it only when it is
+    // plainly right; otherwise find the cgroup that lists the process.
+    let joined = mount.join(rel.trim_start_matches('/'));
+    let path = if rel != "/" && !rel.split('/').any(|c| c == "..") && lists_pid(&joined, pid) {
+        joined
+    } else {
+        find_pid(mount, pid).ok_or_else(|| CgroupError::Missing {
+            target: target.clone(),
+            why: format!(
+                "no cgroup under {} lists the process (it exited?)",
+                mount.display()
+            ),
+        })?
+    };
+    if path == mount {
+        return Err(CgroupError::Refused {
+            target,
+            why: "the process is in the root cgroup: a pid target would police the whole host; \
+                  name the cgroup2 mount as a path if that is what you want"
+                .into(),
+        });
+    }
+    Ok(path)
+}
+
+fn lists_pid(dir: &Path, pid: u32) -> bool {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .is_ok_and(|t| t.lines().any(|l| l.trim().parse() == Ok(pid)))
+}
+
+/// The cgroup whose cgroup.procs lists `pid`, breadth first.
+fn find_pid(mount: &Path, pid: u32) -> Option<PathBuf> {
+    const MAX_DEPTH: usize = 10;
+    let mut level = vec![mount.to_owned()];
+    for _ in 0..=MAX_DEPTH {
+        let mut next = Vec::new();
+        for dir in &level {
+            if lists_pid(dir, pid) {
+                return Some(dir.clone());
+            }
+            if let Ok(rd) = fs::read_dir(dir) {
+                next.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    None
+}
+
+/// Resolves a target to its cgroup2 directory, checked.
+pub fn resolve_target(target: Option<&CgroupTarget>) -> Result<PathBuf, CgroupError> {
+    let mount = cgroup2_mount()?;
+    let path = match target {
+        None => mount,
+        Some(CgroupTarget::Path(p)) => p.clone(),
+        Some(CgroupTarget::Unit(u)) => {
+            find_unit(&mount, u).ok_or_else(|| CgroupError::Missing {
+                target: format!("unit:{u}"),
+                why: format!(
+                    "no cgroup named {u} under {} (is the unit running?)",
+                    mount.display()
+                ),
+            })?
+        }
+        Some(CgroupTarget::Pid(pid)) => pid_cgroup(&mount, *pid)?,
+    };
+    check_cgroup2_dir(&path)?;
+    Ok(path)
 }
 
 /// The mount point of the cgroup2 hierarchy, from /proc/mounts (on hybrid
@@ -100,6 +330,77 @@ pub fn resolve(configured: Option<&Path>) -> Result<PathBuf, CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_targets() {
+        let t = |s: &str| s.parse::<CgroupTarget>();
+        assert_eq!(
+            t("/sys/fs/cgroup/x"),
+            Ok(CgroupTarget::Path("/sys/fs/cgroup/x".into()))
+        );
+        assert_eq!(
+            t("unit:sdm-proxy.service"),
+            Ok(CgroupTarget::Unit("sdm-proxy.service".into()))
+        );
+        assert_eq!(
+            t("unit:sdm-proxy"),
+            Ok(CgroupTarget::Unit("sdm-proxy.service".into()))
+        );
+        assert_eq!(
+            t("unit:a@b.scope"),
+            Ok(CgroupTarget::Unit("a@b.scope".into()))
+        );
+        assert_eq!(t("pid:42"), Ok(CgroupTarget::Pid(42)));
+        for bad in [
+            "unit:",
+            "unit:../x",
+            "unit:a/b",
+            "unit:x.socket",
+            "pid:0",
+            "pid:-1",
+            "pid:x",
+            "rel/path",
+        ] {
+            assert!(t(bad).is_err(), "{bad} should be refused");
+        }
+        assert_eq!(
+            CgroupTarget::Unit("a.service".into()).to_string(),
+            "unit:a.service"
+        );
+    }
+
+    #[test]
+    fn finds_units_breadth_first() {
+        let root = std::env::temp_dir().join(format!("sdm-unit-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("system.slice/x.service")).unwrap();
+        fs::create_dir_all(root.join("a.slice/b.slice/y.service")).unwrap();
+        fs::create_dir_all(root.join("a.slice/x.service/deeper/x.service")).unwrap();
+        assert_eq!(
+            find_unit(&root, "y.service"),
+            Some(root.join("a.slice/b.slice/y.service"))
+        );
+        // The shallowest match, in a stable order.
+        assert_eq!(
+            find_unit(&root, "x.service"),
+            Some(root.join("a.slice/x.service"))
+        );
+        assert_eq!(find_unit(&root, "z.service"), None);
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn own_process_cgroup() {
+        // Whatever cgroup this test runs in: either a path under the mount
+        // or a refusal for the root cgroup, never a panic.
+        let mount = cgroup2_mount().expect("cgroup2 is mounted on every test machine");
+        match pid_cgroup(&mount, std::process::id()) {
+            Ok(p) => assert!(p.starts_with(&mount), "{}", p.display()),
+            Err(e) => assert!(matches!(e, CgroupError::Refused { .. }), "{e}"),
+        }
+        let gone = pid_cgroup(&mount, u32::MAX - 1).unwrap_err();
+        assert!(gone.is_missing(), "{gone}");
+    }
 
     #[test]
     fn finds_the_cgroup2_mount_in_a_hybrid_layout() {

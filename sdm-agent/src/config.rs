@@ -26,6 +26,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
+use crate::cgroup::CgroupTarget;
 use crate::policy::{Direction, PortRange, Proto, Target};
 
 /// Port of a gateway when a `gateways` entry has none, and the default
@@ -466,9 +467,9 @@ pub struct Config {
     pub roles: Vec<Role>,
     pub region: Region,
     pub mode: Mode,
-    /// The cgroup2 directory to police; `None`: the root of the cgroup2
-    /// mount, resolved by the caller.
-    pub cgroup: Option<PathBuf>,
+    /// The cgroup to police (a path, `unit:NAME` or `pid:N`); `None`: the
+    /// root of the cgroup2 mount, resolved by the caller.
+    pub cgroup: Option<CgroupTarget>,
     /// Whether the guide's optional rows are allowed.
     pub optional: bool,
     pub loopback: LoopbackMode,
@@ -526,9 +527,13 @@ region = "us"
 # "enforce" drops what no rule allows.
 mode = "audit"
 
-# The cgroup2 directory whose processes are policed. Default: the root of
-# the cgroup2 mount, i.e. the whole host.
+# Whose traffic is policed. Default: the root of the cgroup2 mount, i.e.
+# the whole host. Or a cgroup2 directory, or the cgroup of a systemd unit
+# (a sidecar to the gateway: "unit:sdm-proxy.service"), or the cgroup of a
+# running process ("pid:1234"). The agent waits for a unit that has not
+# started yet and follows its cgroup when the service restarts.
 # cgroup = "/sys/fs/cgroup"
+# cgroup = "unit:sdm-proxy.service"
 
 # Include the Ports Guide's optional flows (checkip, the 1.1.1.1 DNS fallback).
 optional = true
@@ -1500,16 +1505,11 @@ impl Ctx<'_> {
             cfg.optional = v;
         }
         if let Some(v) = &raw.cgroup {
-            let p = PathBuf::from(v.get_ref());
-            if !p.is_absolute() {
-                return Err(self.err(
-                    v.span(),
-                    &top,
-                    "cgroup",
-                    format!("{:?} is not an absolute path", v.get_ref()),
-                ));
-            }
-            cfg.cgroup = Some(p);
+            let t: CgroupTarget = v
+                .get_ref()
+                .parse()
+                .map_err(|m: String| self.err(v.span(), &top, "cgroup", m))?;
+            cfg.cgroup = Some(t);
         }
         if let Some(v) = &raw.gateways {
             for (s, span) in items(v) {
@@ -1988,7 +1988,10 @@ mod tests {
             .map(|l| l + "\n")
             .collect();
         let c = ok(&text);
-        assert_eq!(c.cgroup, Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            c.cgroup,
+            Some(CgroupTarget::Path(PathBuf::from("/sys/fs/cgroup")))
+        );
         assert_eq!(c.resources.len(), 1);
         assert_eq!(c.secret_stores.len(), 1);
         assert_eq!(c.allow.len(), 1);
@@ -2071,8 +2074,8 @@ log = "/var/log/sdm/flows.jsonl"
         assert_eq!(c.region, Region::Eu);
         assert_eq!(c.mode, Mode::Enforce);
         assert_eq!(
-            c.cgroup.as_deref(),
-            Some(Path::new("/sys/fs/cgroup/sdm.slice"))
+            c.cgroup,
+            Some(CgroupTarget::Path("/sys/fs/cgroup/sdm.slice".into()))
         );
         assert!(!c.optional);
         assert_eq!(c.loopback, LoopbackMode::Enforce);
@@ -3069,6 +3072,21 @@ port = 2
             &["[http]"],
         );
         fails("\ncgroup = \"sys/fs/cgroup\"\n", 2, "cgroup", &["absolute"]);
+        fails(
+            "\ncgroup = \"unit:a/b\"\n",
+            2,
+            "cgroup",
+            &["not a unit name"],
+        );
+        fails("\ncgroup = \"pid:0\"\n", 2, "cgroup", &["process id"]);
+        assert_eq!(
+            ok("cgroup = \"unit:sdm-proxy\"\n").cgroup,
+            Some(CgroupTarget::Unit("sdm-proxy.service".into()))
+        );
+        assert_eq!(
+            ok("cgroup = \"pid:77\"\n").cgroup,
+            Some(CgroupTarget::Pid(77))
+        );
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub enum DataplaneError {
         path: PathBuf,
         source: Box<aya::programs::links::LinkError>,
     },
+    #[error("cgroup: {0}")]
+    Cgroup(#[source] Box<crate::cgroup::CgroupError>),
     #[error("nothing is pinned under {0}: is the agent attached (sdm-agent run)?")]
     NotAttached(PathBuf),
     #[error("the maps pinned under {root} have layout {found}, this agent uses {expected}: run `sdm-agent detach` first (enforcement stops until the agent runs again)")]
@@ -263,6 +265,11 @@ fn attach_program(
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachRecord {
     pub cgroup: PathBuf,
+    /// The attached cgroup's id (inode): a cgroup re-created at the same
+    /// path (a restarted service) has a new one, and the old links died
+    /// with the old cgroup. 0 in records of older agents.
+    #[serde(default)]
+    pub cgroup_id: u64,
     pub object_hash: u64,
     pub pid: u32,
 }
@@ -411,9 +418,11 @@ pub fn attach(
     let hash = object_hash(object);
     let record = AttachRecord::read(layout);
     let pinned = ATTACHMENTS.iter().all(|a| layout.link_pin(a.pin).exists());
+    let cgroup_id =
+        crate::cgroup::cgroup_id(cgroup).map_err(|e| DataplaneError::Cgroup(Box::new(e)))?;
     if pinned {
         if let Some(r) = &record {
-            if r.cgroup == cgroup && r.object_hash == hash {
+            if r.cgroup == cgroup && r.cgroup_id == cgroup_id && r.object_hash == hash {
                 AttachRecord {
                     pid: std::process::id(),
                     ..r.clone()
@@ -454,6 +463,7 @@ pub fn attach(
     maps.write_config(&cfg)?;
     AttachRecord {
         cgroup: cgroup.to_owned(),
+        cgroup_id,
         object_hash: hash,
         pid: std::process::id(),
     }

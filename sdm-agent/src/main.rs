@@ -10,7 +10,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use sdm_agent::{
-    app, compile,
+    app,
+    cgroup::CgroupTarget,
+    compile,
     config::Config,
     dataplane::{self, Layout, Maps},
     flows::{self, Flow, FlowKey, FlowQuery},
@@ -44,11 +46,19 @@ enum Command {
         /// Config file; without it the built-in default (gateway, us, audit).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Whose traffic to police, overriding the config's `cgroup`: a
+        /// cgroup2 directory, `unit:NAME` (e.g. unit:sdm-proxy.service) or
+        /// `pid:N`.
+        #[arg(long, value_parser = parse_target)]
+        cgroup: Option<CgroupTarget>,
     },
     /// Validate a config and warn about lock-outs; changes nothing.
     Check {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// As for `run`.
+        #[arg(long, value_parser = parse_target)]
+        cgroup: Option<CgroupTarget>,
     },
     /// Print the effective rules of a config (no root needed).
     Policy {
@@ -105,6 +115,10 @@ enum Command {
     },
 }
 
+fn parse_target(s: &str) -> Result<CgroupTarget, String> {
+    s.parse()
+}
+
 fn parse_window(s: &str) -> Result<Duration, String> {
     sdm_agent::config::parse_duration(s)
 }
@@ -150,17 +164,23 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         run_dir: cli.run_dir,
     };
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config, cgroup } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("start the tokio runtime")?;
-            rt.block_on(app::run(layout, config))?;
+            rt.block_on(app::run(layout, config, cgroup))?;
         }
-        Command::Check { config } => {
-            let (cfg, policy, _) = app::prepare(config.as_deref())?;
-            app::target_cgroup(&cfg, config.as_deref())?;
+        Command::Check { config, cgroup } => {
+            let (mut cfg, policy, _) = app::prepare(config.as_deref())?;
+            if let Some(t) = cgroup {
+                cfg.cgroup = Some(t);
+            }
+            if let Err(e) = app::target_cgroup(&cfg, config.as_deref())? {
+                // Not an error: `run` waits for a unit that has not started.
+                eprintln!("sdm-agent: note: {e}; `run` will wait for it to appear");
+            }
             let warnings = compile::lockout_warnings(&cfg, &policy);
             for w in &warnings {
                 eprintln!("warning: {w}");

@@ -97,6 +97,14 @@ impl Cgroup {
         Self { path }
     }
 
+    /// A child cgroup named exactly `name` (a unit's name, say), removed on
+    /// drop like any other; drop it before its parent.
+    pub fn child(&self, name: &str) -> Self {
+        let path = self.path.join(name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+
     /// Moves a process into this cgroup.
     pub fn add(&self, pid: u32) {
         let procs = self.path.join("cgroup.procs");

@@ -908,6 +908,14 @@ impl Lab {
     /// waits until its status shows a policy (generation > 0), `mode`, and
     /// addresses for every name in `hosts`.
     pub fn start_agent(&mut self, config: &Path, mode: &str, hosts: &[&str]) {
+        self.spawn_agent(config, mode, hosts);
+        self.wait_ready(mode, hosts);
+    }
+
+    /// Starts `sdm-agent run --config <config>` like [`Lab::start_agent`],
+    /// without waiting for it to be ready (it may be waiting for its target
+    /// cgroup); [`Lab::wait_ready`] waits.
+    pub fn spawn_agent(&mut self, config: &Path, mode: &str, hosts: &[&str]) {
         assert!(self.agent.is_none(), "the agent is already running");
         let mut log = fs::OpenOptions::new()
             .create(true)
@@ -932,10 +940,11 @@ impl Lab {
             mode: mode.to_owned(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
         });
-        self.wait_ready(mode, hosts);
     }
 
-    fn wait_ready(&mut self, mode: &str, hosts: &[&str]) {
+    /// Waits until the agent's status shows a policy (generation > 0),
+    /// `mode`, and addresses for every name in `hosts`.
+    pub fn wait_ready(&mut self, mode: &str, hosts: &[&str]) {
         let start = Instant::now();
         loop {
             if let Some(p) = self.agent.as_mut() {
@@ -952,16 +961,21 @@ impl Lab {
                             .copied()
                             .filter(|h| dns_addresses(&s, h).is_empty())
                             .collect();
+                        // This agent, not the pins a previous one left
+                        // (which already show a policy and the mode).
+                        let ours = s["agent_pid"].as_u64().map(|p| p as u32) == self.agent_pid();
                         if s["generation"].as_u64().unwrap_or(0) > 0
                             && s["mode"] == mode
                             && missing.is_empty()
+                            && ours
                         {
                             return;
                         }
                         format!(
-                            "generation {}, mode {}, unresolved {missing:?}{}",
+                            "generation {}, mode {}, agent pid {} (ours: {ours}), unresolved {missing:?}{}",
                             s["generation"],
                             s["mode"],
+                            s["agent_pid"],
                             if s["cgroup"].is_null() {
                                 " (no attach record yet: the programs are not attached)"
                             } else {
