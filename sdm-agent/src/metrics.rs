@@ -80,105 +80,112 @@ fn gauge_family(
 }
 
 impl Collector for SdmCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(s) = self.0.snapshot() else {
             return Ok(());
         };
-        let mut packets = Vec::new();
-        let mut bytes = Vec::new();
-        for r in &s.rules {
-            for (dir, c) in [("egress", r.egress), ("ingress", r.ingress)] {
-                let labels = vec![
-                    ("rule", r.name.clone()),
-                    ("direction", dir.to_string()),
-                    ("verdict", "allow".to_string()),
-                ];
-                packets.push((labels.clone(), c.packets));
-                bytes.push((labels, c.bytes));
-            }
-        }
-        counter_family(&mut encoder, "sdm_rule_packets", "Packets allowed by each rule, by direction (replies to an egress rule count under ingress).", &packets)?;
-        counter_family(
-            &mut encoder,
-            "sdm_rule_bytes",
-            "Bytes allowed by each rule, by direction.",
-            &bytes,
-        )?;
-        let denied: Vec<_> = s
-            .denied
-            .iter()
-            .map(|d| {
-                (
-                    vec![
-                        ("direction", d.direction.clone()),
-                        ("reason", d.reason.clone()),
-                        ("mode", d.mode.clone()),
-                    ],
-                    d.packets,
-                )
-            })
-            .collect();
-        counter_family(&mut encoder, "sdm_denied_packets", "Packets denied (dropped in enforce mode, passed and counted in audit mode), by direction, reason and mode.", &denied)?;
-        let denied_bytes: Vec<_> = s
-            .denied
-            .iter()
-            .map(|d| {
-                (
-                    vec![
-                        ("direction", d.direction.clone()),
-                        ("reason", d.reason.clone()),
-                        ("mode", d.mode.clone()),
-                    ],
-                    d.bytes,
-                )
-            })
-            .collect();
-        counter_family(
-            &mut encoder,
-            "sdm_denied_bytes",
-            "Bytes denied, by direction, reason and mode.",
-            &denied_bytes,
-        )?;
-        let addrs: Vec<_> = s
-            .dns
-            .iter()
-            .map(|h| {
-                (
-                    vec![("hostname", h.hostname.clone())],
-                    h.addresses.len() as i64,
-                )
-            })
-            .collect();
-        gauge_family(&mut encoder, "sdm_hostname_addresses", "Addresses currently allowed for each hostname (latest answer plus those in their grace period).", &addrs)?;
-        let failures: Vec<_> = s
-            .dns
-            .iter()
-            .map(|h| (vec![("hostname", h.hostname.clone())], h.failures))
-            .collect();
-        counter_family(
-            &mut encoder,
-            "sdm_dns_failures",
-            "Failed DNS lookups per hostname (the last good answer is kept).",
-            &failures,
-        )?;
-        let modes: Vec<_> = ["audit", "enforce"]
-            .iter()
-            .map(|m| (vec![("mode", m.to_string())], i64::from(s.mode == *m)))
-            .collect();
-        gauge_family(
-            &mut encoder,
-            "sdm_mode",
-            "1 for the mode the kernel programs are in.",
-            &modes,
-        )?;
-        gauge_family(
-            &mut encoder,
-            "sdm_policy_generation",
-            "Policy generation; increases with every applied change.",
-            &[(vec![], i64::from(s.generation))],
-        )?;
-        Ok(())
+        encode_status(&s, encoder)
     }
+}
+
+/// The kernel's metrics for one snapshot of the maps. A free function so
+/// that [`render_snapshot`] renders a given status through exactly the code
+/// that serves `/metrics`.
+fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let mut packets = Vec::new();
+    let mut bytes = Vec::new();
+    for r in &s.rules {
+        for (dir, c) in [("egress", r.egress), ("ingress", r.ingress)] {
+            let labels = vec![
+                ("rule", r.name.clone()),
+                ("direction", dir.to_string()),
+                ("verdict", "allow".to_string()),
+            ];
+            packets.push((labels.clone(), c.packets));
+            bytes.push((labels, c.bytes));
+        }
+    }
+    counter_family(&mut encoder, "sdm_rule_packets", "Packets allowed by each rule, by direction (replies to an egress rule count under ingress).", &packets)?;
+    counter_family(
+        &mut encoder,
+        "sdm_rule_bytes",
+        "Bytes allowed by each rule, by direction.",
+        &bytes,
+    )?;
+    let denied: Vec<_> = s
+        .denied
+        .iter()
+        .map(|d| {
+            (
+                vec![
+                    ("direction", d.direction.clone()),
+                    ("reason", d.reason.clone()),
+                    ("mode", d.mode.clone()),
+                ],
+                d.packets,
+            )
+        })
+        .collect();
+    counter_family(&mut encoder, "sdm_denied_packets", "Packets denied (dropped in enforce mode, passed and counted in audit mode), by direction, reason and mode.", &denied)?;
+    let denied_bytes: Vec<_> = s
+        .denied
+        .iter()
+        .map(|d| {
+            (
+                vec![
+                    ("direction", d.direction.clone()),
+                    ("reason", d.reason.clone()),
+                    ("mode", d.mode.clone()),
+                ],
+                d.bytes,
+            )
+        })
+        .collect();
+    counter_family(
+        &mut encoder,
+        "sdm_denied_bytes",
+        "Bytes denied, by direction, reason and mode.",
+        &denied_bytes,
+    )?;
+    let addrs: Vec<_> = s
+        .dns
+        .iter()
+        .map(|h| {
+            (
+                vec![("hostname", h.hostname.clone())],
+                h.addresses.len() as i64,
+            )
+        })
+        .collect();
+    gauge_family(&mut encoder, "sdm_hostname_addresses", "Addresses currently allowed for each hostname (latest answer plus those in their grace period).", &addrs)?;
+    let failures: Vec<_> = s
+        .dns
+        .iter()
+        .map(|h| (vec![("hostname", h.hostname.clone())], h.failures))
+        .collect();
+    counter_family(
+        &mut encoder,
+        "sdm_dns_failures",
+        "Failed DNS lookups per hostname (the last good answer is kept).",
+        &failures,
+    )?;
+    let modes: Vec<_> = ["audit", "enforce"]
+        .iter()
+        .map(|m| (vec![("mode", m.to_string())], i64::from(s.mode == *m)))
+        .collect();
+    gauge_family(
+        &mut encoder,
+        "sdm_mode",
+        "1 for the mode the kernel programs are in.",
+        &modes,
+    )?;
+    gauge_family(
+        &mut encoder,
+        "sdm_policy_generation",
+        "Policy generation; increases with every applied change.",
+        &[(vec![], i64::from(s.generation))],
+    )?;
+    Ok(())
 }
 
 /// What only the running agent counts.
@@ -278,6 +285,29 @@ pub fn registry_with(source: Source, stats: AgentStats) -> Registry {
     let mut r = registry(source);
     r.register_collector(Box::new(AgentCollector { layout, stats }));
     r
+}
+
+/// A status given rather than read from the maps.
+#[derive(Debug)]
+struct FixedStatus(Status);
+
+impl Collector for FixedStatus {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_status(&self.0, encoder)
+    }
+}
+
+/// What `/metrics` serves when the maps hold `status`: the registry of
+/// [`registry_with`] with the kernel read replaced by `status`, so the text
+/// (family names, `_total` suffixes, labels) is exactly the served one. The
+/// Grafana dashboard's check uses it to know which series exist without a
+/// kernel. `layout` is read only for the kernel's lost-event counter (0 when
+/// nothing is pinned there).
+pub fn render_snapshot(status: Status, layout: Layout, stats: AgentStats) -> String {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(FixedStatus(status)));
+    r.register_collector(Box::new(AgentCollector { layout, stats }));
+    render(&r)
 }
 
 /// Renders the metrics in the Prometheus text format.

@@ -8,6 +8,7 @@
 mod bench;
 mod bpf_linker;
 mod context;
+mod deploy_check;
 mod system;
 mod tasks;
 mod toolchain;
@@ -64,6 +65,9 @@ enum Task {
     },
     /// rustfmt --check and clippy -D warnings (skips the eBPF build).
     Check,
+    /// Validate deploy/: Kubernetes manifests (schemas), the Dockerfile
+    /// (hadolint) and the agent configs there; part of `test`, no root needed.
+    DeployCheck,
     /// Run the benchmarks; write BENCHMARKS.md and target/bench/results.json (needs root).
     Bench {
         /// Every stage for a tiny duration: checks they work, asserts no timing.
@@ -100,6 +104,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Task::Run { release, args } => tasks::run(&Ctx::new(false)?, release, &args),
         Task::Test { release, args } => tasks::test(&Ctx::new(false)?, release, &args),
         Task::Check => tasks::check(&Ctx::new(false)?),
+        Task::DeployCheck => tasks::deploy_check(&Ctx::new(false)?),
         Task::Bench { smoke, out, args } => {
             bench::bench(&Ctx::new(false)?, smoke, out.as_deref(), &args)
         }

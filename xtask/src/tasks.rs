@@ -1,4 +1,4 @@
-//! The subcommands: setup, build, run, test, check.
+//! The subcommands: setup, build, run, test, check, deploy-check.
 
 use std::{ffi::OsString, os::unix::process::CommandExt as _, process::Command};
 
@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use crate::{
     bpf_linker,
     context::{self, describe, Ctx},
-    system, toolchain,
+    deploy_check, system, toolchain,
 };
 
 /// The eBPF crate is built for bpfel-unknown-none by sdm-agent's build.rs;
@@ -100,13 +100,27 @@ pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
         .args(args);
     let privileged = test_step("privileged tests", privileged)?;
 
-    let steps = [unit, privileged];
+    // The agent built above parses the configs the manifests carry.
+    let agent = ctx.target_dir().join(profile(release)).join(AGENT);
+    let deploy = check_step("deploy manifests", || deploy_check::check(ctx, &agent));
+
+    let steps = [unit, privileged, deploy];
     let summary: Vec<String> = steps.iter().map(StepResult::summary).collect();
     println!("xtask: test summary: {}", summary.join("; "));
     if steps.iter().any(|step| step.failure.is_some()) {
         bail!("some tests failed");
     }
     Ok(())
+}
+
+/// The deploy/ checks alone: builds the agent (whose parser checks the
+/// configs there), then validates the manifests, configs and Dockerfile.
+pub fn deploy_check(ctx: &Ctx) -> Result<()> {
+    setup(ctx, Purpose::Build)?;
+    let mut build = ctx.cargo(["build", "--package", AGENT]);
+    build.env_remove("AYA_BUILD_SKIP");
+    context::run(&mut build)?;
+    deploy_check::check(ctx, &ctx.target_dir().join(profile(false)).join(AGENT))
 }
 
 /// rustfmt and clippy over the host crates, without building the eBPF
@@ -166,6 +180,17 @@ fn test_step(name: &'static str, mut cmd: Command) -> Result<StepResult> {
         name,
         failure: (!status.success()).then(|| status.to_string()),
     })
+}
+
+/// Runs a check that is not a `cargo test`; its error is printed and
+/// becomes the step's failure, so the other steps' results still show.
+fn check_step(name: &'static str, check: impl FnOnce() -> Result<()>) -> StepResult {
+    println!("xtask: {name}");
+    let failure = check().err().map(|err| {
+        println!("xtask: {name} failed: {err:#}");
+        "see above".to_owned()
+    });
+    StepResult { name, failure }
 }
 
 /// The folder under the target dir that cargo's profile writes to.
