@@ -374,6 +374,10 @@ pub async fn run(
         gone_since: None,
         last_search: Instant::now(),
     };
+    // Expired learned addresses are removed after the grace period (the
+    // kernel ignores them for new flows as soon as they expire).
+    let mut expire_tick = tokio::time::interval(Duration::from_secs(30));
+    expire_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut follow_tick = tokio::time::interval(TARGET_POLL);
     follow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -412,6 +416,13 @@ pub async fn run(
         let mut m = maps
             .lock()
             .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
+        // In-kernel DNS learning: the names it may learn addresses for, the
+        // resolvers it trusts, and the floor of a learned address's life.
+        let dns_writes = m
+            .apply_dns(&entries::dns_names(&agent.policy), &resolvers)
+            .context("write the DNS learning maps")?;
+        m.set_learn_ttl_min(u32::try_from(config.dns.ttl_min.as_secs()).unwrap_or(u32::MAX))?;
+        tracing::debug!(dns_writes, "DNS learning maps written");
         m.set_loopback(match config.loopback {
             LoopbackMode::Enforce => LOOPBACK_ENFORCE,
             LoopbackMode::Pass => LOOPBACK_PASS,
@@ -506,6 +517,18 @@ pub async fn run(
                         }
                         tracing::error!(error = %format!("{e:#}"), "updating the allowlist failed; the previous policy stays in force");
                     }
+                }
+            }
+            _ = expire_tick.tick() => {
+                let grace = u64::try_from(config.dns.grace.as_nanos()).unwrap_or(u64::MAX);
+                let removed = maps
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("maps lock poisoned"))
+                    .and_then(|mut m| Ok(m.expire_learned(crate::status::monotonic_ns(), grace)?));
+                match removed {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "expired learned addresses removed"),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "removing expired learned addresses failed"),
                 }
             }
             _ = follow_tick.tick() => {

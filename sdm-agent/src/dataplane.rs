@@ -18,7 +18,10 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues,
+        ProgramArray,
+    },
     programs::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
@@ -26,11 +29,13 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sdm_common::{
-    deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, Key4, Key6,
-    RuleName, RuleRef, RuleState, DIR_EGRESS, DIR_INGRESS, KERNEL_MAPS, LAYOUT_VERSION, MAP_CIDR4,
-    MAP_CIDR6, MAP_CONFIG, MAP_DENY_STATS, MAP_EXACT4, MAP_EXACT6, MAP_RULES, MAP_RULE_NAMES,
-    MAP_RULE_STATS, MAP_SOCK_STATE, MAX_RULES, PROG_CONNECT4, PROG_CONNECT6, PROG_EGRESS,
-    PROG_INGRESS, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, REASON_COUNT,
+    deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, DnsHost,
+    HostPortKey, Key4, Key6, Learned, ResolverKey, RuleName, RuleRef, RuleState, DIR_EGRESS,
+    DIR_INGRESS, DNS_RESULT_COUNT, KERNEL_MAPS, LAYOUT_VERSION, MAP_CIDR4, MAP_CIDR6, MAP_CONFIG,
+    MAP_DENY_STATS, MAP_DNS_NAMES, MAP_DNS_PROGS, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4,
+    MAP_EXACT6, MAP_HOST_PORTS, MAP_LEARNED4, MAP_LEARNED6, MAP_RULES, MAP_RULE_NAMES,
+    MAP_RULE_STATS, MAP_SOCK_STATE, MAX_RULES, PROG_CONNECT4, PROG_CONNECT6, PROG_DNS, PROG_DNS_IN,
+    PROG_EGRESS, PROG_INGRESS, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, REASON_COUNT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -151,7 +156,7 @@ pub struct Attachment {
 
 /// Every program, in attach order: the packet filters first (they are the
 /// authority), then the socket hooks that name processes and fail fast.
-pub const ATTACHMENTS: [Attachment; 7] = [
+pub const ATTACHMENTS: [Attachment; 8] = [
     Attachment {
         program: PROG_EGRESS,
         pin: "egress",
@@ -160,6 +165,12 @@ pub const ATTACHMENTS: [Attachment; 7] = [
     Attachment {
         program: PROG_INGRESS,
         pin: "ingress",
+        kind: Kind::Skb(CgroupSkbAttachType::Ingress),
+    },
+    // Learns allowed addresses from DNS answers; always passes.
+    Attachment {
+        program: PROG_DNS_IN,
+        pin: "dns_in",
         kind: Kind::Skb(CgroupSkbAttachType::Ingress),
     },
     Attachment {
@@ -348,6 +359,28 @@ pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
     for a in &ATTACHMENTS {
         load_program(&mut ebpf, a)?;
     }
+    // The DNS answer parser is not attached: the ingress program tail-calls
+    // it through the pinned program array (whose entries live as long as
+    // its pin).
+    let dns = ebpf
+        .program_mut(PROG_DNS)
+        .ok_or_else(|| missing(PROG_DNS))?;
+    let dns = <&mut CgroupSkb>::try_from(dns).map_err(prog_err(PROG_DNS))?;
+    dns.load().map_err(prog_err(PROG_DNS))?;
+    let dns_fd = dns
+        .fd()
+        .map_err(prog_err(PROG_DNS))?
+        .try_clone()
+        .map_err(|e| DataplaneError::Io {
+            op: "dup the fd of",
+            path: PROG_DNS.into(),
+            source: e,
+        })?;
+    let progs = ebpf
+        .map_mut(MAP_DNS_PROGS)
+        .ok_or_else(|| missing(PROG_DNS))?;
+    let mut progs = ProgramArray::try_from(progs).map_err(map_err(MAP_DNS_PROGS))?;
+    progs.set(0, &dns_fd, 0).map_err(map_err(MAP_DNS_PROGS))?;
     // A config created just now is all zeros: audit mode, generation 0.
     let mut maps = Maps::open(layout)?;
     let mut cfg = maps.config()?;
@@ -498,6 +531,20 @@ pub fn detach(layout: &Layout) -> Result<Vec<PathBuf>, DataplaneError> {
     Ok(removed)
 }
 
+fn resolver_key(ip: std::net::IpAddr) -> ResolverKey {
+    let mut addr = [0u8; 16];
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(a) => {
+            addr[..4].copy_from_slice(&a.octets());
+            ResolverKey { addr, v6: 0 }
+        }
+        std::net::IpAddr::V6(a) => ResolverKey {
+            addr: a.octets(),
+            v6: 1,
+        },
+    }
+}
+
 /// Typed handles on the pinned maps.
 pub struct Maps {
     root: PathBuf,
@@ -510,6 +557,12 @@ pub struct Maps {
     rule_stats: PerCpuArray<MapData, Counter>,
     deny_stats: PerCpuArray<MapData, Counter>,
     rule_names: Array<MapData, RuleName>,
+    host_ports: [HashMap<MapData, HostPortKey, u32>; 2],
+    dns_names: HashMap<MapData, u64, DnsHost>,
+    dns_resolvers: HashMap<MapData, ResolverKey, u32>,
+    dns_stats: PerCpuArray<MapData, u64>,
+    learned4: HashMap<MapData, [u8; 4], Learned>,
+    learned6: HashMap<MapData, [u8; 16], Learned>,
     /// What each slot holds, once read or written by us.
     shadow: [Option<Entries>; 2],
 }
@@ -562,6 +615,15 @@ impl Maps {
             rule_stats: typed!(layout, MAP_RULE_STATS),
             deny_stats: typed!(layout, MAP_DENY_STATS),
             rule_names,
+            host_ports: [
+                typed!(layout, MAP_HOST_PORTS[0]),
+                typed!(layout, MAP_HOST_PORTS[1]),
+            ],
+            dns_names: typed!(layout, MAP_DNS_NAMES),
+            dns_resolvers: typed!(layout, MAP_DNS_RESOLVERS),
+            dns_stats: typed!(layout, MAP_DNS_STATS),
+            learned4: typed!(layout, MAP_LEARNED4),
+            learned6: typed!(layout, MAP_LEARNED6),
             shadow: [None, None],
         })
     }
@@ -589,6 +651,114 @@ impl Maps {
         let mut cfg = self.config()?;
         cfg.loopback = loopback;
         self.write_config(&cfg)
+    }
+
+    /// The floor of a learned address's lifetime, in seconds.
+    pub fn set_learn_ttl_min(&mut self, secs: u32) -> Result<(), DataplaneError> {
+        let mut cfg = self.config()?;
+        cfg.learn_ttl_min_s = secs;
+        self.write_config(&cfg)
+    }
+
+    /// Makes `SDM_DNS_NAMES` hold exactly `names` (name key -> host id) and
+    /// `SDM_DNS_RESOLV` exactly `resolvers`. Returns the writes.
+    pub fn apply_dns(
+        &mut self,
+        names: &BTreeMap<u64, u32>,
+        resolvers: &[std::net::IpAddr],
+    ) -> Result<usize, DataplaneError> {
+        let mut writes = 0;
+        let mut have = BTreeMap::new();
+        for kv in self.dns_names.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_DNS_NAMES))?;
+            have.insert(k, v.host);
+        }
+        let d = diff(&have, names);
+        for (k, host) in &d.upsert {
+            self.dns_names
+                .insert(
+                    k,
+                    DnsHost {
+                        host: *host,
+                        _pad: 0,
+                    },
+                    0,
+                )
+                .map_err(map_err(MAP_DNS_NAMES))?;
+        }
+        for k in &d.remove {
+            self.dns_names.remove(k).map_err(map_err(MAP_DNS_NAMES))?;
+        }
+        writes += d.upsert.len() + d.remove.len();
+        let want: BTreeMap<ResolverKey, u32> =
+            resolvers.iter().map(|ip| (resolver_key(*ip), 1)).collect();
+        let mut have = BTreeMap::new();
+        for kv in self.dns_resolvers.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_DNS_RESOLVERS))?;
+            have.insert(k, v);
+        }
+        let d = diff(&have, &want);
+        for (k, v) in &d.upsert {
+            self.dns_resolvers
+                .insert(k, v, 0)
+                .map_err(map_err(MAP_DNS_RESOLVERS))?;
+        }
+        for k in &d.remove {
+            self.dns_resolvers
+                .remove(k)
+                .map_err(map_err(MAP_DNS_RESOLVERS))?;
+        }
+        Ok(writes + d.upsert.len() + d.remove.len())
+    }
+
+    /// Answers the DNS parser counted, by `DNS_RESULT_*`, summed over CPUs.
+    pub fn dns_stats(&self) -> Result<[u64; DNS_RESULT_COUNT as usize], DataplaneError> {
+        let mut out = [0; DNS_RESULT_COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let v = self
+                .dns_stats
+                .get(&(i as u32), 0)
+                .map_err(map_err(MAP_DNS_STATS))?;
+            *slot = v.iter().fold(0u64, |a, b| a.saturating_add(*b));
+        }
+        Ok(out)
+    }
+
+    /// Addresses learned from DNS answers: (address, host id, expiry in
+    /// CLOCK_MONOTONIC ns).
+    pub fn learned(&self) -> Result<Vec<(std::net::IpAddr, u32, u64)>, DataplaneError> {
+        let mut out = Vec::new();
+        for kv in self.learned4.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_LEARNED4))?;
+            out.push((std::net::IpAddr::from(k), v.host, v.expires_ns));
+        }
+        for kv in self.learned6.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_LEARNED6))?;
+            out.push((std::net::IpAddr::from(k), v.host, v.expires_ns));
+        }
+        Ok(out)
+    }
+
+    /// Removes learned addresses that expired more than `grace` ago. The
+    /// kernel already ignores them for new flows; connections opened
+    /// earlier keep their socket's cached verdict either way. Returns how
+    /// many were removed.
+    pub fn expire_learned(&mut self, now_ns: u64, grace_ns: u64) -> Result<usize, DataplaneError> {
+        let mut removed = 0;
+        for (addr, _, expires) in self.learned()? {
+            if expires.saturating_add(grace_ns) >= now_ns {
+                continue;
+            }
+            let r = match addr {
+                std::net::IpAddr::V4(a) => self.learned4.remove(&a.octets()),
+                std::net::IpAddr::V6(a) => self.learned6.remove(&a.octets()),
+            };
+            // Gone already (LRU eviction) is fine.
+            if r.is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Rule ids and names recorded in the pinned names map.
@@ -724,6 +894,10 @@ impl Maps {
             let (k, v) = kv.map_err(map_err(MAP_CIDR6[slot]))?;
             e.cidr6.insert((k.prefix_len(), k.data()), v.rule);
         }
+        for kv in self.host_ports[slot].iter() {
+            let (k, v) = kv.map_err(map_err(MAP_HOST_PORTS[slot]))?;
+            e.host_ports.insert(k, v);
+        }
         for id in 0..MAX_RULES {
             let s = self
                 .rules
@@ -816,6 +990,19 @@ impl Maps {
             self.cidr6[idle]
                 .remove(&LpmKey::new(*plen, *k))
                 .map_err(map_err(MAP_CIDR6[idle]))?;
+        }
+        writes += d.upsert.len() + d.remove.len();
+
+        let d = diff(&have.host_ports, &want.host_ports);
+        for (k, v) in &d.upsert {
+            self.host_ports[idle]
+                .insert(k, v, 0)
+                .map_err(map_err(MAP_HOST_PORTS[idle]))?;
+        }
+        for k in &d.remove {
+            self.host_ports[idle]
+                .remove(k)
+                .map_err(map_err(MAP_HOST_PORTS[idle]))?;
         }
         writes += d.upsert.len() + d.remove.len();
 

@@ -9,8 +9,8 @@ use std::{
 
 use ipnet::IpNet;
 use sdm_common::{
-    Cidr4, Cidr6, Key4, Key6, CIDR_HEADER_BITS, DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP, PROTO_UDP,
+    dns_host_id, dns_name_key, Cidr4, Cidr6, HostPortKey, Key4, Key6, CIDR_HEADER_BITS, DIR_EGRESS,
+    DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::policy::{Direction, Policy, Proto, Rule, Target};
@@ -27,13 +27,21 @@ pub struct Entries {
     pub exact6: BTreeMap<Key6, u32>,
     pub cidr4: BTreeMap<Cidr4Entry, u32>,
     pub cidr6: BTreeMap<Cidr6Entry, u32>,
+    /// (hostname's host id, port, protocol, direction) -> rule: what an
+    /// address learned in the kernel from a DNS answer for that hostname
+    /// may reach.
+    pub host_ports: BTreeMap<HostPortKey, u32>,
     /// Rule ids live in this slot.
     pub rules: BTreeSet<u32>,
 }
 
 impl Entries {
     pub fn len(&self) -> usize {
-        self.exact4.len() + self.exact6.len() + self.cidr4.len() + self.cidr6.len()
+        self.exact4.len()
+            + self.exact6.len()
+            + self.cidr4.len()
+            + self.cidr6.len()
+            + self.host_ports.len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -112,12 +120,50 @@ pub fn build<'a>(
                     for addr in resolved(h) {
                         add_net(&mut out, rule, id, IpNet::from(*addr));
                     }
+                    if let Some((key, _)) = dns_name_key(h) {
+                        add_host_ports(&mut out, rule, id, dns_host_id(key));
+                    }
                 }
                 Target::Cidr(net) => add_net(&mut out, rule, id, *net),
             }
         }
     }
     out
+}
+
+fn add_host_ports(out: &mut Entries, rule: &Rule, id: u32, host: u32) {
+    let dir = dir_code(rule.direction);
+    for proto in &rule.protos {
+        for range in &rule.ports {
+            for port in range.iter() {
+                // Both address families: the learned address says which.
+                for v6 in [false, true] {
+                    let key = HostPortKey {
+                        host,
+                        port,
+                        proto: proto_code(*proto, v6),
+                        dir,
+                    };
+                    out.host_ports.entry(key).or_insert(id);
+                }
+            }
+        }
+    }
+}
+
+/// The hostnames of a policy, as the kernel matches DNS questions: name key
+/// -> host id (`SDM_DNS_NAMES`), wildcards (`*.example.com`) included.
+pub fn dns_names(policy: &Policy) -> BTreeMap<u64, u32> {
+    policy
+        .rules
+        .iter()
+        .flat_map(|r| r.targets.iter())
+        .filter_map(|t| match t {
+            Target::Host(h) => dns_name_key(h),
+            Target::Cidr(_) => None,
+        })
+        .map(|(key, _)| (key, dns_host_id(key)))
+        .collect()
 }
 
 fn add_net(out: &mut Entries, rule: &Rule, id: u32, net: IpNet) {

@@ -430,6 +430,8 @@ mod tests {
                 bytes: 700,
             }],
             dns: vec![],
+            dns_answers: Default::default(),
+            learned: vec![],
         }
     }
 

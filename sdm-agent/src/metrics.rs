@@ -2,6 +2,7 @@
 //! is copied or cached in between, so a scrape is always the truth), plus
 //! the agent's own counters ([`AgentStats`]). `crate::http` serves them.
 
+use std::collections::BTreeMap;
 use std::sync::{
     atomic::{AtomicU64, Ordering},
     Arc, Mutex,
@@ -178,6 +179,33 @@ fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::
         "sdm_mode",
         "1 for the mode the kernel programs are in.",
         &modes,
+    )?;
+    let answers: Vec<_> = s
+        .dns_answers
+        .iter()
+        .map(|(result, n)| (vec![("result", result.clone())], *n))
+        .collect();
+    counter_family(
+        &mut encoder,
+        "sdm_dns_answers",
+        "DNS answers from trusted resolvers handled by the kernel's parser, by result: learned (addresses allowed before the answer reached the application), not_allowed (a name no rule names), unasked (no matching query), malformed, error_rcode, no_address, truncated, not_resolver (port 53 traffic from a server that is not a trusted resolver).",
+        &answers,
+    )?;
+    let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
+    for l in &s.learned {
+        *per_host
+            .entry(l.hostname.clone().unwrap_or_else(|| "unknown".into()))
+            .or_default() += 1;
+    }
+    let learned: Vec<_> = per_host
+        .into_iter()
+        .map(|(h, n)| (vec![("hostname", h)], n))
+        .collect();
+    gauge_family(
+        &mut encoder,
+        "sdm_dns_learned_addresses",
+        "Addresses learned in the kernel from DNS answers and not expired, per hostname.",
+        &learned,
     )?;
     gauge_family(
         &mut encoder,

@@ -111,6 +111,34 @@ pub struct Status {
     pub rules: Vec<RuleStatus>,
     pub denied: Vec<DenyStatus>,
     pub dns: Vec<HostReport>,
+    /// Answers the kernel's DNS parser handled, by result
+    /// (`sdm_common::DNS_RESULT_NAMES`).
+    #[serde(default)]
+    pub dns_answers: BTreeMap<String, u64>,
+    /// Addresses the kernel learned from DNS answers and still allows.
+    #[serde(default)]
+    pub learned: Vec<LearnedStatus>,
+}
+
+/// An address learned in the kernel from a DNS answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LearnedStatus {
+    pub address: std::net::IpAddr,
+    /// The policy hostname (or `*.wildcard`) the answer was for.
+    pub hostname: Option<String>,
+    /// Seconds until new connections to it are no longer allowed.
+    pub expires_in_secs: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the kernel's bpf_ktime_get_ns clock.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
 pub fn mode_name(mode: u32) -> &'static str {
@@ -225,6 +253,39 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
             }
         }
     }
+    let dns_answers = maps
+        .dns_stats()?
+        .iter()
+        .zip(sdm_common::DNS_RESULT_NAMES)
+        .map(|(n, name)| (name.to_string(), *n))
+        .collect();
+    // Host ids back to the hostnames of the recorded policy.
+    let host_names: BTreeMap<u32, String> = state
+        .as_ref()
+        .map(|s| {
+            s.rules
+                .iter()
+                .flat_map(|r| r.targets.iter())
+                .filter_map(|t| match t {
+                    crate::policy::Target::Host(h) => sdm_common::dns_name_key(h)
+                        .map(|(k, _)| (sdm_common::dns_host_id(k), h.clone())),
+                    crate::policy::Target::Cidr(_) => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = monotonic_ns();
+    let mut learned: Vec<LearnedStatus> = maps
+        .learned()?
+        .into_iter()
+        .filter(|(_, _, expires)| *expires > now)
+        .map(|(address, host, expires)| LearnedStatus {
+            address,
+            hostname: host_names.get(&host).cloned(),
+            expires_in_secs: (expires - now) / 1_000_000_000,
+        })
+        .collect();
+    learned.sort_by(|a, b| (&a.hostname, a.address).cmp(&(&b.hostname, b.address)));
     let record = AttachRecord::read(layout);
     let agent_pid = state
         .as_ref()
@@ -246,6 +307,8 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         rules,
         denied,
         dns: state.map(|s| s.dns).unwrap_or_default(),
+        dns_answers,
+        learned,
     })
 }
 

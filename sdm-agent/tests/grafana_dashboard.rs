@@ -19,7 +19,7 @@ use sdm_agent::{
     dataplane::Layout,
     metrics::{self, AgentStats},
     resolver::HostReport,
-    status::{Count, DenyStatus, RuleStatus, Status},
+    status::{Count, DenyStatus, LearnedStatus, RuleStatus, Status},
 };
 use serde_json::Value;
 
@@ -78,6 +78,14 @@ fn sample_status() -> Status {
             last_error: None,
             next_refresh_secs: 30,
             resolved: true,
+        }],
+        dns_answers: [("learned".to_string(), 3), ("unasked".to_string(), 1)]
+            .into_iter()
+            .collect(),
+        learned: vec![LearnedStatus {
+            address: "192.0.2.11".parse().unwrap(),
+            hostname: Some("app.strongdm.com".into()),
+            expires_in_secs: 60,
         }],
     }
 }

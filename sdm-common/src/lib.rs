@@ -24,6 +24,23 @@ pub const MAP_EVENT_SEEN: &str = "SDM_EVENT_SEEN";
 /// Per-CPU [`EventBudget`]: caps events per CPU per second, whatever the
 /// number of flows.
 pub const MAP_EVENT_BUDGET: &str = "SDM_EVENT_BUDGT";
+/// DNS learning (see `sdm-ebpf/src/dns.rs`): name key -> [`DnsHost`].
+pub const MAP_DNS_NAMES: &str = "SDM_DNS_NAMES";
+/// The resolvers whose answers are trusted: [`ResolverKey`] -> 1.
+pub const MAP_DNS_RESOLVERS: &str = "SDM_DNS_RESOLV";
+/// Queries seen on their way out: [`DnsQueryKey`] -> time (ns).
+pub const MAP_DNS_PENDING: &str = "SDM_DNS_PEND";
+/// Per-CPU parser state and a copy of the answer: [`DnsScratch`].
+pub const MAP_DNS_SCRATCH: &str = "SDM_DNS_SCRATCH";
+/// Per-CPU answer counters, indexed by `DNS_RESULT_*`.
+pub const MAP_DNS_STATS: &str = "SDM_DNS_STATS";
+/// The DNS answer parser, tail-called from the ingress program.
+pub const MAP_DNS_PROGS: &str = "SDM_DNS_PROGS";
+/// Addresses learned from answers: address -> [`Learned`].
+pub const MAP_LEARNED4: &str = "SDM_LEARNED4";
+pub const MAP_LEARNED6: &str = "SDM_LEARNED6";
+/// (host id, port, protocol, direction) -> rule, per policy slot.
+pub const MAP_HOST_PORTS: [&str; 2] = ["SDM_HOSTPORT_0", "SDM_HOSTPORT_1"];
 /// Created and used by the agent only: rule id -> rule name, so ids (and
 /// with them the counters) survive agent restarts.
 pub const MAP_RULE_NAMES: &str = "SDM_RULE_NAMES";
@@ -36,9 +53,24 @@ pub const PROG_CONNECT4: &str = "sdm_connect4";
 pub const PROG_CONNECT6: &str = "sdm_connect6";
 pub const PROG_SENDMSG4: &str = "sdm_sendmsg4";
 pub const PROG_SENDMSG6: &str = "sdm_sendmsg6";
+/// Hands DNS answers from trusted resolvers to the parser; attached to
+/// ingress beside `sdm_ingress`, always passes.
+pub const PROG_DNS_IN: &str = "sdm_dns_in";
+/// The DNS answer parser: not attached, tail-called through `SDM_DNS_PROGS`.
+pub const PROG_DNS: &str = "sdm_dns";
 
 /// Every map the kernel programs declare, for pinning.
-pub const KERNEL_MAPS: [&str; 16] = [
+pub const KERNEL_MAPS: [&str; 26] = [
+    MAP_DNS_NAMES,
+    MAP_DNS_RESOLVERS,
+    MAP_DNS_PENDING,
+    MAP_DNS_SCRATCH,
+    MAP_DNS_STATS,
+    MAP_DNS_PROGS,
+    MAP_LEARNED4,
+    MAP_LEARNED6,
+    MAP_HOST_PORTS[0],
+    MAP_HOST_PORTS[1],
     MAP_EVENTS,
     MAP_EVENT_STATS,
     MAP_EVENT_SEEN,
@@ -86,7 +118,207 @@ pub const MAX_CIDR_ENTRIES: u32 = 16_384;
 pub const MAX_RULES: u32 = 1024;
 /// Bumped whenever a map's key, value or capacity changes: an agent refuses
 /// to adopt pinned maps of another layout instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
+
+/// DNS learning capacities and limits.
+pub const MAX_DNS_NAMES: u32 = 4096;
+pub const MAX_DNS_RESOLVERS: u32 = 64;
+pub const DNS_PENDING_ENTRIES: u32 = 16_384;
+pub const LEARNED_ENTRIES: u32 = 65_536;
+pub const MAX_HOST_PORTS: u32 = 65_536;
+/// Bytes of a DNS message the parser sees (a power of two); the rest of a
+/// longer answer is not read.
+pub const DNS_BUF: usize = 2048;
+/// Labels of a question name the policy match looks at.
+pub const DNS_MAX_LABELS: usize = 32;
+/// CNAME chain: the question and up to three aliases.
+pub const DNS_CHAIN: usize = 4;
+/// A query's answer is accepted this long after the query.
+pub const DNS_PENDING_NS: u64 = 30_000_000_000;
+/// Learned addresses live at most this long, whatever the TTL.
+pub const LEARN_TTL_MAX_S: u32 = 86_400;
+/// `SDM_DNS_STATS` indexes: what an answer from an allowed resolver taught.
+pub const DNS_RESULT_LEARNED: u32 = 0;
+pub const DNS_RESULT_NOT_ALLOWED: u32 = 1;
+pub const DNS_RESULT_UNASKED: u32 = 2;
+pub const DNS_RESULT_MALFORMED: u32 = 3;
+pub const DNS_RESULT_ERROR_RCODE: u32 = 4;
+pub const DNS_RESULT_NO_ADDRESS: u32 = 5;
+pub const DNS_RESULT_TRUNCATED: u32 = 6;
+pub const DNS_RESULT_NOT_RESOLVER: u32 = 7;
+pub const DNS_RESULT_COUNT: u32 = 8;
+pub const DNS_RESULT_NAMES: [&str; DNS_RESULT_COUNT as usize] = [
+    "learned",
+    "not_allowed",
+    "unasked",
+    "malformed",
+    "error_rcode",
+    "no_address",
+    "truncated",
+    "not_resolver",
+];
+
+/// Name hashing shared by the kernel parser and the agent: FNV-1a over the
+/// lower-cased bytes of each label, then the labels folded from the last
+/// (the TLD) to the first, so that every suffix of a name has its own key
+/// and `*.example.com` is the key of `example.com` tagged as a wildcard.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+pub const DNS_NAME_SEED: u64 = 0x736d_6465_6772_6573;
+pub const DNS_WILDCARD_TAG: u64 = 0x2a2e_7769_6c64_6361;
+
+#[inline(always)]
+pub const fn fnv_step(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+#[inline(always)]
+pub const fn dns_lower(b: u8) -> u8 {
+    if b >= b'A' && b <= b'Z' {
+        b + 32
+    } else {
+        b
+    }
+}
+
+/// Folds one more label (to the left) into a suffix key.
+#[inline(always)]
+pub const fn dns_fold(acc: u64, label_hash: u64) -> u64 {
+    (acc ^ label_hash)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .rotate_left(31)
+}
+
+/// The host id a name key stands for in `SDM_HOST_PORTS` (never 0).
+#[inline(always)]
+pub const fn dns_host_id(key: u64) -> u32 {
+    ((key ^ (key >> 32)) as u32) | 1
+}
+
+/// The key of a hostname as written in a config (`db.example.com`, or
+/// `*.example.com`), and whether it is a wildcard; `None` for names the
+/// kernel cannot match (empty labels, more than `DNS_MAX_LABELS` labels).
+pub fn dns_name_key(name: &str) -> Option<(u64, bool)> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let (name, wildcard) = match name.strip_prefix("*.") {
+        Some(rest) => (rest, true),
+        None => (name, false),
+    };
+    let labels = name.split('.').count();
+    if name.is_empty() || labels > DNS_MAX_LABELS - usize::from(wildcard) {
+        return None;
+    }
+    let mut acc = DNS_NAME_SEED;
+    for label in name.rsplit('.') {
+        if label.is_empty() || label.len() > 63 {
+            return None;
+        }
+        let mut h = FNV_OFFSET;
+        for b in label.bytes() {
+            h = fnv_step(h, dns_lower(b));
+        }
+        acc = dns_fold(acc, h);
+    }
+    Some(if wildcard {
+        (acc ^ DNS_WILDCARD_TAG, true)
+    } else {
+        (acc, false)
+    })
+}
+
+/// Value of `SDM_DNS_NAMES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsHost {
+    pub host: u32,
+    pub _pad: u32,
+}
+
+/// Key of `SDM_DNS_RESOLVERS`: IPv4 in the first four bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResolverKey {
+    pub addr: [u8; 16],
+    pub v6: u32,
+}
+
+/// Key of `SDM_DNS_PENDING`: a query to `resolver` from local `port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsQueryKey {
+    pub resolver: [u8; 16],
+    pub port: u16,
+    pub id: u16,
+    pub proto: u8,
+    pub v6: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `SDM_LEARNED4/6`: which allowed hostname the address was an
+/// answer for, and until when (CLOCK_MONOTONIC ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    pub host: u32,
+    pub _pad: u32,
+    pub expires_ns: u64,
+}
+
+/// Key of `SDM_HOST_PORTS_*`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPortKey {
+    pub host: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub dir: u8,
+}
+
+/// The DNS parser's per-CPU state between tail calls, and its copy of the
+/// message.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsScratch {
+    pub buf: [u8; DNS_BUF],
+    pub labels: [u64; DNS_MAX_LABELS],
+    pub chain: [u64; DNS_CHAIN],
+    pub resolver: [u8; 16],
+    /// Bytes of `buf` in use.
+    pub len: u32,
+    pub stage: u32,
+    /// Where the next record (or CNAME target) starts.
+    pub pos: u32,
+    /// After a CNAME target: where the next record starts.
+    pub next: u32,
+    pub answers_left: u32,
+    pub chain_len: u32,
+    pub host: u32,
+    pub calls: u32,
+    pub learned: u32,
+    pub local_port: u32,
+    pub v6: u32,
+    pub proto: u32,
+    /// 1 when the message was longer than `DNS_BUF` (its tail is not read).
+    pub truncated: u32,
+    /// The name walker's state, kept in this map value rather than in
+    /// registers: the verifier then sees unknown values instead of a
+    /// different constant on every path, and prunes the loop's states.
+    pub w_pos: u32,
+    pub w_limit: u32,
+    pub w_end: u32,
+    pub w_jumped: u32,
+    pub w_remaining: u32,
+    pub w_labels: u32,
+    pub w_total: u32,
+    /// 0 walking, 1 done, 2 failed.
+    pub w_state: u32,
+    /// 1 if compression pointers are allowed in this name.
+    pub w_pointers: u32,
+    /// Steps the current walk may still take.
+    pub w_steps_left: u32,
+    pub w_hash: u64,
+    pub w_label: u64,
+}
 
 /// Directions, as stored in keys and counters.
 pub const DIR_EGRESS: u8 = 0;
@@ -153,7 +385,9 @@ pub struct Config {
     pub log_verdicts: u32,
     /// `LAYOUT_VERSION` of the agent that created the maps.
     pub layout: u32,
-    pub _pad: u32,
+    /// Floor, in seconds, of the lifetime of an address learned from a DNS
+    /// answer (`[dns] ttl_min`): a 0-TTL answer still lets its connect through.
+    pub learn_ttl_min_s: u32,
     /// Hash of the eBPF object the pinned links run, so a restarted agent
     /// knows whether it can adopt them as they are.
     pub object_hash: u64,
@@ -335,6 +569,11 @@ mod pod {
     unsafe impl aya::Pod for DenyEvent {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowSeen {}
+    unsafe impl aya::Pod for DnsHost {}
+    unsafe impl aya::Pod for ResolverKey {}
+    unsafe impl aya::Pod for DnsQueryKey {}
+    unsafe impl aya::Pod for Learned {}
+    unsafe impl aya::Pod for HostPortKey {}
     unsafe impl aya::Pod for EventBudget {}
     use super::*;
     // SAFETY: all of these are repr(C), made of integers and byte arrays,

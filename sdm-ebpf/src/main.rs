@@ -64,6 +64,8 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockContext},
 };
 use aya_log_ebpf::info;
+
+mod dns;
 use sdm_common::{
     deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, DenyEvent,
     EventBudget, FlowKey, FlowSeen, Key4, Key6, RuleRef, RuleState, SockState, CIDR_HEADER_BITS,
@@ -155,6 +157,8 @@ struct Flow {
     remote_port: u16,
     /// Local port, or the ICMP type.
     local_port: u16,
+    /// Offset of the transport header (0 where there is no packet).
+    l4_off: u32,
 }
 
 /// Why a packet could not be judged by the allowlist.
@@ -204,6 +208,9 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
             && rule_active(slot, st.rule)
         {
             count_rule(st.rule, dir, len);
+            if dir == DIR_EGRESS {
+                dns::note_query(ctx, &flow);
+            }
             return PASS;
         }
     }
@@ -222,6 +229,9 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
                 ctx,
                 "allow dir={} proto={} port={} rule={}", dir, flow.proto, port, rule
             );
+        }
+        if dir == DIR_EGRESS {
+            dns::note_query(ctx, &flow);
         }
         return PASS;
     }
@@ -438,6 +448,13 @@ fn submit_event(ev: *mut DenyEvent) {
     bump(EVENT_STAT_SENT);
 }
 
+/// Atomic `*p += v` (see the crate's `core_intrinsics` note).
+#[inline(always)]
+fn atomic_add_u64(p: *mut u64, v: u64) {
+    // SAFETY: callers pass valid map value pointers.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(c) = EVENT_STATS.get_ptr_mut(index) {
@@ -581,6 +598,7 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
         local: [0; 16],
         remote_port,
         local_port,
+        l4_off: 0,
     };
     let slot = config.generation & 1;
     if lookup(slot, &flow, DIR_EGRESS, remote_port).is_some() {
@@ -753,7 +771,10 @@ fn lookup(slot: u32, flow: &Flow, dir: u8, port: u16) -> Option<u32> {
                 addr: flow.remote,
             },
         );
-        trie.get(&key).map(|r| r.rule)
+        if let Some(r) = trie.get(&key) {
+            return Some(r.rule);
+        }
+        dns::learned_rule(slot, flow, dir, port)
     } else {
         let addr = [
             flow.remote[0],
@@ -782,7 +803,10 @@ fn lookup(slot: u32, flow: &Flow, dir: u8, port: u16) -> Option<u32> {
                 addr,
             },
         );
-        trie.get(&key).map(|r| r.rule)
+        if let Some(r) = trie.get(&key) {
+            return Some(r.rule);
+        }
+        dns::learned_rule(slot, flow, dir, port)
     }
 }
 
@@ -972,6 +996,7 @@ fn transport(
         local,
         remote_port,
         local_port,
+        l4_off: off as u32,
     })
 }
 

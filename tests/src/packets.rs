@@ -118,3 +118,143 @@ pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, exts: &[Ext], l4: &[u8]) ->
     p.extend_from_slice(&body);
     p
 }
+
+/// A UDP header (length filled in, checksum zero) followed by `payload`.
+pub fn udp(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut h = l4(UDP, src_port, dst_port);
+    h[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// A TCP header (ACK|PSH) followed by a DNS message with its 2-byte length
+/// prefix, as DNS over TCP sends it (RFC 1035 4.2.2).
+pub fn tcp_dns(src_port: u16, dst_port: u16, msg: &[u8]) -> Vec<u8> {
+    let mut h = l4(TCP, src_port, dst_port);
+    h[13] = 0x18;
+    h.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    h.extend_from_slice(msg);
+    h
+}
+
+/// A name in DNS wire format (labels, then the root's zero byte).
+pub fn dns_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+/// A compression pointer to offset `off` of the message (RFC 1035 4.1.4).
+pub fn dns_ptr(off: u16) -> Vec<u8> {
+    vec![0xc0 | (off >> 8) as u8, off as u8]
+}
+
+/// A resource record; `name` is wire format and may hold pointers.
+#[derive(Clone)]
+pub struct Rr {
+    pub name: Vec<u8>,
+    pub rtype: u16,
+    pub class: u16,
+    pub ttl: u32,
+    pub rdata: Vec<u8>,
+}
+
+pub const DNS_A: u16 = 1;
+pub const DNS_CNAME: u16 = 5;
+pub const DNS_AAAA: u16 = 28;
+
+impl Rr {
+    pub fn a(name: Vec<u8>, ttl: u32, addr: Ipv4Addr) -> Self {
+        Self {
+            name,
+            rtype: DNS_A,
+            class: 1,
+            ttl,
+            rdata: addr.octets().to_vec(),
+        }
+    }
+    pub fn aaaa(name: Vec<u8>, ttl: u32, addr: Ipv6Addr) -> Self {
+        Self {
+            name,
+            rtype: DNS_AAAA,
+            class: 1,
+            ttl,
+            rdata: addr.octets().to_vec(),
+        }
+    }
+    pub fn cname(name: Vec<u8>, ttl: u32, target: Vec<u8>) -> Self {
+        Self {
+            name,
+            rtype: DNS_CNAME,
+            class: 1,
+            ttl,
+            rdata: target,
+        }
+    }
+}
+
+/// A DNS message: header, questions (wire name, type; class IN), answers.
+#[derive(Clone)]
+pub struct DnsMsg {
+    pub id: u16,
+    pub flags: u16,
+    pub questions: Vec<(Vec<u8>, u16)>,
+    pub answers: Vec<Rr>,
+}
+
+/// Flags of a plain answer: QR, RD, RA, RCODE 0.
+pub const DNS_RESPONSE: u16 = 0x8180;
+/// Flags of a query: RD.
+pub const DNS_QUERY: u16 = 0x0100;
+
+impl DnsMsg {
+    pub fn query(id: u16, name: &str, qtype: u16) -> Self {
+        Self {
+            id,
+            flags: DNS_QUERY,
+            questions: vec![(dns_name(name), qtype)],
+            answers: vec![],
+        }
+    }
+
+    /// The answer to [`DnsMsg::query`] with these records.
+    pub fn answer(id: u16, name: &str, qtype: u16, answers: Vec<Rr>) -> Self {
+        Self {
+            id,
+            flags: DNS_RESPONSE,
+            questions: vec![(dns_name(name), qtype)],
+            answers,
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&self.id.to_be_bytes());
+        m.extend_from_slice(&self.flags.to_be_bytes());
+        m.extend_from_slice(&(self.questions.len() as u16).to_be_bytes());
+        m.extend_from_slice(&(self.answers.len() as u16).to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        for (name, qtype) in &self.questions {
+            m.extend_from_slice(name);
+            m.extend_from_slice(&qtype.to_be_bytes());
+            m.extend_from_slice(&1u16.to_be_bytes());
+        }
+        for rr in &self.answers {
+            m.extend_from_slice(&rr.name);
+            m.extend_from_slice(&rr.rtype.to_be_bytes());
+            m.extend_from_slice(&rr.class.to_be_bytes());
+            m.extend_from_slice(&rr.ttl.to_be_bytes());
+            m.extend_from_slice(&(rr.rdata.len() as u16).to_be_bytes());
+            m.extend_from_slice(&rr.rdata);
+        }
+        m
+    }
+}

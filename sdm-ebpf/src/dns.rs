@@ -1,0 +1,723 @@
+//! Learning allowed addresses from DNS answers, in the kernel, before the
+//! answer reaches the application: closes the race between an answer with
+//! an address the agent has not resolved yet and the application's first
+//! SYN to it, without a proxy and without the agent being alive.
+//!
+//! Order of events:
+//!
+//!  1. Egress, a packet the policy allows to a trusted resolver
+//!     (`SDM_DNS_RESOLV`) on port 53 (UDP, or the first segment of a TCP
+//!     query): the query is noted in `SDM_DNS_PEND` by (resolver, local
+//!     port, DNS id, protocol).
+//!  2. Ingress (`sdm_dns_in`, attached beside `sdm_ingress`), a packet from
+//!     a trusted resolver's port 53: its payload (at most `DNS_BUF` bytes; for TCP, a whole message in one
+//!     segment) is copied into the per-CPU `SDM_DNS_SCRATCH`, and the
+//!     parser `sdm_dns` is tail-called. It returns PASS in every case: the
+//!     packet was allowed before it got here, and a parse failure must not
+//!     turn into a drop.
+//!  3. `sdm_dns`, stage QUESTION: a response (QR), opcode QUERY, RCODE 0,
+//!     one question, to a query noted in 1 within `DNS_PENDING_NS`; the
+//!     question name (no compression) is matched against `SDM_DNS_NAMES`:
+//!     exact name first, else the longest `*.suffix`. Anything else teaches
+//!     nothing and is counted by its result (`SDM_DNS_STATS`).
+//!  4. Stage OWNER, once per answer record: the owner name (compression
+//!     pointers followed, each to an earlier offset than the last, at most
+//!     `DNS_MAX_STEPS` bytes and pointers) is compared with the CNAME chain
+//!     (the question and the aliases seen so far, as hashes of the
+//!     lower-cased wire names). An A or AAAA record on the chain is learned:
+//!     `SDM_LEARNED4/6[address] = (host, now + max(TTL, floor))`. A CNAME on
+//!     the chain adds its target (stage CNAME). Other records are skipped.
+//!  5. Each record is one tail call (the verifier sees one bounded name walk
+//!     per program run); the kernel's limit of 33 tail calls bounds the
+//!     records read (`truncated` beyond).
+//!
+//! `lookup` in main.rs consults the learned addresses after the exact and
+//! CIDR allowlists: a learned, unexpired address allows the ports of its
+//! hostname's rules (`SDM_HOSTPORT_<slot>`). Existing connections keep their
+//! socket's cached verdict after expiry; only new flows see the expiry.
+//!
+//! Kernel behaviour relied on: a cgroup_skb ingress program runs before the
+//! packet is queued to the socket (`sk_filter_trim_cap` -> `BPF_CGROUP_RUN_PROG_INET_INGRESS`,
+//! https://github.com/torvalds/linux/blob/v6.18/net/core/filter.c), so the
+//! map update is visible before the application can read the answer; tail
+//! calls keep the program's context and verdict
+//! (https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/core.c,
+//! `MAX_TAIL_CALL_CNT`).
+
+use core::ptr;
+
+use aya_ebpf::{
+    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_tail_call},
+    macros::{cgroup_skb, map},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    programs::SkBuffContext,
+};
+use sdm_common::{
+    dns_fold, dns_lower, fnv_step, Config, DnsHost, DnsQueryKey, DnsScratch, HostPortKey, Learned,
+    ResolverKey, DNS_BUF, DNS_CHAIN, DNS_MAX_LABELS, DNS_NAME_SEED, DNS_PENDING_ENTRIES,
+    DNS_PENDING_NS, DNS_RESULT_COUNT, DNS_RESULT_ERROR_RCODE, DNS_RESULT_LEARNED,
+    DNS_RESULT_MALFORMED, DNS_RESULT_NOT_ALLOWED, DNS_RESULT_NOT_RESOLVER, DNS_RESULT_NO_ADDRESS,
+    DNS_RESULT_TRUNCATED, DNS_RESULT_UNASKED, DNS_WILDCARD_TAG, FNV_OFFSET, LEARNED_ENTRIES,
+    LEARN_TTL_MAX_S, MAX_DNS_NAMES, MAX_DNS_RESOLVERS, MAX_HOST_PORTS, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{atomic_add_u64, Flow, CONFIG, PASS};
+
+#[map(name = "SDM_DNS_NAMES")]
+static DNS_NAMES: HashMap<u64, DnsHost> = HashMap::with_max_entries(MAX_DNS_NAMES, 0);
+#[map(name = "SDM_DNS_RESOLV")]
+static DNS_RESOLVERS: HashMap<ResolverKey, u32> = HashMap::with_max_entries(MAX_DNS_RESOLVERS, 0);
+#[map(name = "SDM_DNS_PEND")]
+static DNS_PENDING: LruHashMap<DnsQueryKey, u64> =
+    LruHashMap::with_max_entries(DNS_PENDING_ENTRIES, 0);
+#[map(name = "SDM_DNS_SCRATCH")]
+static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "SDM_DNS_STATS")]
+static DNS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNS_RESULT_COUNT, 0);
+#[map(name = "SDM_DNS_PROGS")]
+static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map(name = "SDM_LEARNED4")]
+static LEARNED4: LruHashMap<[u8; 4], Learned> = LruHashMap::with_max_entries(LEARNED_ENTRIES, 0);
+#[map(name = "SDM_LEARNED6")]
+static LEARNED6: LruHashMap<[u8; 16], Learned> = LruHashMap::with_max_entries(LEARNED_ENTRIES, 0);
+#[map(name = "SDM_HOSTPORT_0")]
+static HOST_PORTS_0: HashMap<HostPortKey, u32> = HashMap::with_max_entries(MAX_HOST_PORTS, 0);
+#[map(name = "SDM_HOSTPORT_1")]
+static HOST_PORTS_1: HashMap<HostPortKey, u32> = HashMap::with_max_entries(MAX_HOST_PORTS, 0);
+
+const DNS_PORT: u16 = 53;
+const MASK: u32 = (DNS_BUF - 1) as u32;
+/// Bytes and pointers one name walk may visit: 255 bytes of name plus
+/// pointers (each pointer strictly backwards).
+const DNS_MAX_STEPS: u32 = 384;
+/// Tail calls one answer may use (the kernel allows 33 in a chain).
+const MAX_CALLS: u32 = 32;
+
+const STAGE_QUESTION: u32 = 0;
+const STAGE_OWNER: u32 = 1;
+const STAGE_CNAME: u32 = 2;
+
+const TYPE_A: u16 = 1;
+const TYPE_CNAME: u16 = 5;
+const TYPE_AAAA: u16 = 28;
+const CLASS_IN: u16 = 1;
+
+#[inline(always)]
+fn count(result: u32) {
+    if let Some(c) = DNS_STATS.get_ptr_mut(result) {
+        atomic_add_u64(c, 1);
+    }
+}
+
+#[inline(always)]
+fn resolver_key(flow: &Flow) -> ResolverKey {
+    ResolverKey {
+        addr: flow.remote,
+        v6: u32::from(flow.v6),
+    }
+}
+
+#[inline(always)]
+fn is_resolver(flow: &Flow) -> bool {
+    // SAFETY: a plain value, copied out.
+    unsafe { DNS_RESOLVERS.get(&resolver_key(flow)) }.is_some()
+}
+
+/// Where the DNS message starts in the packet (after the UDP header, or
+/// after the TCP header and its 2-byte length prefix), and its length as
+/// the transport says; `None` for a TCP segment without a whole message.
+#[inline(always)]
+fn message(ctx: &SkBuffContext, flow: &Flow) -> Option<(u32, u32)> {
+    let off = flow.l4_off;
+    if flow.proto == PROTO_UDP {
+        let hdr: [u8; 8] = ctx.load(off as usize).ok()?;
+        let udp_len = u32::from(u16::from_be_bytes([hdr[4], hdr[5]]));
+        if udp_len < 8 {
+            return None;
+        }
+        return Some((off + 8, udp_len - 8));
+    }
+    let hdr: [u8; 14] = ctx.load(off as usize).ok()?;
+    let doff = u32::from(hdr[12] >> 4) * 4;
+    if doff < 20 {
+        return None;
+    }
+    let start = off + doff;
+    let seg = ctx.len().checked_sub(start)?;
+    if seg < 2 {
+        return None;
+    }
+    let prefix: [u8; 2] = ctx.load(start as usize).ok()?;
+    let msg = u32::from(u16::from_be_bytes(prefix));
+    if msg + 2 > seg {
+        return None;
+    }
+    Some((start + 2, msg))
+}
+
+/// An allowed packet to a trusted resolver's port 53 over UDP or TCP:
+/// notes the query, so that its answer is accepted (step 1 above).
+#[inline(always)]
+pub fn note_query(ctx: &SkBuffContext, flow: &Flow) {
+    if flow.remote_port != DNS_PORT || (flow.proto != PROTO_UDP && flow.proto != PROTO_TCP) {
+        return;
+    }
+    if !is_resolver(flow) {
+        return;
+    }
+    let Some((start, len)) = message(ctx, flow) else {
+        return;
+    };
+    if len < 12 {
+        return;
+    }
+    let Ok(id) = ctx.load::<[u8; 2]>(start as usize) else {
+        return;
+    };
+    let key = DnsQueryKey {
+        resolver: flow.remote,
+        port: flow.local_port,
+        id: u16::from_be_bytes(id),
+        proto: flow.proto,
+        v6: u8::from(flow.v6),
+        _pad: [0; 2],
+    };
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = DNS_PENDING.insert(&key, &now, 0);
+}
+
+/// Tail-calls the parser (a helper call straight from the program's own
+/// frame: the verifier refuses tail calls from subprograms with deep
+/// stacks, `check_max_stack_depth_subprog` in kernel/bpf/verifier.c).
+#[inline(always)]
+fn parse_next(ctx: &SkBuffContext) {
+    // SAFETY: the context and the program array's definition, as the
+    // helper expects; on failure it returns and the caller goes on.
+    unsafe {
+        bpf_tail_call(
+            ctx.skb.skb.cast(),
+            ptr::addr_of!(DNS_PROGS).cast_mut().cast(),
+            0,
+        );
+    }
+}
+
+/// Attached to the cgroup's ingress next to `sdm_ingress` (both run; this
+/// one always passes): answers from a trusted resolver's port 53 go to the
+/// parser (step 2 above). A separate program, so the packet filter's own
+/// verification and cost stay as they were.
+#[cgroup_skb(ingress)]
+pub fn sdm_dns_in(ctx: SkBuffContext) -> i32 {
+    let Ok(flow) = crate::parse(&ctx, crate::DIR_INGRESS) else {
+        return PASS;
+    };
+    if flow.remote_port != DNS_PORT || (flow.proto != PROTO_UDP && flow.proto != PROTO_TCP) {
+        return PASS;
+    }
+    if !is_resolver(&flow) {
+        count(DNS_RESULT_NOT_RESOLVER);
+        return PASS;
+    }
+    let Some((start, len)) = message(&ctx, &flow) else {
+        return PASS;
+    };
+    if len < 12 {
+        count(DNS_RESULT_MALFORMED);
+        return PASS;
+    }
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
+        return PASS;
+    };
+    let n = if len > DNS_BUF as u32 {
+        DNS_BUF as u32
+    } else {
+        len
+    };
+    // SAFETY: `s` is valid per-CPU map memory of DNS_BUF bytes for `buf`;
+    // 12 <= n <= DNS_BUF, which the verifier sees from the bounds above.
+    unsafe {
+        if n < 12 || n > DNS_BUF as u32 {
+            return PASS;
+        }
+        let rc = bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            start,
+            ptr::addr_of_mut!((*s).buf).cast(),
+            n,
+        );
+        if rc != 0 {
+            count(DNS_RESULT_MALFORMED);
+            return PASS;
+        }
+        (*s).len = n;
+        (*s).stage = STAGE_QUESTION;
+        (*s).calls = 0;
+        (*s).learned = 0;
+        (*s).chain_len = 0;
+        (*s).host = 0;
+        (*s).resolver = flow.remote;
+        (*s).v6 = u32::from(flow.v6);
+        (*s).local_port = u32::from(flow.local_port);
+        (*s).proto = u32::from(flow.proto);
+        // A truncated copy: the records past DNS_BUF are not read.
+        (*s).truncated = u32::from(len > DNS_BUF as u32);
+        (*s).next = 0;
+        (*s).w_state = WALK_IDLE;
+    }
+    parse_next(&ctx);
+    PASS
+}
+
+/// The byte at `pos` of the copied message (masked: the verifier sees an
+/// in-bounds offset; callers check `pos < len` for the meaning).
+#[inline(always)]
+fn byte(s: &DnsScratch, pos: u32) -> u8 {
+    s.buf[(pos & MASK) as usize]
+}
+
+#[inline(always)]
+fn be16(s: &DnsScratch, pos: u32) -> u16 {
+    u16::from_be_bytes([byte(s, pos), byte(s, pos + 1)])
+}
+
+#[inline(always)]
+fn be32(s: &DnsScratch, pos: u32) -> u32 {
+    u32::from_be_bytes([
+        byte(s, pos),
+        byte(s, pos + 1),
+        byte(s, pos + 2),
+        byte(s, pos + 3),
+    ])
+}
+
+const WALKING: u32 = 0;
+const WALKED: u32 = 1;
+const WALK_FAILED: u32 = 2;
+/// No walk in progress (set by `sdm_dns_in` for a new answer).
+pub const WALK_IDLE: u32 = 3;
+/// Steps per program run: the verifier's work grows faster than linearly
+/// with a longer loop; a longer name resumes in the next tail call.
+const WALK_STEPS: u32 = 128;
+
+/// Volatile access to the walker's state in the scratch map value: LLVM
+/// would otherwise keep it in registers across loop iterations, and the
+/// verifier would then track a different constant per path and explore
+/// each one (`is_state_visited` in kernel/bpf/verifier.c prunes only
+/// states it has seen). From memory, the values are just unknown scalars.
+macro_rules! get {
+    ($s:ident . $f:ident) => {
+        // SAFETY: a field of the valid map value `$s` points into.
+        unsafe { ptr::read_volatile(ptr::addr_of!((*$s).$f)) }
+    };
+}
+macro_rules! set {
+    ($s:ident . $f:ident, $v:expr) => {{
+        let v = $v;
+        // SAFETY: as for `get!`.
+        unsafe { ptr::write_volatile(ptr::addr_of_mut!((*$s).$f), v) }
+    }};
+}
+
+/// Starts a walk of the name at `pos`, following compression pointers if
+/// `pointers`; [`walk_steps`] does the walking. The result is in `s.w_hash`
+/// (the hash of its lower-cased wire form), `s.w_end` (where the record
+/// continues after it) and `s.w_labels` (how many labels; their hashes are
+/// in `s.labels`). Pointers must point before the previous one, which rules
+/// out loops; reserved label types, names over 255 bytes and reads past the
+/// message fail.
+#[inline(always)]
+fn walk_init(s: *mut DnsScratch, pos: u32, pointers: u32) {
+    set!(s.w_pos, pos);
+    set!(s.w_pointers, pointers);
+    set!(s.w_limit, pos);
+    set!(s.w_end, 0);
+    set!(s.w_jumped, 0);
+    set!(s.w_remaining, 0);
+    set!(s.w_labels, 0);
+    set!(s.w_total, 0);
+    set!(s.w_state, WALKING);
+    set!(s.w_hash, FNV_OFFSET);
+    set!(s.w_label, FNV_OFFSET);
+}
+
+/// Up to `WALK_STEPS` steps (a byte or a pointer each) of the current walk;
+/// returns the walk's state. A longer name continues in the next run.
+#[inline(always)]
+fn walk_steps(s: *mut DnsScratch) -> u32 {
+    let mut i = 0;
+    while i < WALK_STEPS {
+        step(s);
+        if get!(s.w_state) != WALKING {
+            break;
+        }
+        i += 1;
+    }
+    let state = get!(s.w_state);
+    if state == WALKING {
+        let left = get!(s.w_steps_left);
+        if left <= WALK_STEPS {
+            // Longer than any valid name can take.
+            set!(s.w_state, WALK_FAILED);
+            return WALK_FAILED;
+        }
+        set!(s.w_steps_left, left - WALK_STEPS);
+    }
+    state
+}
+
+#[inline(always)]
+fn step(s: *mut DnsScratch) {
+    let pos = get!(s.w_pos);
+    let len = get!(s.len);
+    if pos >= len {
+        set!(s.w_state, WALK_FAILED);
+        return;
+    }
+    // SAFETY: the map value is valid; the offset is masked into the buffer.
+    let b = unsafe { byte(&*s, pos) };
+    let remaining = get!(s.w_remaining);
+    if remaining > 0 {
+        let c = dns_lower(b);
+        set!(s.w_label, fnv_step(get!(s.w_label), c));
+        set!(s.w_hash, fnv_step(get!(s.w_hash), c));
+        set!(s.w_remaining, remaining - 1);
+        set!(s.w_pos, pos + 1);
+        if remaining == 1 {
+            let n = get!(s.w_labels);
+            let label = get!(s.w_label);
+            // SAFETY: as above; the index is masked into the array.
+            unsafe { (*s).labels[(n as usize) & (DNS_MAX_LABELS - 1)] = label };
+            set!(s.w_labels, n + 1);
+        }
+    } else if b == 0 {
+        if get!(s.w_jumped) == 0 {
+            set!(s.w_end, pos + 1);
+        }
+        set!(s.w_state, WALKED);
+    } else if b & 0xc0 == 0xc0 {
+        if get!(s.w_pointers) == 0 || pos + 1 >= len {
+            set!(s.w_state, WALK_FAILED);
+            return;
+        }
+        // SAFETY: as above.
+        let lo = unsafe { byte(&*s, pos + 1) };
+        let target = (u32::from(b & 0x3f) << 8) | u32::from(lo);
+        if target >= get!(s.w_limit) {
+            set!(s.w_state, WALK_FAILED);
+            return;
+        }
+        if get!(s.w_jumped) == 0 {
+            set!(s.w_end, pos + 2);
+            set!(s.w_jumped, 1);
+        }
+        set!(s.w_limit, target);
+        set!(s.w_pos, target);
+    } else if b & 0xc0 != 0 {
+        set!(s.w_state, WALK_FAILED);
+    } else {
+        let total = get!(s.w_total) + u32::from(b) + 1;
+        if total > 255 {
+            set!(s.w_state, WALK_FAILED);
+            return;
+        }
+        set!(s.w_total, total);
+        set!(s.w_remaining, u32::from(b));
+        set!(s.w_hash, fnv_step(get!(s.w_hash), b));
+        set!(s.w_label, FNV_OFFSET);
+        set!(s.w_pos, pos + 1);
+    }
+}
+
+/// The host id of the question name: an exact `SDM_DNS_NAMES` entry, else
+/// the longest matching `*.suffix`; 0 if none.
+#[inline(always)]
+fn match_host(s: &DnsScratch, labels: u32) -> u32 {
+    if labels == 0 || labels as usize > DNS_MAX_LABELS {
+        return 0;
+    }
+    let mut acc = DNS_NAME_SEED;
+    let mut host = 0;
+    let mut j = labels;
+    let mut k = 0;
+    while k < DNS_MAX_LABELS {
+        if j == 0 {
+            break;
+        }
+        j -= 1;
+        acc = dns_fold(acc, s.labels[(j as usize) & (DNS_MAX_LABELS - 1)]);
+        // SAFETY: plain values, copied out.
+        unsafe {
+            if j > 0 {
+                if let Some(h) = DNS_NAMES.get(&(acc ^ DNS_WILDCARD_TAG)) {
+                    host = h.host;
+                }
+            } else if let Some(h) = DNS_NAMES.get(&acc) {
+                host = h.host;
+            }
+        }
+        k += 1;
+    }
+    host
+}
+
+#[inline(always)]
+fn learn(s: &DnsScratch, config: &Config, owner: u32, rtype: u16, ttl: u32) {
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut secs = if ttl < config.learn_ttl_min_s {
+        config.learn_ttl_min_s
+    } else {
+        ttl
+    };
+    if secs > LEARN_TTL_MAX_S {
+        secs = LEARN_TTL_MAX_S;
+    }
+    let value = Learned {
+        host: s.host,
+        _pad: 0,
+        expires_ns: now + u64::from(secs) * 1_000_000_000,
+    };
+    if rtype == TYPE_A {
+        let a = [
+            byte(s, owner),
+            byte(s, owner + 1),
+            byte(s, owner + 2),
+            byte(s, owner + 3),
+        ];
+        let _ = LEARNED4.insert(&a, &value, 0);
+    } else {
+        let mut a = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            a[i] = byte(s, owner + i as u32);
+            i += 1;
+        }
+        let _ = LEARNED6.insert(&a, &value, 0);
+    }
+}
+
+/// The parser, tail-called from the ingress program and from itself, one
+/// name (question, record owner or CNAME target) per run. Always PASS.
+#[cgroup_skb(ingress)]
+pub fn sdm_dns(ctx: SkBuffContext) -> i32 {
+    if let Some(result) = try_dns(&ctx) {
+        count(result);
+    }
+    PASS
+}
+
+/// Runs one stage; `Some(result)` when the answer is done with.
+#[inline(always)]
+fn try_dns(ctx: &SkBuffContext) -> Option<u32> {
+    let sp = DNS_SCRATCH.get_ptr_mut(0)?;
+    let config = CONFIG.get(0)?;
+    {
+        // SAFETY: valid per-CPU map memory; this CPU runs one parser at a
+        // time (softirq context, no nesting of ingress programs).
+        let s = unsafe { &mut *sp };
+        s.calls += 1;
+        if s.calls > MAX_CALLS {
+            return Some(DNS_RESULT_TRUNCATED);
+        }
+        if s.w_state != WALKING {
+            // Checks before the name, and where the name starts.
+            match s.stage {
+                STAGE_QUESTION => {
+                    if let Some(r) = before_question(s) {
+                        return Some(r);
+                    }
+                    walk_init(sp, 12, 0);
+                }
+                STAGE_OWNER => {
+                    if s.answers_left == 0 || s.pos >= s.len {
+                        return Some(finished(s));
+                    }
+                    walk_init(sp, s.pos, 1);
+                }
+                _ => walk_init(sp, s.pos, 1),
+            }
+            set!(sp.w_steps_left, DNS_MAX_STEPS);
+        }
+    }
+    // One name walk per run, whatever the stage: the verifier sees one loop.
+    let state = walk_steps(sp);
+    // SAFETY: as above.
+    let s = unsafe { &mut *sp };
+    let done = if state == WALKING {
+        None
+    } else if state != WALKED {
+        Some(if s.learned > 0 {
+            DNS_RESULT_LEARNED
+        } else {
+            DNS_RESULT_MALFORMED
+        })
+    } else {
+        s.w_state = WALK_IDLE;
+        match s.stage {
+            STAGE_QUESTION => question(s),
+            STAGE_OWNER => record(s, config),
+            _ => cname(s),
+        }
+    };
+    if done.is_some() {
+        return done;
+    }
+    parse_next(ctx);
+    // Only reached when the tail call fails (the chain limit).
+    Some(DNS_RESULT_TRUNCATED)
+}
+
+/// The header and the query it answers; `Some(result)` if it teaches nothing.
+#[inline(always)]
+fn before_question(s: &DnsScratch) -> Option<u32> {
+    let flags = be16(s, 2);
+    // QR set, opcode QUERY (RFC 1035 4.1.1).
+    if flags & 0x8000 == 0 || (flags >> 11) & 0xf != 0 {
+        return Some(DNS_RESULT_MALFORMED);
+    }
+    if be16(s, 4) != 1 {
+        return Some(DNS_RESULT_MALFORMED);
+    }
+    let key = DnsQueryKey {
+        resolver: s.resolver,
+        port: s.local_port as u16,
+        id: be16(s, 0),
+        proto: s.proto as u8,
+        v6: s.v6 as u8,
+        _pad: [0; 2],
+    };
+    // SAFETY: plain value, copied out; no arguments.
+    let Some(asked) = (unsafe { DNS_PENDING.get(&key).copied() }) else {
+        return Some(DNS_RESULT_UNASKED);
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(asked) > DNS_PENDING_NS {
+        return Some(DNS_RESULT_UNASKED);
+    }
+    if flags & 0xf != 0 {
+        return Some(DNS_RESULT_ERROR_RCODE);
+    }
+    None
+}
+
+#[inline(always)]
+fn question(s: &mut DnsScratch) -> Option<u32> {
+    let end = s.w_end;
+    if end + 4 > s.len {
+        return Some(DNS_RESULT_MALFORMED);
+    }
+    let host = match_host(s, s.w_labels);
+    if host == 0 {
+        return Some(DNS_RESULT_NOT_ALLOWED);
+    }
+    s.host = host;
+    s.chain[0] = s.w_hash;
+    s.chain_len = 1;
+    s.pos = end + 4;
+    s.answers_left = u32::from(be16(s, 6));
+    s.stage = STAGE_OWNER;
+    None
+}
+
+#[inline(always)]
+fn on_chain(s: &DnsScratch, hash: u64) -> bool {
+    let mut i = 0;
+    while i < DNS_CHAIN {
+        if (i as u32) < s.chain_len && s.chain[i] == hash {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Where the answer ends up when there is nothing more to read.
+#[inline(always)]
+fn finished(s: &DnsScratch) -> u32 {
+    if s.learned > 0 {
+        DNS_RESULT_LEARNED
+    } else if s.truncated != 0 {
+        DNS_RESULT_TRUNCATED
+    } else {
+        DNS_RESULT_NO_ADDRESS
+    }
+}
+
+#[inline(always)]
+fn record(s: &mut DnsScratch, config: &Config) -> Option<u32> {
+    let at = s.w_end;
+    if at + 10 > s.len {
+        return Some(finished(s));
+    }
+    let rtype = be16(s, at);
+    let class = be16(s, at + 2);
+    let ttl = be32(s, at + 4);
+    let rdlen = u32::from(be16(s, at + 8));
+    let rdata = at + 10;
+    if rdata + rdlen > s.len {
+        return Some(finished(s));
+    }
+    let mine = class == CLASS_IN && on_chain(s, s.w_hash);
+    s.answers_left -= 1;
+    s.pos = rdata + rdlen;
+    if mine && ((rtype == TYPE_A && rdlen == 4) || (rtype == TYPE_AAAA && rdlen == 16)) {
+        learn(s, config, rdata, rtype, ttl);
+        s.learned += 1;
+    } else if mine && rtype == TYPE_CNAME {
+        s.stage = STAGE_CNAME;
+        s.next = s.pos;
+        s.pos = rdata;
+    }
+    None
+}
+
+#[inline(always)]
+fn cname(s: &mut DnsScratch) -> Option<u32> {
+    let i = s.chain_len as usize;
+    if i < DNS_CHAIN {
+        s.chain[i] = s.w_hash;
+        s.chain_len += 1;
+    }
+    s.pos = s.next;
+    s.next = 0;
+    s.stage = STAGE_OWNER;
+    None
+}
+
+/// The rule a learned address allows for (port, protocol, direction) in
+/// policy `slot`, if it is learned and not expired.
+#[inline(always)]
+pub fn learned_rule(slot: u32, flow: &Flow, dir: u8, port: u16) -> Option<u32> {
+    // SAFETY: plain values, copied out.
+    let learned = unsafe {
+        if flow.v6 {
+            LEARNED6.get(&flow.remote).copied()
+        } else {
+            let a = [
+                flow.remote[0],
+                flow.remote[1],
+                flow.remote[2],
+                flow.remote[3],
+            ];
+            LEARNED4.get(&a).copied()
+        }
+    }?;
+    // SAFETY: no arguments.
+    if unsafe { bpf_ktime_get_ns() } > learned.expires_ns {
+        return None;
+    }
+    let key = HostPortKey {
+        host: learned.host,
+        port,
+        proto: flow.proto,
+        dir,
+    };
+    let map = if slot == 0 {
+        &HOST_PORTS_0
+    } else {
+        &HOST_PORTS_1
+    };
+    // SAFETY: as above.
+    unsafe { map.get(&key).copied() }
+}
