@@ -8,6 +8,7 @@
 mod bench;
 mod bpf_linker;
 mod context;
+mod package;
 mod system;
 mod tasks;
 mod toolchain;
@@ -23,7 +24,7 @@ use crate::{context::Ctx, tasks::Purpose};
 #[command(
     name = "xtask",
     bin_name = "cargo xtask",
-    about = "Set up, build, run and test sdm-egress"
+    about = "Set up, build, run, test and package sdm-egress"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -64,6 +65,13 @@ enum Task {
     },
     /// rustfmt --check and clippy -D warnings (skips the eBPF build).
     Check,
+    /// Build the Debian package target/debian/sdm-agent_<version>_<arch>.deb.
+    Package {
+        /// Then install it with dpkg, check what it installed and purge it
+        /// again, as `cargo xtask test` does (needs root).
+        #[arg(long)]
+        install_check: bool,
+    },
     /// Run the benchmarks; write BENCHMARKS.md and target/bench/results.json (needs root).
     Bench {
         /// Every stage for a tiny duration: checks they work, asserts no timing.
@@ -100,6 +108,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Task::Run { release, args } => tasks::run(&Ctx::new(false)?, release, &args),
         Task::Test { release, args } => tasks::test(&Ctx::new(false)?, release, &args),
         Task::Check => tasks::check(&Ctx::new(false)?),
+        Task::Package { install_check } => package::run(&Ctx::new(false)?, install_check),
         Task::Bench { smoke, out, args } => {
             bench::bench(&Ctx::new(false)?, smoke, out.as_deref(), &args)
         }

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use crate::{
     bpf_linker,
     context::{self, describe, Ctx},
-    system, toolchain,
+    package, system, toolchain,
 };
 
 /// The eBPF crate is built for bpfel-unknown-none by sdm-agent's build.rs;
@@ -80,8 +80,9 @@ pub fn run(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
     Err(err).with_context(|| format!("could not start `{}`", describe(&cmd)))
 }
 
-/// Builds everything once, then runs the unit tests and the privileged
-/// tests; both run even if the first fails, and a summary says which failed.
+/// Builds everything once, then runs the unit tests, the privileged tests
+/// and the package check (build the .deb, install, check, purge); each runs
+/// even if an earlier one fails, and a summary says which failed.
 pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
     setup(ctx, Purpose::Test)?;
     // Builds the eBPF object once, before two `cargo test` runs need it.
@@ -100,7 +101,13 @@ pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
         .args(args);
     let privileged = test_step("privileged tests", privileged)?;
 
-    let steps = [unit, privileged];
+    // `cargo xtask package --install-check`: the .deb built (release mode),
+    // installed, checked and purged.
+    let package = check_step("package", || {
+        package::package(ctx).and_then(|built| package::install_check(ctx, &built))
+    });
+
+    let steps = [unit, privileged, package];
     let summary: Vec<String> = steps.iter().map(StepResult::summary).collect();
     println!("xtask: test summary: {}", summary.join("; "));
     if steps.iter().any(|step| step.failure.is_some()) {
@@ -166,6 +173,17 @@ fn test_step(name: &'static str, mut cmd: Command) -> Result<StepResult> {
         name,
         failure: (!status.success()).then(|| status.to_string()),
     })
+}
+
+/// Runs a check that is not a `cargo test`; its error is printed and
+/// becomes the step's failure, so the other steps' results still show.
+fn check_step(name: &'static str, check: impl FnOnce() -> Result<()>) -> StepResult {
+    println!("xtask: {name}");
+    let failure = check().err().map(|err| {
+        println!("xtask: {name} failed: {err:#}");
+        "see above".to_owned()
+    });
+    StepResult { name, failure }
 }
 
 /// The folder under the target dir that cargo's profile writes to.
