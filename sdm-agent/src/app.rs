@@ -205,6 +205,37 @@ fn seed_from_previous(resolver: &mut Resolver, layout: &Layout, names: &[String]
     }
 }
 
+/// Tells systemd about the agent's state (`READY=1`, `STOPPING=1`) when it
+/// runs as a `Type=notify` service: one datagram to $NOTIFY_SOCKET, the
+/// protocol of sd_notify(3). Without NOTIFY_SOCKET it does nothing. A failure
+/// is logged, not fatal: the policy is in force either way.
+fn notify_systemd(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = sd_notify(&socket, state) {
+        tracing::warn!(socket = ?socket, error = %e, state, "cannot notify systemd");
+    }
+}
+
+/// Sends `state` to the notification socket `socket`: a file system path,
+/// or, with a leading '@', a name in the abstract namespace.
+fn sd_notify(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+    use std::os::{
+        linux::net::SocketAddrExt as _,
+        unix::{
+            ffi::OsStrExt as _,
+            net::{SocketAddr, UnixDatagram},
+        },
+    };
+    let addr = match socket.as_bytes().strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(socket)?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
+}
+
 /// Holds an exclusive lock on RUN_DIR/agent.lock while the agent runs, so a
 /// second agent on the same pins fails at once instead of fighting the first.
 struct InstanceLock(#[allow(dead_code)] std::fs::File);
@@ -439,6 +470,10 @@ pub async fn run(
         metrics = %config.http.listen,
         "policy applied; enforcement is live"
     );
+    // Under systemd (Type=notify) this is what lets units ordered after
+    // sdm-agent.service start: the programs are attached and the policy and
+    // mode written, so they start under enforcement.
+    notify_systemd("READY=1");
 
     // Denied flows: aggregated in memory, logged when new, stored in
     // <[state] dir>/flows.db (a broken store is reported, never fatal).
@@ -561,6 +596,7 @@ pub async fn run(
             }
         }
     }
+    notify_systemd("STOPPING=1");
     // Hand the last events to the store before exiting: the forwarder
     // drains the ring and closes the channel, the pipeline flushes, the
     // writer commits. Bounded, so a stuck disk cannot hang a shutdown.
@@ -574,4 +610,40 @@ pub async fn run(
     }
     tracing::info!("stopping; the programs stay attached and keep enforcing from the pinned maps (`sdm-agent detach` removes them)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::{linux::net::SocketAddrExt as _, unix::net::UnixDatagram};
+
+    use super::*;
+
+    #[test]
+    fn sd_notify_sends_one_datagram_to_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let server = UnixDatagram::bind(&path).unwrap();
+        sd_notify(path.as_os_str(), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[test]
+    fn sd_notify_reaches_an_abstract_socket() {
+        let name = format!("sdm-agent-notify-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let server = UnixDatagram::bind_addr(&addr).unwrap();
+        sd_notify(std::ffi::OsStr::new(&format!("@{name}")), "STOPPING=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STOPPING=1");
+    }
+
+    #[test]
+    fn sd_notify_fails_without_a_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nobody");
+        assert!(sd_notify(missing.as_os_str(), "READY=1").is_err());
+    }
 }

@@ -9,6 +9,7 @@ mod bench;
 mod bpf_linker;
 mod context;
 mod deploy_check;
+mod package;
 mod system;
 mod tasks;
 mod toolchain;
@@ -24,7 +25,7 @@ use crate::{context::Ctx, tasks::Purpose};
 #[command(
     name = "xtask",
     bin_name = "cargo xtask",
-    about = "Set up, build, run and test sdm-egress"
+    about = "Set up, build, run, test and package sdm-egress"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -68,6 +69,13 @@ enum Task {
     /// Validate deploy/: Kubernetes manifests (schemas), the Dockerfile
     /// (hadolint) and the agent configs there; part of `test`, no root needed.
     DeployCheck,
+    /// Build the Debian package target/debian/sdm-agent_<version>_<arch>.deb.
+    Package {
+        /// Then install it with dpkg, check what it installed and purge it
+        /// again, as `cargo xtask test` does (needs root).
+        #[arg(long)]
+        install_check: bool,
+    },
     /// Run the benchmarks; write BENCHMARKS.md and target/bench/results.json (needs root).
     Bench {
         /// Every stage for a tiny duration: checks they work, asserts no timing.
@@ -105,6 +113,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Task::Test { release, args } => tasks::test(&Ctx::new(false)?, release, &args),
         Task::Check => tasks::check(&Ctx::new(false)?),
         Task::DeployCheck => tasks::deploy_check(&Ctx::new(false)?),
+        Task::Package { install_check } => package::run(&Ctx::new(false)?, install_check),
         Task::Bench { smoke, out, args } => {
             bench::bench(&Ctx::new(false)?, smoke, out.as_deref(), &args)
         }

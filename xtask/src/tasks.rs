@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use crate::{
     bpf_linker,
     context::{self, describe, Ctx},
-    deploy_check, system, toolchain,
+    deploy_check, package, system, toolchain,
 };
 
 /// The eBPF crate is built for bpfel-unknown-none by sdm-agent's build.rs;
@@ -80,8 +80,9 @@ pub fn run(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
     Err(err).with_context(|| format!("could not start `{}`", describe(&cmd)))
 }
 
-/// Builds everything once, then runs the unit tests and the privileged
-/// tests; both run even if the first fails, and a summary says which failed.
+/// Builds everything once, then runs the unit tests, the privileged tests
+/// and the package check (build the .deb, install, check, purge); each runs
+/// even if an earlier one fails, and a summary says which failed.
 pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
     setup(ctx, Purpose::Test)?;
     // Builds the eBPF object once, before two `cargo test` runs need it.
@@ -104,7 +105,13 @@ pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
     let agent = ctx.target_dir().join(profile(release)).join(AGENT);
     let deploy = check_step("deploy manifests", || deploy_check::check(ctx, &agent));
 
-    let steps = [unit, privileged, deploy];
+    // `cargo xtask package --install-check`: the .deb built (release mode),
+    // installed, checked and purged.
+    let package = check_step("package", || {
+        package::package(ctx).and_then(|built| package::install_check(ctx, &built))
+    });
+
+    let steps = [unit, privileged, deploy, package];
     let summary: Vec<String> = steps.iter().map(StepResult::summary).collect();
     println!("xtask: test summary: {}", summary.join("; "));
     if steps.iter().any(|step| step.failure.is_some()) {
