@@ -156,6 +156,9 @@ pub enum DnsMode {
 #[derive(Default)]
 struct DnsTable {
     records: HashMap<String, (Vec<IpAddr>, u32)>,
+    /// Names answered with a new address every time: (IPv4 /24 base, IPv6
+    /// /64 base, TTL, answers so far).
+    rotating: HashMap<String, (Ipv4Addr, Ipv6Addr, u32, u64)>,
     queries: HashMap<String, u64>,
 }
 
@@ -233,6 +236,14 @@ impl FakeDns {
             .insert(normalize(name), (addrs.to_vec(), ttl));
     }
 
+    /// Answers `name` with a new address on every answer: the next of
+    /// `v4`'s /24 (A) or of `v6`'s /64 (AAAA), with this TTL.
+    pub fn rotate(&self, name: &str, v4: Ipv4Addr, v6: Ipv6Addr, ttl: u32) {
+        lock(&self.shared.table)
+            .rotating
+            .insert(normalize(name), (v4, v6, ttl, 0));
+    }
+
     /// Makes `name` unknown (NXDOMAIN).
     pub fn remove(&self, name: &str) {
         lock(&self.shared.table).records.remove(&normalize(name));
@@ -298,7 +309,16 @@ fn dns_reply(s: &DnsShared, query: &[u8]) -> Option<Vec<u8>> {
     let entry = {
         let mut t = lock(&s.table);
         *t.queries.entry(name.clone()).or_default() += 1;
-        t.records.get(&name).cloned()
+        match t.rotating.get_mut(&name) {
+            Some((v4, v6, ttl, n)) => {
+                *n += 1;
+                let o = v4.octets();
+                let a4 = Ipv4Addr::new(o[0], o[1], o[2], (1 + (*n - 1) % 254) as u8);
+                let a6 = Ipv6Addr::from(u128::from(*v6) + u128::from(*n));
+                Some((vec![IpAddr::V4(a4), IpAddr::V6(a6)], *ttl))
+            }
+            None => t.records.get(&name).cloned(),
+        }
     };
     let mode = *lock(&s.mode);
     if mode == DnsMode::Silent {

@@ -14,6 +14,9 @@
 //!   tcp-loop ADDR SECONDS INTERVAL_MS TIMEOUT_MS
 //!                                     a new `tcp` connection every INTERVAL_MS
 //!   resolve DNS_IP NAME [A|AAAA]      one UDP query to DNS_IP:53
+//!   resolve-connect DNS_IP NAME A|AAAA PORT COUNT TIMEOUT_MS
+//!                                     COUNT times: resolve NAME, connect at once
+//!                                     to the first address answered
 //!   flood A.B.C COUNT                 COUNT datagrams to A.B.C.x (x in 100..250),
 //!                                     every one to a new (address, port); half
 //!                                     through a UDP socket, half through a raw one
@@ -39,7 +42,7 @@ use serde_json::{json, Value};
 
 fn usage(msg: &str) -> ! {
     eprintln!("lab-probe: {msg}");
-    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|listen-tcp|tcp-hold|tcp-loop|resolve|flood ARGS...");
+    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|listen-tcp|tcp-hold|tcp-loop|resolve|resolve-connect|flood ARGS...");
     std::process::exit(2);
 }
 
@@ -411,6 +414,63 @@ fn flood(net: std::net::Ipv4Addr, count: u64) -> Value {
     json!({"result": "done", "count": count, "outcomes": outcomes, "ms": ms(start)})
 }
 
+/// Resolve, then connect at once, `count` times: what an application does
+/// with a short-lived answer. Reports failures and the slowest connect (a
+/// dropped SYN would show as about one second: the retransmission timer).
+fn resolve_connect(
+    server: IpAddr,
+    name: &str,
+    qtype: RecordType,
+    port: u16,
+    count: u64,
+    timeout: Duration,
+) -> Value {
+    let start = Instant::now();
+    let (mut ok, mut max_ms, mut slow) = (0u64, 0u64, 0u64);
+    let mut failures = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..count {
+        let r = resolve(server, name, qtype);
+        let Some(addr) = r["addresses"][0]
+            .as_str()
+            .and_then(|a| a.parse::<IpAddr>().ok())
+        else {
+            if failures.len() < 5 {
+                failures.push(json!({"round": i, "phase": "resolve", "outcome": r}));
+            }
+            continue;
+        };
+        seen.insert(addr);
+        let t = Instant::now();
+        let c = tcp_once(SocketAddr::new(addr, port), timeout);
+        let took = ms(t);
+        max_ms = max_ms.max(took);
+        if took >= 500 {
+            slow += 1;
+            if failures.len() < 5 {
+                failures.push(
+                    json!({"round": i, "addr": addr.to_string(), "slow_ms": took, "outcome": c}),
+                );
+            }
+        }
+        if c["result"] == "ok" {
+            ok += 1;
+        } else if failures.len() < 5 {
+            failures.push(json!({"round": i, "addr": addr.to_string(), "outcome": c}));
+        }
+    }
+    json!({
+        "result": if ok == count { "ok" } else { "failed" },
+        "count": count,
+        "ok": ok,
+        "distinct": seen.len(),
+        "max_connect_ms": max_ms,
+        "slow": slow,
+        "failures": failures,
+        "ms": ms(start),
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -469,6 +529,22 @@ fn main() {
             };
             let name: String = parse("name", rest.get(1));
             resolve(parse("server", rest.first()), &name, qtype)
+        }
+        "resolve-connect" => {
+            let qtype = match rest.get(2).map(String::as_str) {
+                Some("A") => RecordType::A,
+                Some("AAAA") => RecordType::AAAA,
+                o => usage(&format!("bad query type {o:?}")),
+            };
+            let name: String = parse("name", rest.get(1));
+            resolve_connect(
+                parse("server", rest.first()),
+                &name,
+                qtype,
+                parse("port", rest.get(3)),
+                parse("count", rest.get(4)),
+                Duration::from_millis(parse("timeout", rest.get(5))),
+            )
         }
         "flood" => {
             let net: String = parse("network", rest.first());

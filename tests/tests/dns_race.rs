@@ -1,0 +1,127 @@
+//! No race with DNS, end to end: a hostname whose address changes on every
+//! answer, resolved through the trusted resolver and connected to at once,
+//! a thousand times, in enforce mode: every first SYN passes (no EPERM, no
+//! retransmission), with the agent running and after it was killed with
+//! kill -9. Only the kernel's learning from the answers can allow these
+//! addresses in time: the agent never saw them.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use sdm_tests::{
+    gateway::{gateway_config, gateway_dns, serve_all, GATEWAY_HOSTS},
+    lab::Lab,
+};
+use serde_json::Value;
+
+const CYCLES: u64 = 1000;
+const PORT: u16 = 8443;
+const NAME: &str = "rot.lab.test";
+
+fn new_lab() -> Lab {
+    Lab::new(env!("CARGO_BIN_EXE_lab-probe"))
+}
+
+#[track_caller]
+fn expect_no_first_packet_drop(what: &str, v: &Value) {
+    assert_eq!(v["count"], CYCLES, "{what}: {v}");
+    assert_eq!(v["ok"], CYCLES, "{what}: every connect should succeed: {v}");
+    assert_eq!(
+        v["distinct"], CYCLES,
+        "{what}: every answer should be a new address: {v}"
+    );
+    // A dropped SYN is retransmitted after one second; an EPERM is a failure.
+    assert_eq!(v["slow"], 0, "{what}: a connect took 500 ms or more: {v}");
+}
+
+fn learned(lab: &Lab) -> u64 {
+    lab.status()["dns_answers"]["learned"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no dns_answers.learned in status"))
+}
+
+#[test]
+fn fresh_answers_connect_at_once_with_the_agent_alive_and_dead() {
+    let mut lab = new_lab();
+    serve_all(&lab);
+    gateway_dns(&lab, 300);
+    let n = lab.n;
+    // Every address of these prefixes is local in the net namespace, where
+    // the servers listen on the wildcard address.
+    let v4 = Ipv4Addr::new(10, 233, n, 0);
+    let v6: Ipv6Addr = format!("fd00:233:{n:x}::").parse().expect("prefix");
+    lab.net
+        .ip(&["route", "add", "local", &format!("{v4}/24"), "dev", "lo"]);
+    lab.net.ip(&[
+        "-6",
+        "route",
+        "add",
+        "local",
+        &format!("{v6}/64"),
+        "dev",
+        "lo",
+    ]);
+    lab.dns().rotate(NAME, v4, v6, 3600);
+    let mut config = gateway_config(&lab, "enforce", "");
+    config.tables.push_str(&format!(
+        "\n[[allow]]\n\
+         name = \"rotating\"\n\
+         direction = \"egress\"\n\
+         to = \"{NAME}\"\n\
+         port = {PORT}\n"
+    ));
+    let path = lab.write_config("rotating.toml", &config);
+    let mut hosts = GATEWAY_HOSTS.to_vec();
+    hosts.push(NAME);
+    lab.start_agent(&path, "enforce", &hosts);
+
+    // Warm up the lab's IPv6 path (neighbour discovery between the
+    // namespaces) with a connection the gateway policy allows anyway, so
+    // that the first measured connect does not pay for it.
+    let v = lab.probe(&["tcp", &format!("[{}]:443", lab.net_ip6(3)), "3000"]);
+    assert_eq!(
+        v["result"], "ok",
+        "warm-up to app.strongdm.com over IPv6: {v}"
+    );
+    let dns = lab.dns_ip().to_string();
+    let run = |lab: &Lab| {
+        lab.probe(&[
+            "resolve-connect",
+            &dns,
+            NAME,
+            "AAAA",
+            &PORT.to_string(),
+            &CYCLES.to_string(),
+            "2000",
+        ])
+    };
+    let before = learned(&lab);
+    let v = run(&lab);
+    expect_no_first_packet_drop("agent running", &v);
+    assert!(
+        learned(&lab) >= before + CYCLES,
+        "the kernel learned each answer"
+    );
+
+    lab.kill_agent();
+    let before = learned(&lab);
+    let v = run(&lab);
+    expect_no_first_packet_drop("agent killed with kill -9", &v);
+    assert!(learned(&lab) >= before + CYCLES);
+
+    // The same over IPv4 (254 addresses, each new while they last).
+    let v = lab.probe(&[
+        "resolve-connect",
+        &dns,
+        NAME,
+        "A",
+        &PORT.to_string(),
+        "200",
+        "2000",
+    ]);
+    assert_eq!(v["ok"], 200, "{v}");
+    assert_eq!(v["slow"], 0, "{v}");
+
+    // An address of the same prefix that no answer gave is refused at once.
+    let v = lab.probe(&["tcp", &format!("[{v6}ffff]:{PORT}"), "2000"]);
+    assert_eq!(v["result"], "eperm", "an address never answered: {v}");
+}
