@@ -125,3 +125,47 @@ fn fresh_answers_connect_at_once_with_the_agent_alive_and_dead() {
     let v = lab.probe(&["tcp", &format!("[{v6}ffff]:{PORT}"), "2000"]);
     assert_eq!(v["result"], "eperm", "an address never answered: {v}");
 }
+
+/// A learned address expires for new connections after max(TTL, ttl_min);
+/// a connection opened before keeps working through the expiry.
+#[test]
+fn learned_addresses_expire_for_new_connections_only() {
+    let mut lab = new_lab();
+    serve_all(&lab);
+    gateway_dns(&lab, 300);
+    let n = lab.n;
+    let v4 = Ipv4Addr::new(10, 233, n, 0);
+    let v6: Ipv6Addr = format!("fd00:233:{n:x}::").parse().expect("prefix");
+    lab.net
+        .ip(&["route", "add", "local", &format!("{v4}/24"), "dev", "lo"]);
+    lab.dns().rotate(NAME, v4, v6, 1);
+    let mut config = gateway_config(&lab, "enforce", "ttl_min = \"2s\"");
+    config.tables.push_str(&format!(
+        "\n[[allow]]\nname = \"rotating\"\ndirection = \"egress\"\nto = \"{NAME}\"\nport = {PORT}\n"
+    ));
+    let path = lab.write_config("expiring.toml", &config);
+    let mut hosts = GATEWAY_HOSTS.to_vec();
+    hosts.push(NAME);
+    lab.start_agent(&path, "enforce", &hosts);
+
+    let answer = lab.probe(&["resolve", &lab.dns_ip().to_string(), NAME, "A"]);
+    let addr = answer["addresses"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("resolve {NAME}: {answer}"))
+        .to_string();
+    let to = format!("{addr}:{PORT}");
+    let mut hold = lab.spawn_probe(&["tcp-hold", &to, "5", "200"], false);
+    let first = hold.line(std::time::Duration::from_secs(5));
+    assert_eq!(first["result"], "connected", "{first}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let v = lab.probe(&["tcp", &to, "2000"]);
+    assert_eq!(
+        v["result"], "eperm",
+        "a new connection after the learned address expired: {v}"
+    );
+    let end = hold.line(std::time::Duration::from_secs(10));
+    assert_eq!(
+        end["result"], "ok",
+        "the connection opened before the expiry kept working: {end}"
+    );
+}
