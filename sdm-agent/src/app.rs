@@ -375,6 +375,11 @@ pub async fn run(
             }
         },
     };
+    if let Some(cgroup::CgroupTarget::Unit(u)) = &config.cgroup {
+        if !u.ends_with(".slice") {
+            tracing::warn!(unit = %u, "a service's cgroup is created anew on every restart, and the agent can attach to the new one only after it exists (within about 100 ms); for restarts without that gap, run the service in a slice of its own (Slice=NAME.slice) and target unit:NAME.slice: new cgroups inherit their parent's programs when they are created");
+        }
+    }
     if cgroup == cgroup::cgroup2_mount()? && config.mode == Mode::Enforce {
         tracing::warn!(cgroup = %cgroup.display(), "enforcing on the root cgroup: every process of this host is filtered");
     }

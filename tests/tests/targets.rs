@@ -197,3 +197,40 @@ fn bad_targets_are_refused_with_the_key() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("will wait"));
 }
+
+/// A service in a slice of its own, the slice targeted: every new instance
+/// of the service (a new cgroup, as systemd creates on each restart) is
+/// policed from its very first connect, because a new cgroup inherits its
+/// parent's programs when it is created. No gap, whatever the agent does.
+#[test]
+fn slice_target_polices_every_restart_from_its_first_packet() {
+    let mut lab = new_lab();
+    serve_all(&lab);
+    lab.serve_tcp(&[any(7777)]);
+    gateway_dns(&lab, 300);
+    let slice_name = format!("{}.slice", unique("s"));
+    let slice = lab.cgroup.child(&slice_name);
+    let config = config_with_target(&lab, "enforce", &format!("unit:{slice_name}"));
+    lab.start_agent(&config, "enforce", &GATEWAY_HOSTS);
+    let service = format!("{}.service", unique("svc"));
+    for round in 0..20 {
+        // mkdir, then a process in it connects at once: no time for the
+        // agent to do anything.
+        let svc = slice.child(&service);
+        let v = probe_in(&lab, &svc, &["tcp", &denied_dest(&lab), "600"]);
+        assert_eq!(
+            result(&v),
+            "eperm",
+            "restart {round}: the first connect: {v}"
+        );
+        let v = probe_in(
+            &lab,
+            &svc,
+            &["tcp", &allowed_dest(&lab), &OK_MS.to_string()],
+        );
+        expect_ok(&format!("restart {round}: allowed"), &v);
+        drop(svc);
+    }
+    let v = lab.probe(&["tcp", &denied_dest(&lab), &OK_MS.to_string()]);
+    expect_ok("outside the slice", &v);
+}
