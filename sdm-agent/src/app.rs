@@ -458,6 +458,7 @@ pub async fn run(
             .apply_dns(&entries::dns_names(&agent.policy), &resolvers)
             .context("write the DNS learning maps")?;
         m.set_learn_ttl_min(u32::try_from(config.dns.ttl_min.as_secs()).unwrap_or(u32::MAX))?;
+        m.set_loopback_dns(resolvers.iter().any(|r| r.is_loopback()))?;
         tracing::debug!(dns_writes, "DNS learning maps written");
         m.set_loopback(match config.loopback {
             LoopbackMode::Enforce => LOOPBACK_ENFORCE,

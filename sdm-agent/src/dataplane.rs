@@ -660,6 +660,13 @@ impl Maps {
         self.write_config(&cfg)
     }
 
+    /// Whether a trusted resolver is on loopback (see `Config::loopback_dns`).
+    pub fn set_loopback_dns(&mut self, on: bool) -> Result<(), DataplaneError> {
+        let mut cfg = self.config()?;
+        cfg.loopback_dns = u32::from(on);
+        self.write_config(&cfg)
+    }
+
     /// Makes `SDM_DNS_NAMES` hold exactly `names` (name key -> host id) and
     /// `SDM_DNS_RESOLV` exactly `resolvers`. Returns the writes.
     pub fn apply_dns(

@@ -388,6 +388,11 @@ pub struct Config {
     /// Floor, in seconds, of the lifetime of an address learned from a DNS
     /// answer (`[dns] ttl_min`): a 0-TTL answer still lets its connect through.
     pub learn_ttl_min_s: u32,
+    /// Non-zero when a trusted resolver is on loopback (systemd-resolved's
+    /// 127.0.0.53, a local cache): queries to it are noted even though
+    /// loopback traffic is otherwise passed unjudged.
+    pub loopback_dns: u32,
+    pub _pad: u32,
     /// Hash of the eBPF object the pinned links run, so a restarted agent
     /// knows whether it can adopt them as they are.
     pub object_hash: u64,
@@ -591,7 +596,7 @@ mod pod {
 }
 
 // Layouts the kernel and agent rely on: no hidden padding anywhere.
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<Key4>() == 8);
 const _: () = assert!(core::mem::size_of::<Key6>() == 20);

@@ -179,10 +179,21 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
     let len = ctx.len();
     // SAFETY: ctx.skb.skb is the program's context pointer.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if ifindex == LOOPBACK_IFINDEX && config.loopback != LOOPBACK_ENFORCE {
+    let loopback_pass = ifindex == LOOPBACK_IFINDEX && config.loopback != LOOPBACK_ENFORCE;
+    // A local resolver's queries (systemd-resolved, a cache) still teach
+    // the DNS learning which answers to expect: parsed only when one is
+    // configured, and only on the way out.
+    if loopback_pass && (dir != DIR_EGRESS || config.loopback_dns == 0) {
         return PASS;
     }
-    let flow = match parse(ctx, dir) {
+    let parsed = parse(ctx, dir);
+    if loopback_pass {
+        if let Ok(flow) = &parsed {
+            dns::note_query(ctx, flow);
+        }
+        return PASS;
+    }
+    let flow = match parsed {
         Ok(flow) => flow,
         Err(why) => {
             let reason = match why {

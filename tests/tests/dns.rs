@@ -34,6 +34,8 @@ const ME6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 7);
 const RESOLVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
 const SPOOFER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 66);
 const QPORT: u16 = 40053;
+/// A resolver on loopback, as systemd-resolved is (127.0.0.53).
+const LOCAL_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
 
 fn rule(name: &str, proto: Proto, port: u16, target: &str) -> Rule {
     let target = match target.parse() {
@@ -91,8 +93,11 @@ impl Fixture {
         // allows comes from what the kernel learns.
         let e = entries::build(&p, &ids, |_| &[]);
         maps.apply(&e).expect("apply");
-        maps.apply_dns(&entries::dns_names(&p), &[IpAddr::V4(RESOLVER)])
-            .expect("apply dns");
+        maps.apply_dns(
+            &entries::dns_names(&p),
+            &[IpAddr::V4(RESOLVER), IpAddr::V4(LOCAL_RESOLVER)],
+        )
+        .expect("apply dns");
         maps.set_learn_ttl_min(ttl_floor).expect("ttl floor");
         maps.set_mode(MODE_ENFORCE).expect("enforce");
         Fixture {
@@ -494,4 +499,54 @@ fn ttl_floor_and_expiry() {
         1
     );
     assert!(f.learned().is_empty());
+}
+
+#[test]
+fn a_resolver_on_loopback_is_learned_from() {
+    let mut f = Fixture::new(30);
+    let ask_local = |f: &mut Fixture, id: u16| {
+        let q = DnsMsg::query(id, "app.example", DNS_A).bytes();
+        let pkt = ipv4(
+            Ipv4Addr::LOCALHOST,
+            LOCAL_RESOLVER,
+            UDP,
+            &udp(QPORT, 53, &q),
+            V4Opts::default(),
+        );
+        // On the loopback device (ifindex 1 in every namespace).
+        let prog = dataplane::program(&mut f.ebpf, PROG_EGRESS).expect("program");
+        let _in = f.ns.enter();
+        let (ret, _) = dataplane::test_run(prog, &pkt, 1, 1).expect("test run");
+        assert_eq!(ret, PASS, "loopback passes");
+    };
+    let answer_local = |f: &mut Fixture, id: u16, last: u8| {
+        let a = DnsMsg::answer(
+            id,
+            "app.example",
+            DNS_A,
+            vec![Rr::a(q(), 60, Ipv4Addr::new(203, 0, 113, last))],
+        )
+        .bytes();
+        let pkt = ipv4(
+            LOCAL_RESOLVER,
+            Ipv4Addr::LOCALHOST,
+            UDP,
+            &udp(53, QPORT, &a),
+            V4Opts::default(),
+        );
+        assert_eq!(f.run(PROG_DNS_IN, &pkt), PASS);
+    };
+    // Without a loopback resolver configured, loopback queries are not
+    // even parsed: the answer was not asked for.
+    ask_local(&mut f, 30);
+    answer_local(&mut f, 30, 80);
+    assert_eq!(f.connect(ip4(203, 0, 113, 80), 443), DROP);
+    f.maps.set_loopback_dns(true).expect("loopback dns");
+    ask_local(&mut f, 31);
+    answer_local(&mut f, 31, 81);
+    assert_eq!(
+        f.connect(ip4(203, 0, 113, 81), 443),
+        PASS,
+        "learned via 127.0.0.53"
+    );
 }
