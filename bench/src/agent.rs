@@ -41,6 +41,11 @@ const PROBE_PORT: u16 = 7001;
 const PROBE_BASE: u32 = u32::from_be_bytes([10, 232, 128, 0]);
 const PROBE_ROUTE: &str = "10.232.128.0/17";
 
+/// Figure 4's in-kernel path: a name a client resolves itself; every answer
+/// is a new address, 10.232.160.1 and on (inside PROBE_ROUTE).
+const KERNEL_NAME: &str = "learn.bench.test";
+const KERNEL_BASE: u32 = u32::from_be_bytes([10, 232, 160, 0]);
+
 /// Answers every other name the agent asks (the role's control-plane hosts)
 /// with one fixed address, as a healthy resolver would.
 const OTHER_ANSWER: Ipv4Addr = Ipv4Addr::new(10, 232, 200, 1);
@@ -473,6 +478,9 @@ struct ProbeState {
     awaiting: Option<(Ipv4Addr, u64)>,
     probe: ChildStdin,
     error: Option<String>,
+    /// In-kernel path: addresses answered for KERNEL_NAME and when.
+    kernel_next: u32,
+    kernel_sent: HashMap<Ipv4Addr, u64>,
 }
 
 struct ProbeResponder(Arc<Mutex<ProbeState>>);
@@ -482,12 +490,21 @@ impl Responder for ProbeResponder {
         if qtype != TYPE_A {
             return Answer::NoData;
         }
-        if name != PROBE_NAME {
+        if name != PROBE_NAME && name != KERNEL_NAME {
             return Answer::A(vec![OTHER_ANSWER], 300);
         }
         let Ok(mut st) = self.0.lock() else {
             return Answer::NxDomain;
         };
+        if name == KERNEL_NAME {
+            // A new address on every answer, to the agent and the client
+            // alike; stamped as it leaves. A long TTL: only the first
+            // packet's latency is measured.
+            st.kernel_next += 1;
+            let a = Ipv4Addr::from(KERNEL_BASE + st.kernel_next);
+            st.kernel_sent.insert(a, sys::mono_ns());
+            return Answer::A(vec![a], 300);
+        }
         if !st.armed {
             return Answer::A(vec![Ipv4Addr::from(PROBE_BASE)], 0);
         }
@@ -508,6 +525,96 @@ impl Responder for ProbeResponder {
     }
 }
 
+/// Figure 4, in-kernel path: a client in the enforced cgroup resolves
+/// KERNEL_NAME through the trusted resolver and sends to the answer at
+/// once; the time from the answer leaving the responder to the first send
+/// the kernel accepts.
+fn kernel_path(
+    p: &Params,
+    ns: &crate::guards::Netns,
+    target: &Cgroup,
+    state: &Arc<Mutex<ProbeState>>,
+    figs: &mut Vec<Figure>,
+) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "resolve-knock",
+        "--server",
+        "127.0.0.1:53",
+        "--name",
+        KERNEL_NAME,
+    ])
+    .args(["--port", &PROBE_PORT.to_string()])
+    .args([
+        "--count",
+        &p.dns_answers.to_string(),
+        "--timeout-ms",
+        "3000",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut child = sys::spawn_in(&mut cmd, Some(&ns.path()), Some(&target.path), None)?;
+    let rx = sys::line_channel(&mut child)?;
+    let _client = Proc::new(child, "resolve-knock");
+    let started = Instant::now();
+    let (mut lat_ms, mut timeouts) = (Vec::new(), 0usize);
+    for _ in 0..p.dns_answers {
+        let line = sys::next_line(&rx, "resolve-knock", Duration::from_secs(10))?;
+        let mut words = line.split_whitespace();
+        let addr: Ipv4Addr = words.next().unwrap_or_default().parse()?;
+        let result = words.next().unwrap_or_default();
+        if result == "timeout" {
+            timeouts += 1;
+            continue;
+        }
+        let t1: u64 = result.parse()?;
+        let t0 = state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lock poisoned"))?
+            .kernel_sent
+            .get(&addr)
+            .copied()
+            .with_context(|| format!("{addr} was never answered"))?;
+        lat_ms.push(t1.saturating_sub(t0) as f64 / 1e6);
+    }
+    if lat_ms.is_empty() {
+        bail!("figure 4, in-kernel path: no first packet got through ({timeouts} timeouts)");
+    }
+    let s = summarize(&lat_ms);
+    let p99 = percentile(&lat_ms, 99.0);
+    let detail = format!(
+        "{} answers in {:.1} s; {timeouts} never got through (3 s)",
+        lat_ms.len(),
+        started.elapsed().as_secs_f64()
+    );
+    figs.push(
+        Figure::measured(
+            4,
+            "dns.kernel.p50_ms",
+            "DNS answer → first allowed packet, in-kernel learning path: p50",
+            "ms",
+            s.clone(),
+        )
+        .detail(detail)
+        .decimals(3)
+        .note_target("none given (p50 and p99 over 1,000 answers)"),
+    );
+    figs.push(
+        Figure::measured(
+            4,
+            "dns.kernel.p99_ms",
+            "DNS answer → first allowed packet, in-kernel learning path: p99",
+            "ms",
+            crate::stats::Summary { median: p99, ..s },
+        )
+        .detail("spread column: of all the samples, as for p50")
+        .decimals(3)
+        .note_target("none given"),
+    );
+    Ok(())
+}
+
 /// Figure 4: from a DNS answer that carries a new address to the first
 /// packet to that address the kernel lets through, for the agent's own
 /// resolution path.
@@ -518,24 +625,19 @@ pub fn run_dns(
     figs: &mut Vec<Figure>,
     notes: &mut Vec<String>,
 ) -> Result<()> {
-    figs.push(
-        Figure::missing(
-            4,
-            "dns.kernel",
-            "DNS answer → first allowed packet, in-kernel learning path",
-            Status::NotImplemented,
-            "the in-kernel learning path does not exist yet",
-        )
-        .note_target("p50 and p99 over 1,000 answers"),
-    );
     if p.dns_answers == 0 {
-        figs.push(Figure::missing(
-            4,
-            "dns.agent",
-            "DNS answer → first allowed packet, agent's resolution path",
-            Status::Skipped,
-            "skipped (--dns-answers 0)",
-        ));
+        for (key, what) in [
+            ("dns.kernel", "in-kernel learning path"),
+            ("dns.agent", "agent's resolution path"),
+        ] {
+            figs.push(Figure::missing(
+                4,
+                key,
+                &format!("DNS answer → first allowed packet, {what}"),
+                Status::Skipped,
+                "skipped (--dns-answers 0)",
+            ));
+        }
         return Ok(());
     }
     let topo = Topology::new(1)?;
@@ -561,6 +663,8 @@ pub fn run_dns(
         awaiting: None,
         probe: stdin,
         error: None,
+        kernel_next: 0,
+        kernel_sent: HashMap::new(),
     }));
     let _dns = DnsServer::start(
         ns.path(),
@@ -572,12 +676,20 @@ pub fn run_dns(
     let cfg = AgentConfig {
         cgroup: &target.path,
         listen_port: 9852,
-        allow: vec![(
-            "probe".into(),
-            "udp",
-            PROBE_PORT,
-            vec![PROBE_NAME.to_owned()],
-        )],
+        allow: vec![
+            (
+                "probe".into(),
+                "udp",
+                PROBE_PORT,
+                vec![PROBE_NAME.to_owned()],
+            ),
+            (
+                "learn".into(),
+                "udp",
+                PROBE_PORT,
+                vec![KERNEL_NAME.to_owned()],
+            ),
+        ],
         // ttl_min is the agent's refresh floor; it wakes at most every 200 ms.
         dns_timing: Some(("50ms", "1s", "2s")),
     };
@@ -588,6 +700,8 @@ pub fn run_dns(
         .lock()
         .map_err(|_| anyhow::anyhow!("lock poisoned"))?
         .armed = true;
+
+    kernel_path(p, ns, &target, &state, figs)?;
 
     const WARMUP: usize = 2;
     let mut lat_ms = Vec::new();

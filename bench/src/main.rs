@@ -126,6 +126,20 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         max_secs: u64,
     },
+    /// Figure 4's in-kernel path: resolve, then send at once, COUNT times.
+    #[command(hide = true)]
+    ResolveKnock {
+        #[arg(long)]
+        server: std::net::SocketAddr,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
 }
 
 /// How long and how often everything is measured.
@@ -219,6 +233,13 @@ fn main() -> ExitCode {
             timeout_ms,
             max_secs,
         } => helpers::probe(port, timeout_ms, max_secs),
+        Cmd::ResolveKnock {
+            server,
+            name,
+            port,
+            count,
+            timeout_ms,
+        } => helpers::resolve_knock(server, &name, port, count, timeout_ms),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,7 +33,6 @@ impl Goal {
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Measured,
-    NotImplemented,
     Skipped,
 }
 
@@ -282,7 +281,6 @@ impl Results {
                 ),
                 None => (
                     match f.status {
-                        Status::NotImplemented => "not implemented".into(),
                         Status::Skipped => "skipped".into(),
                         Status::Measured => "n/a".into(),
                     },
@@ -378,8 +376,7 @@ mod tests {
         let f = Figure::measured(5, "k", "n", "MB", summarize(&[31.0]))
             .target("< 30 MB", Goal::Below(30.0));
         assert_eq!(f.met, Some(false));
-        let f = Figure::missing(4, "k", "n", Status::NotImplemented, "why")
-            .target("x", Goal::AtMost(1.0));
+        let f = Figure::missing(4, "k", "n", Status::Skipped, "why").target("x", Goal::AtMost(1.0));
         assert_eq!(f.met, None);
     }
 
@@ -394,13 +391,13 @@ mod tests {
             params: serde_json::Value::Null,
             figures: vec![
                 Figure::measured(1, "a", "fig a", "x", summarize(&[1.0, 2.0])),
-                Figure::missing(4, "b", "fig b", Status::NotImplemented, "later"),
+                Figure::missing(4, "b", "fig b", Status::Skipped, "later"),
             ],
             notes: vec!["a note".into()],
         };
         let md = r.markdown("## Reproduce\n");
         assert!(md.contains("| 1 | fig a | 1.500 x |"));
-        assert!(md.contains("| 4 | fig b | not implemented |"));
+        assert!(md.contains("| 4 | fig b | skipped |"));
         assert!(md.contains("- a note"));
     }
 }

@@ -457,7 +457,10 @@ pub async fn run(
         let dns_writes = m
             .apply_dns(&entries::dns_names(&agent.policy), &resolvers)
             .context("write the DNS learning maps")?;
-        m.set_learn_ttl_min(u32::try_from(config.dns.ttl_min.as_secs()).unwrap_or(u32::MAX))?;
+        // Whole seconds, rounded up and at least one: a 0-TTL answer must
+        // still let the connect right after it through.
+        let floor = config.dns.ttl_min.as_secs() + u64::from(config.dns.ttl_min.subsec_nanos() > 0);
+        m.set_learn_ttl_min(u32::try_from(floor.max(1)).unwrap_or(u32::MAX))?;
         m.set_loopback_dns(resolvers.iter().any(|r| r.is_loopback()))?;
         tracing::debug!(dns_writes, "DNS learning maps written");
         m.set_loopback(match config.loopback {
