@@ -229,6 +229,13 @@ impl Store {
             .busy_timeout(DEFAULT_BUSY_TIMEOUT)
             .map_err(s.sql("set the busy timeout"))?;
         let found = s.schema_version()?;
+        if found == 0 && s.is_blank()? {
+            // Created by the agent a moment ago, its schema not written
+            // yet: as good as missing, not an old store.
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
         if found > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: s.path.clone(),
@@ -268,6 +275,15 @@ impl Store {
     }
 
     /// The schema version recorded in `meta` (0 for an empty database).
+    /// Whether the database has no tables at all.
+    fn is_blank(&self) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(self.sql("read the schema"))?;
+        Ok(n == 0)
+    }
+
     pub fn schema_version(&self) -> Result<u32, StoreError> {
         let has_meta: Option<String> = self
             .conn
@@ -885,6 +901,33 @@ impl StoreHandle {
             }
             None => Err(StoreError::Unavailable("not open".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod blank_tests {
+    use super::*;
+
+    #[test]
+    fn a_store_being_created_reads_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.db");
+        // An empty SQLite file: what the writer has made before its schema.
+        drop(Connection::open(&path).unwrap());
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(
+            Store::open_existing(&path),
+            Err(StoreError::Missing { .. })
+        ));
+        // A database with someone else's tables is not mistaken for one.
+        let other = dir.path().join("other.db");
+        let c = Connection::open(&other).unwrap();
+        c.execute_batch("CREATE TABLE t (x INTEGER);").unwrap();
+        drop(c);
+        assert!(matches!(
+            Store::open_existing(&other),
+            Err(StoreError::Outdated { .. })
+        ));
     }
 }
 
