@@ -531,9 +531,9 @@ mode = "audit"
 # the whole host. Or a cgroup2 directory, or the cgroup of a systemd unit
 # (a sidecar to the gateway: "unit:sdm-proxy.service"), or the cgroup of a
 # running process ("pid:1234"). The agent waits for a unit that has not
-# started yet and follows its cgroup when the service restarts.
+# started yet and follows its cgroup when the service restarts. For a
+# sidecar, e.g. "unit:sdm-proxy.slice" (see README: no gap on restarts).
 # cgroup = "/sys/fs/cgroup"
-# cgroup = "unit:sdm-proxy.service"
 
 # Include the Ports Guide's optional flows (checkip, the 1.1.1.1 DNS fallback).
 optional = true
