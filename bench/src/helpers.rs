@@ -268,6 +268,24 @@ pub fn flood(net: Ipv4Addr, secs: f64) -> Result<()> {
 /// it (on `port`) every 20 µs until the kernel lets one through, then prints
 /// `<address> <CLOCK_MONOTONIC ns>` (or `<address> timeout` after
 /// `timeout_ms`). Stops at end of input or after `max_secs`.
+/// Sends to `addr`:`port` every 20 µs until the kernel accepts; returns the
+/// CLOCK_MONOTONIC ns of the accepted send, or "timeout".
+fn knock(sock: &UdpSocket, addr: Ipv4Addr, port: u16, timeout_ms: u64) -> String {
+    let until = Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        if sock
+            .send_to(&[0u8; 8], SocketAddrV4::new(addr, port))
+            .is_ok()
+        {
+            return mono_ns().to_string();
+        }
+        if Instant::now() > until {
+            return "timeout".to_owned();
+        }
+        thread::sleep(Duration::from_micros(20));
+    }
+}
+
 pub fn probe(port: u16, timeout_ms: u64, max_secs: u64) -> Result<()> {
     let sock = UdpSocket::bind("0.0.0.0:0")?;
     let stop = Instant::now() + Duration::from_secs(max_secs);
@@ -276,19 +294,7 @@ pub fn probe(port: u16, timeout_ms: u64, max_secs: u64) -> Result<()> {
     for line in stdin.lock().lines() {
         let line = line?;
         let addr: Ipv4Addr = line.trim().parse().with_context(|| format!("{line:?}"))?;
-        let until = Instant::now() + Duration::from_millis(timeout_ms);
-        let result = loop {
-            if sock
-                .send_to(&[0u8; 8], SocketAddrV4::new(addr, port))
-                .is_ok()
-            {
-                break mono_ns().to_string();
-            }
-            if Instant::now() > until {
-                break "timeout".to_owned();
-            }
-            thread::sleep(Duration::from_micros(20));
-        };
+        let result = knock(&sock, addr, port, timeout_ms);
         writeln!(out, "{addr} {result}")?;
         out.flush()?;
         if Instant::now() > stop {
@@ -364,19 +370,7 @@ pub fn resolve_knock(
                 break first_a(&buf[..n]).context("an answer without an A record")?;
             }
         };
-        let until = Instant::now() + Duration::from_millis(timeout_ms);
-        let result = loop {
-            if sock
-                .send_to(&[0u8; 8], SocketAddrV4::new(addr, port))
-                .is_ok()
-            {
-                break mono_ns().to_string();
-            }
-            if Instant::now() > until {
-                break "timeout".to_owned();
-            }
-            thread::sleep(Duration::from_micros(20));
-        };
+        let result = knock(&sock, addr, port, timeout_ms);
         writeln!(out, "{addr} {result}")?;
         out.flush()?;
     }

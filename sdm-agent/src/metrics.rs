@@ -113,35 +113,25 @@ fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::
         "Bytes allowed by each rule, by direction.",
         &bytes,
     )?;
-    let denied: Vec<_> = s
-        .denied
-        .iter()
-        .map(|d| {
-            (
-                vec![
-                    ("direction", d.direction.clone()),
-                    ("reason", d.reason.clone()),
-                    ("mode", d.mode.clone()),
-                ],
-                d.packets,
-            )
-        })
-        .collect();
+    // One labelled row per (direction, reason, mode), for packets and bytes.
+    let denied_rows = |value: fn(&crate::status::DenyStatus) -> u64| -> Vec<_> {
+        s.denied
+            .iter()
+            .map(|d| {
+                (
+                    vec![
+                        ("direction", d.direction.clone()),
+                        ("reason", d.reason.clone()),
+                        ("mode", d.mode.clone()),
+                    ],
+                    value(d),
+                )
+            })
+            .collect()
+    };
+    let denied = denied_rows(|d| d.packets);
     counter_family(&mut encoder, "sdm_denied_packets", "Packets denied (dropped in enforce mode, passed and counted in audit mode), by direction, reason and mode.", &denied)?;
-    let denied_bytes: Vec<_> = s
-        .denied
-        .iter()
-        .map(|d| {
-            (
-                vec![
-                    ("direction", d.direction.clone()),
-                    ("reason", d.reason.clone()),
-                    ("mode", d.mode.clone()),
-                ],
-                d.bytes,
-            )
-        })
-        .collect();
+    let denied_bytes = denied_rows(|d| d.bytes);
     counter_family(
         &mut encoder,
         "sdm_denied_bytes",

@@ -39,8 +39,11 @@ fn learned(lab: &Lab) -> u64 {
         .unwrap_or_else(|| panic!("no dns_answers.learned in status"))
 }
 
-#[test]
-fn fresh_answers_connect_at_once_with_the_agent_alive_and_dead() {
+/// A gateway lab in enforce mode whose fake DNS answers NAME with a new
+/// address on every answer (this TTL; `dns` adds to the agent's [dns]
+/// table), allowed on PORT by an `[[allow]]`; returns it with the IPv6
+/// prefix the addresses come from.
+fn rotating_lab(ttl: u32, dns: &str) -> (Lab, Ipv6Addr) {
     let mut lab = new_lab();
     serve_all(&lab);
     gateway_dns(&lab, 300);
@@ -60,8 +63,8 @@ fn fresh_answers_connect_at_once_with_the_agent_alive_and_dead() {
         "dev",
         "lo",
     ]);
-    lab.dns().rotate(NAME, v4, v6, 3600);
-    let mut config = gateway_config(&lab, "enforce", "");
+    lab.dns().rotate(NAME, v4, v6, ttl);
+    let mut config = gateway_config(&lab, "enforce", dns);
     config.tables.push_str(&format!(
         "\n[[allow]]\n\
          name = \"rotating\"\n\
@@ -73,6 +76,12 @@ fn fresh_answers_connect_at_once_with_the_agent_alive_and_dead() {
     let mut hosts = GATEWAY_HOSTS.to_vec();
     hosts.push(NAME);
     lab.start_agent(&path, "enforce", &hosts);
+    (lab, v6)
+}
+
+#[test]
+fn fresh_answers_connect_at_once_with_the_agent_alive_and_dead() {
+    let (mut lab, v6) = rotating_lab(3600, "");
 
     // Warm up the lab's IPv6 path (neighbour discovery between the
     // namespaces) with a connection the gateway policy allows anyway, so
@@ -130,23 +139,7 @@ fn fresh_answers_connect_at_once_with_the_agent_alive_and_dead() {
 /// a connection opened before keeps working through the expiry.
 #[test]
 fn learned_addresses_expire_for_new_connections_only() {
-    let mut lab = new_lab();
-    serve_all(&lab);
-    gateway_dns(&lab, 300);
-    let n = lab.n;
-    let v4 = Ipv4Addr::new(10, 233, n, 0);
-    let v6: Ipv6Addr = format!("fd00:233:{n:x}::").parse().expect("prefix");
-    lab.net
-        .ip(&["route", "add", "local", &format!("{v4}/24"), "dev", "lo"]);
-    lab.dns().rotate(NAME, v4, v6, 1);
-    let mut config = gateway_config(&lab, "enforce", "ttl_min = \"2s\"");
-    config.tables.push_str(&format!(
-        "\n[[allow]]\nname = \"rotating\"\ndirection = \"egress\"\nto = \"{NAME}\"\nport = {PORT}\n"
-    ));
-    let path = lab.write_config("expiring.toml", &config);
-    let mut hosts = GATEWAY_HOSTS.to_vec();
-    hosts.push(NAME);
-    lab.start_agent(&path, "enforce", &hosts);
+    let (lab, _) = rotating_lab(1, "ttl_min = \"2s\"");
 
     let answer = lab.probe(&["resolve", &lab.dns_ip().to_string(), NAME, "A"]);
     let addr = answer["addresses"][0]
