@@ -430,6 +430,7 @@ mod tests {
                 bytes: 700,
             }],
             dns: vec![],
+            policy_error: None,
         }
     }
 

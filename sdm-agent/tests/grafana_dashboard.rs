@@ -79,6 +79,7 @@ fn sample_status() -> Status {
             next_refresh_secs: 30,
             resolved: true,
         }],
+        policy_error: None,
     }
 }
 

@@ -9,6 +9,7 @@ mod bench;
 mod bpf_linker;
 mod context;
 mod deploy_check;
+mod fuzz;
 mod system;
 mod tasks;
 mod toolchain;
@@ -80,6 +81,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Run the cargo-fuzz targets under fuzz/ (nightly, AddressSanitizer);
+    /// installs cargo-fuzz if missing. A crash fails it, its input is kept.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// One target (default: every target, one after the other).
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -108,5 +118,6 @@ fn dispatch(cli: Cli) -> Result<()> {
         Task::Bench { smoke, out, args } => {
             bench::bench(&Ctx::new(false)?, smoke, out.as_deref(), &args)
         }
+        Task::Fuzz { secs, target } => fuzz::fuzz(&Ctx::new(false)?, secs, target.as_deref()),
     }
 }
