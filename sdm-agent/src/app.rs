@@ -8,7 +8,7 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{atomic::AtomicU64, atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -142,11 +142,18 @@ struct Agent {
     ids: std::collections::BTreeMap<String, u32>,
     /// Address -> hostnames, for naming the destinations of denied flows.
     hostnames: flows::HostnameIndex,
+    /// Why the last attempt to apply the policy failed, while the previous
+    /// policy stays in force; cleared by the next success.
+    policy_error: Option<String>,
+    /// Failed attempts (`sdm_policy_apply_errors_total`).
+    apply_errors: Arc<AtomicU64>,
 }
 
 impl Agent {
     /// Builds the wanted map contents from the policy and the current
-    /// answers and applies them (only the difference; atomic flip).
+    /// answers and applies them (only the difference; atomic flip). A
+    /// failure leaves the live policy as it was; it is counted and recorded
+    /// in the state file for `status`.
     fn sync(&mut self) -> Result<usize> {
         let resolver = &self.resolver;
         let want = entries::build(&self.policy, &self.ids, |h| resolver.addresses(h));
@@ -154,8 +161,22 @@ impl Agent {
             .maps
             .lock()
             .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
-        let writes = maps.apply(&want).context("apply the policy to the maps")?;
+        let applied = maps.apply(&want);
         drop(maps);
+        let writes = match applied {
+            Ok(w) => {
+                self.policy_error = None;
+                w
+            }
+            Err(e) => {
+                self.apply_errors.fetch_add(1, Ordering::Relaxed);
+                self.policy_error = Some(e.to_string());
+                if let Err(w) = self.write_state() {
+                    tracing::warn!(error = %format!("{w:#}"), "writing the state file failed");
+                }
+                return Err(anyhow::Error::new(e).context("apply the policy to the maps"));
+            }
+        };
         let index = flows::index_from(
             self.resolver
                 .hosts()
@@ -175,6 +196,7 @@ impl Agent {
             config: self.config_path.clone(),
             rules: self.policy.rules.clone(),
             dns: self.resolver.report(),
+            policy_error: self.policy_error.clone(),
             updated: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -346,6 +368,23 @@ impl Followed {
     }
 }
 
+/// Writes the configured loopback handling and mode into the kernel's
+/// config: only once the configured policy is applied.
+fn set_mode(maps: &Mutex<Maps>, config: &Config) -> Result<()> {
+    let mut m = maps
+        .lock()
+        .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
+    m.set_loopback(match config.loopback {
+        LoopbackMode::Enforce => LOOPBACK_ENFORCE,
+        LoopbackMode::Pass => LOOPBACK_PASS,
+    })?;
+    m.set_mode(match config.mode {
+        Mode::Enforce => MODE_ENFORCE,
+        Mode::Audit => MODE_AUDIT,
+    })?;
+    Ok(())
+}
+
 pub async fn run(
     layout: Layout,
     config_path: Option<PathBuf>,
@@ -435,6 +474,7 @@ pub async fn run(
     resolver.set_names(hosts.iter().map(String::as_str), Instant::now());
     seed_from_previous(&mut resolver, &layout, &hosts);
     let hostnames: flows::HostnameIndex = Default::default();
+    let agent_stats = metrics::AgentStats::default();
     let mut agent = Agent {
         layout: layout.clone(),
         config_path: config_path.clone(),
@@ -443,11 +483,48 @@ pub async fn run(
         resolver,
         ids,
         hostnames: hostnames.clone(),
+        policy_error: None,
+        apply_errors: agent_stats.policy_apply_errors.clone(),
     };
 
     tracing::info!(hostnames = hosts.len(), resolvers = ?resolvers, "resolving");
     agent.resolver.refresh_due().await;
-    let writes = agent.sync()?;
+    // When the policy does not apply (a DNS answer too big for the maps,
+    // say) and a previous agent's policy is live, that policy and its mode
+    // stay in force and the agent runs on, retrying like any failed update;
+    // exiting would leave nothing to retry, refresh or report. On a fresh
+    // host there is nothing to keep: the agent stops, in audit mode.
+    let mut retry_at: Option<Instant> = None;
+    let mut mode_pending = false;
+    let writes = match agent.sync() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            let generation = maps
+                .lock()
+                .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?
+                .config()?
+                .generation;
+            // Only a refused policy is survivable here; an error of another
+            // kind (the state file) stays fatal, as before.
+            if generation == 0 || agent.policy_error.is_none() {
+                return Err(e);
+            }
+            tracing::error!(error = %format!("{e:#}"), generation, "applying the policy failed; the previous policy and mode stay in force until it applies; retrying");
+            retry_at = Some(Instant::now() + config.dns.ttl_min);
+            mode_pending = true;
+            None
+        }
+    };
+    if let Some(writes) = writes {
+        set_mode(&maps, &config)?;
+        tracing::info!(
+            rules = agent.policy.rules.len(),
+            writes,
+            mode = ?config.mode,
+            metrics = %config.http.listen,
+            "policy applied; enforcement is live"
+        );
+    }
     {
         let mut m = maps
             .lock()
@@ -463,45 +540,29 @@ pub async fn run(
         m.set_learn_ttl_min(u32::try_from(floor.max(1)).unwrap_or(u32::MAX))?;
         m.set_loopback_dns(resolvers.iter().any(|r| r.is_loopback()))?;
         tracing::debug!(dns_writes, "DNS learning maps written");
-        m.set_loopback(match config.loopback {
-            LoopbackMode::Enforce => LOOPBACK_ENFORCE,
-            LoopbackMode::Pass => LOOPBACK_PASS,
-        })?;
-        m.set_mode(match config.mode {
-            Mode::Enforce => MODE_ENFORCE,
-            Mode::Audit => MODE_AUDIT,
-        })?;
     }
-    tracing::info!(
-        rules = agent.policy.rules.len(),
-        writes,
-        mode = ?config.mode,
-        metrics = %config.http.listen,
-        "policy applied; enforcement is live"
-    );
     // Under systemd (Type=notify) this is what lets units ordered after
-    // sdm-agent.service start: the programs are attached and the policy and
-    // mode written, so they start under enforcement.
+    // sdm-agent.service start: the programs are attached and a policy and
+    // mode are live (this one, or a previous agent's while it retries), so
+    // they start under enforcement.
     notify_systemd("READY=1");
 
     // Denied flows: aggregated in memory, logged when new, stored in
     // <[state] dir>/flows.db (a broken store is reported, never fatal).
-    let agent_stats = metrics::AgentStats::default();
     let flow_table = flows::FlowTable::shared(flows::DEFAULT_CAPACITY);
     let flow_store = store::StoreHandle::spawn(
         store::StoreOptions::from_config(&config.state),
         agent_stats.store.clone(),
     );
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(flows::EVENT_CHANNEL_CAPACITY);
-    let pipeline = tokio::spawn(
-        flows::Pipeline::new(
-            flow_table.clone(),
-            hostnames.clone(),
-            flows::AuditLog::from_config(&config.audit),
-            Some(flow_store.clone()),
-        )
-        .run(events_rx),
+    let mut flow_pipeline = flows::Pipeline::new(
+        flow_table.clone(),
+        hostnames.clone(),
+        flows::AuditLog::from_config(&config.audit),
+        Some(flow_store.clone()),
     );
+    flow_pipeline.evicted = agent_stats.flows_evicted.clone();
+    let pipeline = tokio::spawn(flow_pipeline.run(events_rx));
     let ring = events::open(&layout).context("open the deny event ring buffer")?;
     let (stop_events, stop_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(events::forward(
@@ -528,7 +589,6 @@ pub async fn run(
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Absolute times, so the other branches of the loop (the target check
     // ticks every 100 ms) do not push them back.
-    let mut retry_at: Option<Instant> = None;
     let mut last_refresh = Instant::now();
     loop {
         let wake = agent
@@ -553,7 +613,18 @@ pub async fn run(
                     retry_at = None;
                 }
                 match result {
-                    Ok(Some(writes)) => tracing::info!(writes, "allowlist updated"),
+                    Ok(Some(writes)) => {
+                        tracing::info!(writes, "allowlist updated");
+                        if mode_pending {
+                            match set_mode(&maps, &config) {
+                                Ok(()) => {
+                                    mode_pending = false;
+                                    tracing::info!(mode = ?config.mode, "policy applied; the configured mode is live");
+                                }
+                                Err(e) => tracing::error!(error = %format!("{e:#}"), "setting the mode failed; retrying"),
+                            }
+                        }
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         if changed {

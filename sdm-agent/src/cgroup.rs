@@ -268,27 +268,35 @@ pub fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
     mounts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(dir)))
+        (fstype == "cgroup2").then(|| unescape_mount_path(dir))
     })
 }
 
-/// /proc/mounts escapes space, tab, newline and backslash as octal.
-fn unescape_mount_path(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// /proc/mounts escapes space, tab, newline and backslash as `\` and three
+/// octal digits (`\040`); every other byte is itself, UTF-8 or not, so the
+/// path is rebuilt as bytes.
+fn unescape_mount_path(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt as _;
     let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(char::from(v));
-                i += 4;
-                continue;
+        if b[i] == b'\\' {
+            if let Some(d) = b.get(i + 1..i + 4) {
+                if d.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                    let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                    if let Ok(v) = u8::try_from(v) {
+                        out.push(v);
+                        i += 4;
+                        continue;
+                    }
+                }
             }
         }
-        out.push(char::from(b[i]));
+        out.push(b[i]);
         i += 1;
     }
-    out
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// Checks that `path` is a directory on a cgroup2 file system.
@@ -415,6 +423,36 @@ mod tests {
         assert_eq!(
             cgroup2_mount_in("none /a\\040b cgroup2 rw 0 0\n"),
             Some(PathBuf::from("/a b"))
+        );
+    }
+
+    /// Found by `cargo xtask fuzz system_files`: a backslash followed by
+    /// non-ASCII text sliced a string inside a character (a panic), and
+    /// non-ASCII names came out as mojibake (each byte taken for a char).
+    #[test]
+    fn mount_paths_with_non_ascii_names() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let crash = "cgroup2 /sy\x01\x00y\\2p\u{352}y\\2/fs/cgroup/my\\0cgqoup\u{352}y\\211dir \
+                     cgroup2 r40doup 2rw 0 0\n";
+        let mut want = b"/sy\x01\x00y\\2p\xcd\x92y\\2/fs/cgroup/my\\0cgqoup\xcd\x92y".to_vec();
+        want.push(0o211);
+        want.extend_from_slice(b"dir");
+        assert_eq!(
+            cgroup2_mount_in(crash),
+            Some(PathBuf::from(std::ffi::OsString::from_vec(want)))
+        );
+        assert_eq!(
+            cgroup2_mount_in("none /sys/fs/cgroup/caf\u{e9}\\040x cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/sys/fs/cgroup/caf\u{e9} x"))
+        );
+        // Only three octal digits make an escape, and only up to \377.
+        assert_eq!(
+            cgroup2_mount_in("none /a\\+12\\777\\08 cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/a\\+12\\777\\08"))
+        );
+        assert_eq!(
+            cgroup2_mount_in("none /a\\134b\\011 cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/a\\b\t"))
         );
     }
 

@@ -46,6 +46,10 @@ pub enum CompileError {
     DuplicateName(String),
     #[error("catalogue row {role}/{key}: its target and port do not go together")]
     UnsupportedRow { role: Role, key: &'static str },
+    /// Fixed addresses times ports that can never be applied (`run` would
+    /// otherwise load, attach and then fail to write the maps).
+    #[error("rules with fixed addresses: {0}; narrow their port ranges or address lists")]
+    TooManyEntries(crate::entries::Overflow),
 }
 
 fn loopback_sources() -> Vec<Target> {
@@ -312,7 +316,11 @@ pub fn compile(config: &Config, resolvers: &[IpAddr]) -> Result<Policy, CompileE
             return Err(CompileError::DuplicateName(r.name.clone()));
         }
     }
-    Ok(Policy { rules })
+    let policy = Policy { rules };
+    if let Some(o) = crate::entries::static_overflow(&policy) {
+        return Err(CompileError::TooManyEntries(o));
+    }
+    Ok(policy)
 }
 
 /// The `nameserver` addresses of a resolv.conf, in order, duplicates
@@ -970,6 +978,29 @@ mod tests {
             compile(&c, &[]),
             Err(CompileError::TooManyPorts { .. })
         ));
+
+        // Every port of three fixed addresses: 196605 exact entries, more
+        // than a map holds; `check` says so rather than `run` failing later.
+        let mut c = Config::default();
+        c.allow.push(AllowConfig {
+            name: "wide".into(),
+            direction: Direction::Egress,
+            proto: Proto::Tcp,
+            ports: vec![PortRange { lo: 1, hi: 65535 }],
+            targets: vec![net("10.0.0.1/32"), net("10.0.0.2/32")],
+        });
+        assert!(compile(&c, &[]).is_ok(), "2 x 65535 entries fit");
+        c.allow[0].targets.push(net("10.0.0.3/32"));
+        match compile(&c, &[]) {
+            Err(e @ CompileError::TooManyEntries(_)) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("exact IPv4") && msg.contains("131072"),
+                    "{msg}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -1122,11 +1153,12 @@ mod tests {
             &r,
         );
         assert!(w.is_empty(), "{w:?}");
-        // An [[allow]] for loopback sources instead of the client role.
+        // An [[allow]] for loopback sources instead of the client role (a
+        // range of ports: every port of a CIDR would not fit the trie).
         let w = warnings(
             &format!(
                 "mode = \"enforce\"\nloopback = \"enforce\"\n{SSH}\
-                 [[allow]]\nname = \"local\"\ndirection = \"ingress\"\nports = \"1-65535\"\nfrom = \"127.0.0.0/8\"\n"
+                 [[allow]]\nname = \"local\"\ndirection = \"ingress\"\nports = \"9000-9999\"\nfrom = \"127.0.0.0/8\"\n"
             ),
             &r,
         );

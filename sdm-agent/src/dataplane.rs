@@ -91,6 +91,9 @@ pub enum DataplaneError {
     },
     #[error("more than {MAX_RULES} distinct rules have been seen; run `sdm-agent detach` to reset rule ids")]
     RuleIdsExhausted,
+    /// Not a `#[source]`: the message already says it all, once.
+    #[error("{0}; nothing was written")]
+    Capacity(crate::entries::Overflow),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DataplaneError + 'a {
@@ -934,12 +937,17 @@ impl Maps {
     /// the differences from what that slot held), then one write of the
     /// config flips the generation: packets see the old policy or the new
     /// one, never a mix. Returns the number of map writes, 0 when nothing
-    /// changed (then nothing is flipped either).
+    /// changed (then nothing is flipped either). Contents that do not fit
+    /// the maps are refused before anything is written; any error leaves
+    /// the live slot, and so the enforced policy, as it was.
     pub fn apply(&mut self, want: &Entries) -> Result<usize, DataplaneError> {
         let mut cfg = self.config()?;
         let live = (cfg.generation & 1) as usize;
         if self.slot(live)? == want {
             return Ok(0);
+        }
+        if let Some(o) = want.overflow() {
+            return Err(DataplaneError::Capacity(o));
         }
         let idle = live ^ 1;
         let have = self.slot(idle)?.clone();
@@ -948,57 +956,61 @@ impl Maps {
         // error half way makes the next apply read it back from the kernel.
         self.shadow[idle] = None;
 
-        let d = diff(&have.exact4, &want.exact4);
-        for (k, v) in &d.upsert {
-            self.exact4[idle]
-                .insert(k, RuleRef { rule: *v }, 0)
-                .map_err(map_err(MAP_EXACT4[idle]))?;
-        }
-        for k in &d.remove {
+        // Removals first: the idle slot may still hold an older policy,
+        // and adding before removing could overflow a map that the wanted
+        // contents fit in (a rotation of many addresses, say).
+        let d4 = diff(&have.exact4, &want.exact4);
+        for k in &d4.remove {
             self.exact4[idle]
                 .remove(k)
                 .map_err(map_err(MAP_EXACT4[idle]))?;
         }
-        writes += d.upsert.len() + d.remove.len();
-
-        let d = diff(&have.exact6, &want.exact6);
-        for (k, v) in &d.upsert {
-            self.exact6[idle]
-                .insert(k, RuleRef { rule: *v }, 0)
-                .map_err(map_err(MAP_EXACT6[idle]))?;
-        }
-        for k in &d.remove {
+        let d6 = diff(&have.exact6, &want.exact6);
+        for k in &d6.remove {
             self.exact6[idle]
                 .remove(k)
                 .map_err(map_err(MAP_EXACT6[idle]))?;
         }
-        writes += d.upsert.len() + d.remove.len();
-
-        let d = diff(&have.cidr4, &want.cidr4);
-        for ((plen, k), v) in &d.upsert {
-            self.cidr4[idle]
-                .insert(&LpmKey::new(*plen, *k), RuleRef { rule: *v }, 0)
-                .map_err(map_err(MAP_CIDR4[idle]))?;
-        }
-        for (plen, k) in &d.remove {
+        let c4 = diff(&have.cidr4, &want.cidr4);
+        for (plen, k) in &c4.remove {
             self.cidr4[idle]
                 .remove(&LpmKey::new(*plen, *k))
                 .map_err(map_err(MAP_CIDR4[idle]))?;
         }
-        writes += d.upsert.len() + d.remove.len();
-
-        let d = diff(&have.cidr6, &want.cidr6);
-        for ((plen, k), v) in &d.upsert {
-            self.cidr6[idle]
-                .insert(&LpmKey::new(*plen, *k), RuleRef { rule: *v }, 0)
-                .map_err(map_err(MAP_CIDR6[idle]))?;
-        }
-        for (plen, k) in &d.remove {
+        let c6 = diff(&have.cidr6, &want.cidr6);
+        for (plen, k) in &c6.remove {
             self.cidr6[idle]
                 .remove(&LpmKey::new(*plen, *k))
                 .map_err(map_err(MAP_CIDR6[idle]))?;
         }
-        writes += d.upsert.len() + d.remove.len();
+        for (k, v) in &d4.upsert {
+            self.exact4[idle]
+                .insert(k, RuleRef { rule: *v }, 0)
+                .map_err(map_err(MAP_EXACT4[idle]))?;
+        }
+        for (k, v) in &d6.upsert {
+            self.exact6[idle]
+                .insert(k, RuleRef { rule: *v }, 0)
+                .map_err(map_err(MAP_EXACT6[idle]))?;
+        }
+        for ((plen, k), v) in &c4.upsert {
+            self.cidr4[idle]
+                .insert(&LpmKey::new(*plen, *k), RuleRef { rule: *v }, 0)
+                .map_err(map_err(MAP_CIDR4[idle]))?;
+        }
+        for ((plen, k), v) in &c6.upsert {
+            self.cidr6[idle]
+                .insert(&LpmKey::new(*plen, *k), RuleRef { rule: *v }, 0)
+                .map_err(map_err(MAP_CIDR6[idle]))?;
+        }
+        writes += [
+            d4.upsert.len() + d4.remove.len(),
+            d6.upsert.len() + d6.remove.len(),
+            c4.upsert.len() + c4.remove.len(),
+            c6.upsert.len() + c6.remove.len(),
+        ]
+        .iter()
+        .sum::<usize>();
 
         let d = diff(&have.host_ports, &want.host_ports);
         for (k, v) in &d.upsert {

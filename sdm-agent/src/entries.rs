@@ -10,7 +10,8 @@ use std::{
 use ipnet::IpNet;
 use sdm_common::{
     dns_host_id, dns_name_key, Cidr4, Cidr6, HostPortKey, Key4, Key6, CIDR_HEADER_BITS, DIR_EGRESS,
-    DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    DIR_INGRESS, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::policy::{Direction, Policy, Proto, Rule, Target};
@@ -46,6 +47,51 @@ impl Entries {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The first map of a slot these contents would overflow, if any. Each
+    /// slot's maps have fixed capacities; checking before writing keeps a
+    /// policy that cannot fit from costing a slot's worth of map writes.
+    pub fn overflow(&self) -> Option<Overflow> {
+        [
+            ("exact IPv4", self.exact4.len(), MAX_EXACT_ENTRIES),
+            ("exact IPv6", self.exact6.len(), MAX_EXACT_ENTRIES),
+            ("IPv4 CIDR", self.cidr4.len(), MAX_CIDR_ENTRIES),
+            ("IPv6 CIDR", self.cidr6.len(), MAX_CIDR_ENTRIES),
+        ]
+        .into_iter()
+        .find(|(_, need, max)| *need > *max as usize)
+        .map(|(what, need, max)| Overflow { what, need, max })
+    }
+}
+
+/// An allowlist too big for one of the kernel maps.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the allowlist needs {need} {what} entries (one per address, protocol and port), more than \
+     the {max} the kernel map holds"
+)]
+pub struct Overflow {
+    pub what: &'static str,
+    pub need: usize,
+    pub max: u32,
+}
+
+/// Whether the rules' fixed addresses and CIDRs alone (no hostname
+/// resolved yet) overflow a map: such a config can never be applied. Stops
+/// counting at the first overflow, so a huge config costs bounded memory.
+pub fn static_overflow(policy: &Policy) -> Option<Overflow> {
+    let mut out = Entries::default();
+    for rule in &policy.rules {
+        for target in &rule.targets {
+            if let Target::Cidr(net) = target {
+                add_net(&mut out, rule, 0, *net);
+                if let Some(o) = out.overflow() {
+                    return Some(o);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Changes that turn one map's contents into another's.
@@ -357,6 +403,48 @@ mod tests {
             !e.exact4.keys().any(|k| k.port == 1),
             "rules without an id are skipped"
         );
+    }
+
+    #[test]
+    fn overflow_names_the_first_full_map() {
+        let wide = |targets: Vec<Target>| Policy {
+            rules: vec![rule(
+                "wide",
+                Direction::Egress,
+                vec![Proto::Tcp],
+                vec![PortRange { lo: 1, hi: 65535 }],
+                targets,
+            )],
+        };
+        let ips = |n: u8| -> Vec<Target> {
+            (1..=n)
+                .map(|i| Target::Cidr(format!("192.0.2.{i}/32").parse().unwrap()))
+                .collect()
+        };
+        // 2 x 65535 fit in 131072; 3 x 65535 do not.
+        assert_eq!(static_overflow(&wide(ips(2))), None);
+        let o = static_overflow(&wide(ips(3))).expect("3 x 65535 entries overflow");
+        assert_eq!(o.what, "exact IPv4");
+        assert_eq!(o.max, MAX_EXACT_ENTRIES);
+        assert!(o.need > MAX_EXACT_ENTRIES as usize, "{o:?}");
+        assert!(o.to_string().contains("more than the 131072"), "{o}");
+        // Hostnames count only once resolved: not statically.
+        let host = wide(vec![Target::Host("big.example".into())]);
+        assert_eq!(static_overflow(&host), None);
+        let ids: BTreeMap<String, u32> = [("wide".to_string(), 1)].into();
+        let addrs: Vec<IpAddr> = (1..=3).map(|i| IpAddr::from([192, 0, 2, i])).collect();
+        let e = build(&host, &ids, |_| &addrs[..]);
+        assert_eq!(e.overflow().map(|o| o.need), Some(3 * 65535));
+        let e = build(&host, &ids, |_| &addrs[..2]);
+        assert_eq!(e.overflow(), None);
+        // CIDRs fill the trie.
+        let cidrs: Vec<Target> = (0..=255u8)
+            .map(|i| Target::Cidr(format!("10.{i}.0.0/16").parse().unwrap()))
+            .collect();
+        let mut p = wide(cidrs);
+        p.rules[0].ports = vec![PortRange { lo: 1, hi: 100 }];
+        let o = static_overflow(&p).expect("256 x 100 CIDR entries overflow");
+        assert_eq!((o.what, o.max), ("IPv4 CIDR", MAX_CIDR_ENTRIES));
     }
 
     #[test]

@@ -140,13 +140,20 @@ pub async fn forward(
             return;
         }
     };
-    let drain = |ring: &mut RingBuf<MapData>| -> bool {
+    // A full channel is counted per event and logged at most once a minute.
+    let mut warned: Option<std::time::Instant> = None;
+    let mut drain = |ring: &mut RingBuf<MapData>| -> bool {
         while let Some(item) = ring.next() {
             if let Some(raw) = decode(&item) {
                 match tx.try_send(Event::from_raw(&raw)) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let total = lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        if warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60))
+                        {
+                            warned = Some(std::time::Instant::now());
+                            tracing::warn!(lost = total, "the flow pipeline is behind: deny events are dropped and counted in sdm_events_lost_total (the packet counters still count every packet)");
+                        }
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 }

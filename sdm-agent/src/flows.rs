@@ -170,7 +170,9 @@ pub struct Flow {
 }
 
 impl Flow {
-    fn from_event(e: &Event, hostname: Option<String>) -> Self {
+    /// The flow one event stands for (`hostname`: what the remote address
+    /// was resolved from, if known).
+    pub fn from_event(e: &Event, hostname: Option<String>) -> Self {
         let t = unix_ms(e.time);
         Self {
             key: FlowKey::of(e),
@@ -293,6 +295,8 @@ pub struct FlowTable {
     map: HashMap<FlowKey, Flow>,
     cap: usize,
     relog_after_ms: u64,
+    /// Flows dropped to stay within `cap`, in all.
+    evicted: u64,
 }
 
 /// The table as the pipeline and the HTTP server share it.
@@ -310,6 +314,7 @@ impl FlowTable {
             map: HashMap::new(),
             cap: cap.max(1),
             relog_after_ms: u64::try_from(relog_after.as_millis()).unwrap_or(u64::MAX),
+            evicted: 0,
         }
     }
 
@@ -328,6 +333,15 @@ impl FlowTable {
 
     pub fn get(&self, key: &FlowKey) -> Option<&Flow> {
         self.map.get(key)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Flows dropped so far to stay within the capacity.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Folds an observation into the table; true when the flow is new: not
@@ -363,6 +377,7 @@ impl FlowTable {
         for (_, k) in ages.into_iter().take(n) {
             self.map.remove(&k);
         }
+        self.evicted += n as u64;
     }
 
     /// Flows matching `q`, newest first.
@@ -532,7 +547,14 @@ pub struct Pipeline {
     /// counts since then).
     pending: HashMap<FlowKey, Flow>,
     pending_events: usize,
+    /// Flows the table evicted (`sdm_flows_evicted_total`).
+    pub evicted: Arc<std::sync::atomic::AtomicU64>,
+    /// When an eviction was last logged: at most one line a minute.
+    evict_logged: Option<Instant>,
 }
+
+/// How often a full flow table is logged while it stays full.
+const EVICT_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Pipeline {
     pub fn new(
@@ -550,6 +572,8 @@ impl Pipeline {
             flush_events: DEFAULT_FLUSH_EVENTS,
             pending: HashMap::new(),
             pending_events: 0,
+            evicted: Default::default(),
+            evict_logged: None,
         }
     }
 
@@ -562,10 +586,25 @@ impl Pipeline {
             .iter()
             .map(|e| Flow::from_event(e, hostname_of(&self.hostnames, e.remote)))
             .collect();
-        let fresh: Vec<bool> = match self.table.lock() {
-            Ok(mut t) => observed.iter().map(|f| t.record(f)).collect(),
-            Err(_) => vec![false; observed.len()],
+        let (fresh, evicted, cap): (Vec<bool>, u64, usize) = match self.table.lock() {
+            Ok(mut t) => {
+                let before = t.evicted();
+                let fresh = observed.iter().map(|f| t.record(f)).collect();
+                (fresh, t.evicted() - before, t.capacity())
+            }
+            Err(_) => (vec![false; observed.len()], 0, 0),
         };
+        if evicted > 0 {
+            use std::sync::atomic::Ordering;
+            let total = self.evicted.fetch_add(evicted, Ordering::Relaxed) + evicted;
+            if self
+                .evict_logged
+                .is_none_or(|t| t.elapsed() >= EVICT_LOG_EVERY)
+            {
+                self.evict_logged = Some(Instant::now());
+                tracing::warn!(evicted, total, capacity = cap, "the in-memory flow table is full: its least recently seen flows were dropped (the store keeps them; a flow seen again is logged again)");
+            }
+        }
         for ((e, f), new) in events.iter().zip(observed).zip(fresh) {
             if new {
                 self.audit.write_line(&audit_line(e, f.hostname.as_deref()));
@@ -1173,6 +1212,82 @@ mod tests {
         let mut newest = event("egress", "tcp", "192.0.2.1", 443, "x", "dropped", 0);
         newest.remote = IpAddr::from(std::net::Ipv4Addr::from(0xc000_0200 + 999u32));
         assert!(t.get(&FlowKey::of(&newest)).is_some());
+        // Every flow that is gone is counted: 1001 distinct flows went in.
+        assert_eq!(t.evicted() + t.len() as u64, 1001);
+    }
+
+    /// A writer for a tracing subscriber that keeps what is logged.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A full flow table is not a silent loss: the evictions are counted
+    /// (`sdm_flows_evicted_total`) and logged, at most once a minute, and
+    /// every new flow still reaches the audit log.
+    #[test]
+    fn a_full_table_logs_and_counts_its_evictions() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("audit.jsonl");
+        let table = FlowTable::shared(10);
+        let mut p = Pipeline::new(
+            table.clone(),
+            HostnameIndex::default(),
+            AuditLog::file(&log_path),
+            None,
+        );
+        let logged = Captured::default();
+        let writer = logged.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for round in 0..3u32 {
+                let events: Vec<Event> = (0..10u32)
+                    .map(|i| {
+                        let mut e = event("egress", "tcp", "192.0.2.1", 443, "x", "dropped", 0);
+                        e.remote =
+                            IpAddr::from(std::net::Ipv4Addr::from(0xc000_0200 + round * 10 + i));
+                        e.time = UNIX_EPOCH + Duration::from_millis(u64::from(round * 10 + i));
+                        e
+                    })
+                    .collect();
+                p.handle(&events);
+            }
+        });
+        let t = table.lock().unwrap();
+        assert!(t.len() <= 10, "{}", t.len());
+        assert_eq!(t.evicted() + t.len() as u64, 30);
+        assert_eq!(
+            p.evicted.load(std::sync::atomic::Ordering::Relaxed),
+            t.evicted(),
+            "the pipeline's counter (the metric) follows the table"
+        );
+        let text = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("flow table is full"))
+            .collect();
+        assert_eq!(lines.len(), 1, "one warning, not one per eviction: {text}");
+        assert!(
+            lines[0].contains("WARN") && lines[0].contains("capacity=10"),
+            "{text}"
+        );
+        let audit = std::fs::read_to_string(&log_path).unwrap();
+        assert_eq!(
+            audit.lines().count(),
+            30,
+            "every new flow is logged: {audit}"
+        );
     }
 
     #[test]

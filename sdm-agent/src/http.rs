@@ -432,6 +432,7 @@ mod tests {
             dns: vec![],
             dns_answers: Default::default(),
             learned: vec![],
+            policy_error: None,
         }
     }
 

@@ -213,6 +213,11 @@ pub struct AgentStats {
     /// full); the kernel's own losses are read from `SDM_EVENT_STAT`.
     pub events_lost: Arc<AtomicU64>,
     pub store: StoreStats,
+    /// Failed attempts to apply the policy to the maps (a map full, say);
+    /// the previous policy stays in force meanwhile.
+    pub policy_apply_errors: Arc<AtomicU64>,
+    /// Flows the in-memory flow table dropped to stay within its capacity.
+    pub flows_evicted: Arc<AtomicU64>,
 }
 
 /// The kernel's event counters (`EVENT_STAT_*`), summed over the CPUs;
@@ -285,6 +290,27 @@ impl Collector for AgentCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(self.stats.store.errors.load(Ordering::Relaxed)).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "sdm_store_dropped_flows",
+            "Flows dropped while the flow store was unavailable for long (its queue of pending flows was full, the least recently seen went first); the audit log has them.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.stats.store.dropped.load(Ordering::Relaxed)).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "sdm_flows_evicted",
+            "Flows dropped from the agent's in-memory flow table to stay within its capacity (the least recently seen first); the store keeps them, and a flow seen again is logged again.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.stats.flows_evicted.load(Ordering::Relaxed)).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "sdm_policy_apply_errors",
+            "Failed attempts to apply the policy to the kernel maps (e.g. a DNS answer that does not fit); the previous policy stays in force and the attempt is retried.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.stats.policy_apply_errors.load(Ordering::Relaxed)).encode(family)?;
         Ok(())
     }
 }
@@ -297,7 +323,9 @@ pub fn registry(source: Source) -> Registry {
 }
 
 /// The kernel's metrics and the agent's (`sdm_events_lost_total`,
-/// `sdm_flows_stored`, `sdm_store_errors_total`).
+/// `sdm_flows_stored`, `sdm_store_errors_total`,
+/// `sdm_store_dropped_flows_total`, `sdm_flows_evicted_total`,
+/// `sdm_policy_apply_errors_total`).
 pub fn registry_with(source: Source, stats: AgentStats) -> Registry {
     let layout = source.layout.clone();
     let mut r = registry(source);
@@ -347,6 +375,9 @@ mod tests {
         stats.events_lost.store(3, Ordering::Relaxed);
         stats.store.stored.store(42, Ordering::Relaxed);
         stats.store.errors.store(2, Ordering::Relaxed);
+        stats.store.dropped.store(4, Ordering::Relaxed);
+        stats.flows_evicted.store(5, Ordering::Relaxed);
+        stats.policy_apply_errors.store(6, Ordering::Relaxed);
         let layout = Layout {
             pin_root: "/nonexistent/sdm-test".into(),
             run_dir: "/nonexistent/sdm-run".into(),
@@ -364,6 +395,12 @@ mod tests {
             "sdm_flows_stored 42",
             "# HELP sdm_store_errors ",
             "sdm_store_errors_total 2",
+            "# TYPE sdm_store_dropped_flows counter",
+            "sdm_store_dropped_flows_total 4",
+            "# HELP sdm_flows_evicted ",
+            "sdm_flows_evicted_total 5",
+            "# HELP sdm_policy_apply_errors Failed attempts",
+            "sdm_policy_apply_errors_total 6",
             "# HELP sdm_events Deny events by what",
             "sdm_events_total{result=\"throttled\"} 0",
         ] {

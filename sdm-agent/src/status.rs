@@ -31,6 +31,10 @@ pub struct StateFile {
     pub config: Option<PathBuf>,
     pub rules: Vec<Rule>,
     pub dns: Vec<HostReport>,
+    /// Why the agent's last attempt to apply the policy failed (the maps
+    /// keep the previous policy meanwhile); `None` once one succeeds.
+    #[serde(default)]
+    pub policy_error: Option<String>,
     /// Unix seconds of the last write.
     pub updated: u64,
 }
@@ -111,6 +115,10 @@ pub struct Status {
     pub rules: Vec<RuleStatus>,
     pub denied: Vec<DenyStatus>,
     pub dns: Vec<HostReport>,
+    /// The agent's last failure to apply the policy, if the live maps hold
+    /// an older one (see [`StateFile::policy_error`]).
+    #[serde(default)]
+    pub policy_error: Option<String>,
     /// Answers the kernel's DNS parser handled, by result
     /// (`sdm_common::DNS_RESULT_NAMES`).
     #[serde(default)]
@@ -306,6 +314,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         agent_pid,
         rules,
         denied,
+        policy_error: state.as_ref().and_then(|s| s.policy_error.clone()),
         dns: state.map(|s| s.dns).unwrap_or_default(),
         dns_answers,
         learned,
@@ -332,6 +341,12 @@ pub fn render(s: &Status) -> String {
     };
     let _ = writeln!(o, "agent:      {agent}");
     let _ = writeln!(o, "generation: {}", s.generation);
+    if let Some(e) = &s.policy_error {
+        let _ = writeln!(
+            o,
+            "policy:     NOT UPDATED, the previous policy stays in force: {e}"
+        );
+    }
     let _ = writeln!(o, "\nRULES");
     let _ = writeln!(
         o,

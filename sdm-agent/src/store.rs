@@ -524,6 +524,9 @@ pub struct StoreStats {
     pub stored: Arc<AtomicU64>,
     /// Whether the writer has the database open.
     pub available: Arc<AtomicBool>,
+    /// Flows dropped from the pending queue while the store was unavailable
+    /// (`sdm_store_dropped_flows_total`).
+    pub dropped: Arc<AtomicU64>,
 }
 
 /// Where and how the agent keeps its store.
@@ -692,7 +695,8 @@ fn writer_loop(
         }
         let dropped = cap_pending(&mut pending, opts.max_pending);
         if dropped > 0 {
-            tracing::warn!(dropped, "flow store unavailable for long: the oldest pending flows were dropped (the audit log has them)");
+            let total = stats.dropped.fetch_add(dropped as u64, Ordering::Relaxed) + dropped as u64;
+            tracing::warn!(dropped, total, max_pending = opts.max_pending, "flow store unavailable for long: the oldest pending flows were dropped (the audit log has them)");
         }
         let now = Instant::now();
         if store.is_none() && now >= retry_at {
@@ -1227,6 +1231,43 @@ mod tests {
                 .unwrap_or(false)
         });
         assert!(stats.available.load(Ordering::Relaxed));
+    }
+
+    /// A store down for long with more pending flows than it may keep:
+    /// the oldest are dropped, counted (`sdm_store_dropped_flows_total`)
+    /// and logged; the newest are written once the store is back.
+    #[test]
+    fn pending_flows_over_the_cap_are_counted_and_the_newest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::write(&state, "").unwrap();
+        let stats = StoreStats::default();
+        let mut opts = StoreOptions::new(state.join("flows.db"), Duration::from_secs(86400));
+        opts.retry = Duration::from_millis(100);
+        opts.max_pending = 5;
+        let h = StoreHandle::spawn(opts, stats.clone());
+        let now = now_ms();
+        h.submit(
+            (0..12u16)
+                .map(|i| flow("192.0.2.1", 1000 + i, "x", now + u64::from(i), 1))
+                .collect(),
+        );
+        wait_for("the dropped flows to be counted", || {
+            stats.dropped.load(Ordering::Relaxed) == 7
+        });
+        std::fs::remove_file(&state).unwrap();
+        wait_for("the kept flows to be written", || {
+            h.query(&all()).map(|f| f.len() == 5).unwrap_or(false)
+        });
+        let mut ports: Vec<u16> = h
+            .query(&all())
+            .unwrap()
+            .iter()
+            .map(|f| f.key.port)
+            .collect();
+        ports.sort();
+        assert_eq!(ports, [1007, 1008, 1009, 1010, 1011], "the newest are kept");
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 7);
     }
 
     #[test]

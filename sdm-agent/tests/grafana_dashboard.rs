@@ -87,6 +87,7 @@ fn sample_status() -> Status {
             hostname: Some("app.strongdm.com".into()),
             expires_in_secs: 60,
         }],
+        policy_error: None,
     }
 }
 

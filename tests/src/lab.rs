@@ -42,7 +42,7 @@ use std::{
 use hickory_proto::{
     op::{Message, ResponseCode},
     rr::{
-        rdata::{A, AAAA, SOA},
+        rdata::{A, AAAA, CNAME, SOA},
         Name, RData, Record, RecordType,
     },
 };
@@ -142,7 +142,7 @@ pub fn denied(v: &Value) -> bool {
 // ---------------------------------------------------------------------------
 // Fake DNS
 
-/// How the fake DNS server treats queries.
+/// How the fake DNS server treats queries, whatever the name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DnsMode {
     /// Answers from the table; NXDOMAIN for unknown names.
@@ -153,9 +153,32 @@ pub enum DnsMode {
     Silent,
 }
 
+/// What the fake DNS server answers for one name of its table (in
+/// [`DnsMode::Answer`]), for A and AAAA queries alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// These addresses (A or AAAA records by family) with this TTL. Over
+    /// UDP an answer longer than the query's EDNS payload size (512 bytes
+    /// without EDNS) is truncated (TC set, no records), as real servers
+    /// do; the full answer is served over TCP.
+    Addrs(Vec<IpAddr>, u32),
+    /// NXDOMAIN (with an SOA), although the name is in the table.
+    NxDomain,
+    /// NOERROR with no record at all: no answer, no SOA.
+    Empty,
+    /// SERVFAIL.
+    ServFail,
+    /// No reply: the client times out.
+    Silent,
+    /// A CNAME to another name, followed through the table as a recursive
+    /// resolver would, each link in the answer, until a name with
+    /// addresses or one already visited (a loop).
+    Cname(String, u32),
+}
+
 #[derive(Default)]
 struct DnsTable {
-    records: HashMap<String, (Vec<IpAddr>, u32)>,
+    records: HashMap<String, Answer>,
     /// Names answered with a new address every time: (IPv4 /24 base, IPv6
     /// /64 base, TTL, answers so far).
     rotating: HashMap<String, (Ipv4Addr, Ipv6Addr, u32, u64)>,
@@ -166,16 +189,26 @@ struct DnsShared {
     table: Mutex<DnsTable>,
     mode: Mutex<DnsMode>,
     total: AtomicU64,
-    stop: AtomicBool,
+    /// Queries that came over TCP.
+    tcp: AtomicU64,
+    /// UDP replies sent truncated.
+    truncated: AtomicU64,
+}
+
+/// The sockets and threads of a running server.
+struct DnsRun {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// An authoritative-for-everything DNS server on UDP and TCP port 53 of
 /// one address in the `net` namespace, answering A and AAAA queries from a
-/// table the test may change at any time.
+/// table the test may change at any time. It can be stopped (its sockets
+/// closed: the resolver went away) and started again.
 pub struct FakeDns {
     pub addr: SocketAddr,
     shared: Arc<DnsShared>,
-    threads: Vec<JoinHandle<()>>,
+    run: Mutex<Option<DnsRun>>,
 }
 
 fn normalize(name: &str) -> String {
@@ -184,6 +217,29 @@ fn normalize(name: &str) -> String {
 
 impl FakeDns {
     fn start(ns: &Netns, addr: SocketAddr) -> Self {
+        let dns = Self {
+            addr,
+            shared: Arc::new(DnsShared {
+                table: Mutex::new(DnsTable::default()),
+                mode: Mutex::new(DnsMode::Answer),
+                total: AtomicU64::new(0),
+                tcp: AtomicU64::new(0),
+                truncated: AtomicU64::new(0),
+            }),
+            run: Mutex::new(None),
+        };
+        dns.serve(ns);
+        dns
+    }
+
+    /// Opens the sockets (in `ns`) and starts answering; a no-op while
+    /// running.
+    fn serve(&self, ns: &Netns) {
+        let mut run = lock(&self.run);
+        if run.is_some() {
+            return;
+        }
+        let addr = self.addr;
         let (udp, tcp) = {
             let _in = ns.enter();
             (
@@ -195,45 +251,55 @@ impl FakeDns {
         udp.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("udp timeout");
         tcp.set_nonblocking(true).expect("tcp nonblocking");
-        let shared = Arc::new(DnsShared {
-            table: Mutex::new(DnsTable::default()),
-            mode: Mutex::new(DnsMode::Answer),
-            total: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-        });
-        let s = shared.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (self.shared.clone(), stop.clone());
         let t_udp = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
-            while !s.stop.load(Ordering::Relaxed) {
+            while !st.load(Ordering::Relaxed) {
                 let Ok((n, from)) = udp.recv_from(&mut buf) else {
                     continue;
                 };
-                if let Some(reply) = dns_reply(&s, &buf[..n]) {
+                if let Some(reply) = dns_reply(&s, &buf[..n], true) {
                     let _ = udp.send_to(&reply, from);
                 }
             }
         });
-        let s = shared.clone();
+        let (s, st) = (self.shared.clone(), stop.clone());
         let t_tcp = std::thread::spawn(move || {
-            while !s.stop.load(Ordering::Relaxed) {
+            while !st.load(Ordering::Relaxed) {
                 match tcp.accept() {
-                    Ok((conn, _)) => dns_tcp_conn(&s, conn),
+                    Ok((conn, _)) => dns_tcp_conn(&s, conn, &st),
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
         });
-        Self {
-            addr,
-            shared,
+        *run = Some(DnsRun {
+            stop,
             threads: vec![t_udp, t_tcp],
+        });
+    }
+
+    /// Closes the sockets: queries are refused (ICMP port unreachable,
+    /// TCP reset) until [`Lab::dns_up`].
+    fn shutdown(&self) {
+        if let Some(run) = lock(&self.run).take() {
+            run.stop.store(true, Ordering::Relaxed);
+            for t in run.threads {
+                let _ = t.join();
+            }
         }
     }
 
     /// Answers `name` with `addrs` (A and AAAA by family) and this TTL.
     pub fn set(&self, name: &str, addrs: &[IpAddr], ttl: u32) {
+        self.set_answer(name, Answer::Addrs(addrs.to_vec(), ttl));
+    }
+
+    /// Answers `name` so.
+    pub fn set_answer(&self, name: &str, answer: Answer) {
         lock(&self.shared.table)
             .records
-            .insert(normalize(name), (addrs.to_vec(), ttl));
+            .insert(normalize(name), answer);
     }
 
     /// Answers `name` with a new address on every answer: the next of
@@ -258,6 +324,16 @@ impl FakeDns {
         self.shared.total.load(Ordering::Relaxed)
     }
 
+    /// Queries received over TCP.
+    pub fn tcp_queries(&self) -> u64 {
+        self.shared.tcp.load(Ordering::Relaxed)
+    }
+
+    /// UDP replies sent truncated (TC set) because they were too long.
+    pub fn truncated(&self) -> u64 {
+        self.shared.truncated.load(Ordering::Relaxed)
+    }
+
     /// Queries received for one name (any type).
     pub fn queries_for(&self, name: &str) -> u64 {
         lock(&self.shared.table)
@@ -267,14 +343,28 @@ impl FakeDns {
             .unwrap_or(0)
     }
 
-    /// The table and query counts, for failure messages.
+    /// The table and query counts, for failure messages (long answers are
+    /// summarised).
     pub fn describe(&self) -> String {
         let t = lock(&self.shared.table);
+        let records: Vec<String> = t
+            .records
+            .iter()
+            .map(|(n, a)| match a {
+                Answer::Addrs(v, ttl) if v.len() > 8 => {
+                    format!("{n}: {} addresses (ttl {ttl})", v.len())
+                }
+                a => format!("{n}: {a:?}"),
+            })
+            .collect();
         format!(
-            "mode {:?}, {} queries; records {:?}; queries by name {:?}",
+            "mode {:?}, {} queries ({} over TCP, {} UDP replies truncated), running {}; \
+             records {records:?}; queries by name {:?}",
             *lock(&self.shared.mode),
             self.queries(),
-            t.records,
+            self.tcp_queries(),
+            self.truncated(),
+            lock(&self.run).is_some(),
             t.queries
         )
     }
@@ -282,10 +372,7 @@ impl FakeDns {
 
 impl Drop for FakeDns {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.shutdown();
     }
 }
 
@@ -300,67 +387,113 @@ fn soa() -> Record {
     )
 }
 
-/// The reply to one DNS message, or None to stay silent.
-fn dns_reply(s: &DnsShared, query: &[u8]) -> Option<Vec<u8>> {
+fn fqdn(name: &str) -> Name {
+    Name::from_ascii(format!("{name}.")).unwrap_or_else(|e| panic!("fake DNS: name {name}: {e}"))
+}
+
+/// The reply to one DNS message, or None to stay silent. `udp`: a reply
+/// longer than the query allows is sent truncated.
+fn dns_reply(s: &DnsShared, query: &[u8], udp: bool) -> Option<Vec<u8>> {
     let req = Message::from_vec(query).ok()?;
     let q = req.queries.first()?.clone();
     let name = normalize(&q.name.to_ascii());
     s.total.fetch_add(1, Ordering::Relaxed);
-    let entry = {
+    if !udp {
+        s.tcp.fetch_add(1, Ordering::Relaxed);
+    }
+    let (entry, chain) = {
         let mut t = lock(&s.table);
         *t.queries.entry(name.clone()).or_default() += 1;
-        match t.rotating.get_mut(&name) {
-            Some((v4, v6, ttl, n)) => {
-                *n += 1;
-                let o = v4.octets();
-                let a4 = Ipv4Addr::new(o[0], o[1], o[2], (1 + (*n - 1) % 254) as u8);
-                let a6 = Ipv6Addr::from(u128::from(*v6) + u128::from(*n));
-                Some((vec![IpAddr::V4(a4), IpAddr::V6(a6)], *ttl))
-            }
-            None => t.records.get(&name).cloned(),
+        if let Some((v4, v6, ttl, n)) = t.rotating.get_mut(&name) {
+            *n += 1;
+            let o = v4.octets();
+            let a4 = Ipv4Addr::new(o[0], o[1], o[2], (1 + (*n - 1) % 254) as u8);
+            let a6 = Ipv6Addr::from(u128::from(*v6) + u128::from(*n));
+            let answer = Answer::Addrs(vec![IpAddr::V4(a4), IpAddr::V6(a6)], *ttl);
+            (Some((name.clone(), answer)), Vec::new())
+        } else {
+            // Follow CNAMEs through the table, stopping at a loop.
+            let mut chain: Vec<(String, String, u32)> = Vec::new();
+            let mut at = name.clone();
+            let mut seen = std::collections::HashSet::from([name.clone()]);
+            let entry = loop {
+                match t.records.get(&at).cloned() {
+                    Some(Answer::Cname(target, ttl)) => {
+                        let target = normalize(&target);
+                        chain.push((at.clone(), target.clone(), ttl));
+                        if !seen.insert(target.clone()) {
+                            break None;
+                        }
+                        at = target;
+                    }
+                    other => break other.map(|a| (at.clone(), a)),
+                }
+            };
+            (entry, chain)
         }
     };
     let mode = *lock(&s.mode);
-    if mode == DnsMode::Silent {
+    if mode == DnsMode::Silent || matches!(entry, Some((_, Answer::Silent))) {
         return None;
     }
     let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
     resp.metadata.recursion_desired = req.metadata.recursion_desired;
     resp.metadata.recursion_available = true;
     resp.add_query(q.clone());
-    if mode == DnsMode::ServFail {
+    if mode == DnsMode::ServFail || matches!(entry, Some((_, Answer::ServFail))) {
         resp.metadata.response_code = ResponseCode::ServFail;
         return resp.to_vec().ok();
     }
     resp.metadata.authoritative = true;
+    for (owner, target, ttl) in &chain {
+        resp.add_answer(Record::from_rdata(
+            fqdn(owner),
+            *ttl,
+            RData::CNAME(CNAME(fqdn(target))),
+        ));
+    }
     match entry {
-        None => {
+        // The end of a CNAME loop: the chain is all there is.
+        None if !chain.is_empty() => {}
+        None | Some((_, Answer::NxDomain)) => {
             resp.metadata.response_code = ResponseCode::NXDomain;
             resp.add_authority(soa());
         }
-        Some((addrs, ttl)) => {
+        Some((_, Answer::Empty)) => {}
+        Some((owner, Answer::Addrs(addrs, ttl))) => {
+            let before = resp.answers.len();
             for a in addrs {
                 let rdata = match (a, q.query_type) {
                     (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
                     (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
                     _ => continue,
                 };
-                resp.add_answer(Record::from_rdata(q.name.clone(), ttl, rdata));
+                resp.add_answer(Record::from_rdata(fqdn(&owner), ttl, rdata));
             }
-            if resp.answers.is_empty() {
+            if resp.answers.len() == before {
                 // NODATA: the name exists, without records of this type.
                 resp.add_authority(soa());
             }
         }
+        Some((_, Answer::ServFail | Answer::Silent | Answer::Cname(..))) => {
+            unreachable!("handled above")
+        }
     }
-    resp.to_vec().ok()
+    let bytes = resp.to_vec().ok()?;
+    if udp && bytes.len() > usize::from(req.max_payload()) {
+        s.truncated.fetch_add(1, Ordering::Relaxed);
+        let mut tc = resp.truncate();
+        tc.edns = None;
+        return tc.to_vec().ok();
+    }
+    Some(bytes)
 }
 
 /// DNS over TCP: two-byte length prefixes, several queries per connection.
-fn dns_tcp_conn(s: &DnsShared, mut conn: TcpStream) {
+fn dns_tcp_conn(s: &DnsShared, mut conn: TcpStream, stop: &AtomicBool) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         let mut len = [0u8; 2];
         if conn.read_exact(&mut len).is_err() {
             return;
@@ -369,7 +502,7 @@ fn dns_tcp_conn(s: &DnsShared, mut conn: TcpStream) {
         if conn.read_exact(&mut msg).is_err() {
             return;
         }
-        let Some(reply) = dns_reply(s, &msg) else {
+        let Some(reply) = dns_reply(s, &msg, false) else {
             continue;
         };
         let Ok(n) = u16::try_from(reply.len()) else {
@@ -515,6 +648,99 @@ impl BgProbe {
 
     pub fn pid(&self) -> u32 {
         self.proc.0.id()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Watching the wire
+
+/// A raw socket in the `net` namespace that sees a copy of every TCP
+/// segment arriving there, and counts those sent to chosen IPv4
+/// destinations: proof that a denied packet never left the host, whatever
+/// the client saw.
+pub struct TcpSniffer {
+    counts: Arc<Mutex<HashMap<SocketAddr, u64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TcpSniffer {
+    fn start(ns: &Netns, dsts: &[SocketAddr]) -> Self {
+        for d in dsts {
+            assert!(d.is_ipv4(), "the sniffer counts IPv4 only: {d}");
+        }
+        let fd = {
+            let _in = ns.enter();
+            // SAFETY: plain socket(2); the fd is owned at once below.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) }
+        };
+        assert!(
+            fd >= 0,
+            "raw TCP socket in {}: {}",
+            ns.name,
+            io::Error::last_os_error()
+        );
+        // SAFETY: a new fd we own.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
+        // SAFETY: setsockopt with a timeval of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", io::Error::last_os_error());
+        let counts: Arc<Mutex<HashMap<SocketAddr, u64>>> =
+            Arc::new(Mutex::new(dsts.iter().map(|d| (*d, 0)).collect()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, st) = (counts.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while !st.load(Ordering::Relaxed) {
+                // SAFETY: recv into a buffer of the length given.
+                let n =
+                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                let Ok(n) = usize::try_from(n) else { continue };
+                let pkt = &buf[..n];
+                let ihl = usize::from(pkt.first().map_or(0, |b| b & 0x0f)) * 4;
+                if ihl < 20 || pkt.len() < ihl + 4 {
+                    continue;
+                }
+                let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+                let port = u16::from_be_bytes([pkt[ihl + 2], pkt[ihl + 3]]);
+                if let Some(n) = lock(&c).get_mut(&SocketAddr::new(dst.into(), port)) {
+                    *n += 1;
+                }
+            }
+        });
+        Self {
+            counts,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Segments seen so far for `dst`.
+    pub fn count(&self, dst: SocketAddr) -> u64 {
+        *lock(&self.counts)
+            .get(&dst)
+            .unwrap_or_else(|| panic!("the sniffer does not watch {dst}"))
+    }
+}
+
+impl Drop for TcpSniffer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -698,6 +924,23 @@ impl Lab {
 
     pub fn dns(&self) -> &FakeDns {
         &self.dns
+    }
+
+    /// Stops the fake DNS server, closing its sockets: the resolver went
+    /// away (queries are refused, not just unanswered).
+    pub fn dns_down(&self) {
+        self.dns.shutdown();
+    }
+
+    /// Starts the fake DNS server again, with its table as it was.
+    pub fn dns_up(&self) {
+        self.dns.serve(&self.net);
+    }
+
+    /// Counts the TCP segments that arrive in the `net` namespace for each
+    /// of `dsts` (IPv4), from now until the sniffer drops.
+    pub fn sniff_tcp(&self, dsts: &[SocketAddr]) -> TcpSniffer {
+        TcpSniffer::start(&self.net, dsts)
     }
 
     /// TCP servers in `net` ("ok\n", then echo) on these addresses, e.g.

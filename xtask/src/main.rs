@@ -9,6 +9,7 @@ mod bench;
 mod bpf_linker;
 mod context;
 mod deploy_check;
+mod fuzz;
 mod package;
 mod system;
 mod tasks;
@@ -88,6 +89,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Run the cargo-fuzz targets under fuzz/ (nightly, AddressSanitizer);
+    /// installs cargo-fuzz if missing. A crash fails it, its input is kept.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// One target (default: every target, one after the other).
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -117,5 +127,6 @@ fn dispatch(cli: Cli) -> Result<()> {
         Task::Bench { smoke, out, args } => {
             bench::bench(&Ctx::new(false)?, smoke, out.as_deref(), &args)
         }
+        Task::Fuzz { secs, target } => fuzz::fuzz(&Ctx::new(false)?, secs, target.as_deref()),
     }
 }

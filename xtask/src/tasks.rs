@@ -6,9 +6,9 @@ use anyhow::{bail, Context as _, Result};
 use clap::ValueEnum;
 
 use crate::{
-    bpf_linker,
+    bench, bpf_linker,
     context::{self, describe, Ctx},
-    deploy_check, package, system, toolchain,
+    deploy_check, fuzz, package, system, toolchain,
 };
 
 /// The eBPF crate is built for bpfel-unknown-none by sdm-agent's build.rs;
@@ -80,9 +80,11 @@ pub fn run(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
     Err(err).with_context(|| format!("could not start `{}`", describe(&cmd)))
 }
 
-/// Builds everything once, then runs the unit tests, the privileged tests
-/// and the package check (build the .deb, install, check, purge); each runs
-/// even if an earlier one fails, and a summary says which failed.
+/// Builds everything once, then runs the unit tests, the privileged tests,
+/// the deploy checks, a smoke run of the benchmark, a short run of every
+/// fuzz target and the package check (build the .deb, install, check,
+/// purge); each runs even if an earlier one failed, and a summary says
+/// which failed.
 pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
     setup(ctx, Purpose::Test)?;
     // Builds the eBPF object once, before two `cargo test` runs need it.
@@ -104,6 +106,9 @@ pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
     // The agent built above parses the configs the manifests carry.
     let agent = ctx.target_dir().join(profile(release)).join(AGENT);
     let deploy = check_step("deploy manifests", || deploy_check::check(ctx, &agent));
+    // Seconds per stage: that the benchmark still works, not how fast.
+    let bench = check_step("bench smoke", || bench::smoke(ctx));
+    let fuzz = check_step("fuzz smoke", || fuzz::fuzz(ctx, fuzz::SMOKE_SECS, None));
 
     // `cargo xtask package --install-check`: the .deb built (release mode),
     // installed, checked and purged.
@@ -111,7 +116,7 @@ pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
         package::package(ctx).and_then(|built| package::install_check(ctx, &built))
     });
 
-    let steps = [unit, privileged, deploy, package];
+    let steps = [unit, privileged, deploy, bench, fuzz, package];
     let summary: Vec<String> = steps.iter().map(StepResult::summary).collect();
     println!("xtask: test summary: {}", summary.join("; "));
     if steps.iter().any(|step| step.failure.is_some()) {
@@ -166,13 +171,15 @@ struct StepResult {
     name: &'static str,
     /// What went wrong, if it did.
     failure: Option<String>,
+    took: std::time::Duration,
 }
 
 impl StepResult {
     fn summary(&self) -> String {
+        let secs = self.took.as_secs();
         match &self.failure {
-            None => format!("{} passed", self.name),
-            Some(why) => format!("{} FAILED ({why})", self.name),
+            None => format!("{} passed ({secs} s)", self.name),
+            Some(why) => format!("{} FAILED ({why}; {secs} s)", self.name),
         }
     }
 }
@@ -182,10 +189,12 @@ impl StepResult {
 fn test_step(name: &'static str, mut cmd: Command) -> Result<StepResult> {
     cmd.env("RUST_BACKTRACE", "1");
     println!("xtask: {name}: {}", describe(&cmd));
+    let start = std::time::Instant::now();
     let status = context::status(&mut cmd)?;
     Ok(StepResult {
         name,
         failure: (!status.success()).then(|| status.to_string()),
+        took: start.elapsed(),
     })
 }
 
@@ -193,11 +202,16 @@ fn test_step(name: &'static str, mut cmd: Command) -> Result<StepResult> {
 /// becomes the step's failure, so the other steps' results still show.
 fn check_step(name: &'static str, check: impl FnOnce() -> Result<()>) -> StepResult {
     println!("xtask: {name}");
+    let start = std::time::Instant::now();
     let failure = check().err().map(|err| {
         println!("xtask: {name} failed: {err:#}");
         "see above".to_owned()
     });
-    StepResult { name, failure }
+    StepResult {
+        name,
+        failure,
+        took: start.elapsed(),
+    }
 }
 
 /// The folder under the target dir that cargo's profile writes to.

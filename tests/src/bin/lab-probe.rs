@@ -13,6 +13,10 @@
 //!                                     INTERVAL_MS for SECONDS on that one connection
 //!   tcp-loop ADDR SECONDS INTERVAL_MS TIMEOUT_MS
 //!                                     a new `tcp` connection every INTERVAL_MS
+//!   tcp-watch ADDR INTERVAL_MS TIMEOUT_MS STOP_FILE
+//!                                     a new `tcp` connection every INTERVAL_MS
+//!                                     until STOP_FILE exists; counts outcomes
+//!                                     by result, with the first few of each
 //!   resolve DNS_IP NAME [A|AAAA]      one UDP query to DNS_IP:53
 //!   resolve-connect DNS_IP NAME A|AAAA PORT COUNT TIMEOUT_MS
 //!                                     COUNT times: resolve NAME, connect at once
@@ -42,7 +46,7 @@ use serde_json::{json, Value};
 
 fn usage(msg: &str) -> ! {
     eprintln!("lab-probe: {msg}");
-    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|listen-tcp|tcp-hold|tcp-loop|resolve|resolve-connect|flood ARGS...");
+    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-connect|flood ARGS...");
     std::process::exit(2);
 }
 
@@ -301,6 +305,37 @@ fn tcp_loop(addr: SocketAddr, secs: u64, interval: Duration, timeout: Duration) 
     })
 }
 
+/// Connects again and again until `stop` exists, judging nothing: every
+/// outcome is counted by its result, and the first few of each result are
+/// kept (with when they happened), so a test can assert that an allowed
+/// destination never failed or a denied one never answered.
+fn tcp_watch(addr: SocketAddr, interval: Duration, timeout: Duration, stop: &str) -> Value {
+    const SAMPLES: usize = 5;
+    let start = Instant::now();
+    let mut attempts = 0u64;
+    let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut samples: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    while !std::path::Path::new(stop).exists() {
+        attempts += 1;
+        let at = ms(start);
+        let r = tcp_once(addr, timeout);
+        let result = r["result"].as_str().unwrap_or("?").to_string();
+        *outcomes.entry(result.clone()).or_default() += 1;
+        let kept = samples.entry(result).or_default();
+        if kept.len() < SAMPLES {
+            kept.push(json!({"at_ms": at, "outcome": r}));
+        }
+        std::thread::sleep(interval);
+    }
+    json!({
+        "result": "done",
+        "attempts": attempts,
+        "outcomes": outcomes,
+        "samples": samples,
+        "ms": ms(start),
+    })
+}
+
 fn resolve(server: IpAddr, name: &str, qtype: RecordType) -> Value {
     let start = Instant::now();
     let fqdn = Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
@@ -521,6 +556,15 @@ fn main() {
             Duration::from_millis(parse("interval", rest.get(2))),
             Duration::from_millis(parse("timeout", rest.get(3))),
         ),
+        "tcp-watch" => {
+            let stop: String = parse("stop file", rest.get(3));
+            tcp_watch(
+                parse("address", rest.first()),
+                Duration::from_millis(parse("interval", rest.get(1))),
+                Duration::from_millis(parse("timeout", rest.get(2))),
+                &stop,
+            )
+        }
         "resolve" => {
             let qtype = match rest.get(2).map(String::as_str) {
                 None | Some("A") => RecordType::A,
