@@ -1971,19 +1971,33 @@ mod tests {
 
     #[test]
     fn default_toml_commented_examples_parse() {
-        // Uncomment the example lines (`# key = value` and `# [table]`).
+        // Uncomment the example lines (`# key = value` and `# [table]`);
+        // of alternatives for one key (`cgroup`), the first.
+        let mut table = String::new();
+        let mut seen = std::collections::HashSet::new();
         let text: String = Config::default_toml()
             .lines()
             .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.starts_with('[') => {
+                    table = rest.to_string();
+                    seen.clear();
+                    rest.to_string()
+                }
                 Some(rest)
-                    if rest.starts_with('[')
-                        || rest.split_once(" = ").is_some_and(|(k, _)| {
-                            k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                        }) =>
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                            && seen.insert((table.clone(), k.to_string()))
+                    }) =>
                 {
                     rest.to_string()
                 }
-                _ => l.to_string(),
+                _ => {
+                    if l.starts_with('[') {
+                        table = l.to_string();
+                        seen.clear();
+                    }
+                    l.to_string()
+                }
             })
             .map(|l| l + "\n")
             .collect();

@@ -35,12 +35,19 @@ pub fn bench(ctx: &Ctx, smoke: bool, out: Option<&Path>, args: &[OsString]) -> R
 }
 
 /// The smoke run as a step of `cargo xtask test`: every stage for a tiny
-/// duration, run as a child (not exec'd) so the other steps' results still
-/// show. It checks that each stage works end to end; timings are written
-/// to target/bench-smoke and asserted nowhere.
-pub fn smoke(ctx: &Ctx) -> Result<()> {
+/// duration, to check that each works end to end; timings are written to
+/// target/bench-smoke and asserted nowhere. It runs the binaries `test`
+/// has just built (debug unless `--release`): no second build, and a smoke
+/// run's numbers mean nothing anyway. A child, not exec'd, so the other
+/// steps' results still show.
+/// `test` has set the machine up already.
+pub fn smoke(ctx: &Ctx, release: bool) -> Result<()> {
+    ensure_packages(ctx)?;
+    let bin = ctx
+        .target_dir()
+        .join(if release { "release" } else { "debug" });
     let out = ctx.target_dir().join("bench-smoke");
-    let mut cmd = prepare(ctx, true, Some(&out), &[])?;
+    let mut cmd = command(ctx, &bin, true, &out, &[]);
     println!("xtask: running {}", describe(&cmd));
     context::run(&mut cmd)
 }
@@ -53,18 +60,27 @@ fn prepare(ctx: &Ctx, smoke: bool, out: Option<&Path>, args: &[OsString]) -> Res
     let mut build = ctx.cargo(["build", "--release", "-p", AGENT, "-p", BENCH]);
     build.env_remove("AYA_BUILD_SKIP");
     context::run(&mut build)?;
-
-    let release = ctx.target_dir().join("release");
     let out = match out {
         Some(dir) => ctx.root.join(dir),
         None => ctx.target_dir().join("bench"),
     };
-    let mut cmd = ctx.command(release.join(BENCH));
+    Ok(command(
+        ctx,
+        &ctx.target_dir().join("release"),
+        smoke,
+        &out,
+        args,
+    ))
+}
+
+/// `<bin>/sdm-bench run --out <out> --agent <bin>/sdm-agent ...`.
+fn command(ctx: &Ctx, bin: &Path, smoke: bool, out: &Path, args: &[OsString]) -> Command {
+    let mut cmd = ctx.command(bin.join(BENCH));
     cmd.arg("run")
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .arg("--agent")
-        .arg(release.join(AGENT))
+        .arg(bin.join(AGENT))
         .current_dir(&ctx.root);
     if smoke {
         // A smoke run's numbers mean nothing: they stay under --out.
@@ -73,7 +89,7 @@ fn prepare(ctx: &Ctx, smoke: bool, out: Option<&Path>, args: &[OsString]) -> Res
         cmd.arg("--report").arg(ctx.root.join("BENCHMARKS.md"));
     }
     cmd.args(args);
-    Ok(cmd)
+    cmd
 }
 
 /// Installs the packages whose command is not on PATH (as for the tests).

@@ -65,7 +65,7 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// rustfmt --check and clippy -D warnings (skips the eBPF build).
+    /// rustfmt --check and clippy -D warnings, also of fuzz/ (skips the eBPF build).
     Check,
     /// Validate deploy/: Kubernetes manifests (schemas), the Dockerfile
     /// (hadolint) and the agent configs there; part of `test`, no root needed.

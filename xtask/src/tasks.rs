@@ -18,6 +18,8 @@ const EBPF_PACKAGE: &str = "sdm-ebpf";
 const PRIVILEGED_TESTS: &str = "sdm-tests";
 /// The userspace agent binary.
 const AGENT: &str = "sdm-agent";
+/// The cargo-fuzz crate, outside the workspace.
+const FUZZ_MANIFEST: &str = "fuzz/Cargo.toml";
 
 /// What `setup` prepares the machine for.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,7 +109,7 @@ pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
     let agent = ctx.target_dir().join(profile(release)).join(AGENT);
     let deploy = check_step("deploy manifests", || deploy_check::check(ctx, &agent));
     // Seconds per stage: that the benchmark still works, not how fast.
-    let bench = check_step("bench smoke", || bench::smoke(ctx));
+    let bench = check_step("bench smoke", || bench::smoke(ctx, release));
     let fuzz = check_step("fuzz smoke", || fuzz::fuzz(ctx, fuzz::SMOKE_SECS, None));
 
     // `cargo xtask package --install-check`: the .deb built (release mode),
@@ -135,11 +137,20 @@ pub fn deploy_check(ctx: &Ctx) -> Result<()> {
     deploy_check::check(ctx, &ctx.target_dir().join(profile(false)).join(AGENT))
 }
 
-/// rustfmt and clippy over the host crates, without building the eBPF
-/// object (AYA_BUILD_SKIP), so it needs neither nightly nor bpf-linker.
+/// rustfmt and clippy over the host crates and the fuzz targets, without
+/// building the eBPF object (AYA_BUILD_SKIP), so it needs neither nightly
+/// nor bpf-linker.
 pub fn check(ctx: &Ctx) -> Result<()> {
     context::run(&mut ctx.cargo(["fmt", "--all", "--", "--check"]))?;
     let mut clippy = ctx.cargo(["clippy", "--workspace", "--exclude", EBPF_PACKAGE]);
+    clippy
+        .args(["--all-targets", "--", "-D", "warnings"])
+        .env("AYA_BUILD_SKIP", "1");
+    context::run(&mut clippy)?;
+    // The fuzz targets are a workspace of their own (see fuzz.rs); plain
+    // stable builds of them lint fine.
+    context::run(&mut ctx.cargo(["fmt", "--manifest-path", FUZZ_MANIFEST, "--", "--check"]))?;
+    let mut clippy = ctx.cargo(["clippy", "--manifest-path", FUZZ_MANIFEST]);
     clippy
         .args(["--all-targets", "--", "-D", "warnings"])
         .env("AYA_BUILD_SKIP", "1");
