@@ -442,8 +442,8 @@ mod tests {
             .map(|i| Target::Cidr(format!("10.{i}.0.0/16").parse().unwrap()))
             .collect();
         let mut p = wide(cidrs);
-        p.rules[0].ports = vec![PortRange { lo: 1, hi: 100 }];
-        let o = static_overflow(&p).expect("256 x 100 CIDR entries overflow");
+        p.rules[0].ports = vec![PortRange { lo: 1, hi: 1000 }];
+        let o = static_overflow(&p).expect("256 x 1000 CIDR entries overflow");
         assert_eq!((o.what, o.max), ("IPv4 CIDR", MAX_CIDR_ENTRIES));
     }
 

@@ -113,7 +113,9 @@ pub const EVENT_BUDGET_PER_SEC: u64 = 500;
 
 /// Capacities. Exact maps hold one entry per (address, protocol, port).
 pub const MAX_EXACT_ENTRIES: u32 = 131_072;
-pub const MAX_CIDR_ENTRIES: u32 = 16_384;
+/// LPM tries are never preallocated, so a large capacity costs memory only
+/// for the entries in use.
+pub const MAX_CIDR_ENTRIES: u32 = 131_072;
 /// Rule ids are indexes into `SDM_RULES`, `SDM_RULE_STATS` and `SDM_RULE_NAMES`.
 pub const MAX_RULES: u32 = 1024;
 /// Bumped whenever a map's key, value or capacity changes: an agent refuses
