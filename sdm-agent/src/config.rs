@@ -1043,9 +1043,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.is_empty() {
         return Err(bad());
     }
+    // Nothing in a config means more than a century; the bound also keeps
+    // every duration printable in milliseconds (`format_duration`) and
+    // readable back.
+    const MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
+    let too_long = || format!("duration {s:?} is too long (at most 100 years)");
     if s.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = s.parse().map_err(|_| bad())?;
-        return Ok(Duration::from_secs(secs));
+        let secs: u64 = s.parse().map_err(|_| too_long())?;
+        let d = Duration::from_secs(secs);
+        return if d > MAX { Err(too_long()) } else { Ok(d) };
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -1071,7 +1077,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         };
         total = part
             .and_then(|p| total.checked_add(p))
-            .ok_or_else(|| format!("duration {s:?} is too long"))?;
+            .filter(|t| *t <= MAX)
+            .ok_or_else(too_long)?;
     }
     Ok(total)
 }
@@ -1893,6 +1900,18 @@ impl Ctx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `values` fuzz target: a sum of huge parts that printed
+    /// as more milliseconds than a u64 holds, so it did not read back.
+    #[test]
+    fn absurd_durations_are_refused_and_the_rest_round_trips() {
+        let e = parse_duration("9999999999900ms5999999999999009m9s").unwrap_err();
+        assert!(e.contains("too long"), "{e}");
+        assert!(parse_duration("99999999999999999999").is_err());
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        assert_eq!(parse_duration(&format_duration(century)), Ok(century));
+        assert!(parse_duration("36501d").is_err());
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, Path::new("my.toml"))
