@@ -51,14 +51,7 @@ fn addr(bytes: &[u8; 16], v6: bool) -> IpAddr {
 
 /// Converts the kernel's CLOCK_MONOTONIC stamp into wall-clock time.
 fn wall_time(ts_ns: u64) -> SystemTime {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let now_mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-    let age = now_mono.saturating_sub(Duration::from_nanos(ts_ns));
+    let age = Duration::from_nanos(crate::status::monotonic_ns().saturating_sub(ts_ns));
     SystemTime::now() - age
 }
 

@@ -240,11 +240,6 @@ pub fn kernel_event_stats(layout: &Layout) -> [u64; sdm_common::EVENT_STAT_ENTRI
     out
 }
 
-/// Events the kernel could not put on the ring buffer (full).
-pub fn kernel_events_lost(layout: &Layout) -> u64 {
-    kernel_event_stats(layout)[sdm_common::EVENT_STAT_LOST as usize]
-}
-
 #[derive(Debug)]
 struct AgentCollector {
     layout: Layout,
@@ -382,7 +377,10 @@ mod tests {
             pin_root: "/nonexistent/sdm-test".into(),
             run_dir: "/nonexistent/sdm-run".into(),
         };
-        assert_eq!(kernel_events_lost(&layout), 0);
+        assert_eq!(
+            kernel_event_stats(&layout),
+            [0; sdm_common::EVENT_STAT_ENTRIES as usize]
+        );
         let mut r = Registry::default();
         r.register_collector(Box::new(AgentCollector { layout, stats }));
         let text = render(&r);

@@ -370,10 +370,7 @@ fn reserve_event(key: &FlowKey) -> Option<(u64, *mut DenyEvent)> {
         // SAFETY: a valid map value pointer.
         unsafe {
             if now.wrapping_sub((*seen).last_ns) < EVENT_INTERVAL_NS {
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                    ptr::addr_of_mut!((*seen).pending),
-                    1,
-                );
+                atomic_add_u64(ptr::addr_of_mut!((*seen).pending), 1);
                 bump(EVENT_STAT_SUPPRESSED);
                 return None;
             }
@@ -383,12 +380,7 @@ fn reserve_event(key: &FlowKey) -> Option<(u64, *mut DenyEvent)> {
     if !take_budget(now) {
         match seen {
             // SAFETY: as above.
-            Some(seen) => unsafe {
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                    ptr::addr_of_mut!((*seen).pending),
-                    1,
-                );
-            },
+            Some(seen) => unsafe { atomic_add_u64(ptr::addr_of_mut!((*seen).pending), 1) },
             None => {
                 // Due at once: its next packet may report it.
                 let stale = now.wrapping_sub(EVENT_INTERVAL_NS);
@@ -469,8 +461,7 @@ fn atomic_add_u64(p: *mut u64, v: u64) {
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(c) = EVENT_STATS.get_ptr_mut(index) {
-        // SAFETY: valid per-CPU map memory.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, 1) };
+        atomic_add_u64(c, 1);
     }
 }
 
@@ -670,14 +661,8 @@ fn add(map: &PerCpuArray<Counter>, index: u32, len: u32) {
     if let Some(c) = map.get_ptr_mut(index) {
         // SAFETY: the pointer is valid per-CPU map memory, 8-byte aligned.
         unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                ptr::addr_of_mut!((*c).packets),
-                1,
-            );
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                ptr::addr_of_mut!((*c).bytes),
-                u64::from(len),
-            );
+            atomic_add_u64(ptr::addr_of_mut!((*c).packets), 1);
+            atomic_add_u64(ptr::addr_of_mut!((*c).bytes), u64::from(len));
         }
     }
 }

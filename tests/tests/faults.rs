@@ -124,6 +124,9 @@ fn killed_and_restarted_twenty_times_under_traffic() {
             &lab.probe_outside(&["tcp", &d.to_string(), &OK_MS.to_string()]),
         );
     }
+    // Let those connections' teardown (FIN, last ACK) finish first: the
+    // sniffer counts every segment to the denied addresses.
+    std::thread::sleep(Duration::from_millis(500));
     let sniffer = lab.sniff_tcp(&[denied[0], denied[1], allowed[0]]);
     let g0 = generation(&lab.status());
     let log_before = lab.agent_log().len();
