@@ -610,7 +610,7 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     if local_port != 0 && lookup(slot, &flow, DIR_INGRESS, local_port).is_some() {
         return PASS;
     }
-    add(&DENY_STATS, deny_index(1, DIR_EGRESS, REASON_NO_RULE), 0);
+    add_packet(&DENY_STATS, deny_index(1, DIR_EGRESS, REASON_NO_RULE));
     // SAFETY: a helper without arguments, in the process's context.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let key = flow_key(
@@ -650,6 +650,18 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
 fn count_rule(rule: u32, dir: u8, len: u32) {
     if rule < MAX_RULES {
         add(&RULE_STATS, rule_stats_index(rule, dir), len);
+    }
+}
+
+/// Adds one refused send, which has no bytes. Not `add(.., 0)`: LLVM turns
+/// an atomic add of a constant 0 into an atomic OR, an instruction 5.10
+/// rejects ("BPF_STX uses reserved fields"; atomics other than add came in
+/// 5.12: https://github.com/torvalds/linux/blob/v5.10/kernel/bpf/verifier.c).
+#[inline(always)]
+fn add_packet(map: &PerCpuArray<Counter>, index: u32) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: the pointer is valid per-CPU map memory, 8-byte aligned.
+        unsafe { atomic_add_u64(ptr::addr_of_mut!((*c).packets), 1) };
     }
 }
 
@@ -834,11 +846,16 @@ fn reverse_lookup(slot: u32, flow: &Flow, dir: u8, sk: *mut bpf_sock) -> Option<
     }
 }
 
-/// Reads a `T` at the start of the packet (the IP header): straight from
-/// the linear data when it is there, which costs no helper call, else
-/// through bpf_skb_load_bytes.
+/// Reads `N` 32-bit words at `off` bytes into the packet (an IP header and
+/// what follows it): straight from the linear data when it is there, which
+/// costs no helper call, else through bpf_skb_load_bytes.
+///
+/// Words, not bytes: an address read byte by byte becomes sixteen scalars
+/// that the compiler spills one by one around every helper call, which took
+/// the egress frame to 456 bytes, past the 512-byte combined stack that
+/// 5.10 and 6.1 allow once aya-log's subprogram frame is added.
 #[inline(always)]
-fn read_head<T: Copy>(ctx: &SkBuffContext) -> Result<T, Unjudgeable> {
+fn read_words<const N: usize>(ctx: &SkBuffContext, off: usize) -> Result<[u32; N], Unjudgeable> {
     // SAFETY: reading the context's data pointers.
     let (data, end) = unsafe {
         (
@@ -846,11 +863,29 @@ fn read_head<T: Copy>(ctx: &SkBuffContext) -> Result<T, Unjudgeable> {
             (*ctx.skb.skb).data_end as usize,
         )
     };
-    if data + size_of::<T>() <= end {
-        // SAFETY: bounds checked against data_end just above.
-        return Ok(unsafe { ptr::read_unaligned(data as *const T) });
+    if data + off + N * 4 <= end {
+        // SAFETY: bounds checked against data_end just above. The load is a
+        // plain word load (as `struct iphdr *` reads are in C): the kernel
+        // allows packet loads at any alignment where the CPU has efficient
+        // unaligned access (check_pkt_ptr_alignment, kernel/bpf/verifier.c),
+        // as x86-64 and arm64 do; read_unaligned would compile to bytes.
+        #[allow(clippy::cast_ptr_alignment)]
+        return Ok(unsafe { ptr::read((data + off) as *const [u32; N]) });
     }
-    read(ctx, 0)
+    read(ctx, off)
+}
+
+/// An address of `W` words as the bytes the maps are keyed on.
+#[inline(always)]
+fn addr_bytes(words: &[u32], first: usize, count: usize) -> [u8; 16] {
+    let mut w = [0u32; 4];
+    let mut i = 0;
+    while i < count && i < 4 {
+        w[i] = words[first + i];
+        i += 1;
+    }
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and no invalid values.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
 }
 
 /// Reads a `T` at a variable offset through bpf_skb_load_bytes: the
@@ -866,8 +901,8 @@ fn parse(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
     // Every IPv4 or IPv6 packet holds at least 20 bytes of header. (A
     // one-byte read would compile to `data_end > data`, which the verifier
     // grants no range: find_good_pkt_pointers in kernel/bpf/verifier.c.)
-    let head: [u8; 20] = read_head(ctx)?;
-    match head[0] >> 4 {
+    let head: [u32; 5] = read_words(ctx, 0)?;
+    match head[0].to_ne_bytes()[0] >> 4 {
         4 => parse_v4(ctx, dir, &head),
         6 => parse_v6(ctx, dir),
         _ => Err(Unjudgeable::Malformed),
@@ -875,46 +910,34 @@ fn parse(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &SkBuffContext, dir: u8, hdr: &[u8; 20]) -> Result<Flow, Unjudgeable> {
-    let ihl = usize::from(hdr[0] & 0x0f);
+fn parse_v4(ctx: &SkBuffContext, dir: u8, hdr: &[u32; 5]) -> Result<Flow, Unjudgeable> {
+    let first = hdr[0].to_ne_bytes();
+    let ihl = usize::from(first[0] & 0x0f);
     if ihl < 5 {
         return Err(Unjudgeable::Malformed);
     }
-    let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let frag_word = hdr[1].to_ne_bytes();
+    let frag = u16::from_be_bytes([frag_word[2], frag_word[3]]);
     if frag & 0x1fff != 0 {
         return Err(Unjudgeable::Fragment);
     }
-    let proto = hdr[9];
-    let mut remote = [0u8; 16];
-    let mut local = [0u8; 16];
-    let (at, lat) = if dir == DIR_EGRESS {
-        (16, 12)
-    } else {
-        (12, 16)
-    };
-    let mut i = 0;
-    while i < 4 {
-        remote[i] = hdr[at + i];
-        local[i] = hdr[lat + i];
-        i += 1;
-    }
+    let proto = hdr[2].to_ne_bytes()[1];
+    // Source is word 3, destination word 4.
+    let (at, lat) = if dir == DIR_EGRESS { (4, 3) } else { (3, 4) };
+    let remote = addr_bytes(hdr, at, 1);
+    let local = addr_bytes(hdr, lat, 1);
     // IPv4 options are skipped by the header length, not read.
     transport(ctx, dir, false, proto, ihl * 4, remote, local)
 }
 
 #[inline(always)]
 fn parse_v6(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
-    let hdr: [u8; 40] = read_head(ctx)?;
-    let mut next = hdr[6];
-    let mut remote = [0u8; 16];
-    let mut local = [0u8; 16];
-    let (at, lat) = if dir == DIR_EGRESS { (24, 8) } else { (8, 24) };
-    let mut i = 0;
-    while i < 16 {
-        remote[i] = hdr[at + i];
-        local[i] = hdr[lat + i];
-        i += 1;
-    }
+    let hdr: [u32; 10] = read_words(ctx, 0)?;
+    let mut next = hdr[1].to_ne_bytes()[2];
+    // Source is words 2-5, destination words 6-9.
+    let (at, lat) = if dir == DIR_EGRESS { (6, 2) } else { (2, 6) };
+    let remote = addr_bytes(&hdr, at, 4);
+    let local = addr_bytes(&hdr, lat, 4);
     let mut off: usize = 40;
     let mut n = 0;
     while n < MAX_IPV6_EXT_HEADERS {
@@ -1003,12 +1026,12 @@ fn transport(
 #[inline(always)]
 fn first_l4_bytes(ctx: &SkBuffContext, off: usize) -> Result<[u8; 4], Unjudgeable> {
     if off == 20 {
-        let h: [u8; 24] = read_head(ctx)?;
-        return Ok([h[20], h[21], h[22], h[23]]);
+        let w: [u32; 1] = read_words(ctx, 20)?;
+        return Ok(w[0].to_ne_bytes());
     }
     if off == 40 {
-        let h: [u8; 44] = read_head(ctx)?;
-        return Ok([h[40], h[41], h[42], h[43]]);
+        let w: [u32; 1] = read_words(ctx, 40)?;
+        return Ok(w[0].to_ne_bytes());
     }
     read(ctx, off)
 }
