@@ -10,6 +10,7 @@ pub mod entries;
 pub mod events;
 pub mod flows;
 pub mod http;
+pub mod kernel_check;
 pub mod metrics;
 pub mod policy;
 pub mod resolver;

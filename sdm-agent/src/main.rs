@@ -16,7 +16,7 @@ use sdm_agent::{
     config::Config,
     dataplane::{self, Layout, Maps},
     flows::{self, Flow, FlowKey, FlowQuery},
-    status,
+    kernel_check, status,
     store::{self, Store, StoreError},
 };
 use sdm_common::{MODE_AUDIT, MODE_ENFORCE};
@@ -59,6 +59,18 @@ enum Command {
         /// As for `run`.
         #[arg(long, value_parser = parse_target)]
         cgroup: Option<CgroupTarget>,
+        /// Also load every eBPF program into the running kernel, attaching
+        /// nothing, and report the verifier's verdict per program; exits
+        /// non-zero if the kernel refuses one (needs root).
+        #[arg(long)]
+        kernel: bool,
+        /// With --kernel: the report as JSON on standard output.
+        #[arg(long, requires = "kernel")]
+        json: bool,
+        /// With --kernel: verify this eBPF object instead of the embedded
+        /// one (for tests: a fixture the verifier refuses).
+        #[arg(long, requires = "kernel", hide = true)]
+        object: Option<PathBuf>,
     },
     /// Print the effective rules of a config (no root needed).
     Policy {
@@ -158,6 +170,51 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit status of `check --kernel` when BPF cannot be used from here at
+/// all (no CAP_BPF, a container without it): nothing was learnt of the
+/// kernel, which the .deb's postinst tells apart from a refusal.
+const EXIT_NO_BPF: u8 = 3;
+
+/// `check --kernel`: the verifier's verdict on every program.
+fn check_kernel(object: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let bytes = match object {
+        Some(path) => kernel_check::read_object(path)?,
+        None => dataplane::EBPF_OBJECT.to_vec(),
+    };
+    let report = match kernel_check::verify(&bytes) {
+        Ok(report) => report,
+        Err(e) if e.is_permission() => {
+            eprintln!(
+                "sdm-agent: cannot use BPF here ({e}); run `check --kernel` as root \
+                 (CAP_BPF and CAP_NET_ADMIN) on the host that runs the agent"
+            );
+            return Ok(ExitCode::from(EXIT_NO_BPF));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if report.all_ok() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let refused: Vec<&str> = report
+        .programs
+        .iter()
+        .filter(|p| !p.ok)
+        .map(|p| p.program.as_str())
+        .collect();
+    eprintln!(
+        "sdm-agent: error: kernel {} refuses {} of the programs enforcement needs: {}",
+        report.kernel,
+        refused.len(),
+        refused.join(", ")
+    );
+    Ok(ExitCode::FAILURE)
+}
+
 fn real_main(cli: Cli) -> Result<ExitCode> {
     let layout = Layout {
         pin_root: cli.pin_root,
@@ -172,7 +229,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 .context("start the tokio runtime")?;
             rt.block_on(app::run(layout, config, cgroup))?;
         }
-        Command::Check { config, cgroup } => {
+        Command::Check {
+            config,
+            cgroup,
+            kernel,
+            json,
+            object,
+        } => {
             let (mut cfg, policy, _) = app::prepare(config.as_deref())?;
             if let Some(t) = cgroup {
                 cfg.cgroup = Some(t);
@@ -185,7 +248,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
-            println!(
+            let summary = format!(
                 "{}: ok, {} rules{}",
                 app::config_label(config.as_deref()),
                 policy.rules.len(),
@@ -195,6 +258,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     format!(", {} warning(s)", warnings.len())
                 }
             );
+            if json {
+                eprintln!("{summary}");
+            } else {
+                println!("{summary}");
+            }
+            if kernel {
+                return check_kernel(object.as_deref(), json);
+            }
         }
         Command::Policy { config, json } => {
             let (_, policy, _) = app::prepare(config.as_deref())?;

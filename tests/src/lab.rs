@@ -56,8 +56,18 @@ use crate::{
 /// Where the agent serves /metrics, inside the lab's `host` namespace.
 pub const AGENT_LISTEN: &str = "127.0.0.1:9850";
 
-/// How long [`Lab::start_agent`] waits for the agent to be ready.
+/// How long [`Lab::start_agent`] waits for the agent to be ready, unless
+/// `SDM_LAB_READY_SECS` says otherwise: the kernel matrix's emulated guests
+/// verify the programs ten to fifty times slower than this machine.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`READY_TIMEOUT`], or `SDM_LAB_READY_SECS` seconds when that is set.
+pub fn ready_timeout() -> Duration {
+    std::env::var("SDM_LAB_READY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(READY_TIMEOUT, Duration::from_secs)
+}
 
 /// How much longer an agent that was not ready in time may take to exit
 /// with its error, for the failure message.
@@ -1251,7 +1261,8 @@ impl Lab {
             } else {
                 String::from_utf8_lossy(&out.stderr).into_owned()
             };
-            if start.elapsed() > READY_TIMEOUT {
+            let ready_timeout = ready_timeout();
+            if start.elapsed() > ready_timeout {
                 // Give a stuck agent a while to exit with its error (a
                 // verifier rejection can take long), so the log says why.
                 let exited = self.agent.as_mut().and_then(|p| {
@@ -1266,7 +1277,7 @@ impl Lab {
                 });
                 panic!(
                     "the agent was not ready (mode {mode}, hosts {hosts:?}) within \
-                     {READY_TIMEOUT:?}: {last}; {} (its log follows)",
+                     {ready_timeout:?}: {last}; {} (its log follows)",
                     match exited {
                         Some(st) => format!("it exited ({st}) later"),
                         None => format!("still running {EXIT_GRACE:?} later"),

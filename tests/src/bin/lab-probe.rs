@@ -21,6 +21,8 @@
 //!   resolve-connect DNS_IP NAME A|AAAA PORT COUNT TIMEOUT_MS
 //!                                     COUNT times: resolve NAME, connect at once
 //!                                     to the first address answered
+//!   raw-udp ADDR COUNT                COUNT UDP datagrams to ADDR (IPv4) through a
+//!                                     raw socket, which no sock_addr hook sees
 //!   flood A.B.C COUNT                 COUNT datagrams to A.B.C.x (x in 100..250),
 //!                                     every one to a new (address, port); half
 //!                                     through a UDP socket, half through a raw one
@@ -46,7 +48,7 @@ use serde_json::{json, Value};
 
 fn usage(msg: &str) -> ! {
     eprintln!("lab-probe: {msg}");
-    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-connect|flood ARGS...");
+    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-connect|raw-udp|flood ARGS...");
     std::process::exit(2);
 }
 
@@ -395,17 +397,66 @@ fn resolve(server: IpAddr, name: &str, qtype: RecordType) -> Value {
 /// Sends `count` datagrams to ever new (address, port) pairs of `net`.x,
 /// alternating between a UDP socket (judged at sendmsg) and a raw socket
 /// (judged by the packet program). Counts how each send ended.
-fn flood(net: std::net::Ipv4Addr, count: u64) -> Value {
-    use std::{net::SocketAddrV4, os::fd::FromRawFd as _};
-    let start = Instant::now();
-    let udp = UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| fatal(format!("bind: {e}")));
+/// A raw IPv4 socket for UDP: the kernel adds the IP header, the caller
+/// writes the UDP header. Only the cgroup_skb programs see what it sends.
+fn raw_udp_socket() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
     // SAFETY: plain socket(2); the fd is owned at once.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
     if raw < 0 {
         fatal(format!("raw socket: {}", io::Error::last_os_error()));
     }
     // SAFETY: a new fd we own.
-    let raw = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) }
+}
+
+/// Sends one 32-byte UDP datagram to `dst`:`port` through `raw`; the
+/// outcome as "raw-sent" or "raw-<errname>".
+fn send_raw_udp(raw: &std::os::fd::OwnedFd, dst: std::net::Ipv4Addr, port: u16) -> String {
+    let mut pkt = [0u8; 40];
+    pkt[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    pkt[2..4].copy_from_slice(&port.to_be_bytes());
+    pkt[4..6].copy_from_slice(&40u16.to_be_bytes());
+    // SAFETY: sockaddr_in built field by field; sendto reads only the
+    // buffers given with their lengths.
+    let rc = unsafe {
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+        libc::sendto(
+            raw.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc >= 0 {
+        "raw-sent".to_string()
+    } else {
+        format!("raw-{}", errname(&io::Error::last_os_error()))
+    }
+}
+
+/// `count` raw UDP datagrams to `to`, counted by outcome.
+fn raw_udp(to: std::net::SocketAddrV4, count: u64) -> Value {
+    let start = Instant::now();
+    let raw = raw_udp_socket();
+    let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
+    for _ in 0..count {
+        *outcomes
+            .entry(send_raw_udp(&raw, *to.ip(), to.port()))
+            .or_default() += 1;
+    }
+    json!({"result": "done", "count": count, "outcomes": outcomes, "ms": ms(start)})
+}
+
+fn flood(net: std::net::Ipv4Addr, count: u64) -> Value {
+    use std::net::SocketAddrV4;
+    let start = Instant::now();
+    let udp = UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| fatal(format!("bind: {e}")));
+    let raw = raw_udp_socket();
     let base = net.octets();
     let payload = [0u8; 32];
     let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
@@ -419,30 +470,7 @@ fn flood(net: std::net::Ipv4Addr, count: u64) -> Value {
                 Err(e) => format!("udp-{}", errname(&e)),
             }
         } else {
-            let mut pkt = [0u8; 40];
-            pkt[0..2].copy_from_slice(&40000u16.to_be_bytes());
-            pkt[2..4].copy_from_slice(&port.to_be_bytes());
-            pkt[4..6].copy_from_slice(&40u16.to_be_bytes());
-            // SAFETY: sockaddr_in built field by field; sendto reads only
-            // the buffers given with their lengths.
-            let rc = unsafe {
-                let mut sa: libc::sockaddr_in = std::mem::zeroed();
-                sa.sin_family = libc::AF_INET as libc::sa_family_t;
-                sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
-                libc::sendto(
-                    raw.as_raw_fd(),
-                    pkt.as_ptr().cast(),
-                    pkt.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            };
-            if rc >= 0 {
-                "raw-sent".to_string()
-            } else {
-                format!("raw-{}", errname(&io::Error::last_os_error()))
-            }
+            send_raw_udp(&raw, dst, port)
         };
         *outcomes.entry(outcome).or_default() += 1;
     }
@@ -590,6 +618,7 @@ fn main() {
                 Duration::from_millis(parse("timeout", rest.get(5))),
             )
         }
+        "raw-udp" => raw_udp(parse("address", rest.first()), parse("count", rest.get(1))),
         "flood" => {
             let net: String = parse("network", rest.first());
             let net: std::net::Ipv4Addr = format!("{net}.0")

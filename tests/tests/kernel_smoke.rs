@@ -1,0 +1,289 @@
+//! The smoke lab of the kernel matrix: what must hold on every kernel the
+//! product supports. `cargo xtask test` runs this binary on the host's
+//! kernel with the other privileged tests, and `cargo xtask kernels` (a
+//! step of `cargo xtask test`) runs the very same binary inside emulated
+//! guests booted with Debian's 5.10, 6.1 and 6.12 cloud kernels.
+//!
+//! Each check prints one line, `smoke: <check>: ok|FAILED <detail>`, and
+//! the verifier test prints `verifier: <program> ...` lines: the kernel
+//! matrix reads them off the guest's console into its table.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use sdm_tests::{
+    gateway::{
+        gateway_config, gateway_dns, sa, serve_all, wait_for, APP, DENY_MS, GATEWAY_HOSTS, OK_MS,
+        OTHER,
+    },
+    lab::{denied_packets, result, workspace_bin, Lab},
+    require_root,
+};
+use serde_json::Value;
+
+/// The name whose every answer is a new address (see dns_race.rs).
+const ROTATING: &str = "rot.lab.test";
+const ROTATING_PORT: u16 = 8443;
+/// UDP port on the net side that counts what raw sockets deliver.
+const RAW_PORT: u16 = 9002;
+const RAW_COUNT: u64 = 20;
+
+/// One check of the smoke lab: prints its line when it ends, FAILED if it
+/// ends by a panic (the panic's message follows in the test output).
+struct Check(&'static str);
+
+impl Check {
+    fn ok(self, detail: &str) {
+        println!("smoke: {}: ok {detail}", self.0);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Check {
+    fn drop(&mut self) {
+        println!("smoke: {}: FAILED", self.0);
+    }
+}
+
+/// `sdm-agent check --kernel [--object PATH] --json`: the exit status and
+/// the report.
+fn check_kernel(object: Option<&Path>) -> (std::process::ExitStatus, Value, String) {
+    let agent = workspace_bin("sdm-agent");
+    let mut cmd = Command::new(&agent);
+    cmd.args(["check", "--kernel", "--json"]);
+    if let Some(o) = object {
+        cmd.arg("--object").arg(o);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", agent.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("check --kernel --json printed {stdout:?} ({e}); stderr: {stderr}")
+    });
+    (out.status, report, stderr)
+}
+
+#[test]
+fn every_program_passes_this_kernels_verifier() {
+    require_root();
+    let (status, report, stderr) = check_kernel(None);
+    let programs = report["programs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no programs in {report}"));
+    for p in programs {
+        println!(
+            "verifier: {} ok={} insns={} ms={}",
+            p["program"].as_str().unwrap_or("?"),
+            p["ok"],
+            p["insns"]
+                .as_u64()
+                .map_or("n/a".to_owned(), |n| n.to_string()),
+            p["verify_ms"]
+        );
+    }
+    assert!(
+        status.success(),
+        "kernel {} refuses programs: {report}\n{stderr}",
+        report["kernel"]
+    );
+    assert!(programs.len() >= 9, "every program is checked: {report}");
+}
+
+#[test]
+fn check_names_the_program_the_verifier_refuses_and_fails() {
+    require_root();
+    let fixture = Path::new(sdm_agent::kernel_check::REFUSED_FIXTURE);
+    assert!(
+        fixture.exists(),
+        "the refused fixture {} is not built (sdm-ebpf's second bin)",
+        fixture.display()
+    );
+    let (status, report, stderr) = check_kernel(Some(fixture));
+    assert_eq!(status.code(), Some(1), "{report}\n{stderr}");
+    let p = &report["programs"][0];
+    assert_eq!(p["program"], "sdm_refused", "{report}");
+    assert_eq!(p["ok"], false, "{report}");
+    let tail = p["log_tail"].to_string();
+    assert!(
+        tail.contains("combined stack size") && tail.contains("Too large"),
+        "the verifier's reason is quoted: {report}"
+    );
+    assert!(stderr.contains("sdm_refused"), "{stderr}");
+}
+
+/// Every check of the matrix on one lab: one agent start (verification is
+/// slow in the emulated guests), then the checks in an order that leaves
+/// the agent's restart for last.
+#[test]
+fn smoke_lab() {
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_lab-probe"));
+    let config = start_rotating_gateway(&mut lab);
+
+    let check = Check("attach");
+    let s = lab.status();
+    assert_eq!(s["mode"], "enforce", "{s}");
+    assert_eq!(s["agent_running"], true, "{s}");
+    check.ok("programs loaded and attached to a child cgroup");
+
+    let check = Check("allowed");
+    let v = lab.tcp(sa(lab.net_ip(APP), 443), OK_MS);
+    assert_eq!(result(&v), "ok", "an allowed connect: {v}");
+    check.ok("");
+
+    let check = Check("denied-eperm");
+    let v = lab.tcp(sa(lab.net_ip(OTHER), 443), DENY_MS);
+    assert_eq!(result(&v), "eperm", "a denied connect fails at once: {v}");
+    let pid = v["pid"].as_u64().expect("the probe prints its pid");
+    check.ok("");
+
+    let counter = raw_counter(&lab);
+    let raw_to = SocketAddrV4::new(ipv4(&lab, OTHER), RAW_PORT);
+    let check = Check("raw-dropped");
+    let before = denied_packets(&lab.status(), "enforce", "egress", "no_rule");
+    lab.probe(&["raw-udp", &raw_to.to_string(), &RAW_COUNT.to_string()]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(received(&counter), 0, "raw datagrams got through");
+    let after = denied_packets(&lab.status(), "enforce", "egress", "no_rule");
+    assert!(
+        after >= before + RAW_COUNT,
+        "raw datagrams are counted: {before} -> {after}"
+    );
+    check.ok("");
+
+    let check = Check("audit");
+    lab.agent_ok(&["mode", "audit"]);
+    let before = denied_packets(&lab.status(), "audit", "egress", "no_rule");
+    let v = lab.tcp(sa(lab.net_ip(OTHER), 443), OK_MS);
+    assert_eq!(result(&v), "ok", "audit mode passes a denied flow: {v}");
+    lab.probe(&["raw-udp", &raw_to.to_string(), &RAW_COUNT.to_string()]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(received(&counter), RAW_COUNT, "audit passes raw datagrams");
+    let after = denied_packets(&lab.status(), "audit", "egress", "no_rule");
+    assert!(after > before, "audit counts: {before} -> {after}");
+    lab.agent_ok(&["mode", "enforce"]);
+    check.ok("");
+
+    let check = Check("flows");
+    let other = lab.net_ip(OTHER).to_string();
+    let flow = wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
+        denied_flow(&lab, &config, &other, 443, pid)
+    })
+    .unwrap_or_else(|| panic!("the denied flow of pid {pid} never reached flows --json"));
+    assert_eq!(flow["comm"], "lab-probe", "{flow}");
+    check.ok("");
+
+    let check = Check("dns-learning");
+    lab.kill_agent();
+    let v = lab.probe(&[
+        "resolve-connect",
+        &lab.dns_ip().to_string(),
+        ROTATING,
+        "A",
+        &ROTATING_PORT.to_string(),
+        "20",
+        "3000",
+    ]);
+    assert_eq!(
+        v["ok"], 20,
+        "every fresh answer connects with the agent dead: {v}"
+    );
+    assert_eq!(v["distinct"], 20, "{v}");
+    check.ok("20 fresh addresses learned in the kernel, agent killed");
+
+    let check = Check("restart-adopts");
+    let app = sa(lab.net_ip(APP), 443);
+    let link = lab.pins.layout.link_pin("egress");
+    let inode = std::fs::metadata(&link)
+        .unwrap_or_else(|e| panic!("{}: {e}", link.display()))
+        .ino();
+    let mut probe = lab.spawn_probe(&["tcp-loop", &app.to_string(), "6", "100", "2000"], false);
+    std::thread::sleep(Duration::from_millis(500));
+    let log_before = lab.agent_log().len();
+    lab.restart_agent();
+    let out = probe.line(Duration::from_secs(30));
+    assert_eq!(result(&out), "ok", "connections across the restart: {out}");
+    assert!(
+        lab.agent_log()[log_before..].contains("adopted"),
+        "the restarted agent adopts the pins"
+    );
+    let same = std::fs::metadata(&link).expect("link pin").ino();
+    assert_eq!(inode, same, "the egress link was replaced, not adopted");
+    let v = lab.tcp(sa(lab.net_ip(OTHER), 443), DENY_MS);
+    assert_eq!(
+        result(&v),
+        "eperm",
+        "still enforcing after the restart: {v}"
+    );
+    check.ok("no failed connect across kill -9 and restart");
+}
+
+/// The gateway lab of dns_race.rs in enforce mode: servers, the gateway's
+/// names, and ROTATING answered with a new 10.233.N.x on every query,
+/// allowed on ROTATING_PORT. Returns the config's path.
+fn start_rotating_gateway(lab: &mut Lab) -> std::path::PathBuf {
+    serve_all(lab);
+    gateway_dns(lab, 300);
+    let n = lab.n;
+    let v4 = Ipv4Addr::new(10, 233, n, 0);
+    let v6 = format!("fd00:233:{n:x}::").parse().expect("an IPv6 prefix");
+    // Every address of the prefix is local in the net namespace, where the
+    // servers listen on the wildcard address.
+    lab.net
+        .ip(&["route", "add", "local", &format!("{v4}/24"), "dev", "lo"]);
+    lab.dns().rotate(ROTATING, v4, v6, 3600);
+    let mut config = gateway_config(lab, "enforce", "");
+    config.tables.push_str(&format!(
+        "\n[[allow]]\n\
+         name = \"rotating\"\n\
+         direction = \"egress\"\n\
+         to = \"{ROTATING}\"\n\
+         port = {ROTATING_PORT}\n"
+    ));
+    let path = lab.write_config("smoke.toml", &config);
+    let mut hosts = GATEWAY_HOSTS.to_vec();
+    hosts.push(ROTATING);
+    lab.start_agent(&path, "enforce", &hosts);
+    path
+}
+
+fn ipv4(lab: &Lab, last: u8) -> Ipv4Addr {
+    match lab.net_ip(last) {
+        std::net::IpAddr::V4(a) => a,
+        other => panic!("net_ip({last}) is not IPv4: {other}"),
+    }
+}
+
+/// A UDP socket in the net namespace on OTHER:RAW_PORT that nobody answers
+/// from: it only counts what arrives.
+fn raw_counter(lab: &Lab) -> UdpSocket {
+    let _inside = lab.net.enter();
+    let addr = SocketAddr::V4(SocketAddrV4::new(ipv4(lab, OTHER), RAW_PORT));
+    let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    sock.set_nonblocking(true).expect("non-blocking counter");
+    sock
+}
+
+/// How many datagrams arrived since the last call.
+fn received(sock: &UdpSocket) -> u64 {
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while sock.recv_from(&mut buf).is_ok() {
+        n += 1;
+    }
+    n
+}
+
+/// The flow to `remote`:`port` of process `pid` in `flows --json`.
+fn denied_flow(lab: &Lab, config: &Path, remote: &str, port: u16, pid: u64) -> Option<Value> {
+    let out = lab.agent_ok(&["flows", "--config", &config.display().to_string(), "--json"]);
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|f| f["remote"] == remote && f["port"] == port && f["pid"] == pid)
+}
