@@ -10,6 +10,7 @@ mod bpf_linker;
 mod context;
 mod deploy_check;
 mod fuzz;
+mod kernel_matrix;
 mod package;
 mod system;
 mod tasks;
@@ -64,6 +65,16 @@ enum Task {
         /// Arguments for the test binaries, after `--` (e.g. a name filter).
         #[arg(last = true)]
         args: Vec<OsString>,
+    },
+    /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels under qemu and run the
+    /// smoke lab in each, and on this machine's kernel (needs root; part of
+    /// `test`). Kernels are fetched once into ~/.local/share/sdm-egress.
+    Kernels {
+        #[arg(long)]
+        release: bool,
+        /// Only this series (5.10, 6.1 or 6.12).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// rustfmt --check and clippy -D warnings, also of fuzz/ (skips the eBPF build).
     Check,
@@ -122,6 +133,9 @@ fn dispatch(cli: Cli) -> Result<()> {
         Task::Run { release, args } => tasks::run(&Ctx::new(false)?, release, &args),
         Task::Test { release, args } => tasks::test(&Ctx::new(false)?, release, &args),
         Task::Check => tasks::check(&Ctx::new(false)?),
+        Task::Kernels { release, only } => {
+            tasks::kernels(&Ctx::new(false)?, release, only.as_deref())
+        }
         Task::DeployCheck => tasks::deploy_check(&Ctx::new(false)?),
         Task::Package { install_check } => package::run(&Ctx::new(false)?, install_check),
         Task::Bench { smoke, out, args } => {

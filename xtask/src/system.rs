@@ -23,6 +23,24 @@ pub const TEST_PACKAGES: &[DebianPackage] = &[
         name: "iproute2",
         command: "ip",
     },
+    // The kernel matrix boots Debian's kernels under qemu with an
+    // initramfs of busybox and the test binaries.
+    DebianPackage {
+        name: "qemu-system-x86",
+        command: "qemu-system-x86_64",
+    },
+    DebianPackage {
+        name: "busybox-static",
+        command: "busybox",
+    },
+    DebianPackage {
+        name: "cpio",
+        command: "cpio",
+    },
+    DebianPackage {
+        name: "xz-utils",
+        command: "xz",
+    },
     // The dashboard test drives the page in headless Chromium.
     DebianPackage {
         name: "chromium",

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use crate::{
     bench, bpf_linker,
     context::{self, describe, Ctx},
-    deploy_check, fuzz, package, system, toolchain,
+    deploy_check, fuzz, kernel_matrix, package, system, toolchain,
 };
 
 /// The eBPF crate is built for bpfel-unknown-none by sdm-agent's build.rs;
@@ -83,7 +83,7 @@ pub fn run(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
 }
 
 /// Builds everything once, then runs the unit tests, the privileged tests,
-/// the deploy checks, a smoke run of the benchmark, a short run of every
+/// the kernel matrix, the deploy checks, a smoke run of the benchmark, a short run of every
 /// fuzz target and the package check (build the .deb, install, check,
 /// purge); each runs even if an earlier one failed, and a summary says
 /// which failed.
@@ -105,6 +105,9 @@ pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
         .args(args);
     let privileged = test_step("privileged tests", privileged)?;
 
+    // The smoke lab on 5.10, 6.1, 6.12 (qemu guests) and this kernel.
+    let kernels = check_step("kernel matrix", || kernel_matrix::run(ctx, release, None));
+
     // The agent built above parses the configs the manifests carry.
     let agent = ctx.target_dir().join(profile(release)).join(AGENT);
     let deploy = check_step("deploy manifests", || deploy_check::check(ctx, &agent));
@@ -118,13 +121,23 @@ pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
         package::package(ctx).and_then(|built| package::install_check(ctx, &built))
     });
 
-    let steps = [unit, privileged, deploy, bench, fuzz, package];
+    let steps = [unit, privileged, kernels, deploy, bench, fuzz, package];
     let summary: Vec<String> = steps.iter().map(StepResult::summary).collect();
     println!("xtask: test summary: {}", summary.join("; "));
     if steps.iter().any(|step| step.failure.is_some()) {
         bail!("some tests failed");
     }
     Ok(())
+}
+
+/// The kernel matrix alone: builds the workspace's tests, then boots each
+/// kernel (see kernel_matrix.rs).
+pub fn kernels(ctx: &Ctx, release: bool, only: Option<&str>) -> Result<()> {
+    setup(ctx, Purpose::Test)?;
+    let mut build = host_cargo(ctx, "build", release);
+    build.arg("--all-targets");
+    context::run(&mut build)?;
+    kernel_matrix::run(ctx, release, only)
 }
 
 /// The deploy/ checks alone: builds the agent (whose parser checks the
