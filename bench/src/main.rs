@@ -398,7 +398,7 @@ fn run(
             PathBuf::from("BENCHMARKS.md")
         }
     });
-    results.write_markdown(&md, &method(&p))?;
+    results.write_markdown(&md, &format!("{}{}", kernel_matrix_section(), method(&p)))?;
     println!(
         "sdm-bench: wrote {} and {} ({:.0} s)",
         json.display(),
@@ -436,6 +436,38 @@ fn print_summary(r: &Results) {
 }
 
 /// How each figure is measured and how to reproduce it (after the table).
+/// The verifier's statistics per kernel, from the last run of the kernel
+/// matrix (`cargo xtask kernels`, which `cargo xtask test` runs); the path
+/// comes from xtask in SDM_KERNEL_MATRIX_REPORT.
+fn kernel_matrix_section() -> String {
+    let mut o = String::from(
+        "## Verifier statistics per kernel
+
+",
+    );
+    let report = std::env::var_os("SDM_KERNEL_MATRIX_REPORT")
+        .map(PathBuf::from)
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    match report {
+        Some(text) => {
+            o.push_str(
+                "From the last run of the kernel matrix (`cargo xtask kernels`): every \
+                 program loaded into Debian's 5.10, 6.1 and 6.12 cloud kernels booted under \
+                 qemu, and into this machine's kernel; instructions the verifier processed \
+                 and the time of the load.\n",
+            );
+            // The report's headings are one level below this section's.
+            o.push_str(&text.replace("\n### ", "\n#### "));
+            o.push('\n');
+        }
+        None => o.push_str(
+            "Not available: run `cargo xtask kernels` (or `cargo xtask test`) before \
+             `cargo xtask bench` to include them.\n\n",
+        ),
+    }
+    o
+}
+
 fn method(p: &Params) -> String {
     format!(
         r#"## How each figure is measured
@@ -505,7 +537,14 @@ answers; an `[[allow]]` rule names `probe.bench.test`, whose every answer
 carries one new address (TTL 0). A probe process in the enforced cgroup
 starts sending UDP to the new address every 20 µs just before the answer
 leaves; the figure is the time from the answer to the first `sendto()` the
-kernel accepts. The in-kernel learning path does not exist yet.
+kernel accepts. That is the agent's own resolution path: the probe never
+queries, so only the agent's refresh can allow the address. The in-kernel
+learning path is measured beside it: a client in the enforced cgroup
+resolves a second name (`learn.bench.test`, again a new address per answer)
+through the same resolver and sends to the answer at once, as an
+application does; the time is from the answer leaving the responder to the
+client's first `sendto()` the kernel accepts, which only the egress
+program's learning from that answer can allow in time.
 
 **5. The agent.** The real `sdm-agent run` (release build) with a generated
 config: role `client`, enforce mode, {ae} allowlist entries as {ar}

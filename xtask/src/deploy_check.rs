@@ -88,7 +88,66 @@ pub fn check(ctx: &Ctx, agent: &Path) -> Result<()> {
     check_kubernetes(ctx, &tools, agent, &out)?;
     check_config(agent, &ctx.root.join(IMAGE_CONFIG), &out, false)?;
     check_dockerfile(ctx, &tools, &out)?;
+    check_entrypoint(ctx, agent, &out)?;
     println!("xtask: deploy manifests ok");
+    Ok(())
+}
+
+/// The image's entrypoint script: other commands pass straight through to
+/// the real agent; `run` runs `check --kernel` with the same arguments
+/// first and does not start on a refusal (exit 1), but does when BPF cannot
+/// be used at all (exit 3, `run` then says why). The order is checked with
+/// a stand-in agent that records its calls; the kernel's verdict itself is
+/// the kernel matrix's.
+fn check_entrypoint(ctx: &Ctx, agent: &Path, out: &Path) -> Result<()> {
+    let script = ctx.root.join("deploy/container/entrypoint.sh");
+    let run = |agent: &Path, args: &[&str], check_status: u8| -> Result<std::process::Output> {
+        ctx.command("sh")
+            .arg(&script)
+            .args(args)
+            .env("SDM_AGENT", agent)
+            .env("CHECK_STATUS", check_status.to_string())
+            .output()
+            .with_context(|| format!("run {}", script.display()))
+    };
+    let passed = run(agent, &["default-config"], 0)?;
+    ensure!(
+        passed.status.success() && String::from_utf8_lossy(&passed.stdout).contains("role ="),
+        "{}: `default-config` did not pass through to the agent ({})",
+        script.display(),
+        passed.status
+    );
+    let calls = out.join("entrypoint-calls");
+    let stand_in = out.join("entrypoint-agent.sh");
+    fs::write(
+        &stand_in,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\n[ \"$1\" = check ] && exit \"$CHECK_STATUS\"\nexit 0\n",
+            calls.display()
+        ),
+    )?;
+    fs::set_permissions(
+        &stand_in,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    for (check_status, expect_run) in [(0u8, true), (1, false), (3, true)] {
+        let _ = fs::remove_file(&calls);
+        let o = run(&stand_in, &["run", "--config", "/c.toml"], check_status)?;
+        let seen = fs::read_to_string(&calls).unwrap_or_default();
+        let mut want = String::from("check --kernel --config /c.toml\n");
+        if expect_run {
+            want.push_str("run --config /c.toml\n");
+        }
+        ensure!(
+            seen == want && o.status.success() == expect_run,
+            "{}: with `check` exiting {check_status}, expected the calls {want:?} and {}, \
+             got {seen:?} and {}",
+            script.display(),
+            if expect_run { "success" } else { "failure" },
+            o.status
+        );
+    }
+    println!("xtask: {} runs check --kernel before run", script.display());
     Ok(())
 }
 

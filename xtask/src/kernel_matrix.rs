@@ -676,9 +676,12 @@ fn parse_results(
             if let Some(program) = words.next() {
                 let fields: BTreeMap<&str, &str> =
                     words.filter_map(|w| w.split_once('=')).collect();
+                let insns = match fields.get("insns").copied() {
+                    Some("n/a") | None => "n/a".to_owned(),
+                    Some(n) => format!("{n} insns"),
+                };
                 let cell = format!(
-                    "{} insns, {} ms{}",
-                    fields.get("insns").copied().unwrap_or("?"),
+                    "{insns}, {} ms{}",
                     fields.get("ms").copied().unwrap_or("?"),
                     if fields.get("ok") == Some(&"true") {
                         ""
