@@ -44,6 +44,9 @@ pub const MAP_HOST_PORTS: [&str; 2] = ["SDM_HOSTPORT_0", "SDM_HOSTPORT_1"];
 /// Created and used by the agent only: rule id -> rule name, so ids (and
 /// with them the counters) survive agent restarts.
 pub const MAP_RULE_NAMES: &str = "SDM_RULE_NAMES";
+/// Datagram peers: which sockets exchanged allowed UDP or ICMP echo
+/// traffic with which remotes, so that replies pass only where they belong.
+pub const MAP_PEERS: &str = "SDM_PEERS";
 
 /// Program names, as the kernel sees them.
 pub const PROG_EGRESS: &str = "sdm_egress";
@@ -60,7 +63,8 @@ pub const PROG_DNS_IN: &str = "sdm_dns_in";
 pub const PROG_DNS: &str = "sdm_dns";
 
 /// Every map the kernel programs declare, for pinning.
-pub const KERNEL_MAPS: [&str; 26] = [
+pub const KERNEL_MAPS: [&str; 27] = [
+    MAP_PEERS,
     MAP_DNS_NAMES,
     MAP_DNS_RESOLVERS,
     MAP_DNS_PENDING,
@@ -121,6 +125,10 @@ pub const MAX_RULES: u32 = 1024;
 /// Bumped whenever a map's key, value or capacity changes: an agent refuses
 /// to adopt pinned maps of another layout instead of misreading them.
 pub const LAYOUT_VERSION: u32 = 4;
+
+/// Datagram peers remembered (LRU: the oldest pair is forgotten first, and
+/// a socket's next allowed send to that remote records it again).
+pub const PEER_ENTRIES: u32 = 65_536;
 
 /// DNS learning capacities and limits.
 pub const MAX_DNS_NAMES: u32 = 4096;
@@ -234,6 +242,20 @@ pub fn dns_name_key(name: &str) -> Option<(u64, bool)> {
 pub struct DnsHost {
     pub host: u32,
     pub _pad: u32,
+}
+
+/// Key of `SDM_PEERS`: a datagram socket (its cookie; 0 for ICMP echo,
+/// whose replies the kernel itself sends) and a remote it exchanged allowed
+/// traffic with. IPv4 in the first four bytes of `remote`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerKey {
+    pub cookie: u64,
+    pub remote: [u8; 16],
+    /// Remote port (host order); 0 for ICMP.
+    pub remote_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Key of `SDM_DNS_RESOLVERS`: IPv4 in the first four bytes.
@@ -575,6 +597,7 @@ pub struct EventBudget {
 mod pod {
     unsafe impl aya::Pod for DenyEvent {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for FlowSeen {}
     unsafe impl aya::Pod for DnsHost {}
     unsafe impl aya::Pod for ResolverKey {}
@@ -607,3 +630,4 @@ const _: () = assert!(core::mem::size_of::<Cidr6>() == 20);
 const _: () = assert!(core::mem::size_of::<SockState>() == 48);
 const _: () = assert!(core::mem::size_of::<DenyEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 32);

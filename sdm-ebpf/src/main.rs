@@ -55,8 +55,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_uid, bpf_ktime_get_ns, bpf_sk_fullsock,
-            bpf_sk_storage_get, bpf_skb_cgroup_id,
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_get_socket_uid, bpf_ktime_get_ns,
+            bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_cgroup_id,
         },
     },
     macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, map},
@@ -68,12 +68,13 @@ use aya_log_ebpf::info;
 mod dns;
 use sdm_common::{
     deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, DenyEvent,
-    EventBudget, FlowKey, FlowSeen, Key4, Key6, RuleRef, RuleState, SockState, CIDR_HEADER_BITS,
-    DENY_STATS_ENTRIES, DIR_EGRESS, DIR_INGRESS, EVENTS_RING_BYTES, EVENT_BUDGET_PER_SEC,
-    EVENT_INTERVAL_NS, EVENT_SEEN_ENTRIES, EVENT_STAT_ENTRIES, EVENT_STAT_LOST, EVENT_STAT_SENT,
-    EVENT_STAT_SUPPRESSED, EVENT_STAT_THROTTLED, LOOPBACK_ENFORCE, MAX_CIDR_ENTRIES,
-    MAX_EXACT_ENTRIES, MAX_RULES, MODE_ENFORCE, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_RULE, REASON_UNKNOWN_PROTO,
+    EventBudget, FlowKey, FlowSeen, Key4, Key6, PeerKey, RuleRef, RuleState, SockState,
+    CIDR_HEADER_BITS, DENY_STATS_ENTRIES, DIR_EGRESS, DIR_INGRESS, EVENTS_RING_BYTES,
+    EVENT_BUDGET_PER_SEC, EVENT_INTERVAL_NS, EVENT_SEEN_ENTRIES, EVENT_STAT_ENTRIES,
+    EVENT_STAT_LOST, EVENT_STAT_SENT, EVENT_STAT_SUPPRESSED, EVENT_STAT_THROTTLED,
+    LOOPBACK_ENFORCE, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_RULES, MODE_ENFORCE, PEER_ENTRIES,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT, REASON_MALFORMED,
+    REASON_NO_RULE, REASON_UNKNOWN_PROTO,
 };
 
 const PASS: i32 = 1;
@@ -131,6 +132,10 @@ static EVENT_SEEN: LruHashMap<FlowKey, FlowSeen> =
 /// Events sent per CPU in the current second (see `EVENT_BUDGET_PER_SEC`).
 #[map(name = "SDM_EVENT_BUDGT")]
 static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Datagram peers (see `note_peer`): the rule that allowed them.
+#[map(name = "SDM_PEERS")]
+static PEERS: LruHashMap<PeerKey, u32> = LruHashMap::with_max_entries(PEER_ENTRIES, 0);
 
 #[btf_map(name = "SDM_SOCK_STATE")]
 static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
@@ -234,6 +239,7 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
     };
     if let Some(rule) = lookup(slot, &flow, dir, port) {
         remember(sk, &flow, dir, rule);
+        note_peer(ctx, &flow, rule);
         count_rule(rule, dir, len);
         if config.log_verdicts != 0 {
             info!(
@@ -248,7 +254,7 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
     }
 
     // 7. Replies.
-    if let Some(rule) = reverse_lookup(slot, &flow, dir, sk) {
+    if let Some(rule) = reverse_lookup(ctx, slot, &flow, dir, sk) {
         count_rule(rule, dir, len);
         return PASS;
     }
@@ -606,9 +612,18 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     if lookup(slot, &flow, DIR_EGRESS, remote_port).is_some() {
         return PASS;
     }
-    // A server answering an allowed inbound flow with sendto().
-    if local_port != 0 && lookup(slot, &flow, DIR_INGRESS, local_port).is_some() {
-        return PASS;
+    // A server answering an allowed inbound datagram with sendto(): only to
+    // a remote that sent to this socket (see `is_reply`). A connect() is
+    // never a reply, whatever port the socket is bound to.
+    if proto == PROTO_UDP
+        && local_port != 0
+        && lookup(slot, &flow, DIR_INGRESS, local_port).is_some()
+    {
+        // SAFETY: a helper on the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        if is_peer(cookie, &flow) {
+            return PASS;
+        }
     }
     add_packet(&DENY_STATS, deny_index(1, DIR_EGRESS, REASON_NO_RULE));
     // SAFETY: a helper without arguments, in the process's context.
@@ -818,31 +833,108 @@ fn lookup(slot: u32, flow: &Flow, dir: u8, port: u16) -> Option<u32> {
     }
 }
 
-/// Replies: the other direction's allowlist, seen from the remote end.
+/// ICMP echo request and reply types (RFC 792, RFC 4443).
+const ICMP_ECHO_REPLY: u16 = 0;
+const ICMP_ECHO_REQUEST: u16 = 8;
+const ICMPV6_ECHO_REQUEST: u16 = 128;
+const ICMPV6_ECHO_REPLY: u16 = 129;
+/// TCP header flags (RFC 9293 3.1).
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// The peer a datagram (or ICMP echo) flow is remembered under: the socket's
+/// cookie and the remote end; ICMP echo by remote alone, as the kernel
+/// answers echo requests from a socket of its own.
 #[inline(always)]
-fn reverse_lookup(slot: u32, flow: &Flow, dir: u8, sk: *mut bpf_sock) -> Option<u32> {
-    if dir == DIR_INGRESS {
-        // Only ingress rules may open a TCP listener.
-        if flow.proto == PROTO_TCP && !sk.is_null() {
-            // SAFETY: sk is a full socket, whose `state` the verifier lets us read.
-            if unsafe { (*sk).state } == TCP_LISTEN {
-                return None;
-            }
-        }
-        let port = match (flow.proto, flow.remote_port) {
-            // An echo reply answers an echo request.
-            (PROTO_ICMP, 0) => 8,
-            (PROTO_ICMPV6, 129) => 128,
-            (_, p) => p,
-        };
-        lookup(slot, flow, DIR_EGRESS, port)
+fn peer_key(cookie: u64, flow: &Flow) -> PeerKey {
+    let icmp = flow.proto == PROTO_ICMP || flow.proto == PROTO_ICMPV6;
+    PeerKey {
+        cookie: if icmp { 0 } else { cookie },
+        remote: flow.remote,
+        remote_port: if icmp { 0 } else { flow.remote_port },
+        proto: flow.proto,
+        _pad: [0; 5],
+    }
+}
+
+/// The cookie of the packet's socket (0 without one).
+#[inline(always)]
+fn skb_cookie(ctx: &SkBuffContext) -> u64 {
+    // SAFETY: a helper on the program's own context.
+    unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) }
+}
+
+/// A datagram or ICMP echo that a rule allowed: its socket and remote are
+/// now peers, so the remote's replies (and, for an inbound flow, the
+/// socket's answers) pass step 7. TCP needs no such record: the stack
+/// matches segments to connections itself.
+#[inline(always)]
+fn note_peer(ctx: &SkBuffContext, flow: &Flow, rule: u32) {
+    if flow.proto == PROTO_TCP {
+        return;
+    }
+    let _ = PEERS.insert(&peer_key(skb_cookie(ctx), flow), &rule, 0);
+}
+
+#[inline(always)]
+fn is_peer(cookie: u64, flow: &Flow) -> bool {
+    // SAFETY: a plain value, copied out.
+    unsafe { PEERS.get(&peer_key(cookie, flow)) }.is_some()
+}
+
+/// Replies: the other direction's allowlist, seen from the remote end, and
+/// only for what really is a reply:
+/// - ingress TCP: not to a listener (only ingress rules open those); the
+///   stack then delivers only to the connection the segment belongs to;
+/// - egress TCP: never a SYN without ACK, which opens a connection: a
+///   process bound to an ingress rule's port must not dial out from it;
+/// - UDP both ways: only between a socket and a remote that are peers
+///   (`note_peer`): an inbound datagram reaches only a socket that sent to
+///   its source, an outbound one leaves only to a remote that sent first;
+/// - ICMP echo replies: only to or from a remote with an allowed request.
+#[inline(always)]
+fn reverse_lookup(
+    ctx: &SkBuffContext,
+    slot: u32,
+    flow: &Flow,
+    dir: u8,
+    sk: *mut bpf_sock,
+) -> Option<u32> {
+    if !is_reply(ctx, flow, dir, sk) {
+        return None;
+    }
+    let (other, port) = if dir == DIR_INGRESS {
+        (DIR_EGRESS, flow.remote_port)
     } else {
-        let port = match (flow.proto, flow.local_port) {
-            (PROTO_ICMP, 0) => 8,
-            (PROTO_ICMPV6, 129) => 128,
-            (_, p) => p,
-        };
-        lookup(slot, flow, DIR_INGRESS, port)
+        (DIR_INGRESS, flow.local_port)
+    };
+    let port = match (flow.proto, port) {
+        // An echo reply answers an echo request.
+        (PROTO_ICMP, ICMP_ECHO_REPLY) => ICMP_ECHO_REQUEST,
+        (PROTO_ICMPV6, ICMPV6_ECHO_REPLY) => ICMPV6_ECHO_REQUEST,
+        (_, p) => p,
+    };
+    lookup(slot, flow, other, port)
+}
+
+/// Whether the packet can be a reply at all (see `reverse_lookup`).
+#[inline(always)]
+fn is_reply(ctx: &SkBuffContext, flow: &Flow, dir: u8, sk: *mut bpf_sock) -> bool {
+    match flow.proto {
+        PROTO_TCP if dir == DIR_INGRESS => {
+            // SAFETY: sk is a full socket, whose `state` the verifier lets us read.
+            sk.is_null() || unsafe { (*sk).state } != TCP_LISTEN
+        }
+        PROTO_TCP => match read::<[u8; 2]>(ctx, flow.l4_off as usize + 12) {
+            Ok(h) => h[1] & TCP_SYN == 0 || h[1] & TCP_ACK != 0,
+            Err(_) => false,
+        },
+        PROTO_UDP => is_peer(skb_cookie(ctx), flow),
+        _ => {
+            let echo_reply = (flow.proto == PROTO_ICMP && flow.remote_port == ICMP_ECHO_REPLY)
+                || (flow.proto == PROTO_ICMPV6 && flow.remote_port == ICMPV6_ECHO_REPLY);
+            !echo_reply || is_peer(0, flow)
+        }
     }
 }
 

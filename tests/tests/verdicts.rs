@@ -459,16 +459,33 @@ fn replies_and_unsolicited_inbound() {
         f.ingress(&from(Ipv4Addr::new(8, 8, 8, 8), 50000, 5001)),
         DROP
     );
-    // The gateway answers its clients from the advertised port.
+    // The gateway answers its clients from the advertised port: its SYN-ACK
+    // (l4() makes a bare SYN; a server's answer carries ACK).
+    let mut syn_ack = l4(TCP, 5000, 50000);
+    syn_ack[13] = 0x12;
     let answer = ipv4(
         ME,
         Ipv4Addr::new(8, 8, 8, 8),
         TCP,
-        &l4(TCP, 5000, 50000),
+        &syn_ack,
         V4Opts::default(),
     );
     assert_eq!(f.egress(&answer), PASS, "reply to an allowed inbound flow");
     assert_eq!(f.rule_packets("advertised", DIR_EGRESS), 1);
+    // A bare SYN from the advertised port opens a connection: never a reply.
+    let dial_out = ipv4(
+        ME,
+        Ipv4Addr::new(8, 8, 8, 8),
+        TCP,
+        &l4(TCP, 5000, 443),
+        V4Opts::default(),
+    );
+    assert_eq!(
+        f.egress(&dial_out),
+        DROP,
+        "a SYN from an ingress rule's port"
+    );
+    assert_eq!(f.denied(true, DIR_EGRESS, REASON_NO_RULE), 1);
     assert_eq!(f.denied(true, DIR_INGRESS, REASON_NO_RULE), 3);
 }
 

@@ -21,7 +21,13 @@
 //!   resolve-connect DNS_IP NAME A|AAAA PORT COUNT TIMEOUT_MS
 //!                                     COUNT times: resolve NAME, connect at once
 //!                                     to the first address answered
-//!   raw-udp ADDR COUNT                COUNT UDP datagrams to ADDR (IPv4) through a
+//!   tcp-from PORT ADDR TIMEOUT_MS     `tcp` from local port PORT (bound first)
+//!   udp-from PORT ADDR TIMEOUT_MS     `udp` from local port PORT (bound first)
+//!   udp-recv ADDR SECONDS             bind ADDR, print {"result":"listening"},
+//!                                     then count the datagrams that arrive
+//!   udp-echo ADDR SECONDS             bind ADDR, print {"result":"listening"},
+//!                                     then echo every datagram for SECONDS
+//!   raw-udp ADDR COUNT [SRC_PORT]     COUNT UDP datagrams to ADDR (IPv4) through a
 //!                                     raw socket, which no sock_addr hook sees
 //!   flood A.B.C COUNT                 COUNT datagrams to A.B.C.x (x in 100..250),
 //!                                     every one to a new (address, port); half
@@ -48,7 +54,7 @@ use serde_json::{json, Value};
 
 fn usage(msg: &str) -> ! {
     eprintln!("lab-probe: {msg}");
-    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-connect|raw-udp|flood ARGS...");
+    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|tcp-from|udp-from|udp-recv|udp-echo|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-connect|raw-udp|flood ARGS...");
     std::process::exit(2);
 }
 
@@ -144,14 +150,91 @@ fn tcp_once(addr: SocketAddr, timeout: Duration) -> Value {
     }
 }
 
-fn udp(addr: SocketAddr, timeout: Duration) -> Value {
-    let start = Instant::now();
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
+/// The unspecified address of `addr`'s family, on `port`.
+fn any_addr(addr: SocketAddr, port: u16) -> SocketAddr {
+    if addr.is_ipv4() {
+        SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port)
     } else {
-        "[::]:0".parse().unwrap()
+        SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port)
+    }
+}
+
+/// `tcp` from a socket bound to local `port` first: what a process does
+/// that tries to pass its connection off as a reply of an inbound flow.
+fn tcp_from(port: u16, addr: SocketAddr, timeout: Duration) -> Value {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let start = Instant::now();
+    let sock = match Socket::new(Domain::for_address(addr), Type::STREAM, None) {
+        Ok(s) => s,
+        Err(e) => return json!({"result": errname(&e), "phase": "socket"}),
     };
-    let s = match UdpSocket::bind(bind) {
+    let _ = sock.set_reuse_address(true);
+    if let Err(e) = sock.bind(&SockAddr::from(any_addr(addr, port))) {
+        return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()});
+    }
+    if let Err(e) = sock.connect_timeout(&SockAddr::from(addr), timeout) {
+        return json!({"result": errname(&e), "phase": "connect", "ms": ms(start), "detail": e.to_string()});
+    }
+    let mut s: TcpStream = sock.into();
+    let _ = s.set_read_timeout(Some(timeout));
+    match read_line(&mut s) {
+        Ok(line) if line.trim() == "ok" => json!({"result": "ok", "ms": ms(start)}),
+        Ok(line) => json!({"result": "bad-reply", "phase": "read", "detail": line}),
+        Err(e) => json!({"result": errname(&e), "phase": "read", "ms": ms(start)}),
+    }
+}
+
+/// Binds `addr`, says so, then counts the datagrams that arrive in `secs`.
+fn udp_recv(addr: SocketAddr, secs: u64) -> Value {
+    let s = match UdpSocket::bind(addr) {
+        Ok(s) => s,
+        Err(e) => return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()}),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    print(&json!({"result": "listening", "addr": addr.to_string()}));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut received = 0u64;
+    let mut from = Vec::new();
+    let mut buf = [0u8; 1500];
+    while Instant::now() < end {
+        if let Ok((_, peer)) = s.recv_from(&mut buf) {
+            received += 1;
+            from.push(peer.to_string());
+        }
+    }
+    json!({"result": "done", "received": received, "from": from})
+}
+
+/// Binds `addr`, says so, then echoes every datagram for `secs`; counts
+/// the echoes the kernel refused.
+fn udp_echo(addr: SocketAddr, secs: u64) -> Value {
+    let s = match UdpSocket::bind(addr) {
+        Ok(s) => s,
+        Err(e) => return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()}),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    print(&json!({"result": "listening", "addr": addr.to_string()}));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let (mut echoed, mut refused) = (0u64, 0u64);
+    let mut buf = [0u8; 1500];
+    while Instant::now() < end {
+        if let Ok((n, peer)) = s.recv_from(&mut buf) {
+            match s.send_to(&buf[..n], peer) {
+                Ok(_) => echoed += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    json!({"result": "done", "echoed": echoed, "refused": refused})
+}
+
+fn udp(addr: SocketAddr, timeout: Duration) -> Value {
+    udp_from(0, addr, timeout)
+}
+
+fn udp_from(port: u16, addr: SocketAddr, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let s = match UdpSocket::bind(any_addr(addr, port)) {
         Ok(s) => s,
         Err(e) => return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()}),
     };
@@ -412,9 +495,14 @@ fn raw_udp_socket() -> std::os::fd::OwnedFd {
 
 /// Sends one 32-byte UDP datagram to `dst`:`port` through `raw`; the
 /// outcome as "raw-sent" or "raw-<errname>".
-fn send_raw_udp(raw: &std::os::fd::OwnedFd, dst: std::net::Ipv4Addr, port: u16) -> String {
+fn send_raw_udp(
+    raw: &std::os::fd::OwnedFd,
+    src_port: u16,
+    dst: std::net::Ipv4Addr,
+    port: u16,
+) -> String {
     let mut pkt = [0u8; 40];
-    pkt[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    pkt[0..2].copy_from_slice(&src_port.to_be_bytes());
     pkt[2..4].copy_from_slice(&port.to_be_bytes());
     pkt[4..6].copy_from_slice(&40u16.to_be_bytes());
     // SAFETY: sockaddr_in built field by field; sendto reads only the
@@ -439,14 +527,14 @@ fn send_raw_udp(raw: &std::os::fd::OwnedFd, dst: std::net::Ipv4Addr, port: u16) 
     }
 }
 
-/// `count` raw UDP datagrams to `to`, counted by outcome.
-fn raw_udp(to: std::net::SocketAddrV4, count: u64) -> Value {
+/// `count` raw UDP datagrams to `to` from `src_port`, counted by outcome.
+fn raw_udp(to: std::net::SocketAddrV4, count: u64, src_port: u16) -> Value {
     let start = Instant::now();
     let raw = raw_udp_socket();
     let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
     for _ in 0..count {
         *outcomes
-            .entry(send_raw_udp(&raw, *to.ip(), to.port()))
+            .entry(send_raw_udp(&raw, src_port, *to.ip(), to.port()))
             .or_default() += 1;
     }
     json!({"result": "done", "count": count, "outcomes": outcomes, "ms": ms(start)})
@@ -470,7 +558,7 @@ fn flood(net: std::net::Ipv4Addr, count: u64) -> Value {
                 Err(e) => format!("udp-{}", errname(&e)),
             }
         } else {
-            send_raw_udp(&raw, dst, port)
+            send_raw_udp(&raw, 40000, dst, port)
         };
         *outcomes.entry(outcome).or_default() += 1;
     }
@@ -618,7 +706,29 @@ fn main() {
                 Duration::from_millis(parse("timeout", rest.get(5))),
             )
         }
-        "raw-udp" => raw_udp(parse("address", rest.first()), parse("count", rest.get(1))),
+        "raw-udp" => raw_udp(
+            parse("address", rest.first()),
+            parse("count", rest.get(1)),
+            rest.get(2).map_or(40000, |p| parse("source port", Some(p))),
+        ),
+        "tcp-from" => tcp_from(
+            parse("port", rest.first()),
+            parse("address", rest.get(1)),
+            Duration::from_millis(parse("timeout", rest.get(2))),
+        ),
+        "udp-from" => udp_from(
+            parse("port", rest.first()),
+            parse("address", rest.get(1)),
+            Duration::from_millis(parse("timeout", rest.get(2))),
+        ),
+        "udp-echo" => udp_echo(
+            parse("address", rest.first()),
+            parse("seconds", rest.get(1)),
+        ),
+        "udp-recv" => udp_recv(
+            parse("address", rest.first()),
+            parse("seconds", rest.get(1)),
+        ),
         "flood" => {
             let net: String = parse("network", rest.first());
             let net: std::net::Ipv4Addr = format!("{net}.0")

@@ -1,0 +1,109 @@
+//! Side doors: a process inside the enforced cgroup tries to get past the
+//! policy, and each attack must fail. Every test performs the attack from
+//! inside the lab's cgroup (or from the lab's "internet" side) in enforce
+//! mode, and shows the legitimate use of the same rule still works.
+
+use std::time::Duration;
+
+use sdm_tests::{
+    gateway::{gateway_config, gateway_dns, sa, serve_all, GATEWAY_HOSTS, OK_MS, OTHER},
+    lab::{result, Lab},
+};
+
+/// The gateway's advertised port: an ingress rule open to the lab's sources.
+const ADVERTISED: u16 = 5000;
+/// A UDP ingress rule's port (as an AD domain controller's DNS or Kerberos).
+const UDP_IN: u16 = 5353;
+
+/// A gateway lab in enforce mode with, on top of the gateway role, a UDP
+/// ingress rule on UDP_IN from the lab's networks.
+fn lab() -> Lab {
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_lab-probe"));
+    serve_all(&lab);
+    gateway_dns(&lab, 300);
+    let mut config = gateway_config(&lab, "enforce", "");
+    config.tables.push_str(&format!(
+        "\n[[allow]]\n\
+         name = \"udp-in\"\n\
+         direction = \"ingress\"\n\
+         proto = \"udp\"\n\
+         port = {UDP_IN}\n\
+         from = [\"10.231.0.0/16\"]\n"
+    ));
+    let path = lab.write_config("containment.toml", &config);
+    lab.start_agent(&path, "enforce", &GATEWAY_HOSTS);
+    lab
+}
+
+/// Attack: bind the advertised port (an ingress rule open to everyone in
+/// the lab) and dial out from it, hoping the egress SYN passes as a reply
+/// of that inbound rule. Also over UDP from a UDP ingress rule's port.
+#[test]
+fn an_ingress_rules_port_does_not_dial_out() {
+    let lab = lab();
+    let unlisted = sa(lab.net_ip(OTHER), 443);
+    let v = lab.probe(&[
+        "tcp-from",
+        &ADVERTISED.to_string(),
+        &unlisted.to_string(),
+        "1500",
+    ]);
+    assert_ne!(
+        result(&v),
+        "ok",
+        "a connect from the advertised port got out: {v}"
+    );
+    assert_eq!(result(&v), "eperm", "refused at connect(): {v}");
+
+    let echo = sa(lab.net_ip(OTHER), 9001);
+    let v = lab.probe(&["udp-from", &UDP_IN.to_string(), &echo.to_string(), "1500"]);
+    assert_ne!(
+        result(&v),
+        "ok",
+        "a datagram from the UDP ingress port got out: {v}"
+    );
+
+    // The rules still do their job: an inbound connection to the advertised
+    // port is answered, and a UDP server on UDP_IN answers its clients.
+    let here = sa(lab.host_ip(), ADVERTISED);
+    let mut server = lab.spawn_probe(&["listen-tcp", &here.to_string(), "5"], false);
+    assert_eq!(result(&server.line(Duration::from_secs(5))), "listening");
+    let v = lab.probe_from_net(&["tcp", &here.to_string(), &OK_MS.to_string()]);
+    assert_eq!(result(&v), "ok", "inbound to the advertised port: {v}");
+    drop(server);
+
+    let udp_here = sa(lab.host_ip(), UDP_IN);
+    let mut server = lab.spawn_probe(&["udp-echo", &udp_here.to_string(), "4"], false);
+    assert_eq!(result(&server.line(Duration::from_secs(5))), "listening");
+    let v = lab.probe_from_net(&["udp", &udp_here.to_string(), &OK_MS.to_string()]);
+    assert_eq!(
+        result(&v),
+        "ok",
+        "a UDP client of the UDP ingress rule gets its answer: {v}"
+    );
+    let done = server.line(Duration::from_secs(8));
+    assert_eq!(done["refused"], 0, "{done}");
+}
+
+/// Attack: datagrams spoofed from an allowed remote (the resolver's address
+/// and port 53, which every host may reach) to a UDP socket in the cgroup
+/// that never sent anything there: stateless "replies" must not reach it.
+#[test]
+fn spoofed_datagrams_from_an_allowed_remote_reach_no_socket_that_did_not_ask() {
+    let lab = lab();
+    let port = 7777;
+    let here = sa(lab.host_ip(), port);
+    let mut listener = lab.spawn_probe(&["udp-recv", &here.to_string(), "3"], false);
+    assert_eq!(result(&listener.line(Duration::from_secs(5))), "listening");
+    // From the resolver's own address (the net side's first address) and port 53.
+    let v = lab.probe_from_net(&["raw-udp", &here.to_string(), "5", "53"]);
+    assert_eq!(v["outcomes"]["raw-sent"], 5, "{v}");
+    let done = listener.line(Duration::from_secs(8));
+    assert_eq!(
+        done["received"], 0,
+        "datagrams from the resolver's 53 reached a socket that never asked: {done}"
+    );
+    // The resolver still answers the processes that do ask it.
+    let v = lab.probe(&["resolve", &lab.dns_ip().to_string(), "db.lab.test"]);
+    assert_eq!(result(&v), "ok", "{v}");
+}
