@@ -670,30 +670,23 @@ impl Maps {
         self.write_config(&cfg)
     }
 
-    /// Makes `SDM_DNS_NAMES` hold exactly `names` (name key -> host id) and
-    /// `SDM_DNS_RESOLV` exactly `resolvers`. Returns the writes.
+    /// Makes `SDM_DNS_NAMES` hold exactly `names` (name key -> host id and
+    /// name) and `SDM_DNS_RESOLV` exactly `resolvers`. Returns the writes.
     pub fn apply_dns(
         &mut self,
-        names: &BTreeMap<u64, u32>,
+        names: &BTreeMap<u64, DnsHost>,
         resolvers: &[std::net::IpAddr],
     ) -> Result<usize, DataplaneError> {
         let mut writes = 0;
         let mut have = BTreeMap::new();
         for kv in self.dns_names.iter() {
             let (k, v) = kv.map_err(map_err(MAP_DNS_NAMES))?;
-            have.insert(k, v.host);
+            have.insert(k, v);
         }
         let d = diff(&have, names);
         for (k, host) in &d.upsert {
             self.dns_names
-                .insert(
-                    k,
-                    DnsHost {
-                        host: *host,
-                        _pad: 0,
-                    },
-                    0,
-                )
+                .insert(k, host, 0)
                 .map_err(map_err(MAP_DNS_NAMES))?;
         }
         for k in &d.remove {

@@ -9,9 +9,9 @@ use std::{
 
 use ipnet::IpNet;
 use sdm_common::{
-    dns_host_id, dns_name_key, Cidr4, Cidr6, HostPortKey, Key4, Key6, CIDR_HEADER_BITS, DIR_EGRESS,
-    DIR_INGRESS, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    PROTO_UDP,
+    dns_host_id, dns_name_key, dns_wire_name, Cidr4, Cidr6, DnsHost, HostPortKey, Key4, Key6,
+    CIDR_HEADER_BITS, DIR_EGRESS, DIR_INGRESS, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::policy::{Direction, Policy, Proto, Rule, Target};
@@ -198,17 +198,28 @@ fn add_host_ports(out: &mut Entries, rule: &Rule, id: u32, host: u32) {
 }
 
 /// The hostnames of a policy, as the kernel matches DNS questions: name key
-/// -> host id (`SDM_DNS_NAMES`), wildcards (`*.example.com`) included.
-pub fn dns_names(policy: &Policy) -> BTreeMap<u64, u32> {
+/// -> host id and the name in wire form (`SDM_DNS_NAMES`), wildcards
+/// (`*.example.com`) included.
+pub fn dns_names(policy: &Policy) -> BTreeMap<u64, DnsHost> {
     policy
         .rules
         .iter()
         .flat_map(|r| r.targets.iter())
         .filter_map(|t| match t {
-            Target::Host(h) => dns_name_key(h),
+            Target::Host(h) => {
+                let (key, _) = dns_name_key(h)?;
+                let (name, len) = dns_wire_name(h)?;
+                Some((
+                    key,
+                    DnsHost {
+                        host: dns_host_id(key),
+                        len,
+                        name,
+                    },
+                ))
+            }
             Target::Cidr(_) => None,
         })
-        .map(|(key, _)| (key, dns_host_id(key)))
         .collect()
 }
 

@@ -124,7 +124,7 @@ pub const MAX_CIDR_ENTRIES: u32 = 131_072;
 pub const MAX_RULES: u32 = 1024;
 /// Bumped whenever a map's key, value or capacity changes: an agent refuses
 /// to adopt pinned maps of another layout instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Datagram peers remembered (LRU: the oldest pair is forgotten first, and
 /// a socket's next allowed send to that remote records it again).
@@ -236,12 +236,55 @@ pub fn dns_name_key(name: &str) -> Option<(u64, bool)> {
     })
 }
 
-/// Value of `SDM_DNS_NAMES`.
+/// Bytes of a DNS name in wire form at most (RFC 1035 3.1: 255), rounded
+/// up to a power of two for masked indexes.
+pub const DNS_NAME_WIRE: usize = 256;
+
+/// Value of `SDM_DNS_NAMES`: the host id, and the name itself in lower-case
+/// wire form (length-prefixed labels and the final zero; for `*.suffix`,
+/// the suffix), so that the kernel compares a question with the whole name:
+/// the key, a 64-bit hash, only picks the slot.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsHost {
     pub host: u32,
-    pub _pad: u32,
+    /// Bytes of `name` in use.
+    pub len: u32,
+    pub name: [u8; DNS_NAME_WIRE],
+}
+
+impl Default for DnsHost {
+    fn default() -> Self {
+        Self {
+            host: 0,
+            len: 0,
+            name: [0; DNS_NAME_WIRE],
+        }
+    }
+}
+
+/// `name` (or, for `*.suffix`, the suffix) in lower-case DNS wire form, as
+/// `SDM_DNS_NAMES` stores it beside the key `dns_name_key` gives; None
+/// where `dns_name_key` gives none.
+pub fn dns_wire_name(name: &str) -> Option<([u8; DNS_NAME_WIRE], u32)> {
+    dns_name_key(name)?;
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    let mut out = [0u8; DNS_NAME_WIRE];
+    let mut at = 0;
+    for label in name.split('.') {
+        if at + 1 + label.len() + 1 > 255 {
+            return None;
+        }
+        out[at] = label.len() as u8;
+        at += 1;
+        for b in label.bytes() {
+            out[at] = dns_lower(b);
+            at += 1;
+        }
+    }
+    out[at] = 0;
+    Some((out, (at + 1) as u32))
 }
 
 /// Key of `SDM_PEERS`: a datagram socket (its cookie; 0 for ICMP echo,
@@ -305,6 +348,14 @@ pub struct HostPortKey {
 pub struct DnsScratch {
     pub buf: [u8; DNS_BUF],
     pub labels: [u64; DNS_MAX_LABELS],
+    /// Where each label of the question starts in `buf` (its length byte).
+    pub label_pos: [u32; DNS_MAX_LABELS],
+    /// The `SDM_DNS_NAMES` key the question's hash matched, and where in
+    /// `buf` the matched name (or wildcard suffix) starts: stage VERIFY
+    /// compares it with the stored name in full.
+    pub m_key: u64,
+    pub m_start: u32,
+    pub _m_pad: u32,
     pub chain: [u64; DNS_CHAIN],
     pub resolver: [u8; 16],
     /// Bytes of `buf` in use.
@@ -631,3 +682,4 @@ const _: () = assert!(core::mem::size_of::<SockState>() == 48);
 const _: () = assert!(core::mem::size_of::<DenyEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);
 const _: () = assert!(core::mem::size_of::<PeerKey>() == 32);
+const _: () = assert!(core::mem::size_of::<DnsHost>() == 8 + DNS_NAME_WIRE);

@@ -15,11 +15,18 @@
 //!     parser `sdm_dns` is tail-called. It returns PASS in every case: the
 //!     packet was allowed before it got here, and a parse failure must not
 //!     turn into a drop.
+//!     Over TCP, only the segment the socket expects next (its sequence
+//!     number is the socket's `rcv_nxt`): the program runs before TCP has
+//!     checked sequence numbers, so an out-of-window forgery teaches nothing.
 //!  3. `sdm_dns`, stage QUESTION: a response (QR), opcode QUERY, RCODE 0,
-//!     one question, to a query noted in 1 within `DNS_PENDING_NS`; the
-//!     question name (no compression) is matched against `SDM_DNS_NAMES`:
-//!     exact name first, else the longest `*.suffix`. Anything else teaches
-//!     nothing and is counted by its result (`SDM_DNS_STATS`).
+//!     one question, to a query noted in 1 within `DNS_PENDING_NS`, which
+//!     the answer consumes (a second answer to the same query is unasked);
+//!     the question name (no compression) is matched against
+//!     `SDM_DNS_NAMES`: exact name first, else the longest `*.suffix`, by
+//!     its hash, and then (stage VERIFY) byte for byte against the name the
+//!     entry holds, so that a name crafted to collide with an allowed one's
+//!     hash teaches nothing. Anything else teaches nothing and is counted by
+//!     its result (`SDM_DNS_STATS`).
 //!  4. Stage OWNER, once per answer record: the owner name (compression
 //!     pointers followed, each to an earlier offset than the last, at most
 //!     `DNS_MAX_STEPS` bytes and pointers) is compared with the CNAME chain
@@ -47,18 +54,19 @@
 use core::ptr;
 
 use aya_ebpf::{
-    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_tail_call},
+    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_tail_call, bpf_tcp_sock},
     macros::{cgroup_skb, map},
     maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::SkBuffContext,
 };
 use sdm_common::{
     dns_fold, dns_lower, fnv_step, Config, DnsHost, DnsQueryKey, DnsScratch, HostPortKey, Learned,
-    ResolverKey, DNS_BUF, DNS_CHAIN, DNS_MAX_LABELS, DNS_NAME_SEED, DNS_PENDING_ENTRIES,
-    DNS_PENDING_NS, DNS_RESULT_COUNT, DNS_RESULT_ERROR_RCODE, DNS_RESULT_LEARNED,
-    DNS_RESULT_MALFORMED, DNS_RESULT_NOT_ALLOWED, DNS_RESULT_NOT_RESOLVER, DNS_RESULT_NO_ADDRESS,
-    DNS_RESULT_TRUNCATED, DNS_RESULT_UNASKED, DNS_WILDCARD_TAG, FNV_OFFSET, LEARNED_ENTRIES,
-    LEARN_TTL_MAX_S, MAX_DNS_NAMES, MAX_DNS_RESOLVERS, MAX_HOST_PORTS, PROTO_TCP, PROTO_UDP,
+    ResolverKey, DNS_BUF, DNS_CHAIN, DNS_MAX_LABELS, DNS_NAME_SEED, DNS_NAME_WIRE,
+    DNS_PENDING_ENTRIES, DNS_PENDING_NS, DNS_RESULT_COUNT, DNS_RESULT_ERROR_RCODE,
+    DNS_RESULT_LEARNED, DNS_RESULT_MALFORMED, DNS_RESULT_NOT_ALLOWED, DNS_RESULT_NOT_RESOLVER,
+    DNS_RESULT_NO_ADDRESS, DNS_RESULT_TRUNCATED, DNS_RESULT_UNASKED, DNS_WILDCARD_TAG, FNV_OFFSET,
+    LEARNED_ENTRIES, LEARN_TTL_MAX_S, MAX_DNS_NAMES, MAX_DNS_RESOLVERS, MAX_HOST_PORTS, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{atomic_add_u64, Flow, CONFIG, PASS};
@@ -96,6 +104,7 @@ const MAX_CALLS: u32 = 32;
 const STAGE_QUESTION: u32 = 0;
 const STAGE_OWNER: u32 = 1;
 const STAGE_CNAME: u32 = 2;
+const STAGE_VERIFY: u32 = 3;
 
 const TYPE_A: u16 = 1;
 const TYPE_CNAME: u16 = 5;
@@ -226,6 +235,10 @@ pub fn sdm_dns_in(ctx: SkBuffContext) -> i32 {
         count(DNS_RESULT_MALFORMED);
         return PASS;
     }
+    if flow.proto == PROTO_TCP && !in_sequence(&ctx, &flow) {
+        count(DNS_RESULT_UNASKED);
+        return PASS;
+    }
     let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
         return PASS;
     };
@@ -267,6 +280,29 @@ pub fn sdm_dns_in(ctx: SkBuffContext) -> i32 {
     }
     parse_next(&ctx);
     PASS
+}
+
+/// Whether a TCP segment is the one its socket expects next: its sequence
+/// number is the socket's `rcv_nxt`. This program runs before TCP checks
+/// sequence numbers (`tcp_filter` comes first in `tcp_v4_rcv`,
+/// https://github.com/torvalds/linux/blob/v6.18/net/ipv4/tcp_ipv4.c), so a
+/// forged segment must not be parsed on the strength of its addresses.
+#[inline(always)]
+fn in_sequence(ctx: &SkBuffContext, flow: &Flow) -> bool {
+    let sk = crate::full_socket(ctx);
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: sk is a full socket; the helper returns NULL for non-TCP ones.
+    let tp = unsafe { bpf_tcp_sock(sk) };
+    if tp.is_null() {
+        return false;
+    }
+    let Ok(seq) = ctx.load::<[u8; 4]>(flow.l4_off as usize + 4) else {
+        return false;
+    };
+    // SAFETY: a valid bpf_tcp_sock pointer from the helper.
+    u32::from_be_bytes(seq) == unsafe { (*tp).rcv_nxt }
 }
 
 /// The byte at `pos` of the copied message (masked: the verifier sees an
@@ -422,6 +458,9 @@ fn step(s: *mut DnsScratch) {
             return;
         }
         set!(s.w_total, total);
+        let n = get!(s.w_labels);
+        // SAFETY: as above; the index is masked into the array.
+        unsafe { (*s).label_pos[(n as usize) & (DNS_MAX_LABELS - 1)] = pos };
         set!(s.w_remaining, u32::from(b));
         set!(s.w_hash, fnv_step(get!(s.w_hash), b));
         set!(s.w_label, FNV_OFFSET);
@@ -429,15 +468,16 @@ fn step(s: *mut DnsScratch) {
     }
 }
 
-/// The host id of the question name: an exact `SDM_DNS_NAMES` entry, else
-/// the longest matching `*.suffix`; 0 if none.
+/// The question name's entry by hash: an exact `SDM_DNS_NAMES` entry, else
+/// the longest matching `*.suffix`; `(host id, key, where the matched name
+/// starts in the message)`, or None. Stage VERIFY then compares the names in full.
 #[inline(always)]
-fn match_host(s: &DnsScratch, labels: u32) -> u32 {
+fn match_host(s: &DnsScratch, labels: u32) -> Option<(u32, u64, u32)> {
     if labels == 0 || labels as usize > DNS_MAX_LABELS {
-        return 0;
+        return None;
     }
     let mut acc = DNS_NAME_SEED;
-    let mut host = 0;
+    let mut found = None;
     let mut j = labels;
     let mut k = 0;
     while k < DNS_MAX_LABELS {
@@ -446,19 +486,69 @@ fn match_host(s: &DnsScratch, labels: u32) -> u32 {
         }
         j -= 1;
         acc = dns_fold(acc, s.labels[(j as usize) & (DNS_MAX_LABELS - 1)]);
+        let key = if j > 0 { acc ^ DNS_WILDCARD_TAG } else { acc };
         // SAFETY: plain values, copied out.
-        unsafe {
-            if j > 0 {
-                if let Some(h) = DNS_NAMES.get(&(acc ^ DNS_WILDCARD_TAG)) {
-                    host = h.host;
-                }
-            } else if let Some(h) = DNS_NAMES.get(&acc) {
-                host = h.host;
-            }
+        if let Some(h) = unsafe { DNS_NAMES.get(&key) } {
+            // Where the matched name starts, read from the map value: an
+            // unknown scalar to the verifier, not the loop's constant `j`,
+            // so that its states for each iteration stay few.
+            found = Some((
+                h.host,
+                key,
+                s.label_pos[(j as usize) & (DNS_MAX_LABELS - 1)],
+            ));
         }
         k += 1;
     }
-    host
+    found
+}
+
+/// Stage VERIFY: the question's matched name, from `m_start` in the copied
+/// message, is byte for byte (lower-cased) the name the entry holds.
+#[inline(always)]
+fn verify_name(s: &DnsScratch) -> bool {
+    // SAFETY: a plain map value, read in place.
+    let Some(v) = (unsafe { DNS_NAMES.get(&s.m_key) }) else {
+        return false;
+    };
+    let len = v.len;
+    let start = s.m_start;
+    if len == 0 || len as usize > DNS_NAME_WIRE || start + len > s.len {
+        return false;
+    }
+    let mut i: u32 = 0;
+    while i < DNS_NAME_WIRE as u32 {
+        if i >= len {
+            break;
+        }
+        // Length bytes are below 64: lower-casing leaves them as they are.
+        if dns_lower(byte(s, start + i)) != v.name[(i as usize) & (DNS_NAME_WIRE - 1)] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Addresses no service answers from: unspecified, loopback, link-local,
+/// multicast, broadcast; never learned.
+#[inline(always)]
+fn unlearnable4(a: &[u8; 4]) -> bool {
+    a[0] == 0 || a[0] == 127 || (a[0] == 169 && a[1] == 254) || a[0] >= 224
+}
+
+#[inline(always)]
+fn unlearnable6(a: &[u8; 16]) -> bool {
+    let mut zero_prefix = true;
+    let mut i = 0;
+    while i < 15 {
+        if a[i] != 0 {
+            zero_prefix = false;
+        }
+        i += 1;
+    }
+    // ::, ::1, fe80::/10, ff00::/8
+    (zero_prefix && a[15] <= 1) || (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || a[0] == 0xff
 }
 
 #[inline(always)]
@@ -485,7 +575,9 @@ fn learn(s: &DnsScratch, config: &Config, owner: u32, rtype: u16, ttl: u32) {
             byte(s, owner + 2),
             byte(s, owner + 3),
         ];
-        let _ = LEARNED4.insert(&a, &value, 0);
+        if !unlearnable4(&a) {
+            let _ = LEARNED4.insert(&a, &value, 0);
+        }
     } else {
         let mut a = [0u8; 16];
         let mut i = 0;
@@ -493,7 +585,9 @@ fn learn(s: &DnsScratch, config: &Config, owner: u32, rtype: u16, ttl: u32) {
             a[i] = byte(s, owner + i as u32);
             i += 1;
         }
-        let _ = LEARNED6.insert(&a, &value, 0);
+        if !unlearnable6(&a) {
+            let _ = LEARNED6.insert(&a, &value, 0);
+        }
     }
 }
 
@@ -518,6 +612,14 @@ fn try_dns(ctx: &SkBuffContext) -> Option<u32> {
         let s = unsafe { &mut *sp };
         s.calls += 1;
         if s.calls > MAX_CALLS {
+            return Some(DNS_RESULT_TRUNCATED);
+        }
+        if s.stage == STAGE_VERIFY {
+            if !verify_name(s) {
+                return Some(DNS_RESULT_NOT_ALLOWED);
+            }
+            s.stage = STAGE_OWNER;
+            parse_next(ctx);
             return Some(DNS_RESULT_TRUNCATED);
         }
         if s.w_state != WALKING {
@@ -591,6 +693,9 @@ fn before_question(s: &DnsScratch) -> Option<u32> {
     let Some(asked) = (unsafe { DNS_PENDING.get(&key).copied() }) else {
         return Some(DNS_RESULT_UNASKED);
     };
+    // The first answer consumes the query: a second one, forged or not, is
+    // unasked.
+    let _ = DNS_PENDING.remove(&key);
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(asked) > DNS_PENDING_NS {
         return Some(DNS_RESULT_UNASKED);
@@ -607,16 +712,20 @@ fn question(s: &mut DnsScratch) -> Option<u32> {
     if end + 4 > s.len {
         return Some(DNS_RESULT_MALFORMED);
     }
-    let host = match_host(s, s.w_labels);
+    let Some((host, key, start)) = match_host(s, s.w_labels) else {
+        return Some(DNS_RESULT_NOT_ALLOWED);
+    };
     if host == 0 {
         return Some(DNS_RESULT_NOT_ALLOWED);
     }
     s.host = host;
+    s.m_key = key;
+    s.m_start = start;
     s.chain[0] = s.w_hash;
     s.chain_len = 1;
     s.pos = end + 4;
     s.answers_left = u32::from(be16(s, 6));
-    s.stage = STAGE_OWNER;
+    s.stage = STAGE_VERIFY;
     None
 }
 

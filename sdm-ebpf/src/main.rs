@@ -714,7 +714,7 @@ fn cache_port(flow: &Flow) -> u16 {
 }
 
 #[inline(always)]
-fn full_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
+pub(crate) fn full_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
     // SAFETY: reading the context's `sk` field, which the verifier allows
     // for cgroup_skb programs; bpf_sk_fullsock accepts NULL.
     unsafe {

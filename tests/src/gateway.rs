@@ -139,3 +139,33 @@ pub fn start(lab: &mut Lab, mode: &str, dns: &str) -> PathBuf {
     lab.start_agent(&config, mode, &GATEWAY_HOSTS);
     config
 }
+
+/// A gateway lab in enforce mode (servers, the gateway's names) where
+/// `name` answers a new 10.233.N.x on every query, allowed on `port` by an
+/// `[[allow]]`: only learning from each answer can let its address through
+/// in time. Returns the config's path.
+pub fn start_rotating_gateway(lab: &mut Lab, name: &str, port: u16) -> PathBuf {
+    serve_all(lab);
+    gateway_dns(lab, 300);
+    let n = lab.n;
+    let v4 = std::net::Ipv4Addr::new(10, 233, n, 0);
+    let v6 = format!("fd00:233:{n:x}::").parse().expect("an IPv6 prefix");
+    // Every address of the prefix is local in the net namespace, where the
+    // servers listen on the wildcard address.
+    lab.net
+        .ip(&["route", "add", "local", &format!("{v4}/24"), "dev", "lo"]);
+    lab.dns().rotate(name, v4, v6, 3600);
+    let mut config = gateway_config(lab, "enforce", "");
+    config.tables.push_str(&format!(
+        "\n[[allow]]\n\
+         name = \"rotating\"\n\
+         direction = \"egress\"\n\
+         to = \"{name}\"\n\
+         port = {port}\n"
+    ));
+    let path = lab.write_config("rotating.toml", &config);
+    let mut hosts = GATEWAY_HOSTS.to_vec();
+    hosts.push(name);
+    lab.start_agent(&path, "enforce", &hosts);
+    path
+}

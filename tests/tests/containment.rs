@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use sdm_tests::{
-    gateway::{gateway_config, gateway_dns, sa, serve_all, GATEWAY_HOSTS, OK_MS, OTHER},
+    gateway::{
+        gateway_config, gateway_dns, sa, serve_all, start_rotating_gateway, GATEWAY_HOSTS, OK_MS,
+        OTHER,
+    },
     lab::{result, Lab},
 };
 
@@ -106,4 +109,27 @@ fn spoofed_datagrams_from_an_allowed_remote_reach_no_socket_that_did_not_ask() {
     // The resolver still answers the processes that do ask it.
     let v = lab.probe(&["resolve", &lab.dns_ip().to_string(), "db.lab.test"]);
     assert_eq!(result(&v), "ok", "{v}");
+}
+
+/// DNS over TCP still teaches, from a real connection: the answer segment
+/// is the one the socket expects next. (A forged segment that no socket
+/// expects teaches nothing: dns.rs.) With the agent killed, only the
+/// kernel's learning can allow the fresh address.
+#[test]
+fn dns_learning_over_a_real_tcp_connection() {
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_lab-probe"));
+    start_rotating_gateway(&mut lab, "rot.lab.test", 8443);
+    lab.kill_agent();
+    let v = lab.probe(&["resolve-tcp", &lab.dns_ip().to_string(), "rot.lab.test"]);
+    assert_eq!(result(&v), "ok", "{v}");
+    let addr = v["addresses"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in {v}"))
+        .to_owned();
+    let v = lab.probe(&["tcp", &format!("{addr}:8443"), "2000"]);
+    assert_eq!(
+        result(&v),
+        "ok",
+        "the address answered over TCP was learned: {v}"
+    );
 }

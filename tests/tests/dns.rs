@@ -16,7 +16,7 @@ use sdm_agent::{
     entries,
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
 };
-use sdm_common::{DNS_RESULT_NAMES, MODE_ENFORCE, PROG_DNS_IN, PROG_EGRESS};
+use sdm_common::{dns_name_key, DNS_RESULT_NAMES, MODE_ENFORCE, PROG_DNS_IN, PROG_EGRESS};
 use sdm_tests::{
     guards::{Netns, Pins},
     packets::{
@@ -262,7 +262,11 @@ fn aaaa_tcp_and_cname_chains() {
     );
     assert_eq!(f.connect(ip4(203, 0, 113, 99), 443), DROP, "off the chain");
 
-    // DNS over TCP: the message after its length prefix, in one segment.
+    // DNS over TCP: the message after its length prefix, in one segment;
+    // but only the segment its socket expects next is parsed, and under
+    // BPF_PROG_TEST_RUN no TCP socket expects anything: a forged segment
+    // with the right addresses and ports teaches nothing (hole 5 of the
+    // containment issue). Learning from a real TCP answer: containment.rs.
     let q_tcp = DnsMsg::query(5, "app.example", DNS_A).bytes();
     let out = ipv4(
         ME,
@@ -286,12 +290,122 @@ fn aaaa_tcp_and_cname_chains() {
         &tcp_dns(53, QPORT, &a),
         V4Opts::default(),
     );
+    let unasked = f.results().get("unasked").copied().unwrap_or(0);
     assert_eq!(f.run(PROG_DNS_IN, &back), PASS);
     assert_eq!(
         f.connect(ip4(203, 0, 113, 30), 443),
-        PASS,
-        "learned over TCP"
+        DROP,
+        "a TCP segment no socket expects teaches nothing"
     );
+    assert_eq!(
+        f.results().get("unasked").copied().unwrap_or(0),
+        unasked + 1
+    );
+}
+
+/// A name crafted so that its 64-bit hash is an allowed name's (simulated:
+/// the allowed name's entry is put under the crafted name's key, as a
+/// collision would find it) teaches nothing: the kernel compares the names.
+#[test]
+fn a_name_whose_hash_collides_with_an_allowed_one_teaches_nothing() {
+    let mut f = Fixture::new(30);
+    let p = policy();
+    let mut names = entries::dns_names(&p);
+    let (app_key, _) = dns_name_key("app.example").expect("app's key");
+    let (evil_key, _) = dns_name_key("evil.attacker.test").expect("evil's key");
+    let app = names[&app_key];
+    names.insert(evil_key, app);
+    f.maps
+        .apply_dns(&names, &[IpAddr::V4(RESOLVER)])
+        .expect("apply the colliding entry");
+    f.ask(40, "evil.attacker.test", DNS_A);
+    f.answer(&DnsMsg::answer(
+        40,
+        "evil.attacker.test",
+        DNS_A,
+        vec![Rr::a(q(), 86_400, Ipv4Addr::new(203, 0, 113, 140))],
+    ));
+    assert_eq!(
+        f.connect(ip4(203, 0, 113, 140), 443),
+        DROP,
+        "the crafted name's answer was learned for app.example"
+    );
+    assert_eq!(
+        f.results().get("not_allowed"),
+        Some(&1),
+        "{:?}",
+        f.results()
+    );
+    // The real name still teaches.
+    f.ask(41, "app.example", DNS_A);
+    f.answer(&DnsMsg::answer(
+        41,
+        "app.example",
+        DNS_A,
+        vec![Rr::a(q(), 60, Ipv4Addr::new(203, 0, 113, 141))],
+    ));
+    assert_eq!(f.connect(ip4(203, 0, 113, 141), 443), PASS);
+}
+
+/// Loopback, link-local, multicast, broadcast and unspecified addresses in
+/// an answer for an allowed name are never learned; the others are.
+#[test]
+fn addresses_no_service_has_are_never_learned() {
+    let mut f = Fixture::new(30);
+    let never = [
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(169, 254, 169, 254),
+        Ipv4Addr::new(224, 0, 0, 251),
+        Ipv4Addr::new(255, 255, 255, 255),
+        Ipv4Addr::new(0, 0, 0, 0),
+    ];
+    let mut answers: Vec<Rr> = never.iter().map(|a| Rr::a(q(), 60, *a)).collect();
+    answers.push(Rr::a(q(), 60, Ipv4Addr::new(203, 0, 113, 150)));
+    f.ask(42, "app.example", DNS_A);
+    f.answer(&DnsMsg::answer(42, "app.example", DNS_A, answers));
+    assert_eq!(f.learned(), vec![ip4(203, 0, 113, 150)]);
+    f.ask(43, "app.example", DNS_AAAA);
+    let v6_never = [
+        Ipv6Addr::LOCALHOST,
+        Ipv6Addr::UNSPECIFIED,
+        "fe80::1".parse().expect("link-local"),
+        "ff02::1".parse().expect("multicast"),
+    ];
+    let answers = v6_never
+        .iter()
+        .map(|a| Rr::aaaa(dns_name("app.example"), 60, *a))
+        .collect();
+    f.answer(&DnsMsg::answer(43, "app.example", DNS_AAAA, answers));
+    assert_eq!(f.learned(), vec![ip4(203, 0, 113, 150)]);
+}
+
+/// The first answer to a query consumes it: a second answer with the same
+/// id, port and resolver (forged, or a duplicate) teaches nothing.
+#[test]
+fn a_query_is_consumed_by_its_first_answer() {
+    let mut f = Fixture::new(30);
+    f.ask(44, "app.example", DNS_A);
+    let answer = |last| {
+        DnsMsg::answer(
+            44,
+            "app.example",
+            DNS_A,
+            vec![Rr::a(q(), 60, Ipv4Addr::new(203, 0, 113, last))],
+        )
+    };
+    f.answer(&answer(160));
+    f.answer(&answer(161));
+    assert_eq!(
+        f.connect(ip4(203, 0, 113, 160), 443),
+        PASS,
+        "the first answer"
+    );
+    assert_eq!(
+        f.connect(ip4(203, 0, 113, 161), 443),
+        DROP,
+        "a second answer to the same query"
+    );
+    assert_eq!(f.results().get("unasked"), Some(&1), "{:?}", f.results());
 }
 
 #[test]
@@ -424,7 +538,10 @@ fn untrusted_unasked_and_malformed_answers_teach_nothing() {
         vec![Rr::a(dns_ptr(29), 60, Ipv4Addr::new(203, 0, 113, 62))],
     );
     // The record starts at 29 (12 + 13 + 4): its owner points at itself.
+    // (Each answer with a valid header consumes the query: ask it again
+    // before the next one.)
     f.answer(&looped);
+    f.ask(15, "app.example", DNS_A);
     let forward = DnsMsg::answer(
         15,
         "app.example",
@@ -432,10 +549,12 @@ fn untrusted_unasked_and_malformed_answers_teach_nothing() {
         vec![Rr::a(dns_ptr(200), 60, Ipv4Addr::new(203, 0, 113, 63))],
     );
     f.answer(&forward);
+    f.ask(15, "app.example", DNS_A);
     let mut past_end = good(15).bytes();
     let n = past_end.len();
     past_end[n - 6..n - 4].copy_from_slice(&40u16.to_be_bytes()); // rdlength 40
     f.answer_from(RESOLVER, &past_end);
+    f.ask(15, "app.example", DNS_A);
     f.answer_from(RESOLVER, &good(15).bytes()[..10]);
     // A label type 0x40 (reserved) in the answer's owner.
     let reserved = DnsMsg::answer(

@@ -17,16 +17,13 @@ use std::{
 };
 
 use sdm_tests::{
-    gateway::{
-        gateway_config, gateway_dns, sa, serve_all, wait_for, APP, DENY_MS, GATEWAY_HOSTS, OK_MS,
-        OTHER,
-    },
+    gateway::{sa, start_rotating_gateway, wait_for, APP, DENY_MS, OK_MS, OTHER},
     lab::{denied_packets, result, workspace_bin, Lab},
     require_root,
 };
 use serde_json::Value;
 
-/// The name whose every answer is a new address (see dns_race.rs).
+/// The name whose every answer is a new address (see gateway.rs).
 const ROTATING: &str = "rot.lab.test";
 const ROTATING_PORT: u16 = 8443;
 /// UDP port on the net side that counts what raw sockets deliver.
@@ -124,7 +121,7 @@ fn check_names_the_program_the_verifier_refuses_and_fails() {
 #[test]
 fn smoke_lab() {
     let mut lab = Lab::new(env!("CARGO_BIN_EXE_lab-probe"));
-    let config = start_rotating_gateway(&mut lab);
+    let config = start_rotating_gateway(&mut lab, ROTATING, ROTATING_PORT);
 
     let check = Check("attach");
     let s = lab.status();
@@ -222,35 +219,6 @@ fn smoke_lab() {
         "still enforcing after the restart: {v}"
     );
     check.ok("no failed connect across kill -9 and restart");
-}
-
-/// The gateway lab of dns_race.rs in enforce mode: servers, the gateway's
-/// names, and ROTATING answered with a new 10.233.N.x on every query,
-/// allowed on ROTATING_PORT. Returns the config's path.
-fn start_rotating_gateway(lab: &mut Lab) -> std::path::PathBuf {
-    serve_all(lab);
-    gateway_dns(lab, 300);
-    let n = lab.n;
-    let v4 = Ipv4Addr::new(10, 233, n, 0);
-    let v6 = format!("fd00:233:{n:x}::").parse().expect("an IPv6 prefix");
-    // Every address of the prefix is local in the net namespace, where the
-    // servers listen on the wildcard address.
-    lab.net
-        .ip(&["route", "add", "local", &format!("{v4}/24"), "dev", "lo"]);
-    lab.dns().rotate(ROTATING, v4, v6, 3600);
-    let mut config = gateway_config(lab, "enforce", "");
-    config.tables.push_str(&format!(
-        "\n[[allow]]\n\
-         name = \"rotating\"\n\
-         direction = \"egress\"\n\
-         to = \"{ROTATING}\"\n\
-         port = {ROTATING_PORT}\n"
-    ));
-    let path = lab.write_config("smoke.toml", &config);
-    let mut hosts = GATEWAY_HOSTS.to_vec();
-    hosts.push(ROTATING);
-    lab.start_agent(&path, "enforce", &hosts);
-    path
 }
 
 fn ipv4(lab: &Lab, last: u8) -> Ipv4Addr {

@@ -18,6 +18,7 @@
 //!                                     until STOP_FILE exists; counts outcomes
 //!                                     by result, with the first few of each
 //!   resolve DNS_IP NAME [A|AAAA]      one UDP query to DNS_IP:53
+//!   resolve-tcp DNS_IP NAME           one A query over TCP to DNS_IP:53
 //!   resolve-connect DNS_IP NAME A|AAAA PORT COUNT TIMEOUT_MS
 //!                                     COUNT times: resolve NAME, connect at once
 //!                                     to the first address answered
@@ -54,7 +55,7 @@ use serde_json::{json, Value};
 
 fn usage(msg: &str) -> ! {
     eprintln!("lab-probe: {msg}");
-    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|tcp-from|udp-from|udp-recv|udp-echo|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-connect|raw-udp|flood ARGS...");
+    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|tcp-from|udp-from|udp-recv|udp-echo|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-tcp|resolve-connect|raw-udp|flood ARGS...");
     std::process::exit(2);
 }
 
@@ -421,6 +422,54 @@ fn tcp_watch(addr: SocketAddr, interval: Duration, timeout: Duration, stop: &str
     })
 }
 
+/// The A and AAAA addresses of a reply, as strings.
+fn reply_addresses(reply: &Message) -> Vec<String> {
+    reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One A query for `name` over TCP (RFC 1035 4.2.2: a two-byte length,
+/// then the message).
+fn resolve_tcp(server: IpAddr, name: &str) -> Value {
+    let start = Instant::now();
+    let fqdn = Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
+        .unwrap_or_else(|e| usage(&format!("bad name {name:?}: {e}")));
+    let mut msg = Message::query();
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(fqdn, RecordType::A));
+    let bytes = msg.to_vec().expect("encode the query");
+    let to = SocketAddr::new(server, 53);
+    let mut s = match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(e) => return json!({"result": errname(&e), "phase": "connect"}),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(&bytes);
+    if let Err(e) = s.write_all(&out) {
+        return json!({"result": errname(&e), "phase": "send"});
+    }
+    let mut len = [0u8; 2];
+    if let Err(e) = s.read_exact(&mut len) {
+        return json!({"result": errname(&e), "phase": "recv"});
+    }
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    if let Err(e) = s.read_exact(&mut buf) {
+        return json!({"result": errname(&e), "phase": "recv"});
+    }
+    match Message::from_vec(&buf) {
+        Ok(reply) => json!({"result": "ok", "addresses": reply_addresses(&reply), "ms": ms(start)}),
+        Err(_) => json!({"result": "bad-reply", "ms": ms(start)}),
+    }
+}
+
 fn resolve(server: IpAddr, name: &str, qtype: RecordType) -> Value {
     let start = Instant::now();
     let fqdn = Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
@@ -450,15 +499,7 @@ fn resolve(server: IpAddr, name: &str, qtype: RecordType) -> Value {
                 if reply.metadata.id != msg.metadata.id {
                     continue;
                 }
-                let addrs: Vec<String> = reply
-                    .answers
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::A(a) => Some(a.0.to_string()),
-                        RData::AAAA(a) => Some(a.0.to_string()),
-                        _ => None,
-                    })
-                    .collect();
+                let addrs = reply_addresses(&reply);
                 let ttl: Vec<u32> = reply.answers.iter().map(|r| r.ttl).collect();
                 return json!({
                     "result": "ok",
@@ -689,6 +730,10 @@ fn main() {
             };
             let name: String = parse("name", rest.get(1));
             resolve(parse("server", rest.first()), &name, qtype)
+        }
+        "resolve-tcp" => {
+            let name: String = parse("name", rest.get(1));
+            resolve_tcp(parse("server", rest.first()), &name)
         }
         "resolve-connect" => {
             let qtype = match rest.get(2).map(String::as_str) {
