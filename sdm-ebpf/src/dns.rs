@@ -247,17 +247,23 @@ pub fn sdm_dns_in(ctx: SkBuffContext) -> i32 {
     } else {
         len
     };
+    if n < 12 {
+        return PASS;
+    }
+    // The same value, 12..=DNS_BUF, in a form whose bounds every verifier
+    // derives (an AND and an add on the register passed): 5.10 to 6.12 do
+    // not carry the checks above over to the copy of the length LLVM makes
+    // ("invalid access to map value ... size=0", seen in the kernel
+    // matrix). black_box keeps LLVM from dropping the mask as redundant.
+    let n_bounded = ((core::hint::black_box(u64::from(n)) - 1) & (DNS_BUF as u64 - 1)) + 1;
     // SAFETY: `s` is valid per-CPU map memory of DNS_BUF bytes for `buf`;
-    // 12 <= n <= DNS_BUF, which the verifier sees from the bounds above.
+    // 1 <= n_bounded <= DNS_BUF.
     unsafe {
-        if n < 12 || n > DNS_BUF as u32 {
-            return PASS;
-        }
         let rc = bpf_skb_load_bytes(
             ctx.skb.skb.cast(),
             start,
             ptr::addr_of_mut!((*s).buf).cast(),
-            n,
+            n_bounded as u32,
         );
         if rc != 0 {
             count(DNS_RESULT_MALFORMED);
