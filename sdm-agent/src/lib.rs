@@ -11,6 +11,7 @@ pub mod events;
 pub mod flows;
 pub mod http;
 pub mod metrics;
+pub mod policed;
 pub mod policy;
 pub mod resolver;
 pub mod status;
