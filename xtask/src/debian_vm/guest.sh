@@ -78,15 +78,19 @@ no() {
     return 1
 }
 
-# until_true SECS CMD...: polls CMD every half second for up to SECS.
+# until_true SECS 'CONDITION': evaluates the shell CONDITION (quoted, so
+# that it is expanded afresh each time; it sees the caller's locals) every
+# half second for up to SECS.
 until_true() {
     local end=$((SECONDS + $1))
-    shift
-    while ! "$@" >/dev/null 2>&1; do
+    while ! eval "$2" >/dev/null 2>&1; do
         [ "$SECONDS" -lt "$end" ] || return 1
         sleep 0.5
     done
 }
+
+# count_since MARK PID PATTERN: lines of pid PID after line MARK matching PATTERN.
+count_since() { log_since "$1" "$2" | grep -c -- "$3"; }
 
 lines() { wc -l <"$LOG"; }
 
@@ -193,7 +197,7 @@ first_connect() {
     systemctl start sdm-proxy.service || no "systemctl start sdm-proxy failed" || return 1
     local pid
     pid=$(proxy_pid)
-    until_true 20 test "$(log_since "$mark" "$pid" | grep -c ' allowed OK')" -ge 3 ||
+    until_true 20 '[ "$(count_since "$mark" "$pid" " allowed OK")" -ge 3 ]' ||
         no "the stand-in made no allowed connect: $(log_since "$mark" "$pid" | tail -n 3 | tr '\n' ' ')" ||
         return 1
     local first
@@ -244,7 +248,7 @@ before_reboot() {
 after_reboot() {
     [ "$(cat /proc/sys/kernel/random/boot_id)" != "$(cat "$STATE/boot_id")" ] ||
         no "the guest did not reboot" || return 1
-    until_true 60 test "$(systemctl is-active sdm-proxy.service)" = active ||
+    until_true 60 '[ "$(systemctl is-active sdm-proxy.service)" = active ]' ||
         no "sdm-proxy.service is $(systemctl is-active sdm-proxy.service) after the reboot" || return 1
     agent_enforcing || return 1
     local ready started pid
@@ -253,7 +257,7 @@ after_reboot() {
     [ "$ready" -gt 0 ] && [ "$ready" -le "$started" ] ||
         no "sdm-proxy started (${started} us) before the agent was ready (${ready} us)" || return 1
     pid=$(proxy_pid)
-    until_true 20 test "$(log_since 0 "$pid" | grep -c ' denied ')" -ge 1 ||
+    until_true 20 '[ "$(count_since 0 "$pid" " denied ")" -ge 1 ]' ||
         no "the stand-in made no connect after the reboot" || return 1
     local first
     first=$(log_since 0 "$pid" | grep -v ' start$' | head -n 1 | cut -d' ' -f3-)
@@ -315,11 +319,14 @@ broken_config() {
     mark=$(lines)
     before=$(date +%s)
     systemctl start --no-block sdm-proxy.service
-    # The agent fails until its start limit; sdm-proxy's ExecStartPre=
-    # refuses, and its Restart= tries again every 3 s.
-    until_true 90 test "$(systemctl show -p NRestarts --value sdm-proxy.service)" -ge 2 ||
-        no "sdm-proxy did not try to start twice: $(systemctl status --no-pager sdm-proxy.service | head -n 5 | tr '\n' ' ')" ||
+    # sdm-proxy's start waits (After=) while the agent fails and is
+    # restarted, until the agent's start limit ends its start job; then
+    # sdm-proxy's ExecStartPre= refuses, and its Restart= tries again.
+    until_true 150 'journal_since "$before" -u sdm-proxy.service | grep -q "not policed"' ||
+        no "sdm-proxy's ExecStartPre= never refused: $(systemctl status --no-pager sdm-proxy.service | head -n 5 | tr '\n' ' ')" ||
         return 1
+    local waited=$(($(date +%s) - before))
+    sleep 5
     local started
     started=$(tail -n +"$((mark + 1))" "$LOG" | grep -c ' start$')
     [ "$started" -eq 0 ] || no "sdm-proxy ran $started time(s) while the agent could not start" || return 1
@@ -333,16 +340,16 @@ broken_config() {
     cp "$STATE/config.good" "$CONFIG"
     systemctl reset-failed sdm-agent.service
     systemctl start sdm-agent.service || no "the fixed agent did not start" || return 1
-    until_true 30 test "$(systemctl is-active sdm-proxy.service)" = active ||
+    until_true 60 '[ "$(systemctl is-active sdm-proxy.service)" = active ]' ||
         no "sdm-proxy did not come back after the agent was fixed" || return 1
     local pid
     pid=$(proxy_pid)
-    until_true 20 test "$(log_since "$mark" "$pid" | grep -c ' denied ')" -ge 1 ||
+    until_true 20 '[ "$(count_since "$mark" "$pid" " denied ")" -ge 1 ]' ||
         no "the stand-in made no connect after the fix" || return 1
     local first
     first=$(log_since "$mark" "$pid" | grep -v ' start$' | head -n 1 | cut -d' ' -f3-)
     [ "$first" = "denied EPERM" ] || no "first connect after the fix: $first" || return 1
-    INFO="no start while broken ($reason); back by itself, first connect EPERM"
+    INFO="refused after ${waited} s, never started while broken ($reason); back by itself, first connect EPERM"
 }
 
 purge() {
