@@ -378,7 +378,7 @@ purge() {
 . "$P/versions"
 mkdir -p "$STATE"
 if [ "$(cat "$STATE/phase" 2>/dev/null)" != rebooted ]; then
-    say "phase 1: $(uname -r), systemd $(systemctl --version | head -n 1 | cut -d' ' -f2)"
+    say "phase 1: Debian $(cat /etc/debian_version), kernel $(uname -r), systemd $(dpkg-query -W -f '${Version}' systemd) as PID 1 ($(cat /proc/1/comm))"
     setup
     scenario install install_pkg
     scenario first-connect first_connect
