@@ -199,23 +199,21 @@ fn cached_image(ctx: &Ctx) -> Result<Image> {
     let started = Instant::now();
     let partial = root.join(format!("{ROOTFS_VERSION}.partial"));
     if partial.exists() {
-        fs::remove_dir_all(&partial)
-            .with_context(|| format!("cannot remove {}", partial.display()))?;
+        remove_tree(ctx, &partial)?;
     }
     fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
     let built = build_image(ctx, &partial);
     // The rootfs tree is only the image's source: the image is the cache.
     let rootfs = partial.join("rootfs");
     if rootfs.exists() {
-        fs::remove_dir_all(&rootfs)
-            .with_context(|| format!("cannot remove {}", rootfs.display()))?;
+        remove_tree(ctx, &rootfs)?;
     }
     built.context("could not build the Debian VM image")?;
     if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        remove_tree(ctx, &dir)?;
     }
     fs::rename(&partial, &dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    remove_stale_versions(&root)?;
+    remove_stale_versions(ctx, &root)?;
     println!(
         "xtask: debian-vm: built the image in {} s: {}",
         started.elapsed().as_secs(),
@@ -225,7 +223,7 @@ fn cached_image(ctx: &Ctx) -> Result<Image> {
 }
 
 /// Older image versions: a few GB each, never booted again.
-fn remove_stale_versions(root: &Path) -> Result<()> {
+fn remove_stale_versions(ctx: &Ctx, root: &Path) -> Result<()> {
     for entry in fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))? {
         let entry = entry.with_context(|| format!("cannot list {}", root.display()))?;
         if entry.file_name() != ROOTFS_VERSION {
@@ -233,8 +231,7 @@ fn remove_stale_versions(root: &Path) -> Result<()> {
                 "xtask: debian-vm: removing the stale image {}",
                 entry.path().display()
             );
-            fs::remove_dir_all(entry.path())
-                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            remove_tree(ctx, &entry.path())?;
         }
     }
     Ok(())
@@ -321,6 +318,39 @@ fn bake(rootfs: &Path) -> Result<()> {
         "127.0.0.1 localhost\n127.0.1.1 sdmvm\n",
     )?;
     write(&rootfs.join("etc/fstab"), "/dev/vda / ext4 rw 0 1\n")
+}
+
+/// Removes a cached tree, after unmounting (lazily) whatever a build that
+/// was killed left mounted in it: removing the files of a chroot whose /dev
+/// is still the host's bind mount would remove the host's device nodes.
+fn remove_tree(ctx: &Ctx, dir: &Path) -> Result<()> {
+    for target in mounts_under(dir)?.iter().rev() {
+        let mut umount = ctx.command("umount");
+        context::run(umount.arg("-l").arg(target))?;
+    }
+    let left = mounts_under(dir)?;
+    ensure!(
+        left.is_empty(),
+        "{left:?} are still mounted: not removing {}",
+        dir.display()
+    );
+    fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
+}
+
+/// Mount points at or below `dir`, from /proc/mounts, outermost first.
+fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    Ok(mount_points_under(&mounts, dir))
+}
+
+fn mount_points_under(mounts: &str, dir: &Path) -> Vec<PathBuf> {
+    mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        // /proc/mounts writes a space in a path as \040.
+        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        .filter(|point| point.starts_with(dir))
+        .collect()
 }
 
 /// The one file in `dir` whose name starts with `prefix` (one kernel).
@@ -662,6 +692,27 @@ mod tests {
                 "guest.sh does not run {s}"
             );
         }
+    }
+
+    #[test]
+    fn finds_what_a_killed_build_left_mounted() {
+        let mounts = "proc /proc proc rw 0 0\n\
+                      proc /c/v1.partial/rootfs/proc proc rw 0 0\n\
+                      udev /c/v1.partial/rootfs/dev devtmpfs rw 0 0\n\
+                      udev /c/v1.partial2/dev devtmpfs rw 0 0\n\
+                      x /c/a\\040b/dev tmpfs rw 0 0\n";
+        assert_eq!(
+            mount_points_under(mounts, Path::new("/c/v1.partial")),
+            [
+                PathBuf::from("/c/v1.partial/rootfs/proc"),
+                PathBuf::from("/c/v1.partial/rootfs/dev")
+            ]
+        );
+        assert_eq!(
+            mount_points_under(mounts, Path::new("/c/a b")),
+            [PathBuf::from("/c/a b/dev")]
+        );
+        assert!(mount_points_under(mounts, Path::new("/c/v2")).is_empty());
     }
 
     #[test]
