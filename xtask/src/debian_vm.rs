@@ -54,7 +54,7 @@ const BASE_PACKAGES: &[&str] = &[
 /// From bookworm-backports: 6.12, whose verifier takes the programs.
 const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 const EXTRA_PACKAGES: &[&str] = &["bpftool"];
-/// The image's size: sparse, about 0.6 GB of it used.
+/// The image's size: sparse, about 0.4 GB of it used.
 const IMAGE_SIZE: &str = "3G";
 
 /// The Debian version suffix of the rebuilt package the upgrade installs.
