@@ -12,6 +12,7 @@ pub mod flows;
 pub mod http;
 pub mod kernel_check;
 pub mod metrics;
+pub mod policed;
 pub mod policy;
 pub mod resolver;
 pub mod status;

@@ -92,6 +92,17 @@ enum Command {
     },
     /// Remove everything the agent attached and pinned.
     Detach,
+    /// Exit 0 only if a cgroup is policed now: the pinned programs are
+    /// attached to it or an ancestor and a policy is live (for an
+    /// ExecStartPre= of the policed service; see the sdm-proxy drop-in).
+    Policed {
+        /// The cgroup to check (as for `run`); default: the caller's own.
+        #[arg(long, value_parser = parse_target)]
+        cgroup: Option<CgroupTarget>,
+        /// Also require enforce mode (audit mode only counts).
+        #[arg(long)]
+        enforce: bool,
+    },
     /// Log every verdict from the kernel (through the running agent's log);
     /// off by default: it costs time on every packet.
     Trace {
@@ -322,6 +333,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
+        Command::Policed { cgroup, enforce } => return Ok(policed(&layout, cgroup, enforce)),
         Command::DefaultConfig => print!("{}", sdm_agent::config::Config::default_toml()),
         Command::Flows {
             config,
@@ -373,6 +385,27 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sdm-agent policed`: one line on stdout when policed (exit 0), the reason
+/// on stderr when not (exit 1), so a refused ExecStartPre= says why.
+fn policed(layout: &Layout, cgroup: Option<CgroupTarget>, enforce: bool) -> ExitCode {
+    match sdm_agent::policed::check(layout, cgroup.as_ref(), enforce) {
+        Ok(p) => {
+            println!(
+                "policed: {} (programs on {}, mode {}, policy generation {})",
+                p.target.display(),
+                p.attached.display(),
+                p.mode,
+                p.generation
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sdm-agent: not policed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {

@@ -8,6 +8,7 @@
 mod bench;
 mod bpf_linker;
 mod context;
+mod debian_vm;
 mod deploy_check;
 mod fuzz;
 mod kernel_matrix;
@@ -88,6 +89,9 @@ enum Task {
         #[arg(long)]
         install_check: bool,
     },
+    /// Install the .deb in a Debian 12 qemu guest under systemd and run the
+    /// issue 13 scenarios there (part of `test`; needs root).
+    DebianVm,
     /// Run the benchmarks; write BENCHMARKS.md and target/bench/results.json (needs root).
     Bench {
         /// Every stage for a tiny duration: checks they work, asserts no timing.
@@ -138,6 +142,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Task::DeployCheck => tasks::deploy_check(&Ctx::new(false)?),
         Task::Package { install_check } => package::run(&Ctx::new(false)?, install_check),
+        Task::DebianVm => debian_vm::run(&Ctx::new(false)?),
         Task::Bench { smoke, out, args } => {
             bench::bench(&Ctx::new(false)?, smoke, out.as_deref(), &args)
         }

@@ -52,9 +52,11 @@ const DSH_STATE_DIRS: &[&str] = &[
 /// The unit's pin root: prerm detaches it when systemd runs.
 const PIN_ROOT: &str = "/sys/fs/bpf/sdm";
 /// The most `systemd-analyze security` may rate the unit's exposure, in its
-/// internal scale of 0 to 100 (it prints a tenth of it: 2.3 is 23). The
-/// unit is at 23 with systemd 252; this catches a lost hardening directive.
-const MAX_EXPOSURE: u32 = 30;
+/// internal scale of 0 to 100 (it prints a tenth of it: 2.1 is 21). The
+/// unit is at 21 with systemd 252, offline here and online in the Debian VM
+/// (debian_vm.rs); issue 13 holds it at 2.5 at most, which also catches a
+/// lost hardening directive.
+const MAX_EXPOSURE: u32 = 25;
 
 /// Where a packaged file comes from.
 #[derive(Clone, Copy, Debug)]
@@ -128,6 +130,19 @@ pub fn run(ctx: &Ctx, install: bool) -> Result<()> {
 /// Runs the build set-up, builds sdm-agent in release mode and writes
 /// target/debian/sdm-agent_<version>_<arch>.deb.
 pub fn package(ctx: &Ctx) -> Result<Built> {
+    package_with_suffix(ctx, "")
+}
+
+/// As [`package`], with `suffix` appended to the Debian version ("+1":
+/// 0.1.0+1 sorts after 0.1.0), for an upgrade to a rebuilt package of the
+/// same agent (the same binary and eBPF object; nothing is recompiled).
+pub fn package_with_suffix(ctx: &Ctx, suffix: &str) -> Result<Built> {
+    ensure!(
+        suffix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+.~".contains(c)),
+        "a Debian version suffix may hold only letters, digits, '+', '.' and '~': {suffix:?}"
+    );
     tasks::setup(ctx, Purpose::Build)?;
     println!("xtask: package: building {PACKAGE} in release mode");
     let mut build = ctx.cargo(["build", "--release", "--package", PACKAGE]);
@@ -139,7 +154,8 @@ pub fn package(ctx: &Ctx) -> Result<Built> {
     let arch = context::output(ctx.command("dpkg").arg("--print-architecture"))?
         .trim()
         .to_owned();
-    let name = format!("{PACKAGE}_{}_{arch}", debian_version(&version));
+    let deb_version = format!("{}{suffix}", debian_version(&version));
+    let name = format!("{PACKAGE}_{deb_version}_{arch}");
     let out = ctx.target_dir().join("debian");
     let stage = out.join(&name);
     let deb = out.join(format!("{name}.deb"));
@@ -174,7 +190,7 @@ pub fn package(ctx: &Ctx) -> Result<Built> {
     let control = render_control(
         &read(&deploy.join("control"))?,
         &[
-            ("VERSION", debian_version(&version)),
+            ("VERSION", deb_version),
             ("ARCH", arch),
             ("INSTALLED_SIZE", installed_size_kib(&stage)?.to_string()),
             ("DEPENDS", depends_of(ctx, &binary)?),
@@ -817,6 +833,7 @@ mod tests {
     use super::*;
 
     const UNIT_FILE: &str = include_str!("../../deploy/debian/sdm-agent.service");
+    const PROXY_DROP_IN: &str = include_str!("../../deploy/debian/sdm-proxy-sdm-agent.conf");
     const CONTROL: &str = include_str!("../../deploy/debian/control");
     const CONFFILES: &str = include_str!("../../deploy/debian/conffiles");
     const DATAPLANE_RS: &str = include_str!("../../sdm-agent/src/dataplane.rs");
@@ -922,16 +939,43 @@ mod tests {
             state_dir
         );
         assert_eq!(pin_root, PIN_ROOT);
-        assert!(
-            directive(UNIT_FILE, "Service", "ReadWritePaths").contains(&pin_root.as_str()),
-            "the pin root {pin_root} must be writable"
+        // Writable, and optional ("-"): systemd sets up the "+" mkdir's
+        // mount namespace with the ReadWritePaths= too, and a missing path
+        // there fails the mkdir that would create it (226/NAMESPACE on a
+        // fresh host and after every reboot; issue 13).
+        assert_eq!(
+            directive(UNIT_FILE, "Service", "ReadWritePaths"),
+            [format!("-{pin_root}").as_str()],
+            "the pin root {pin_root} must be writable, and optional"
         );
-        // ReadWritePaths= of a path that does not exist fails the unit: it
-        // is created first, outside the sandbox.
+        // The pin root is created first, outside the sandbox.
         assert_eq!(
             one(UNIT_FILE, "Service", "ExecStartPre"),
             format!("+/bin/mkdir -p {pin_root}")
         );
+        // Nothing else of /sys/fs/bpf is writable.
+        assert_eq!(one(UNIT_FILE, "Service", "ProtectKernelTunables"), "yes");
+    }
+
+    #[test]
+    fn sdm_proxy_drop_in_refuses_to_run_unpoliced_without_tying_restarts() {
+        // sdm-proxy pulls the agent in and waits for it, but a restart of
+        // the agent (an upgrade) must not restart sdm-proxy.
+        assert_eq!(one(PROXY_DROP_IN, "Unit", "Wants"), "sdm-agent.service");
+        assert_eq!(one(PROXY_DROP_IN, "Unit", "After"), "sdm-agent.service");
+        for tie in ["Requires", "BindsTo", "PartOf", "Requisite"] {
+            assert!(
+                directive(PROXY_DROP_IN, "Unit", tie).is_empty(),
+                "{tie}= ties sdm-proxy's restarts to the agent's"
+            );
+        }
+        // Its own cgroup must be policed before it runs; as root ("+")
+        // whatever user sdm-proxy runs as.
+        assert_eq!(
+            one(PROXY_DROP_IN, "Service", "ExecStartPre"),
+            format!("+{BINARY} policed")
+        );
+        assert_eq!(one(PROXY_DROP_IN, "Service", "Slice"), "sdm-proxy.slice");
     }
 
     #[test]

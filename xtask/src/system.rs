@@ -92,14 +92,20 @@ fn bpffs_mounted(mounts: &str) -> bool {
 
 /// Installs the packages in TEST_PACKAGES whose command is not on PATH.
 pub fn ensure_test_packages(ctx: &Ctx) -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
+    ensure_packages(ctx, TEST_PACKAGES, "test packages")
+}
+
+/// Installs those of `packages` whose command is not on PATH; `what` names
+/// them in messages.
+pub fn ensure_packages(ctx: &Ctx, packages: &[DebianPackage], what: &str) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|package| ctx.find_program(package.command).is_none())
         .map(|package| package.name)
         .collect();
-    let all: Vec<&str> = TEST_PACKAGES.iter().map(|package| package.name).collect();
+    let all: Vec<&str> = packages.iter().map(|package| package.name).collect();
     if missing.is_empty() {
-        println!("xtask: test packages ({}) ok", all.join(", "));
+        println!("xtask: {what} ({}) ok", all.join(", "));
         return Ok(());
     }
     println!(

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use crate::{
     bench, bpf_linker,
     context::{self, describe, Ctx},
-    deploy_check, fuzz, kernel_matrix, package, system, toolchain,
+    debian_vm, deploy_check, fuzz, kernel_matrix, package, system, toolchain,
 };
 
 /// The eBPF crate is built for bpfel-unknown-none by sdm-agent's build.rs;
@@ -121,7 +121,12 @@ pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
         package::package(ctx).and_then(|built| package::install_check(ctx, &built))
     });
 
-    let steps = [unit, privileged, kernels, deploy, bench, fuzz, package];
+    // The package under a running systemd, in a Debian guest.
+    let debian_vm = check_step("debian vm", || debian_vm::run(ctx));
+
+    let steps = [
+        unit, privileged, kernels, deploy, bench, fuzz, package, debian_vm,
+    ];
     let summary: Vec<String> = steps.iter().map(StepResult::summary).collect();
     println!("xtask: test summary: {}", summary.join("; "));
     if steps.iter().any(|step| step.failure.is_some()) {
