@@ -538,7 +538,9 @@ fn shared_libraries(ctx: &Ctx, exe: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// The guest's /init: mounts, veth, the smoke binary, power off.
+/// The guest's /init: mounts, veth, the smoke binary, power off. Nothing
+/// is mounted over /tmp: the initramfs is writable as it is, and the
+/// checkout (hence the staged binaries) may itself live under /tmp.
 fn write_init(path: &Path, smoke: &Path) -> Result<()> {
     let script = format!(
         "#!/bin/sh\n\
@@ -550,7 +552,6 @@ fn write_init(path: &Path, smoke: &Path) -> Result<()> {
          mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
          mount -t bpf bpf /sys/fs/bpf\n\
          mount -t tmpfs tmpfs /run\n\
-         mount -t tmpfs tmpfs /tmp\n\
          ip link set lo up\n\
          insmod /veth.ko || echo 'sdm-guest: insmod veth failed'\n\
          echo \"sdm-guest: kernel $(uname -r)\"\n\
