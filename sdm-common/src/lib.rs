@@ -420,9 +420,17 @@ pub const REASON_NO_RULE: u32 = 0;
 pub const REASON_MALFORMED: u32 = 1;
 pub const REASON_FRAGMENT: u32 = 2;
 pub const REASON_UNKNOWN_PROTO: u32 = 3;
-pub const REASON_COUNT: u32 = 4;
-pub const REASON_NAMES: [&str; REASON_COUNT as usize] =
-    ["no_rule", "malformed", "fragment", "unknown_protocol"];
+/// An IPv4 loose or strict source route option, or an IPv6 routing header
+/// with segments left: the packet names further hops than the one judged.
+pub const REASON_SOURCE_ROUTE: u32 = 4;
+pub const REASON_COUNT: u32 = 5;
+pub const REASON_NAMES: [&str; REASON_COUNT as usize] = [
+    "no_rule",
+    "malformed",
+    "fragment",
+    "unknown_protocol",
+    "source_route",
+];
 
 pub const DENY_STATS_ENTRIES: u32 = 2 * 2 * REASON_COUNT;
 

@@ -12,6 +12,9 @@
 //!     fragments after the egress hook, so only raw sockets ever show these.
 //!  4. A protocol other than TCP, UDP, ICMP or ICMPv6 (after walking IPv4
 //!     options and IPv6 extension headers): deny, reason `unknown_protocol`.
+//!     An IPv4 loose/strict source route option, or an IPv6 routing header
+//!     with segments left, names hops beyond the address judged: deny,
+//!     reason `source_route`.
 //!  5. The socket's cached verdict (socket local storage) is for this same
 //!     remote address, port and protocol, and its rule is still in the live
 //!     policy: allow, counted for that rule. Established flows stop here:
@@ -74,7 +77,7 @@ use sdm_common::{
     EVENT_STAT_LOST, EVENT_STAT_SENT, EVENT_STAT_SUPPRESSED, EVENT_STAT_THROTTLED,
     LOOPBACK_ENFORCE, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_RULES, MODE_ENFORCE, PEER_ENTRIES,
     PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT, REASON_MALFORMED,
-    REASON_NO_RULE, REASON_UNKNOWN_PROTO,
+    REASON_NO_RULE, REASON_SOURCE_ROUTE, REASON_UNKNOWN_PROTO,
 };
 
 const PASS: i32 = 1;
@@ -172,6 +175,7 @@ enum Unjudgeable {
     Malformed,
     Fragment,
     UnknownProto,
+    SourceRoute,
 }
 
 #[inline(always)]
@@ -205,6 +209,7 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
                 Unjudgeable::Malformed => REASON_MALFORMED,
                 Unjudgeable::Fragment => REASON_FRAGMENT,
                 Unjudgeable::UnknownProto => REASON_UNKNOWN_PROTO,
+                Unjudgeable::SourceRoute => REASON_SOURCE_ROUTE,
             };
             let sk = full_socket(ctx);
             return deny(ctx, config, mode, dir, reason, len, None, sk);
@@ -1018,8 +1023,48 @@ fn parse_v4(ctx: &SkBuffContext, dir: u8, hdr: &[u32; 5]) -> Result<Flow, Unjudg
     let (at, lat) = if dir == DIR_EGRESS { (4, 3) } else { (3, 4) };
     let remote = addr_bytes(hdr, at, 1);
     let local = addr_bytes(hdr, lat, 1);
-    // IPv4 options are skipped by the header length, not read.
+    if ihl > 5 {
+        refuse_source_route_v4(ctx, ihl * 4)?;
+    }
+    // Other IPv4 options are skipped by the header length.
     transport(ctx, dir, false, proto, ihl * 4, remote, local)
+}
+
+/// IPv4 options: loose (131) or strict (137) source route (RFC 791 3.1).
+const IPOPT_LSRR: u8 = 0x83;
+const IPOPT_SSRR: u8 = 0x89;
+/// Option bytes an IPv4 header holds at most (IHL 15).
+const IPV4_MAX_OPTION_BYTES: usize = 40;
+
+/// Walks the IPv4 options between byte 20 and `hdr_len`: a source route
+/// option is refused, a malformed option list is malformed. Only packets
+/// with options pay for this (one load per option).
+#[inline(always)]
+fn refuse_source_route_v4(ctx: &SkBuffContext, hdr_len: usize) -> Result<(), Unjudgeable> {
+    let mut pos = 20;
+    let mut n = 0;
+    while n < IPV4_MAX_OPTION_BYTES {
+        if pos >= hdr_len || pos >= 20 + IPV4_MAX_OPTION_BYTES {
+            return Ok(());
+        }
+        let kind: [u8; 1] = read(ctx, pos)?;
+        match kind[0] {
+            // End of the option list.
+            0 => return Ok(()),
+            // No operation: one byte.
+            1 => pos += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return Err(Unjudgeable::SourceRoute),
+            _ => {
+                let len: [u8; 1] = read(ctx, pos + 1)?;
+                if len[0] < 2 {
+                    return Err(Unjudgeable::Malformed);
+                }
+                pos += usize::from(len[0]);
+            }
+        }
+        n += 1;
+    }
+    Ok(())
 }
 
 #[inline(always)]
@@ -1035,9 +1080,14 @@ fn parse_v6(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
     while n < MAX_IPV6_EXT_HEADERS {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-octet
-            // units, not counting the first 8 (RFC 8200 4.3-4.6).
+            // units, not counting the first 8 (RFC 8200 4.3-4.6). A routing
+            // header with segments left sends the packet on past the
+            // address judged here.
             0 | 43 | 60 => {
-                let ext: [u8; 2] = read(ctx, off)?;
+                let ext: [u8; 4] = read(ctx, off)?;
+                if next == 43 && ext[3] != 0 {
+                    return Err(Unjudgeable::SourceRoute);
+                }
                 next = ext[0];
                 off += (usize::from(ext[1]) + 1) * 8;
             }

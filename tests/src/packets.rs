@@ -36,6 +36,9 @@ pub fn l4(proto: u8, src_port: u16, dst_port: u16) -> Vec<u8> {
 pub struct V4Opts {
     /// 32-bit words of IP options (IHL = 5 + this).
     pub option_words: u8,
+    /// Put a loose source route option (type 131) first in the options
+    /// (needs `option_words` >= 2).
+    pub loose_source_route: bool,
     /// Fragment offset in 8-byte units.
     pub frag_offset: u16,
     pub more_fragments: bool,
@@ -61,6 +64,10 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8], o: V4Opts) -> Ve
     for b in &mut p[20..] {
         *b = 1;
     }
+    if o.loose_source_route {
+        // Type, length 7, pointer 4, one address (RFC 791).
+        p[20..27].copy_from_slice(&[0x83, 7, 4, 192, 0, 2, 1]);
+    }
     p.extend_from_slice(l4);
     p
 }
@@ -70,7 +77,11 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8], o: V4Opts) -> Ve
 pub enum Ext {
     HopByHop,
     DestOpts,
+    /// A routing header whose segments are all visited (segments left 0):
+    /// the destination is the last hop.
     Routing,
+    /// A routing header with one segment left: a further hop.
+    SourceRoute,
     /// Fragment header with this offset (8-byte units).
     Fragment(u16),
 }
@@ -82,14 +93,14 @@ pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, exts: &[Ext], l4: &[u8]) ->
         .map(|e| match e {
             Ext::HopByHop => 0,
             Ext::DestOpts => 60,
-            Ext::Routing => 43,
+            Ext::Routing | Ext::SourceRoute => 43,
             Ext::Fragment(_) => 44,
         })
         .collect();
     for (i, e) in exts.iter().enumerate() {
         let next = codes.get(i + 1).copied().unwrap_or(proto);
         match e {
-            Ext::HopByHop | Ext::DestOpts | Ext::Routing => {
+            Ext::HopByHop | Ext::DestOpts => {
                 // 16 bytes: hdr ext len 1 (in 8-octet units beyond the first 8).
                 let mut h = vec![0u8; 16];
                 h[0] = next;
@@ -97,6 +108,15 @@ pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, exts: &[Ext], l4: &[u8]) ->
                 // PadN option filling the rest, so the bytes are not ports.
                 h[2] = 1;
                 h[3] = 12;
+                body.extend_from_slice(&h);
+            }
+            Ext::Routing | Ext::SourceRoute => {
+                // Routing type 0 (RFC 8200 4.4), one address; segments left
+                // 0 or 1.
+                let mut h = vec![0u8; 24];
+                h[0] = next;
+                h[1] = 2;
+                h[3] = u8::from(matches!(e, Ext::SourceRoute));
                 body.extend_from_slice(&h);
             }
             Ext::Fragment(off) => {

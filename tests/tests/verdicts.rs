@@ -18,7 +18,7 @@ use sdm_agent::{
 use sdm_common::{
     DIR_EGRESS, DIR_INGRESS, LOOPBACK_ENFORCE, LOOPBACK_PASS, MODE_AUDIT, MODE_ENFORCE,
     PROG_EGRESS, PROG_INGRESS, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_RULE,
-    REASON_UNKNOWN_PROTO,
+    REASON_SOURCE_ROUTE, REASON_UNKNOWN_PROTO,
 };
 use sdm_tests::{
     guards::{Netns, Pins},
@@ -256,6 +256,30 @@ fn icmp_by_type() {
     assert_eq!(f.egress(&v6(APP6, ICMPV6, 135)), DROP, "ICMPv6 other type");
     let reply6 = ipv6(APP6, ME6, ICMPV6, &[], &l4(ICMPV6, 0, 129));
     assert_eq!(f.ingress(&reply6), PASS, "ICMPv6 echo reply");
+    // An echo reply is a reply only to an echo request: from a host this
+    // one may ping but never pinged, it is refused.
+    let mut policy = base_policy();
+    policy.rules.push(Rule {
+        name: "ping-8.8".into(),
+        direction: Direction::Egress,
+        protos: vec![Proto::Icmp],
+        ports: vec![PortRange::single(8)],
+        targets: vec![Target::Cidr("8.8.8.0/24".parse().unwrap())],
+        required: true,
+        roles: vec![],
+        origin: "test".into(),
+    });
+    let mut f = Fixture::new(&policy);
+    let unasked = ipv4(
+        Ipv4Addr::new(8, 8, 8, 8),
+        ME,
+        ICMP,
+        &l4(ICMP, 0, 0),
+        V4Opts::default(),
+    );
+    assert_eq!(f.ingress(&unasked), DROP, "an echo reply nobody asked for");
+    assert_eq!(f.egress(&v4(Ipv4Addr::new(8, 8, 8, 8), ICMP, 8)), PASS);
+    assert_eq!(f.ingress(&unasked), PASS, "the reply to that request");
 }
 
 #[test]
@@ -294,6 +318,35 @@ fn ipv4_options_are_skipped_not_misread() {
         PASS,
         "IHL 15"
     );
+}
+
+/// Source routing names hops past the address a verdict is about: an IPv4
+/// loose source route option or an IPv6 routing header with segments left
+/// is refused even to an allowed destination, with its own reason.
+#[test]
+fn source_routes_are_refused() {
+    let mut f = Fixture::new(&base_policy());
+    let lsrr = V4Opts {
+        option_words: 2,
+        loose_source_route: true,
+        ..Default::default()
+    };
+    let p = ipv4(ME, APP_ADDR, TCP, &l4(TCP, 40000, 443), lsrr);
+    assert_eq!(
+        f.egress(&p),
+        DROP,
+        "IPv4 loose source route to an allowed address"
+    );
+    let p = ipv6(ME6, APP6, TCP, &[Ext::SourceRoute], &l4(TCP, 40000, 443));
+    assert_eq!(
+        f.egress(&p),
+        DROP,
+        "IPv6 routing header with a segment left"
+    );
+    assert_eq!(f.denied(true, DIR_EGRESS, REASON_SOURCE_ROUTE), 2);
+    // A routing header whose segments are used up is only walked.
+    let p = ipv6(ME6, APP6, TCP, &[Ext::Routing], &l4(TCP, 40000, 443));
+    assert_eq!(f.egress(&p), PASS);
 }
 
 #[test]
