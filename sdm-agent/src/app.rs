@@ -18,7 +18,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     cgroup, compile,
-    config::{Config, LoopbackMode, Mode},
+    config::{Config, FailMode, LoopbackMode, Mode},
     dataplane::{self, AttachOutcome, Layout, Maps},
     entries, events, flows, http, metrics,
     policy::{Policy, Target},
@@ -385,6 +385,55 @@ fn set_mode(maps: &Mutex<Maps>, config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// The DNS learning maps: the names it may learn addresses for, the
+/// resolvers it trusts, and the floor of a learned address's life.
+fn write_dns_learning(
+    m: &mut Maps,
+    policy: &crate::policy::Policy,
+    resolvers: &[std::net::IpAddr],
+    config: &Config,
+) -> Result<usize> {
+    let dns_writes = m
+        .apply_dns(&entries::dns_names(policy), resolvers)
+        .context("write the DNS learning maps")?;
+    // Whole seconds, rounded up and at least one: a 0-TTL answer must
+    // still let the connect right after it through.
+    let floor = config.dns.ttl_min.as_secs() + u64::from(config.dns.ttl_min.subsec_nanos() > 0);
+    m.set_learn_ttl_min(u32::try_from(floor.max(1)).unwrap_or(u32::MAX))?;
+    m.set_loopback_dns(resolvers.iter().any(|r| r.is_loopback()))?;
+    Ok(dns_writes)
+}
+
+/// Fail closed: on a fresh start in enforce mode, the programs are loaded
+/// and their maps written with the policy's fixed part (every rule, with
+/// no address for a hostname yet: CIDRs, the resolvers, ingress rules),
+/// the DNS learning maps and the mode before anything is attached, so the
+/// cgroup never runs unjudged while the agent resolves; the first
+/// resolution then adds the hostnames' addresses.
+fn preload_fixed_policy(
+    layout: &Layout,
+    object: &[u8],
+    config: &Config,
+    policy: &crate::policy::Policy,
+    resolvers: &[std::net::IpAddr],
+) -> Result<aya::Ebpf> {
+    let ebpf = dataplane::load(layout, object).context("load the programs")?;
+    let mut maps = Maps::open(layout).context("open the pinned maps")?;
+    let names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
+    let ids = maps.assign_rule_ids(&names).context("assign rule ids")?;
+    let fixed = entries::build(policy, &ids, |_| &[]);
+    let writes = maps
+        .apply(&fixed)
+        .context("apply the fixed part of the policy")?;
+    write_dns_learning(&mut maps, policy, resolvers, config)?;
+    set_mode(&Mutex::new(maps), config)?;
+    tracing::info!(
+        writes,
+        "fail closed: the policy's fixed part is live before the programs attach; hostname rules allow nothing until their names resolve"
+    );
+    Ok(ebpf)
+}
+
 pub async fn run(
     layout: Layout,
     config_path: Option<PathBuf>,
@@ -425,10 +474,22 @@ pub async fn run(
 
     dataplane::ensure_bpffs().context("mount bpffs")?;
     let object = dataplane::EBPF_OBJECT;
+    // Nothing attached yet, enforce mode and `fail = "closed"`: the fixed
+    // part of the policy is written before the programs attach.
+    let mut preloaded =
+        if !layout.is_attached() && config.mode == Mode::Enforce && config.fail == FailMode::Closed
+        {
+            Some(preload_fixed_policy(
+                &layout, object, &config, &policy, &resolvers,
+            )?)
+        } else {
+            None
+        };
     // With pinned links in place attach() adopts or replaces them, loading
     // the object only when it must.
-    let (outcome, mut ebpf) =
-        dataplane::attach(&layout, &cgroup, object, None).context("attach the programs")?;
+    let (outcome, loaded) = dataplane::attach(&layout, &cgroup, object, preloaded.as_mut())
+        .context("attach the programs")?;
+    let mut ebpf = loaded.or(preloaded);
     match outcome {
         AttachOutcome::Adopted => {
             tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), "adopted the pinned programs and maps of a previous agent: no gap")
@@ -529,16 +590,7 @@ pub async fn run(
         let mut m = maps
             .lock()
             .map_err(|_| anyhow::anyhow!("maps lock poisoned"))?;
-        // In-kernel DNS learning: the names it may learn addresses for, the
-        // resolvers it trusts, and the floor of a learned address's life.
-        let dns_writes = m
-            .apply_dns(&entries::dns_names(&agent.policy), &resolvers)
-            .context("write the DNS learning maps")?;
-        // Whole seconds, rounded up and at least one: a 0-TTL answer must
-        // still let the connect right after it through.
-        let floor = config.dns.ttl_min.as_secs() + u64::from(config.dns.ttl_min.subsec_nanos() > 0);
-        m.set_learn_ttl_min(u32::try_from(floor.max(1)).unwrap_or(u32::MAX))?;
-        m.set_loopback_dns(resolvers.iter().any(|r| r.is_loopback()))?;
+        let dns_writes = write_dns_learning(&mut m, &agent.policy, &resolvers, &config)?;
         tracing::debug!(dns_writes, "DNS learning maps written");
     }
     // Under systemd (Type=notify) this is what lets units ordered after

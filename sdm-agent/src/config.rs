@@ -151,6 +151,16 @@ pub enum LoopbackMode {
 }
 named_enum!(LoopbackMode, "loopback mode", { Pass => "pass", Enforce => "enforce" });
 
+/// What the programs do between attaching and the first applied policy
+/// (`fail`): enforce the policy's fixed part, or pass everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    Closed,
+    Open,
+}
+named_enum!(FailMode, "fail mode", { Closed => "closed", Open => "open" });
+
 /// One of the control-plane names of [`ControlPlaneHosts`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -473,6 +483,8 @@ pub struct Config {
     /// Whether the guide's optional rows are allowed.
     pub optional: bool,
     pub loopback: LoopbackMode,
+    /// Before the first policy applies (enforce mode only).
+    pub fail: FailMode,
     /// Gateways this host dials, exact duplicates removed.
     pub gateways: Vec<HostPort>,
     /// Region defaults with the `[hosts]` overrides applied.
@@ -497,6 +509,7 @@ impl Default for Config {
             cgroup: None,
             optional: true,
             loopback: LoopbackMode::Pass,
+            fail: FailMode::Closed,
             gateways: Vec::new(),
             hosts: ControlPlaneHosts::for_region(Region::Us),
             gateway: GatewayConfig::default(),
@@ -540,6 +553,13 @@ optional = true
 
 # Loopback traffic: "pass" (never policed) or "enforce".
 loopback = "pass"
+
+# Enforce mode, on a fresh start, before the hostnames are resolved:
+# "closed" attaches the programs already enforcing the fixed part of the
+# policy (CIDRs, resolvers, ingress rules), so a hostname rule allows
+# nothing until its name resolves or is learned from an answer; "open"
+# passes everything until the first policy is applied.
+fail = "closed"
 
 # Gateways this host dials (clients, relays, chained gateways):
 # "host:port", "1.2.3.4:5000" or "[2001:db8::1]:5000"; the port defaults to 5000.
@@ -811,6 +831,7 @@ struct RawConfig {
     cgroup: Option<Spanned<String>>,
     optional: Option<bool>,
     loopback: Option<Spanned<String>>,
+    fail: Option<Spanned<String>>,
     gateways: Option<Spanned<OneOrMany>>,
     hosts: Option<RawHosts>,
     gateway: Option<RawGateway>,
@@ -1507,6 +1528,9 @@ impl Ctx<'_> {
         }
         if let Some(v) = &raw.loopback {
             cfg.loopback = self.named(v, &top, "loopback")?;
+        }
+        if let Some(v) = &raw.fail {
+            cfg.fail = self.named(v, &top, "fail")?;
         }
         if let Some(v) = raw.optional {
             cfg.optional = v;
@@ -2768,6 +2792,7 @@ login = "sso.example.com"
             &["block", "audit, enforce"],
         );
         fails("loopback = \"drop\"\n", 1, "loopback", &["drop"]);
+        fails("fail = \"maybe\"\n", 1, "fail", &["maybe"]);
         fails(
             "[[resource]]\nname = \"a\"\nhost = \"h\"\nport = 1\nproto = \"icmp\"\n",
             5,

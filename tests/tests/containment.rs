@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use sdm_tests::{
     gateway::{
-        gateway_config, gateway_dns, sa, serve_all, start_rotating_gateway, GATEWAY_HOSTS, OK_MS,
-        OTHER,
+        gateway_config, gateway_dns, sa, serve_all, start_rotating_gateway, wait_for, APP,
+        GATEWAY_HOSTS, OK_MS, OTHER, VAULT,
     },
-    lab::{result, Lab},
+    lab::{result, DnsMode, Lab},
 };
 
 /// The gateway's advertised port: an ingress rule open to the lab's sources.
@@ -131,5 +131,71 @@ fn dns_learning_over_a_real_tcp_connection() {
         result(&v),
         "ok",
         "the address answered over TCP was learned: {v}"
+    );
+}
+
+/// Starts a gateway agent (enforce, `fail` as given) whose resolver answers
+/// nothing, waits until its programs are attached, and returns the lab in
+/// the window before the first resolution gives up.
+fn attached_while_resolving(fail: &str) -> Lab {
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_lab-probe"));
+    serve_all(&lab);
+    gateway_dns(&lab, 300);
+    lab.dns().set_mode(DnsMode::Silent);
+    let mut config = gateway_config(&lab, "enforce", "");
+    config.top.push_str(&format!("\nfail = \"{fail}\""));
+    let path = lab.write_config("fail.toml", &config);
+    lab.spawn_agent(&path, "enforce", &GATEWAY_HOSTS);
+    let link = lab.pins.layout.link_pin("egress");
+    wait_for(Duration::from_secs(20), Duration::from_millis(20), || {
+        link.exists().then_some(())
+    })
+    .unwrap_or_else(|| panic!("the programs were never attached:\n{}", lab.agent_log()));
+    lab
+}
+
+/// Attack: act in the seconds after the agent attached and before its first
+/// policy, while it still waits for DNS. With `fail = "closed"` (the
+/// default) the fixed part of the policy is already enforced: unlisted
+/// addresses are refused, CIDR rules work, a hostname allows nothing yet.
+#[test]
+fn fail_closed_enforces_the_fixed_policy_before_the_names_resolve() {
+    let lab = attached_while_resolving("closed");
+    let v = lab.tcp(sa(lab.net_ip(OTHER), 443), 1000);
+    assert_eq!(
+        result(&v),
+        "eperm",
+        "an unlisted address before the first policy: {v}"
+    );
+    let v = lab.tcp(sa(lab.net_ip(VAULT), 8200), OK_MS);
+    assert_eq!(result(&v), "ok", "a CIDR rule works at once: {v}");
+    let v = lab.tcp(sa(lab.net_ip(APP), 443), 1000);
+    assert_eq!(
+        result(&v),
+        "eperm",
+        "a hostname not resolved yet allows nothing: {v}"
+    );
+    assert!(
+        !lab.agent_log().contains("policy applied"),
+        "the window was over before the checks: the test proves nothing\n{}",
+        lab.agent_log()
+    );
+}
+
+/// `fail = "open"` keeps the old behaviour: everything passes until the
+/// first policy is applied.
+#[test]
+fn fail_open_passes_until_the_first_policy() {
+    let lab = attached_while_resolving("open");
+    let v = lab.tcp(sa(lab.net_ip(OTHER), 443), OK_MS);
+    assert_eq!(
+        result(&v),
+        "ok",
+        "fail open passes before the first policy: {v}"
+    );
+    assert!(
+        !lab.agent_log().contains("policy applied"),
+        "{}",
+        lab.agent_log()
     );
 }
