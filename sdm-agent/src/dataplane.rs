@@ -531,6 +531,12 @@ pub fn detach(layout: &Layout) -> Result<Vec<PathBuf>, DataplaneError> {
         fs::remove_file(&rec).map_err(io_err("remove", &rec))?;
         removed.push(rec);
     }
+    // The run state too: its DNS answers would otherwise become the "last
+    // good" answers of the next run, whatever its config.
+    let state = crate::status::StateFile::path(layout);
+    if crate::status::StateFile::remove(layout).map_err(io_err("remove", &state))? {
+        removed.push(state);
+    }
     Ok(removed)
 }
 

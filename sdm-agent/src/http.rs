@@ -432,6 +432,8 @@ mod tests {
             dns: vec![],
             dns_answers: Default::default(),
             learned: vec![],
+            bypass_capable: vec![],
+            flow_store_evictions: 0,
             policy_error: None,
         }
     }
