@@ -115,8 +115,10 @@ pub fn render(list: &[BypassCapable]) -> String {
     if list.is_empty() {
         return o;
     }
+    /// More than this many are summed up (status --json lists them all).
+    const SHOWN: usize = 20;
     let _ = writeln!(o, "warning: {WARNING}:");
-    for p in list {
+    for p in list.iter().take(SHOWN) {
         let _ = writeln!(
             o,
             "  pid {:<8} {:<16} {:<28} {}",
@@ -124,6 +126,13 @@ pub fn render(list: &[BypassCapable]) -> String {
             p.comm,
             p.caps.join("+"),
             p.cgroup.display()
+        );
+    }
+    if list.len() > SHOWN {
+        let _ = writeln!(
+            o,
+            "  ... and {} more (status --json lists them all)",
+            list.len() - SHOWN
         );
     }
     o
@@ -149,6 +158,23 @@ mod tests {
         assert!(bypass_caps((1 << 10) | (1 << 21)).is_empty());
         assert_eq!(cap_eff("Name:\tx\n"), None);
         assert_eq!(cap_eff("CapEff:\tzz\n"), None);
+    }
+
+    #[test]
+    fn long_lists_are_summed_up_in_text() {
+        let list: Vec<BypassCapable> = (1..=25)
+            .map(|pid| BypassCapable {
+                pid,
+                comm: "x".into(),
+                cgroup: "/sys/fs/cgroup/a".into(),
+                caps: vec!["CAP_NET_RAW".into()],
+            })
+            .collect();
+        let text = render(&list);
+        assert!(text.starts_with("warning: "), "{text}");
+        assert!(text.contains("pid 20 "), "{text}");
+        assert!(!text.contains("pid 21 "), "{text}");
+        assert!(text.contains("and 5 more"), "{text}");
     }
 
     #[test]

@@ -296,7 +296,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { json } => {
             let mut maps = Maps::open(&layout)?;
-            let s = status::snapshot(&layout, &mut maps)?;
+            let mut s = status::snapshot(&layout, &mut maps)?;
+            status::add_bypass_capable(&mut s);
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {

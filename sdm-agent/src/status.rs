@@ -358,10 +358,6 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         .map(|s| s.pid)
         .or(record.as_ref().map(|r| r.pid));
     let cgroup = record.map(|r| r.cgroup);
-    let bypass_capable = cgroup
-        .as_deref()
-        .map(crate::caps::bypass_capable)
-        .unwrap_or_default();
     Ok(Status {
         mode: mode_name(cfg.mode).into(),
         loopback: if cfg.loopback == LOOPBACK_ENFORCE {
@@ -382,8 +378,20 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         dns: state.map(|s| s.dns).unwrap_or_default(),
         dns_answers,
         learned,
-        bypass_capable,
+        // Filled by `add_bypass_capable` where a person reads it: walking
+        // /proc is not for every metrics scrape.
+        bypass_capable: Vec::new(),
     })
+}
+
+/// Adds the processes of the status's cgroup (and below) that can bypass
+/// the cgroup programs ([`crate::caps`]).
+pub fn add_bypass_capable(s: &mut Status) {
+    s.bypass_capable = s
+        .cgroup
+        .as_deref()
+        .map(crate::caps::bypass_capable)
+        .unwrap_or_default();
 }
 
 /// The human view of [`Status`].
