@@ -208,7 +208,7 @@ fn is_child_slice(parent: Option<&str>, child: &str) -> bool {
 /// - `a-b.slice`: exactly `a.slice/a-b.slice` ([`slice_path`]);
 /// - `NAME.service` or `NAME.scope`: a direct child of a slice, looked for
 ///   in `system.slice` first (the default), then in every other slice of
-///   the tree, breadth first (`Slice=` puts a unit in any slice; a
+///   the tree (the root, `-.slice`, included), breadth first (`Slice=` puts a unit in any slice; a
 ///   template's instances default to `system.slice/system-NAME.slice`).
 ///   Only slice directories at their layout place are descended into, so
 ///   nothing below a service or scope is ever looked at.
@@ -229,11 +229,11 @@ pub fn find_unit(root: &Path, name: &str) -> Option<PathBuf> {
         // A stable order, so two runs pick the same match.
         level.sort();
         for (dir, slice) in &level {
-            if slice.is_some() {
-                let p = dir.join(name);
-                if p.is_dir() {
-                    return Some(p);
-                }
+            // The root is a slice too (`-.slice`: `init.scope`, units with
+            // `Slice=-.slice`); only root creates cgroups there.
+            let p = dir.join(name);
+            if p.is_dir() {
+                return Some(p);
             }
             let Ok(rd) = fs::read_dir(dir) else { continue };
             for e in rd.flatten() {
@@ -535,6 +535,7 @@ mod tests {
         mk("a.slice/a-b.slice/y.service");
         mk("system.slice/system-getty.slice/getty@tty1.service");
         mk("user.slice/user-1000.slice/session-3.scope");
+        mk("init.scope");
         assert_eq!(
             find_unit(root, "y.service"),
             Some(root.join("a.slice/a-b.slice/y.service"))
@@ -547,6 +548,7 @@ mod tests {
             find_unit(root, "getty@tty1.service"),
             Some(root.join("system.slice/system-getty.slice/getty@tty1.service"))
         );
+        assert_eq!(find_unit(root, "init.scope"), Some(root.join("init.scope")));
         assert_eq!(
             find_unit(root, "session-3.scope"),
             Some(root.join("user.slice/user-1000.slice/session-3.scope"))
