@@ -461,7 +461,8 @@ fn workload_cap_problems(manifest: &str) -> Vec<String> {
                 }
             }
             let has = |c: &str| dropped.iter().any(|d| d.eq_ignore_ascii_case(c));
-            if !has("ALL") && !(has("NET_RAW") && has("NET_ADMIN")) {
+            let drops_both = has("ALL") || (has("NET_RAW") && has("NET_ADMIN"));
+            if !drops_both {
                 problems.push(format!(
                     "container {name:?} is policed by the agent but keeps CAP_NET_RAW or CAP_NET_ADMIN \
                      (with them it can bypass the cgroup programs): add \
