@@ -60,8 +60,11 @@ pub fn bypass_caps(eff: u64) -> Vec<String> {
 
 /// The processes in `cgroup` and its descendants that hold CAP_NET_RAW or
 /// CAP_NET_ADMIN, by pid; at most [`MAX_LISTED`]. Processes that exit
-/// meanwhile, or whose files cannot be read, are skipped.
-pub fn bypass_capable(cgroup: &Path) -> Vec<BypassCapable> {
+/// meanwhile, or whose files cannot be read, are skipped, and so are this
+/// process and `except` (the agent: it needs CAP_NET_ADMIN to attach, and
+/// with the whole host as target it is in the cgroup itself).
+pub fn bypass_capable(cgroup: &Path, except: Option<u32>) -> Vec<BypassCapable> {
+    let me = std::process::id();
     let mut out = Vec::new();
     let mut level = vec![cgroup.to_path_buf()];
     for _ in 0..=MAX_DEPTH {
@@ -69,6 +72,9 @@ pub fn bypass_capable(cgroup: &Path) -> Vec<BypassCapable> {
         for dir in &level {
             if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
                 for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                    if pid == me || Some(pid) == except {
+                        continue;
+                    }
                     let Ok(st) = fs::read_to_string(format!("/proc/{pid}/status")) else {
                         continue;
                     };
@@ -177,9 +183,25 @@ mod tests {
         assert!(text.contains("and 5 more"), "{text}");
     }
 
+    /// `status` and `check` run as root inside the target when it is the
+    /// whole host: they do not list themselves (nor the agent).
+    #[test]
+    fn this_process_and_the_excepted_one_are_not_listed() {
+        let Ok(mount) = crate::cgroup::cgroup2_mount() else {
+            return;
+        };
+        let me = std::process::id();
+        let cg = crate::cgroup::pid_cgroup(&mount, me).unwrap_or(mount);
+        let listed = bypass_capable(&cg, Some(1));
+        assert!(
+            listed.iter().all(|p| p.pid != me && p.pid != 1),
+            "{listed:?}"
+        );
+    }
+
     #[test]
     fn a_missing_cgroup_lists_nothing() {
-        assert!(bypass_capable(Path::new("/nonexistent/sdm-cgroup")).is_empty());
+        assert!(bypass_capable(Path::new("/nonexistent/sdm-cgroup"), None).is_empty());
         assert_eq!(render(&[]), "");
     }
 }

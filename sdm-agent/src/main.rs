@@ -253,7 +253,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 // Not an error: `run` waits for a unit that has not started.
                 Err(e) => eprintln!("sdm-agent: note: {e}; `run` will wait for it to appear"),
                 Ok(cg) => {
-                    let bypass = sdm_agent::caps::bypass_capable(&cg);
+                    let bypass = sdm_agent::caps::bypass_capable(&cg, None);
                     if !bypass.is_empty() {
                         eprint!("{}", sdm_agent::caps::render(&bypass));
                         warnings.push(format!(

@@ -390,7 +390,7 @@ pub fn add_bypass_capable(s: &mut Status) {
     s.bypass_capable = s
         .cgroup
         .as_deref()
-        .map(crate::caps::bypass_capable)
+        .map(|cg| crate::caps::bypass_capable(cg, s.agent_pid.filter(|_| s.agent_running)))
         .unwrap_or_default();
 }
 
