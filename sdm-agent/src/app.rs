@@ -147,6 +147,10 @@ struct Agent {
     policy_error: Option<String>,
     /// Failed attempts (`sdm_policy_apply_errors_total`).
     apply_errors: Arc<AtomicU64>,
+    /// The resolvers and names the answers in the state file belong to.
+    dns_fingerprint: String,
+    /// `sdm_flow_store_evictions_total`, recorded for `status`.
+    store_evictions: Arc<AtomicU64>,
 }
 
 impl Agent {
@@ -201,6 +205,8 @@ impl Agent {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            dns_fingerprint: Some(self.dns_fingerprint.clone()),
+            flow_store_evictions: self.store_evictions.load(Ordering::Relaxed),
         }
         .write(&self.layout)
         .with_context(|| format!("write {}", StateFile::path(&self.layout).display()))
@@ -208,14 +214,30 @@ impl Agent {
 }
 
 /// Seeds the resolver with what the previous agent had resolved, so a
-/// restart with DNS down does not shrink the allowlist.
-fn seed_from_previous(resolver: &mut Resolver, layout: &Layout, names: &[String]) {
+/// restart with DNS down does not shrink the allowlist. Only answers
+/// recorded for the same resolvers and names (`fingerprint`) are adopted:
+/// another config's answers, from resolvers this one does not trust, are
+/// not "last good" here.
+fn seed_from_previous(
+    resolver: &mut Resolver,
+    layout: &Layout,
+    names: &[String],
+    fingerprint: &str,
+) {
     let Some(prev) = StateFile::read(layout) else {
+        return;
+    };
+    let Some(dns) = prev.dns_for(fingerprint) else {
+        tracing::info!(
+            recorded = prev.dns_fingerprint.as_deref().unwrap_or("none"),
+            current = fingerprint,
+            "the previous run's DNS answers were recorded for other resolvers or names; not adopting them"
+        );
         return;
     };
     let now = Instant::now();
     let timing = resolver.timing().clone();
-    for h in prev.dns {
+    for h in dns {
         if !names.contains(&h.hostname) || h.addresses.is_empty() {
             continue;
         }
@@ -353,13 +375,14 @@ impl Followed {
                     tracing::warn!(cgroup = %self.path.display(), "the target cgroup is gone (its service stopped?); its processes are gone with it; waiting for it to come back");
                     self.gone_since = Some(Instant::now());
                 }
-                // A unit may come back under another slice: search the
-                // tree, but not on every tick.
+                // A unit may come back under another slice: look where
+                // systemd's layout allows it (never in delegated subtrees),
+                // but not on every tick.
                 if let Some(cgroup::CgroupTarget::Unit(u)) = &self.target {
                     if self.last_search.elapsed() >= Duration::from_secs(1) {
                         self.last_search = Instant::now();
-                        let mount = cgroup::cgroup2_mount().ok()?;
-                        return cgroup::find_unit(&mount, u);
+                        let root = cgroup::unit_root().ok()?;
+                        return cgroup::find_unit(&root, u);
                     }
                 }
                 None
@@ -472,6 +495,11 @@ pub async fn run(
         tracing::warn!(cgroup = %cgroup.display(), "enforcing on the root cgroup: every process of this host is filtered");
     }
 
+    if let Some(prev) = dataplane::AttachRecord::read(&layout) {
+        if prev.cgroup != cgroup {
+            tracing::warn!(target = %config.cgroup.as_ref().map(|t| t.to_string()).unwrap_or_default(), from = %prev.cgroup.display(), to = %cgroup.display(), "the target resolves to another cgroup than the previous agent's");
+        }
+    }
     dataplane::ensure_bpffs().context("mount bpffs")?;
     let object = dataplane::EBPF_OBJECT;
     // Nothing attached yet, enforce mode and `fail = "closed"`: the fixed
@@ -533,7 +561,8 @@ pub async fn run(
     let mut resolver = Resolver::new(&resolvers, timing)?;
     let hosts = hostnames(&policy);
     resolver.set_names(hosts.iter().map(String::as_str), Instant::now());
-    seed_from_previous(&mut resolver, &layout, &hosts);
+    let dns_fingerprint = crate::status::dns_fingerprint(&resolvers, &hosts);
+    seed_from_previous(&mut resolver, &layout, &hosts, &dns_fingerprint);
     let hostnames: flows::HostnameIndex = Default::default();
     let agent_stats = metrics::AgentStats::default();
     let mut agent = Agent {
@@ -546,6 +575,8 @@ pub async fn run(
         hostnames: hostnames.clone(),
         policy_error: None,
         apply_errors: agent_stats.policy_apply_errors.clone(),
+        dns_fingerprint,
+        store_evictions: agent_stats.store.evictions.clone(),
     };
 
     tracing::info!(hostnames = hosts.len(), resolvers = ?resolvers, "resolving");
@@ -701,6 +732,11 @@ pub async fn run(
             _ = follow_tick.tick() => {
                 if let Some(path) = followed.check() {
                     let was_gone = followed.gone_since.map(|t| t.elapsed());
+                    if path != followed.path {
+                        // Never a silent move: the policed workload is now
+                        // another cgroup.
+                        tracing::warn!(target = %followed.target.as_ref().map(|t| t.to_string()).unwrap_or_default(), from = %followed.path.display(), to = %path.display(), "the target cgroup moved to another path; following it");
+                    }
                     match dataplane::attach(&layout, &path, object, ebpf.as_mut()) {
                         Ok((_, loaded)) => {
                             if loaded.is_some() {
@@ -749,6 +785,88 @@ mod tests {
     use std::os::{linux::net::SocketAddrExt as _, unix::net::UnixDatagram};
 
     use super::*;
+
+    fn timing() -> DnsTiming {
+        DnsTiming {
+            ttl_min: Duration::from_secs(30),
+            ttl_max: Duration::from_secs(3600),
+            grace: Duration::from_secs(600),
+        }
+    }
+
+    /// Issue 16: a state file left by a run with other resolvers (or
+    /// names) seeded the next run's "last good" answers. Only answers
+    /// recorded under the same fingerprint are adopted; `detach` removes
+    /// the file altogether.
+    #[test]
+    fn previous_dns_answers_are_adopted_only_for_the_same_resolvers_and_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            pin_root: dir.path().join("pins"),
+            run_dir: dir.path().join("run"),
+        };
+        let old_resolvers: Vec<IpAddr> = vec!["192.0.2.53".parse().unwrap()];
+        let names = vec!["db.example".to_string()];
+        let recorded = crate::status::dns_fingerprint(&old_resolvers, &names);
+        let answer: IpAddr = "203.0.113.7".parse().unwrap();
+        StateFile {
+            dns: vec![crate::resolver::HostReport {
+                hostname: "db.example".into(),
+                addresses: vec![answer],
+                failures: 0,
+                last_error: None,
+                next_refresh_secs: 10,
+                resolved: true,
+            }],
+            dns_fingerprint: Some(recorded.clone()),
+            ..Default::default()
+        }
+        .write(&layout)
+        .unwrap();
+        let seeded = |resolvers: &[IpAddr], names: &[String]| {
+            let mut r = Resolver::new(resolvers, timing()).unwrap();
+            r.set_names(names.iter().map(String::as_str), Instant::now());
+            let fp = crate::status::dns_fingerprint(resolvers, names);
+            seed_from_previous(&mut r, &layout, names, &fp);
+            r.addresses("db.example").to_vec()
+        };
+        // The same resolvers (in another order, duplicated) and names.
+        let same: Vec<IpAddr> = vec![old_resolvers[0], old_resolvers[0]];
+        assert_eq!(seeded(&same, &names), [answer]);
+        // Another resolver: not adopted.
+        let other: Vec<IpAddr> = vec!["198.51.100.53".parse().unwrap()];
+        assert_eq!(seeded(&other, &names), Vec::<IpAddr>::new());
+        // Other names (another config): not adopted either.
+        let more = vec!["db.example".to_string(), "api.example".to_string()];
+        assert_eq!(seeded(&old_resolvers, &more), Vec::<IpAddr>::new());
+        // A file without a fingerprint (an older agent's): not adopted.
+        let mut legacy = StateFile::read(&layout).unwrap();
+        legacy.dns_fingerprint = None;
+        legacy.write(&layout).unwrap();
+        assert_eq!(seeded(&old_resolvers, &names), Vec::<IpAddr>::new());
+
+        // detach clears the run state with the pins.
+        let removed = dataplane::detach(&layout).unwrap();
+        assert_eq!(removed, [StateFile::path(&layout)]);
+        assert!(StateFile::read(&layout).is_none());
+        assert!(dataplane::detach(&layout).unwrap().is_empty());
+    }
+
+    #[test]
+    fn dns_fingerprints_ignore_order_and_tell_sets_apart() {
+        use crate::status::dns_fingerprint as fp;
+        let a: IpAddr = "10.0.0.53".parse().unwrap();
+        let b: IpAddr = "::ffff:10.0.0.54".parse().unwrap();
+        let n = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(fp(&[a, b], &n(&["x", "y"])), fp(&[b, a], &n(&["y", "x"])));
+        // A mapped address is its IPv4 address.
+        assert_eq!(
+            fp(&[a, "10.0.0.54".parse().unwrap()], &n(&["x"])),
+            fp(&[a, b], &n(&["x"]))
+        );
+        assert_ne!(fp(&[a], &n(&["x"])), fp(&[b], &n(&["x"])));
+        assert_ne!(fp(&[a], &n(&["x"])), fp(&[a], &n(&["x", "y"])));
+    }
 
     #[test]
     fn sd_notify_sends_one_datagram_to_a_path() {

@@ -3,6 +3,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::OnceLock,
 };
 
 /// statfs f_type of a cgroup2 mount (include/uapi/linux/magic.h).
@@ -42,8 +43,9 @@ impl CgroupError {
 pub enum CgroupTarget {
     /// An absolute path to a cgroup2 directory.
     Path(PathBuf),
-    /// `unit:NAME`: the unit's cgroup (e.g. `sdm-proxy.service`), found in
-    /// the cgroup2 tree, wherever its slice puts it.
+    /// `unit:NAME`: the unit's cgroup (e.g. `sdm-proxy.service`), where
+    /// systemd's layout puts it: under a slice, never inside another unit's
+    /// (delegated) cgroup. See [`find_unit`].
     Unit(String),
     /// `pid:N`: the cgroup process N is in, resolved when the agent starts;
     /// from then on the agent follows that cgroup's path.
@@ -87,6 +89,21 @@ impl std::str::FromStr for CgroupTarget {
                 return Err(format!("{unit:?} is not a unit name (character {c:?})"));
             }
             let unit = if UNIT_SUFFIXES.iter().any(|x| unit.ends_with(x)) {
+                if unit == "-.slice" {
+                    return Err("-.slice is the root slice, i.e. the whole host: \
+                                name the cgroup2 mount as a path if that is what you want"
+                        .into());
+                }
+                if unit.ends_with(".slice") && slice_path(unit).is_none() {
+                    return Err(format!(
+                        "{unit:?} is not a slice name (a-b.slice: parts separated by single '-')"
+                    ));
+                }
+                if unit.starts_with('.') {
+                    return Err(format!(
+                        "{unit:?} is not a unit name (no name before the suffix)"
+                    ));
+                }
                 unit.to_string()
             } else if unit.contains('.') {
                 return Err(format!(
@@ -127,26 +144,108 @@ pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
         })
 }
 
-/// Finds the cgroup of unit `name` under `mount`: breadth first (a
-/// service's cgroup is usually `system.slice/NAME`, but `Slice=` can put it
-/// anywhere), at most `MAX_UNIT_DEPTH` levels down.
-pub fn find_unit(mount: &Path, name: &str) -> Option<PathBuf> {
-    const MAX_UNIT_DEPTH: usize = 6;
-    let mut level = vec![mount.to_owned()];
-    for _ in 0..MAX_UNIT_DEPTH {
+/// Where systemd's cgroup tree starts: the root of the cgroup2 mount,
+/// unless set otherwise (`--unit-root`: a host's tree mounted elsewhere, or
+/// a test's own tree). Set once, before any target is resolved.
+static UNIT_ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Sets the root of systemd's cgroup tree for `unit:` targets; `false` if
+/// it was set already (to another path).
+pub fn set_unit_root(root: PathBuf) -> bool {
+    UNIT_ROOT.set(root.clone()).is_ok() || UNIT_ROOT.get() == Some(&root)
+}
+
+/// The root `unit:` targets are resolved under.
+pub fn unit_root() -> Result<PathBuf, CgroupError> {
+    match UNIT_ROOT.get() {
+        Some(p) => Ok(p.clone()),
+        None => cgroup2_mount(),
+    }
+}
+
+/// The cgroup path of slice `name` relative to the root, as systemd lays
+/// slices out: `a-b-c.slice` is `a.slice/a-b.slice/a-b-c.slice`. `None`
+/// for a name that is not a valid slice (empty parts, `-.slice`, the root
+/// slice, which is the root itself).
+pub fn slice_path(name: &str) -> Option<PathBuf> {
+    let stem = name.strip_suffix(".slice")?;
+    if stem.is_empty() || stem.split('-').any(str::is_empty) {
+        return None;
+    }
+    let mut path = PathBuf::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push(format!("{prefix}.slice"));
+    }
+    Some(path)
+}
+
+/// Whether `child` is a slice directory that systemd would put directly
+/// under the slice `parent` (`None`: the root slice, `-.slice`).
+fn is_child_slice(parent: Option<&str>, child: &str) -> bool {
+    let Some(stem) = child.strip_suffix(".slice") else {
+        return false;
+    };
+    match parent.and_then(|p| p.strip_suffix(".slice")) {
+        None => !stem.is_empty() && !stem.contains('-'),
+        Some(p) => stem
+            .strip_prefix(p)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|part| !part.is_empty() && !part.contains('-')),
+    }
+}
+
+/// Finds the cgroup of unit `name` under `root` (systemd's tree) by
+/// systemd's own layout, never by a name found just anywhere: a directory
+/// named like the unit inside a delegated subtree (below `user@1000.service`,
+/// a container's scope, any other unit's cgroup) is created by whoever
+/// that subtree is delegated to, and must not capture the target.
+///
+/// - `a-b.slice`: exactly `a.slice/a-b.slice` ([`slice_path`]);
+/// - `NAME.service` or `NAME.scope`: a direct child of a slice, looked for
+///   in `system.slice` first (the default), then in every other slice of
+///   the tree (the root, `-.slice`, included), breadth first (`Slice=` puts a unit in any slice; a
+///   template's instances default to `system.slice/system-NAME.slice`).
+///   Only slice directories at their layout place are descended into, so
+///   nothing below a service or scope is ever looked at.
+pub fn find_unit(root: &Path, name: &str) -> Option<PathBuf> {
+    const MAX_SLICE_DEPTH: usize = 8;
+    if name.ends_with(".slice") {
+        let p = root.join(slice_path(name)?);
+        return p.is_dir().then_some(p);
+    }
+    let system = root.join("system.slice").join(name);
+    if system.is_dir() {
+        return Some(system);
+    }
+    // (the slice's directory, its name; None for the root slice)
+    let mut level: Vec<(PathBuf, Option<String>)> = vec![(root.to_owned(), None)];
+    for _ in 0..MAX_SLICE_DEPTH {
         let mut next = Vec::new();
         // A stable order, so two runs pick the same match.
         level.sort();
-        for dir in &level {
+        for (dir, slice) in &level {
+            // The root is a slice too (`-.slice`: `init.scope`, units with
+            // `Slice=-.slice`); only root creates cgroups there.
+            let p = dir.join(name);
+            if p.is_dir() {
+                return Some(p);
+            }
             let Ok(rd) = fs::read_dir(dir) else { continue };
             for e in rd.flatten() {
                 if !e.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
-                if e.file_name() == name {
-                    return Some(e.path());
+                let Some(child) = e.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if is_child_slice(slice.as_deref(), &child) {
+                    next.push((e.path(), Some(child)));
                 }
-                next.push(e.path());
             }
         }
         if next.is_empty() {
@@ -238,11 +337,13 @@ pub fn resolve_target(target: Option<&CgroupTarget>) -> Result<PathBuf, CgroupEr
         None => mount,
         Some(CgroupTarget::Path(p)) => p.clone(),
         Some(CgroupTarget::Unit(u)) => {
-            find_unit(&mount, u).ok_or_else(|| CgroupError::Missing {
+            let root = unit_root()?;
+            find_unit(&root, u).ok_or_else(|| CgroupError::Missing {
                 target: format!("unit:{u}"),
                 why: format!(
-                    "no cgroup named {u} under {} (is the unit running?)",
-                    mount.display()
+                    "no cgroup for {u} where systemd puts it under {} (a slice's child; \
+                     is the unit running?)",
+                    root.display()
                 ),
             })?
         }
@@ -378,23 +479,92 @@ mod tests {
     }
 
     #[test]
-    fn finds_units_breadth_first() {
-        let root = std::env::temp_dir().join(format!("sdm-unit-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(root.join("system.slice/x.service")).unwrap();
-        fs::create_dir_all(root.join("a.slice/b.slice/y.service")).unwrap();
-        fs::create_dir_all(root.join("a.slice/x.service/deeper/x.service")).unwrap();
+    fn slice_paths_follow_systemds_layout() {
+        let p = |n: &str| slice_path(n).map(|p| p.display().to_string());
+        assert_eq!(p("system.slice").as_deref(), Some("system.slice"));
         assert_eq!(
-            find_unit(&root, "y.service"),
-            Some(root.join("a.slice/b.slice/y.service"))
+            p("a-b-c.slice").as_deref(),
+            Some("a.slice/a-b.slice/a-b-c.slice")
         );
-        // The shallowest match, in a stable order.
+        for bad in [
+            "-.slice",
+            "a--b.slice",
+            "-a.slice",
+            "a-.slice",
+            ".slice",
+            "a.service",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+        assert!(is_child_slice(None, "user.slice"));
+        assert!(!is_child_slice(None, "user-1000.slice"));
+        assert!(is_child_slice(Some("user.slice"), "user-1000.slice"));
+        assert!(!is_child_slice(Some("user.slice"), "user-1000-x.slice"));
+        assert!(!is_child_slice(Some("user.slice"), "other-1.slice"));
+        assert!(!is_child_slice(Some("user.slice"), "user@1000.service"));
+        let t = |s: &str| s.parse::<CgroupTarget>();
+        assert!(t("unit:-.slice").is_err());
+        assert!(t("unit:a--b.slice").is_err());
+        assert!(t("unit:.service").is_err());
         assert_eq!(
-            find_unit(&root, "x.service"),
+            t("unit:a-b.slice"),
+            Ok(CgroupTarget::Unit("a-b.slice".into()))
+        );
+    }
+
+    /// Issue 16: a directory named like the unit anywhere in the tree
+    /// (in a user's delegated subtree, inside another unit's cgroup)
+    /// captured the target. Only systemd's layout places count.
+    #[test]
+    fn units_are_found_where_systemd_puts_them_never_in_delegated_subtrees() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let mk = |p: &str| fs::create_dir_all(root.join(p)).unwrap();
+        // Decoys: in a user's delegated subtree, in a container's scope,
+        // inside another service, and a slice at the wrong place.
+        mk("user.slice/user-1000.slice/user@1000.service/app.slice/x.service");
+        mk("user.slice/user-1000.slice/user@1000.service/x.service");
+        mk("machine.slice/libpod-1.scope/system.slice/x.service");
+        mk("system.slice/other.service/x.service");
+        mk("system.slice/other.service/s.slice");
+        mk("a-b.slice/x.service");
+        assert_eq!(find_unit(root, "x.service"), None);
+        assert_eq!(find_unit(root, "s.slice"), None);
+        assert_eq!(find_unit(root, "a-b.slice"), None);
+        // The real ones.
+        mk("a.slice/a-b.slice/y.service");
+        mk("system.slice/system-getty.slice/getty@tty1.service");
+        mk("user.slice/user-1000.slice/session-3.scope");
+        mk("init.scope");
+        assert_eq!(
+            find_unit(root, "y.service"),
+            Some(root.join("a.slice/a-b.slice/y.service"))
+        );
+        assert_eq!(
+            find_unit(root, "a-b.slice"),
+            Some(root.join("a.slice/a-b.slice"))
+        );
+        assert_eq!(
+            find_unit(root, "getty@tty1.service"),
+            Some(root.join("system.slice/system-getty.slice/getty@tty1.service"))
+        );
+        assert_eq!(find_unit(root, "init.scope"), Some(root.join("init.scope")));
+        assert_eq!(
+            find_unit(root, "session-3.scope"),
+            Some(root.join("user.slice/user-1000.slice/session-3.scope"))
+        );
+        // system.slice first: the default place wins over another slice.
+        mk("a.slice/x.service");
+        assert_eq!(
+            find_unit(root, "x.service"),
             Some(root.join("a.slice/x.service"))
         );
-        assert_eq!(find_unit(&root, "z.service"), None);
-        let _ = fs::remove_dir_all(&root);
+        mk("system.slice/x.service");
+        assert_eq!(
+            find_unit(root, "x.service"),
+            Some(root.join("system.slice/x.service"))
+        );
+        assert_eq!(find_unit(root, "z.service"), None);
     }
 
     #[test]

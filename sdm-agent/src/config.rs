@@ -49,6 +49,10 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sdm-agent";
 /// Default `[state] retention`.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86400);
+/// Default `[state] max_bytes`: 64 MiB of flows (several hundred thousand).
+pub const DEFAULT_STORE_MAX_BYTES: u64 = 64 << 20;
+/// Smallest `[state] max_bytes`: the database's own pages need room.
+pub const MIN_STORE_MAX_BYTES: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------
 // Named enums
@@ -452,6 +456,9 @@ pub struct StateConfig {
     /// Flows not seen for longer than this are deleted from the store.
     #[serde(serialize_with = "serialize_duration")]
     pub retention: Duration,
+    /// The most the flow store may hold; the oldest flows are evicted
+    /// beyond it, so a flood of new flows cannot fill the disk.
+    pub max_bytes: u64,
 }
 
 impl Default for StateConfig {
@@ -459,6 +466,7 @@ impl Default for StateConfig {
         Self {
             dir: PathBuf::from(DEFAULT_STATE_DIR),
             retention: DEFAULT_RETENTION,
+            max_bytes: DEFAULT_STORE_MAX_BYTES,
         }
     }
 }
@@ -626,6 +634,10 @@ listen = "127.0.0.1:9850"
 dir = "/var/lib/sdm-agent"
 # Flows not seen for this long are deleted.
 retention = "7d"
+# The most the flows database may hold (bytes, or "512KiB", "64MiB",
+# "1GiB"); beyond it the least recently seen flows are evicted first
+# (counted in sdm_flow_store_evictions_total).
+max_bytes = "64MiB"
 
 # Each new denied flow is written as one JSON line: to standard output by
 # default, or appended to this file.
@@ -915,6 +927,7 @@ struct RawHttp {
 struct RawState {
     dir: Option<Spanned<String>>,
     retention: Option<Spanned<DurationValue>>,
+    max_bytes: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize)]
@@ -1052,6 +1065,28 @@ impl<'de> Deserialize<'de> for DurationValue {
 // ---------------------------------------------------------------------------
 // Value parsers (public where useful elsewhere)
 
+/// Parses a size: bytes (`"1048576"`), or a number with `KiB`, `MiB`,
+/// `GiB` (or `K`, `M`, `G`, `KB`, `MB`, `GB`: taken as powers of 1024 too,
+/// so no unit means less than it seems).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad =
+        || format!("invalid size {s:?}: expected bytes or e.g. \"512KiB\", \"64MiB\", \"1GiB\"");
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(bad());
+    }
+    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let shift = match t[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
 /// Parses a duration: `"500ms"`, `"30s"`, `"10m"`, `"1h"`, `"2d"`,
 /// compounds such as `"1h30m"`, or a plain number of seconds (`"30"`).
 /// `"us"` and `"ns"` are read too, so [`format_duration`] round-trips.
@@ -1175,7 +1210,24 @@ pub fn normalize_hostname(s: &str, allow_wildcard: bool) -> Result<String, Strin
             "not a name (all-numeric last label) nor an IP address",
         ));
     }
+    if name.starts_with("*.") && is_public_suffix(body) {
+        // `*.com` would allow every registrable domain under `.com`: any
+        // attacker can register one and point it anywhere.
+        return Err(invalid(&format!(
+            "the wildcard covers every domain under the public suffix {body:?} \
+             (Public Suffix List); name a domain below a registrable one, e.g. *.example.{body}"
+        )));
+    }
     Ok(name.to_string())
+}
+
+/// Whether `name` (lower-case, validated) is itself a public suffix by the
+/// Public Suffix List (ICANN and private sections, e.g. `com`, `co.uk`,
+/// `s3.amazonaws.com`), or a single label, which the list's default rule
+/// makes one (`internal`, `corp`: a whole top-level domain).
+fn is_public_suffix(name: &str) -> bool {
+    !name.contains('.')
+        || psl::suffix(name.as_bytes()).is_some_and(|s| s.as_bytes() == name.as_bytes())
 }
 
 /// A CIDR (`10.0.0.0/8`) or a single address (a `/32` or `/128`). Host
@@ -1753,6 +1805,25 @@ impl Ctx<'_> {
             if cfg.state.retention.is_zero() {
                 let span = st.retention.as_ref().map_or(0..0, |v| v.span());
                 return Err(self.err(span, &here, "retention", "must be greater than zero"));
+            }
+            if let Some(v) = &st.max_bytes {
+                // A number or a string, read like a duration's value.
+                let n = match v.get_ref() {
+                    DurationValue::Seconds(n) => {
+                        u64::try_from(*n).map_err(|_| format!("negative size {n}"))
+                    }
+                    DurationValue::Text(t) => parse_size(t),
+                }
+                .map_err(|m| self.err(v.span(), &here, "max_bytes", m))?;
+                if n < MIN_STORE_MAX_BYTES {
+                    return Err(self.err(
+                        v.span(),
+                        &here,
+                        "max_bytes",
+                        format!("{n} bytes is too small: at least 1MiB ({MIN_STORE_MAX_BYTES})"),
+                    ));
+                }
+                cfg.state.max_bytes = n;
             }
         }
 
@@ -2356,6 +2427,42 @@ file = \"/x\"\n",
     }
 
     #[test]
+    fn store_max_bytes() {
+        assert_eq!(ok("").state.max_bytes, DEFAULT_STORE_MAX_BYTES);
+        assert_eq!(
+            ok("[state]\nmax_bytes = \"8MiB\"\n").state.max_bytes,
+            8 << 20
+        );
+        assert_eq!(
+            ok("[state]\nmax_bytes = 2097152\n").state.max_bytes,
+            2 << 20
+        );
+        assert_eq!(
+            ok("[state]\nmax_bytes = \"1 GiB\"\n").state.max_bytes,
+            1 << 30
+        );
+        fails(
+            "[state]\n\nmax_bytes = \"64 furlongs\"\n",
+            3,
+            "max_bytes",
+            &["[state]", "invalid size"],
+        );
+        fails(
+            "[state]\nmax_bytes = 4096\n",
+            2,
+            "max_bytes",
+            &["too small"],
+        );
+        fails("[state]\nmax_bytes = -1\n", 2, "max_bytes", &["negative"]);
+        fails(
+            "[state]\nmax_bytes = \"99999999999999GiB\"\n",
+            2,
+            "max_bytes",
+            &["invalid size"],
+        );
+    }
+
+    #[test]
     fn role_as_single_string_and_empty_list() {
         assert_eq!(ok("role = \"ad-dc\"").roles, vec![Role::AdDc]);
         assert_eq!(ok("role = []").roles, Vec::<Role>::new());
@@ -2625,6 +2732,53 @@ login = "sso.example.com"
             );
         }
         assert!(normalize_hostname(&"a".repeat(63), false).is_ok());
+    }
+
+    /// Issue 16: `*.com` passed `check`, allowing every domain anyone can
+    /// register. Wildcards at or directly under a public suffix are refused
+    /// with the file, line and key; below a registrable domain they stay.
+    #[test]
+    fn wildcards_as_wide_as_a_public_suffix_are_refused() {
+        for wide in [
+            "*.com",
+            "*.COM.",
+            "*.co.uk",
+            "*.s3.amazonaws.com",
+            "*.github.io",
+            "*.internal",
+        ] {
+            let err = normalize_hostname(wide, true).unwrap_err();
+            assert!(err.contains("public suffix"), "{wide}: {err}");
+        }
+        for fine in [
+            "*.example.com",
+            "*.corp.example.co.uk",
+            "*.mybucket.s3.amazonaws.com",
+            "*.vault.internal",
+            "*.cdn.example",
+        ] {
+            assert!(normalize_hostname(fine, true).is_ok(), "{fine}");
+        }
+        // Plain names that are public suffixes are not wildcards: allowed.
+        assert!(normalize_hostname("co.uk", false).is_ok());
+        fails(
+            "[[resource]]\nname = \"a\"\nport = 1\nhost = \"*.com\"\n",
+            4,
+            "host",
+            &["public suffix", "\"com\""],
+        );
+        fails(
+            "role = []\n[[allow]]\nname = \"w\"\ndirection = \"egress\"\nport = 443\n\nto = \"*.co.uk\"\n",
+            7,
+            "to",
+            &["public suffix", "co.uk"],
+        );
+        fails(
+            "[[secret_store]]\nname = \"s\"\nhost = \"*.s3.amazonaws.com\"\nport = 443\n",
+            3,
+            "host",
+            &["public suffix"],
+        );
     }
 
     #[test]

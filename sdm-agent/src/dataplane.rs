@@ -311,6 +311,63 @@ pub fn object_hash(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Detaches the bpf_link pinned at `pin` from its cgroup now
+/// (BPF_LINK_DETACH, Linux 5.9: `cgroup_bpf_link_detach` runs under the
+/// cgroup mutex before the call returns); the pin stays for the caller.
+fn detach_link_now(pin: &Path) -> io::Result<()> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let get = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET; the kernel reads the
+    // NUL-terminated path, which outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &get as *const ObjGet,
+            std::mem::size_of::<ObjGet>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd the kernel just returned, owned here (closed on drop).
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let detach = LinkDetach {
+        link_fd: fd.as_raw_fd() as u32,
+    };
+    // SAFETY: a valid bpf_attr prefix for BPF_LINK_DETACH.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &detach as *const LinkDetach,
+            std::mem::size_of::<LinkDetach>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Mounts bpffs at /sys/fs/bpf when it is not mounted yet.
 pub fn ensure_bpffs() -> Result<(), DataplaneError> {
     let mounts =
@@ -511,6 +568,16 @@ pub fn attach(
 /// once no process holds them any more. Returns what was removed.
 pub fn detach(layout: &Layout) -> Result<Vec<PathBuf>, DataplaneError> {
     let mut removed = Vec::new();
+    // Links first, detached at once: unpinning alone drops the last
+    // reference, and the kernel releases a link in a work item some time
+    // later (bpf_link_put, kernel/bpf/syscall.c), so traffic right after
+    // `detach` could still meet the programs.
+    if let Ok(entries) = fs::read_dir(layout.pin_root.join("links")) {
+        for e in entries.flatten() {
+            let p = e.path();
+            detach_link_now(&p).map_err(io_err("detach the link pinned at", &p))?;
+        }
+    }
     for sub in ["links", "maps"] {
         let dir = layout.pin_root.join(sub);
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -530,6 +597,12 @@ pub fn detach(layout: &Layout) -> Result<Vec<PathBuf>, DataplaneError> {
     if rec.exists() {
         fs::remove_file(&rec).map_err(io_err("remove", &rec))?;
         removed.push(rec);
+    }
+    // The run state too: its DNS answers would otherwise become the "last
+    // good" answers of the next run, whatever its config.
+    let state = crate::status::StateFile::path(layout);
+    if crate::status::StateFile::remove(layout).map_err(io_err("remove", &state))? {
+        removed.push(state);
     }
     Ok(removed)
 }

@@ -261,7 +261,17 @@ const NO_STATUS: &str =
     "cannot read the kernel state (are the programs attached and the pins readable?)";
 
 async fn api_status(State(st): State<Arc<HttpState>>) -> Response {
-    match snapshot(&st).await {
+    let f = st.status.clone();
+    let full = tokio::task::spawn_blocking(move || {
+        f().map(|mut s| {
+            crate::status::add_bypass_capable(&mut s);
+            s
+        })
+    })
+    .await
+    .ok()
+    .flatten();
+    match full {
         Some(s) => json(StatusCode::OK, &s),
         None => error(StatusCode::SERVICE_UNAVAILABLE, NO_STATUS),
     }
@@ -432,6 +442,8 @@ mod tests {
             dns: vec![],
             dns_answers: Default::default(),
             learned: vec![],
+            bypass_capable: vec![],
+            flow_store_evictions: 0,
             policy_error: None,
         }
     }

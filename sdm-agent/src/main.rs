@@ -34,6 +34,11 @@ struct Cli {
     /// Where the agent records what it attached and resolved (tmpfs).
     #[arg(long, global = true, env = "SDM_RUN_DIR", default_value = dataplane::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
+    /// Where systemd's cgroup tree starts, for `unit:` targets (default:
+    /// the root of the cgroup2 mount; e.g. the host's tree mounted into a
+    /// container).
+    #[arg(long, global = true, env = "SDM_UNIT_ROOT")]
+    unit_root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -227,6 +232,9 @@ fn check_kernel(object: Option<&Path>, json: bool) -> Result<ExitCode> {
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
+    if let Some(root) = cli.unit_root {
+        sdm_agent::cgroup::set_unit_root(root);
+    }
     let layout = Layout {
         pin_root: cli.pin_root,
         run_dir: cli.run_dir,
@@ -251,11 +259,22 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if let Some(t) = cgroup {
                 cfg.cgroup = Some(t);
             }
-            if let Err(e) = app::target_cgroup(&cfg, config.as_deref())? {
+            let mut warnings = compile::lockout_warnings(&cfg, &policy);
+            match app::target_cgroup(&cfg, config.as_deref())? {
                 // Not an error: `run` waits for a unit that has not started.
-                eprintln!("sdm-agent: note: {e}; `run` will wait for it to appear");
+                Err(e) => eprintln!("sdm-agent: note: {e}; `run` will wait for it to appear"),
+                Ok(cg) => {
+                    let bypass = sdm_agent::caps::bypass_capable(&cg, None);
+                    if !bypass.is_empty() {
+                        eprint!("{}", sdm_agent::caps::render(&bypass));
+                        warnings.push(format!(
+                            "{} process(es) in {} hold CAP_NET_RAW or CAP_NET_ADMIN and can bypass the cgroup programs (listed above)",
+                            bypass.len(),
+                            cg.display()
+                        ));
+                    }
+                }
             }
-            let warnings = compile::lockout_warnings(&cfg, &policy);
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
@@ -288,7 +307,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { json } => {
             let mut maps = Maps::open(&layout)?;
-            let s = status::snapshot(&layout, &mut maps)?;
+            let mut s = status::snapshot(&layout, &mut maps)?;
+            status::add_bypass_capable(&mut s);
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {

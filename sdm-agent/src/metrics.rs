@@ -293,6 +293,13 @@ impl Collector for AgentCollector {
         )?;
         ConstCounter::new(self.stats.store.dropped.load(Ordering::Relaxed)).encode(family)?;
         let family = encoder.encode_descriptor(
+            "sdm_flow_store_evictions",
+            "Flows evicted from the flow store (the least recently seen first) to keep it within [state] max_bytes.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.stats.store.evictions.load(Ordering::Relaxed)).encode(family)?;
+        let family = encoder.encode_descriptor(
             "sdm_flows_evicted",
             "Flows dropped from the agent's in-memory flow table to stay within its capacity (the least recently seen first); the store keeps them, and a flow seen again is logged again.",
             None,
@@ -319,7 +326,8 @@ pub fn registry(source: Source) -> Registry {
 
 /// The kernel's metrics and the agent's (`sdm_events_lost_total`,
 /// `sdm_flows_stored`, `sdm_store_errors_total`,
-/// `sdm_store_dropped_flows_total`, `sdm_flows_evicted_total`,
+/// `sdm_store_dropped_flows_total`, `sdm_flow_store_evictions_total`,
+/// `sdm_flows_evicted_total`,
 /// `sdm_policy_apply_errors_total`).
 pub fn registry_with(source: Source, stats: AgentStats) -> Registry {
     let layout = source.layout.clone();
@@ -371,6 +379,7 @@ mod tests {
         stats.store.stored.store(42, Ordering::Relaxed);
         stats.store.errors.store(2, Ordering::Relaxed);
         stats.store.dropped.store(4, Ordering::Relaxed);
+        stats.store.evictions.store(7, Ordering::Relaxed);
         stats.flows_evicted.store(5, Ordering::Relaxed);
         stats.policy_apply_errors.store(6, Ordering::Relaxed);
         let layout = Layout {
@@ -395,6 +404,8 @@ mod tests {
             "sdm_store_errors_total 2",
             "# TYPE sdm_store_dropped_flows counter",
             "sdm_store_dropped_flows_total 4",
+            "# TYPE sdm_flow_store_evictions counter",
+            "sdm_flow_store_evictions_total 7",
             "# HELP sdm_flows_evicted ",
             "sdm_flows_evicted_total 5",
             "# HELP sdm_policy_apply_errors Failed attempts",

@@ -37,6 +37,39 @@ pub struct StateFile {
     pub policy_error: Option<String>,
     /// Unix seconds of the last write.
     pub updated: u64,
+    /// What the DNS answers in `dns` were asked of and for: see
+    /// [`dns_fingerprint`]. A restarted agent adopts them as "last good"
+    /// only when its own fingerprint is the same.
+    #[serde(default)]
+    pub dns_fingerprint: Option<String>,
+    /// Flows evicted from the flow store to stay within `[state]
+    /// max_bytes`, since the agent started.
+    #[serde(default)]
+    pub flow_store_evictions: u64,
+}
+
+/// A fingerprint of the resolvers asked and the names resolved: answers
+/// recorded by an agent with another config or other resolvers must not
+/// become this agent's "last good" addresses (they could be what another
+/// resolver, no longer trusted, said). FNV-1a over the sorted lists: stable
+/// across builds, unlike std's hasher.
+pub fn dns_fingerprint(resolvers: &[IpAddr], names: &[String]) -> String {
+    let mut r: Vec<String> = resolvers
+        .iter()
+        .map(|a| a.to_canonical().to_string())
+        .collect();
+    r.sort();
+    r.dedup();
+    let mut n: Vec<&str> = names.iter().map(String::as_str).collect();
+    n.sort_unstable();
+    n.dedup();
+    let text = format!("v1\nresolvers={}\nnames={}", r.join(","), n.join(","));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 impl StateFile {
@@ -46,6 +79,23 @@ impl StateFile {
 
     pub fn read(layout: &Layout) -> Option<Self> {
         serde_json::from_str(&fs::read_to_string(Self::path(layout)).ok()?).ok()
+    }
+
+    /// The recorded DNS answers, if they were recorded for `fingerprint`
+    /// (the same resolvers and names); `None` otherwise, also for a file
+    /// from an agent that recorded no fingerprint.
+    pub fn dns_for(&self, fingerprint: &str) -> Option<&[HostReport]> {
+        (self.dns_fingerprint.as_deref() == Some(fingerprint)).then_some(self.dns.as_slice())
+    }
+
+    /// Removes the state file (`detach`: nothing of this run may outlive
+    /// it). Returns whether there was one.
+    pub fn remove(layout: &Layout) -> std::io::Result<bool> {
+        match fs::remove_file(Self::path(layout)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn write(&self, layout: &Layout) -> std::io::Result<()> {
@@ -126,6 +176,14 @@ pub struct Status {
     /// Addresses the kernel learned from DNS answers and still allows.
     #[serde(default)]
     pub learned: Vec<LearnedStatus>,
+    /// Processes in the policed cgroup (or below) that hold CAP_NET_RAW or
+    /// CAP_NET_ADMIN: they can bypass the cgroup programs.
+    #[serde(default)]
+    pub bypass_capable: Vec<crate::caps::BypassCapable>,
+    /// Flows evicted from the flow store to stay within `[state]
+    /// max_bytes` (as of the agent's last state write).
+    #[serde(default)]
+    pub flow_store_evictions: u64,
 }
 
 /// An address learned in the kernel from a DNS answer.
@@ -299,6 +357,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         .as_ref()
         .map(|s| s.pid)
         .or(record.as_ref().map(|r| r.pid));
+    let cgroup = record.map(|r| r.cgroup);
     Ok(Status {
         mode: mode_name(cfg.mode).into(),
         loopback: if cfg.loopback == LOOPBACK_ENFORCE {
@@ -308,17 +367,31 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         }
         .into(),
         generation: cfg.generation,
-        cgroup: record.map(|r| r.cgroup),
+        cgroup,
         pin_root: layout.pin_root.clone(),
         agent_running: agent_pid.is_some_and(pid_alive),
         agent_pid,
         rules,
         denied,
         policy_error: state.as_ref().and_then(|s| s.policy_error.clone()),
+        flow_store_evictions: state.as_ref().map_or(0, |s| s.flow_store_evictions),
         dns: state.map(|s| s.dns).unwrap_or_default(),
         dns_answers,
         learned,
+        // Filled by `add_bypass_capable` where a person reads it: walking
+        // /proc is not for every metrics scrape.
+        bypass_capable: Vec::new(),
     })
+}
+
+/// Adds the processes of the status's cgroup (and below) that can bypass
+/// the cgroup programs ([`crate::caps`]).
+pub fn add_bypass_capable(s: &mut Status) {
+    s.bypass_capable = s
+        .cgroup
+        .as_deref()
+        .map(|cg| crate::caps::bypass_capable(cg, s.agent_pid.filter(|_| s.agent_running)))
+        .unwrap_or_default();
 }
 
 /// The human view of [`Status`].
@@ -341,6 +414,16 @@ pub fn render(s: &Status) -> String {
     };
     let _ = writeln!(o, "agent:      {agent}");
     let _ = writeln!(o, "generation: {}", s.generation);
+    if s.flow_store_evictions > 0 {
+        let _ = writeln!(
+            o,
+            "flow store: {} flows evicted to stay within [state] max_bytes",
+            s.flow_store_evictions
+        );
+    }
+    if !s.bypass_capable.is_empty() {
+        let _ = write!(o, "\n{}", crate::caps::render(&s.bypass_capable));
+    }
     if let Some(e) = &s.policy_error {
         let _ = writeln!(
             o,
@@ -408,4 +491,64 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(o, "  no state from the agent");
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> Status {
+        Status {
+            mode: "audit".into(),
+            loopback: "pass".into(),
+            generation: 1,
+            cgroup: Some("/sys/fs/cgroup/x".into()),
+            pin_root: "/sys/fs/bpf/sdm".into(),
+            agent_pid: None,
+            agent_running: false,
+            rules: vec![],
+            denied: vec![],
+            dns: vec![],
+            policy_error: None,
+            dns_answers: Default::default(),
+            learned: vec![],
+            bypass_capable: vec![],
+            flow_store_evictions: 0,
+        }
+    }
+
+    #[test]
+    fn evictions_and_bypass_capable_processes_are_shown() {
+        let quiet = render(&empty());
+        assert!(
+            !quiet.contains("evicted") && !quiet.contains("bypass"),
+            "{quiet}"
+        );
+        let mut s = empty();
+        s.flow_store_evictions = 1234;
+        s.bypass_capable = vec![crate::caps::BypassCapable {
+            pid: 4242,
+            comm: "relay".into(),
+            cgroup: "/sys/fs/cgroup/x".into(),
+            caps: vec!["CAP_NET_RAW".into()],
+        }];
+        let text = render(&s);
+        assert!(text.contains("1234 flows evicted"), "{text}");
+        assert!(text.contains("can bypass the cgroup programs"), "{text}");
+        assert!(text.contains("pid 4242"), "{text}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["flow_store_evictions"], 1234);
+        assert_eq!(json["bypass_capable"][0]["caps"][0], "CAP_NET_RAW");
+    }
+
+    /// A state file of an older agent (no fingerprint, no evictions) still
+    /// reads; its DNS answers are not adopted.
+    #[test]
+    fn an_older_state_file_reads_without_a_fingerprint() {
+        let old = r#"{"pid":1,"config":null,"rules":[],"dns":[],"updated":0}"#;
+        let f: StateFile = serde_json::from_str(old).unwrap();
+        assert_eq!(f.dns_fingerprint, None);
+        assert_eq!(f.flow_store_evictions, 0);
+        assert!(f.dns_for(&dns_fingerprint(&[], &[])).is_none());
+    }
 }

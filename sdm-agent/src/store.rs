@@ -478,6 +478,54 @@ impl Store {
             .map_err(self.sql("apply the retention"))
     }
 
+    /// Bytes the database uses: its pages less the free ones. Free pages
+    /// are reused by the next writes, so the file stays near this size.
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        let get = |pragma: &str| -> Result<i64, StoreError> {
+            self.conn
+                .query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
+                .map_err(self.sql("measure the database"))
+        };
+        let pages = get("page_count")? - get("freelist_count")?;
+        Ok(
+            u64::try_from(pages.max(0)).unwrap_or(0)
+                * u64::try_from(get("page_size")?).unwrap_or(0),
+        )
+    }
+
+    /// Evicts the least recently seen flows until the database uses at
+    /// most `max_bytes` (down to 90% of it, so one more flow does not evict
+    /// again at once). Returns how many flows were evicted.
+    pub fn evict_to(&mut self, max_bytes: u64) -> Result<u64, StoreError> {
+        let mut evicted = 0u64;
+        // Each round deletes what the average row size says is too much;
+        // pages freed by a delete are not exactly proportional to rows
+        // deleted, hence a few rounds.
+        for _ in 0..32 {
+            let used = self.used_bytes()?;
+            if used <= max_bytes {
+                break;
+            }
+            let rows = self.count()?;
+            if rows == 0 {
+                break; // nothing left to evict: the schema alone is that big
+            }
+            let target = max_bytes / 10 * 9;
+            let per_row = (used / rows).max(1);
+            let n = (used.saturating_sub(target) / per_row).clamp(1, rows);
+            let deleted = self
+                .conn
+                .execute(
+                    "DELETE FROM flows WHERE rowid IN
+                       (SELECT rowid FROM flows ORDER BY last_seen, first_seen LIMIT ?1)",
+                    params![to_i64(n)],
+                )
+                .map_err(self.sql("evict the oldest flows"))?;
+            evicted += deleted as u64;
+        }
+        Ok(evicted)
+    }
+
     /// How many flows are stored.
     pub fn count(&self) -> Result<u64, StoreError> {
         let n: i64 = self
@@ -527,6 +575,9 @@ pub struct StoreStats {
     /// Flows dropped from the pending queue while the store was unavailable
     /// (`sdm_store_dropped_flows_total`).
     pub dropped: Arc<AtomicU64>,
+    /// Flows evicted from the database to keep it within `[state]
+    /// max_bytes` (`sdm_flow_store_evictions_total`).
+    pub evictions: Arc<AtomicU64>,
 }
 
 /// Where and how the agent keeps its store.
@@ -542,6 +593,8 @@ pub struct StoreOptions {
     pub busy_timeout: Duration,
     /// Most distinct flows kept for the store while it is unavailable.
     pub max_pending: usize,
+    /// The most the database may use (`[state] max_bytes`).
+    pub max_bytes: u64,
 }
 
 impl StoreOptions {
@@ -553,12 +606,16 @@ impl StoreOptions {
             retry: Duration::from_secs(30),
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             max_pending: 100_000,
+            max_bytes: crate::config::DEFAULT_STORE_MAX_BYTES,
         }
     }
 
     /// From `[state]`.
     pub fn from_config(c: &crate::config::StateConfig) -> Self {
-        Self::new(db_path(&c.dir), c.retention)
+        Self {
+            max_bytes: c.max_bytes,
+            ..Self::new(db_path(&c.dir), c.retention)
+        }
     }
 }
 
@@ -631,6 +688,28 @@ impl Reporter {
     }
 }
 
+/// Logs evictions at most once a minute while they go on (a flood of new
+/// flows evicts on every write).
+#[derive(Default)]
+struct EvictionLog {
+    last: Option<Instant>,
+    since_last: u64,
+}
+
+impl EvictionLog {
+    fn note(&mut self, n: u64, total: u64, max_bytes: u64) {
+        self.since_last += n;
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(evicted = self.since_last, total, max_bytes, "the flow store reached [state] max_bytes: the least recently seen flows were evicted");
+            self.last = Some(Instant::now());
+            self.since_last = 0;
+        }
+    }
+}
+
 fn merge_into(pending: &mut HashMap<FlowKey, Flow>, batch: Vec<Flow>) {
     for f in batch {
         match pending.get_mut(&f.key) {
@@ -669,6 +748,7 @@ fn writer_loop(
     let mut retain_at = Instant::now();
     let mut pending: HashMap<FlowKey, Flow> = HashMap::new();
     let mut report = Reporter::default();
+    let mut evict_log = EvictionLog::default();
     let mut running = true;
     let mut waiting: Vec<mpsc::Sender<()>> = Vec::new();
     let fail = |e: &StoreError, report: &mut Reporter| {
@@ -753,6 +833,18 @@ fn writer_loop(
                     }
                     wrote = true;
                     retain_at = now + opts.retention_every;
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        if result.is_ok() && wrote {
+            // The cap is checked after every write, so the database exceeds
+            // it by one batch at most, and only until this runs.
+            match s.evict_to(opts.max_bytes) {
+                Ok(0) => {}
+                Ok(n) => {
+                    let total = stats.evictions.fetch_add(n, Ordering::Relaxed) + n;
+                    evict_log.note(n, total, opts.max_bytes);
                 }
                 Err(e) => result = Err(e),
             }
@@ -1087,6 +1179,82 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].key.comm, "b");
         assert_eq!(s.retain(2_000).unwrap(), 0);
+    }
+
+    /// Issue 16: the store had no size cap; a flood of new flows grew it
+    /// until the disk was full. Fed far more flows than fit, it stays under
+    /// the cap, the oldest gone first.
+    #[test]
+    fn the_store_stays_under_max_bytes_evicting_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.db");
+        let mut s = Store::open(&path).unwrap();
+        let cap: u64 = 256 << 10;
+        let mut evicted = 0;
+        let mut t = 1_000u64;
+        for batch in 0..40u32 {
+            let flows: Vec<Flow> = (0..500u32)
+                .map(|i| {
+                    t += 1;
+                    let n = batch * 500 + i;
+                    let remote = format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+                    flow(&remote, 443, "flooder", t, 1)
+                })
+                .collect();
+            s.upsert(&flows).unwrap();
+            evicted += s.evict_to(cap).unwrap();
+            assert!(
+                s.used_bytes().unwrap() <= cap,
+                "batch {batch}: over the cap"
+            );
+        }
+        let left = s.count().unwrap();
+        assert!(evicted > 0 && left > 0, "evicted {evicted}, left {left}");
+        assert_eq!(evicted + left, 20_000);
+        // The newest flow is kept, the oldest is gone.
+        let kept = s.query(&all()).unwrap();
+        assert_eq!(kept[0].last_seen, t);
+        assert!(kept.iter().all(|f| f.last_seen > 1_000 + evicted));
+        // Freed pages are reused: the file stays near the cap.
+        drop(s);
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size <= 2 * cap, "flows.db is {size} bytes");
+    }
+
+    #[test]
+    fn the_service_counts_evictions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.db");
+        let stats = StoreStats::default();
+        let h = StoreHandle::spawn(
+            StoreOptions {
+                max_bytes: 128 << 10,
+                ..StoreOptions::new(&path, Duration::from_secs(86400))
+            },
+            stats.clone(),
+        );
+        let now = now_ms();
+        for batch in 0..10u32 {
+            h.submit(
+                (0..500u32)
+                    .map(|i| {
+                        let n = batch * 500 + i;
+                        // Recent: retention must not be what removes them.
+                        let t = now + u64::from(n);
+                        flow(&format!("10.9.{}.{}", n >> 8, n & 255), 22, "x", t, 1)
+                    })
+                    .collect(),
+            );
+            assert!(h.sync(Duration::from_secs(10)));
+        }
+        let evictions = stats.evictions.load(Ordering::Relaxed);
+        assert!(evictions > 0);
+        assert_eq!(
+            evictions + stats.stored.load(Ordering::Relaxed),
+            5_000,
+            "every flow is stored or counted as evicted"
+        );
+        assert!(Store::open(&path).unwrap().used_bytes().unwrap() <= 128 << 10);
     }
 
     #[test]

@@ -87,6 +87,8 @@ fn sample_status() -> Status {
             hostname: Some("app.strongdm.com".into()),
             expires_in_secs: 60,
         }],
+        bypass_capable: vec![],
+        flow_store_evictions: 0,
         policy_error: None,
     }
 }

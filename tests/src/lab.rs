@@ -786,6 +786,10 @@ pub struct Lab {
     servers: Servers,
     dns: FakeDns,
     pub pins: Pins,
+    /// `--unit-root` for every agent command: where `unit:` targets are
+    /// looked up by systemd's layout (a test's own tree); `None`: the
+    /// agent's default, the cgroup2 mount.
+    pub unit_root: Option<PathBuf>,
     pub cgroup: Cgroup,
     pub host: Netns,
     pub net: Netns,
@@ -896,6 +900,7 @@ impl Lab {
             host,
             net,
             dir,
+            unit_root: None,
             _serial: serial,
         }
     }
@@ -1111,10 +1116,18 @@ impl Lab {
             .arg(&self.pins.layout.pin_root)
             .arg("--run-dir")
             .arg(&self.pins.layout.run_dir)
+            .args(self.unit_root_args())
             .args(args)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", self.agent_bin.display()))
+    }
+
+    fn unit_root_args(&self) -> Vec<std::ffi::OsString> {
+        match &self.unit_root {
+            Some(r) => vec!["--unit-root".into(), r.clone().into_os_string()],
+            None => vec![],
+        }
     }
 
     /// Like [`Lab::agent_cmd`], panicking (with the agent's log) unless it
@@ -1148,6 +1161,7 @@ impl Lab {
             .arg(&self.pins.layout.pin_root)
             .arg("--run-dir")
             .arg(&self.pins.layout.run_dir)
+            .args(self.unit_root_args())
             .args(args)
             .stdin(Stdio::null());
         // SAFETY: setns is async-signal-safe; the closure owns the file, so

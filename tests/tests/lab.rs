@@ -852,3 +852,126 @@ fn agent_with_bad_config(lab: &Lab, cmd: &str, config: &Path) -> std::process::O
     }
     out
 }
+
+/// Issue 16: `detach` left `/run/sdm-agent/state.json`, and the next `run`
+/// (another config, other resolvers) took its answers as "last good".
+/// `detach` removes it with the pins (that another run's answers are never
+/// adopted is the unit test
+/// `app::tests::previous_dns_answers_are_adopted_only_for_the_same_resolvers_and_names`).
+#[test]
+fn detach_clears_the_run_state() {
+    let (mut lab, _) = gateway_lab("audit", "");
+    let state = lab.pins.layout.run_dir.join("state.json");
+    let recorded = std::fs::read_to_string(&state).expect("the agent wrote its state");
+    assert!(recorded.contains("dns_fingerprint"), "{recorded}");
+    lab.stop_agent();
+    let out = lab.agent_ok(&["detach"]);
+    assert!(out.contains("detached"), "{out}");
+    assert!(!state.exists(), "{} survived detach", state.display());
+}
+
+/// Issue 16: `*.com` passed `check`. A wildcard at or directly under a
+/// public suffix is refused by `check` (and `run`) with file, line and key.
+#[test]
+fn check_refuses_a_wildcard_as_wide_as_a_public_suffix() {
+    let lab = new_lab();
+    for (wide, ok) in [
+        ("*.com", false),
+        ("*.co.uk", false),
+        ("*.s3.amazonaws.com", false),
+        ("*.example.com", true),
+    ] {
+        let mut text = lab.config_text(&AgentConfig::default());
+        text.push_str(&format!(
+            "\n[[allow]]\nname = \"wide\"\ndirection = \"egress\"\nport = 443\nto = \"{wide}\"\n"
+        ));
+        let line = text.lines().count();
+        let path = lab.dir.path().join("wide.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = lab.agent_cmd(&["check", "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{wide}: {stderr}");
+        if !ok {
+            for want in [
+                path.display().to_string(),
+                format!("line {line}"),
+                "`to`".into(),
+                "public suffix".into(),
+            ] {
+                assert!(stderr.contains(&want), "{wide}: {want:?} not in: {stderr}");
+            }
+        }
+    }
+}
+
+/// Issue 16: a process of the policed cgroup with CAP_NET_RAW or
+/// CAP_NET_ADMIN can bypass the cgroup programs (raw and packet sockets,
+/// tunnels). `status` (text and JSON) and `check` list such processes, and
+/// only those: one whose capabilities were dropped is not listed.
+#[test]
+fn status_and_check_list_processes_that_can_bypass() {
+    use sdm_tests::guards::Proc;
+    use std::process::Command;
+    let (lab, config) = gateway_lab("audit", "");
+    // As root: every capability.
+    let holder = Proc(Command::new("sleep").arg("300").spawn().expect("sleep"));
+    // NET_RAW and NET_ADMIN gone from every set before exec.
+    let dropped = Proc(
+        Command::new("setpriv")
+            .args([
+                "--inh-caps=-all",
+                "--bounding-set=-net_raw,-net_admin",
+                "sleep",
+                "300",
+            ])
+            .spawn()
+            .expect("setpriv"),
+    );
+    // One in a child cgroup of the target: below it counts too.
+    let child = lab.cgroup.child("bypass-child");
+    lab.cgroup.add(holder.0.id());
+    child.add(dropped.0.id());
+    let (hp, dp) = (holder.0.id(), dropped.0.id());
+    // setpriv has exec'd sleep (its capabilities are the dropped ones).
+    wait_for(Duration::from_secs(5), Duration::from_millis(20), || {
+        let comm = std::fs::read_to_string(format!("/proc/{dp}/comm")).ok()?;
+        (comm.trim() == "sleep").then_some(())
+    })
+    .expect("setpriv exec'd sleep");
+
+    let s = lab.status();
+    let listed: Vec<u64> = s["bypass_capable"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no bypass_capable in {s}"))
+        .iter()
+        .filter_map(|p| p["pid"].as_u64())
+        .collect();
+    assert!(listed.contains(&u64::from(hp)), "{hp} not listed: {s}");
+    assert!(!listed.contains(&u64::from(dp)), "{dp} listed: {s}");
+    let entry = s["bypass_capable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == u64::from(hp))
+        .unwrap();
+    assert_eq!(entry["comm"], "sleep");
+    assert_eq!(
+        entry["caps"],
+        serde_json::json!(["CAP_NET_RAW", "CAP_NET_ADMIN"])
+    );
+
+    let text = lab.agent_ok(&["status"]);
+    assert!(text.contains("can bypass"), "{text}");
+    assert!(text.contains(&format!("pid {hp} ")), "{text}");
+    assert!(!text.contains(&format!("pid {dp} ")), "{text}");
+
+    let out = lab.agent_cmd(&["check", "--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("can bypass"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {hp} ")), "{stderr}");
+    assert!(!stderr.contains(&format!("pid {dp} ")), "{stderr}");
+    drop(dropped);
+    drop(holder);
+    drop(child);
+}

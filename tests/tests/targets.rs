@@ -3,9 +3,11 @@
 //! waits for a unit that has not started, and follows the target when its
 //! cgroup is re-created (a service restart).
 //!
-//! The "unit" is a cgroup named like one (`<unique>.service`) inside the
-//! lab's cgroup: the agent finds units by name in the cgroup2 tree, as
-//! systemd lays them out, so no systemd is needed.
+//! The "unit" is a cgroup named like one (`<unique>.service`) where systemd
+//! would put it, in a tree rooted at the lab's cgroup (`--unit-root`):
+//! `system.slice/<unit>`, or a slice of its own. The agent finds units by
+//! systemd's layout, so no systemd is needed; a directory of the same name
+//! anywhere else (a user's delegated subtree) is never taken for the unit.
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
@@ -98,6 +100,8 @@ fn unit_target_waits_polices_only_the_unit_and_follows_a_restart() {
     gateway_dns(&lab, 300);
     let unit = format!("{}.service", unique("u"));
     let config = config_with_target(&lab, "enforce", &format!("unit:{unit}"));
+    lab.unit_root = Some(lab.cgroup.path.clone());
+    let system = lab.cgroup.child("system.slice");
 
     // The unit has not started: the agent says it waits.
     lab.spawn_agent(&config, "enforce", &GATEWAY_HOSTS);
@@ -111,14 +115,14 @@ fn unit_target_waits_polices_only_the_unit_and_follows_a_restart() {
     expect_ok("nothing is policed while the agent waits", &v);
 
     // The unit starts: the agent attaches to it, in enforce mode.
-    let svc = lab.cgroup.child(&unit);
+    let svc = system.child(&unit);
     lab.wait_ready("enforce", &GATEWAY_HOSTS);
     assert_eq!(attached_cgroup(&lab), svc.path.display().to_string());
     expect_policed_exactly(&lab, &svc, "unit started");
 
     // The service restarts: its cgroup is removed and created anew.
     drop(svc);
-    let svc = lab.cgroup.child(&unit);
+    let svc = system.child(&unit);
     expect_reattached(&lab, &svc);
     expect_policed_exactly(&lab, &svc, "after the restart");
     assert!(
@@ -131,7 +135,7 @@ fn unit_target_waits_polices_only_the_unit_and_follows_a_restart() {
     // does not adopt links of the dead cgroup.
     lab.kill_agent();
     drop(svc);
-    let svc = lab.cgroup.child(&unit);
+    let svc = system.child(&unit);
     lab.restart_agent();
     expect_policed_exactly(&lab, &svc, "agent restarted after a unit restart");
 }
@@ -209,6 +213,7 @@ fn slice_target_polices_every_restart_from_its_first_packet() {
     lab.serve_tcp(&[any(7777)]);
     gateway_dns(&lab, 300);
     let slice_name = format!("{}.slice", unique("s"));
+    lab.unit_root = Some(lab.cgroup.path.clone());
     let slice = lab.cgroup.child(&slice_name);
     let config = config_with_target(&lab, "enforce", &format!("unit:{slice_name}"));
     lab.start_agent(&config, "enforce", &GATEWAY_HOSTS);
@@ -233,4 +238,93 @@ fn slice_target_polices_every_restart_from_its_first_packet() {
     }
     let v = lab.probe(&["tcp", &denied_dest(&lab), &OK_MS.to_string()]);
     expect_ok("outside the slice", &v);
+}
+
+/// Issue 16: `unit:` matched a directory name anywhere in the cgroup tree,
+/// so a decoy `<unit>` made in a delegated subtree (a user's
+/// `user@1000.service`, which that user may write) captured the agent at
+/// start-up and again when the real cgroup was re-created; the real
+/// service then ran unpoliced with no warning. The agent now only takes
+/// the unit where systemd puts it.
+#[test]
+fn a_decoy_in_a_delegated_subtree_never_captures_a_unit_target() {
+    let mut lab = new_lab();
+    serve_all(&lab);
+    lab.serve_tcp(&[any(7777)]);
+    gateway_dns(&lab, 300);
+    let unit = format!("{}.service", unique("u"));
+    let config = config_with_target(&lab, "enforce", &format!("unit:{unit}"));
+    lab.unit_root = Some(lab.cgroup.path.clone());
+    // A user's delegated subtree with a decoy of the unit's name in it,
+    // there before the agent starts, shallower than the real one will be.
+    let user = lab.cgroup.child("user.slice");
+    let user1000 = user.child("user-1000.slice");
+    let manager = user1000.child("user@1000.service");
+    let decoy = manager.child(&unit);
+    let app = manager.child("app.slice");
+    let deep_decoy = app.child(&unit);
+    let system = lab.cgroup.child("system.slice");
+
+    // The real unit has not started: the agent waits, the decoys
+    // notwithstanding.
+    lab.spawn_agent(&config, "enforce", &GATEWAY_HOSTS);
+    wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        lab.agent_log()
+            .contains("the target cgroup does not exist yet; waiting for it")
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the agent did not wait for the real unit:\n{}",
+            lab.agent_log()
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !lab.agent_log().contains("the target cgroup appeared"),
+        "the agent took a decoy:\n{}",
+        lab.agent_log()
+    );
+
+    // The real unit starts: that is what is policed, not the decoys.
+    let svc = system.child(&unit);
+    lab.wait_ready("enforce", &GATEWAY_HOSTS);
+    assert_eq!(attached_cgroup(&lab), svc.path.display().to_string());
+    expect_policed_exactly(&lab, &svc, "the real unit");
+
+    // The real unit restarts (its cgroup gone for a while, longer than the
+    // agent's 1 s search): the agent does not move to a decoy, and attaches
+    // to the real one when it is back.
+    drop(svc);
+    std::thread::sleep(Duration::from_millis(2500));
+    let svc = system.child(&unit);
+    expect_reattached(&lab, &svc);
+    expect_policed_exactly(&lab, &svc, "the real unit after its restart");
+    assert_eq!(attached_cgroup(&lab), svc.path.display().to_string());
+    let log = lab.agent_log();
+    assert!(
+        !log.contains(&decoy.path.display().to_string())
+            && !log.contains(&deep_decoy.path.display().to_string()),
+        "the agent looked at a decoy:\n{log}"
+    );
+
+    // The unit comes back in another slice (Slice= changed): followed,
+    // and the move is logged at warn level, never silent.
+    drop(svc);
+    let other = lab.cgroup.child(&format!("{}.slice", unique("moved")));
+    let moved = other.child(&unit);
+    expect_reattached(&lab, &moved);
+    assert_eq!(attached_cgroup(&lab), moved.path.display().to_string());
+    let log = lab.agent_log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("the target cgroup moved to another path")
+            && l.contains(&moved.path.display().to_string())),
+        "the move was not logged at warn level:\n{log}"
+    );
+    drop(moved);
+    drop(other);
+    drop(deep_decoy);
+    drop(app);
+    drop(decoy);
 }

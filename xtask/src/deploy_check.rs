@@ -279,6 +279,14 @@ fn check_kubernetes(ctx: &Ctx, tools: &Tools, agent: &Path, out: &Path) -> Resul
             dir.display(),
             KUBERNETES_VERSIONS.join(", ")
         );
+        let kept = workload_cap_problems(&rendered);
+        ensure!(
+            kept.is_empty(),
+            "{} (rendered into {}): {}",
+            dir.display(),
+            file.display(),
+            kept.join("; ")
+        );
         // The control: a misspelt field in the part that matters most.
         let broken = break_manifest(&rendered)
             .with_context(|| format!("{}: nothing to break for the control", dir.display()))?;
@@ -360,6 +368,110 @@ fn validate(tools: &Tools, file: &Path, version: &str) -> Result<Validation> {
             String::from_utf8_lossy(&out.stderr)
         ),
     })
+}
+
+/// The agent's own container: the one container that needs NET_ADMIN.
+const AGENT_CONTAINER: &str = "sdm-agent";
+
+/// Containers of a manifest (every one but the agent's own: the policed
+/// workload) that keep CAP_NET_RAW or CAP_NET_ADMIN, which would let them
+/// bypass the cgroup programs (raw and packet sockets, tunnels). Each must
+/// drop both, or ALL. Reads the YAML as text: kustomize's output style
+/// (list items at their key's indent) and the hand-written one.
+fn workload_cap_problems(manifest: &str) -> Vec<String> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let lines: Vec<&str> = manifest.lines().collect();
+    let mut problems = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() != "containers:" {
+            i += 1;
+            continue;
+        }
+        let key_indent = indent(lines[i]);
+        i += 1;
+        let Some(first) = lines[i..].iter().find(|l| !l.trim().is_empty()) else {
+            break;
+        };
+        let item_indent = indent(first);
+        if !first.trim_start().starts_with("- ") || item_indent < key_indent {
+            continue;
+        }
+        // The containers, each as its lines.
+        let mut items: Vec<Vec<&str>> = Vec::new();
+        while i < lines.len() {
+            let l = lines[i];
+            if l.trim().is_empty() {
+                i += 1;
+                continue;
+            }
+            let n = indent(l);
+            if n == item_indent && l.trim_start().starts_with("- ") {
+                items.push(vec![l]);
+            } else if n <= item_indent {
+                break;
+            } else if let Some(item) = items.last_mut() {
+                item.push(l);
+            }
+            i += 1;
+        }
+        for item in items {
+            // The container's own keys: on its first line (after "- ") and
+            // at the next indent, not the items of its lists (env names).
+            fn field<'a>((k, l): (usize, &&'a str), item_indent: usize) -> Option<&'a str> {
+                let t = l.trim_start();
+                let indent = l.len() - t.len();
+                if k == 0 {
+                    Some(t.trim_start_matches("- "))
+                } else {
+                    (indent == item_indent + 2 && !t.starts_with("- ")).then_some(t)
+                }
+            }
+            let name = item
+                .iter()
+                .enumerate()
+                .filter_map(|e| field(e, item_indent))
+                .find_map(|t| t.strip_prefix("name:"))
+                .map(|n| n.trim().trim_matches('"').to_string())
+                .unwrap_or_default();
+            if name == AGENT_CONTAINER {
+                continue;
+            }
+            let mut dropped: Vec<String> = Vec::new();
+            if let Some(at) = item
+                .iter()
+                .position(|l| l.trim_start().starts_with("drop:"))
+            {
+                let inline = item[at].trim_start().trim_start_matches("drop:").trim();
+                if inline.starts_with('[') {
+                    dropped.extend(
+                        inline
+                            .trim_matches(|c| c == '[' || c == ']')
+                            .split(',')
+                            .map(|c| c.trim().trim_matches('"').to_string()),
+                    );
+                } else {
+                    dropped.extend(
+                        item[at + 1..]
+                            .iter()
+                            .map(|l| l.trim())
+                            .take_while(|t| t.starts_with("- "))
+                            .map(|t| t[2..].trim().trim_matches('"').to_string()),
+                    );
+                }
+            }
+            let has = |c: &str| dropped.iter().any(|d| d.eq_ignore_ascii_case(c));
+            let drops_both = has("ALL") || (has("NET_RAW") && has("NET_ADMIN"));
+            if !drops_both {
+                problems.push(format!(
+                    "container {name:?} is policed by the agent but keeps CAP_NET_RAW or CAP_NET_ADMIN \
+                     (with them it can bypass the cgroup programs): add \
+                     securityContext.capabilities.drop: [\"NET_RAW\", \"NET_ADMIN\"] (or ALL)"
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// The manifest with its first `capabilities:` key misspelt.
@@ -770,6 +882,29 @@ mod tests {
             output: "ERROR f did not validate".into(),
         };
         assert!(failed.problem().is_some());
+    }
+
+    /// Issue 16: the sidecar's relay (the policed workload) kept NET_RAW,
+    /// which runtimes grant by default.
+    #[test]
+    fn a_policed_container_must_drop_net_raw_and_net_admin() {
+        let kustomized = "spec:\n  containers:\n  - env:\n    - name: X\n      value: y\n    image: relay\n    name: relay\n    securityContext:\n      capabilities:\n        drop:\n        - NET_RAW\n        - NET_ADMIN\n  - name: sdm-agent\n    securityContext:\n      capabilities:\n        add:\n        - NET_ADMIN\n        drop:\n        - ALL\n";
+        assert_eq!(workload_cap_problems(kustomized), Vec::<String>::new());
+        let kept = kustomized.replace("        - NET_RAW\n", "");
+        let p = workload_cap_problems(&kept);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("\"relay\""), "{p:?}");
+        let none = "containers:\n  - name: relay\n    image: r\n  - name: sdm-agent\n";
+        assert_eq!(workload_cap_problems(none).len(), 1);
+        let inline = "containers:\n  - name: relay\n    securityContext:\n      capabilities:\n        drop: [\"ALL\"]\n";
+        assert!(workload_cap_problems(inline).is_empty());
+        // What the sidecar ships: every policed container drops both.
+        let shipped = include_str!("../../deploy/kubernetes/sidecar/deployment.yaml");
+        assert_eq!(workload_cap_problems(shipped), Vec::<String>::new());
+        let unfixed = shipped.replace("                - NET_RAW\n", "");
+        assert_eq!(workload_cap_problems(&unfixed).len(), 1);
+        let daemonset = include_str!("../../deploy/kubernetes/daemonset/daemonset.yaml");
+        assert_eq!(workload_cap_problems(daemonset), Vec::<String>::new());
     }
 
     #[test]
