@@ -90,6 +90,15 @@ fn cargo_fuzz(ctx: &Ctx, subcommand: &str) -> Command {
         FUZZ_DIR,
     ])
     .current_dir(&ctx.root);
+    // One build cache for every checkout on this machine (CI's fresh clone
+    // included): the sanitizer builds of the dependencies take minutes and
+    // do not change with the project's own code. `list` takes no such flag.
+    if subcommand != "list" {
+        if let Ok(home) = crate::context::home_dir() {
+            cmd.arg("--target-dir")
+                .arg(home.join(".cache/sdm-egress/fuzz-target"));
+        }
+    }
     cmd.env("AYA_BUILD_SKIP", "1");
     cmd
 }
