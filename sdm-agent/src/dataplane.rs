@@ -1078,15 +1078,17 @@ impl Maps {
         .iter()
         .sum::<usize>();
 
+        // Removals first, as for the other maps: a full map must make room
+        // before it takes the new entries.
         let d = diff(&have.host_ports, &want.host_ports);
-        for (k, v) in &d.upsert {
-            self.host_ports[idle]
-                .insert(k, v, 0)
-                .map_err(map_err(MAP_HOST_PORTS[idle]))?;
-        }
         for k in &d.remove {
             self.host_ports[idle]
                 .remove(k)
+                .map_err(map_err(MAP_HOST_PORTS[idle]))?;
+        }
+        for (k, v) in &d.upsert {
+            self.host_ports[idle]
+                .insert(k, v, 0)
                 .map_err(map_err(MAP_HOST_PORTS[idle]))?;
         }
         writes += d.upsert.len() + d.remove.len();

@@ -10,8 +10,8 @@ use std::{
 use ipnet::IpNet;
 use sdm_common::{
     dns_host_id, dns_name_key, dns_wire_name, Cidr4, Cidr6, DnsHost, HostPortKey, Key4, Key6,
-    CIDR_HEADER_BITS, DIR_EGRESS, DIR_INGRESS, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    CIDR_HEADER_BITS, DIR_EGRESS, DIR_INGRESS, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_HOST_PORTS,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::policy::{Direction, Policy, Proto, Rule, Target};
@@ -57,6 +57,7 @@ impl Entries {
             ("exact IPv6", self.exact6.len(), MAX_EXACT_ENTRIES),
             ("IPv4 CIDR", self.cidr4.len(), MAX_CIDR_ENTRIES),
             ("IPv6 CIDR", self.cidr6.len(), MAX_CIDR_ENTRIES),
+            ("hostname port", self.host_ports.len(), MAX_HOST_PORTS),
         ]
         .into_iter()
         .find(|(_, need, max)| *need > *max as usize)
@@ -83,11 +84,17 @@ pub fn static_overflow(policy: &Policy) -> Option<Overflow> {
     let mut out = Entries::default();
     for rule in &policy.rules {
         for target in &rule.targets {
-            if let Target::Cidr(net) = target {
-                add_net(&mut out, rule, 0, *net);
-                if let Some(o) = out.overflow() {
-                    return Some(o);
+            match target {
+                Target::Cidr(net) => add_net(&mut out, rule, 0, *net),
+                // A hostname's ports are known before it resolves.
+                Target::Host(h) => {
+                    if let Some((key, _)) = dns_name_key(h) {
+                        add_host_ports(&mut out, rule, 0, dns_host_id(key));
+                    }
                 }
+            }
+            if let Some(o) = out.overflow() {
+                return Some(o);
             }
         }
     }
@@ -414,6 +421,32 @@ mod tests {
             !e.exact4.keys().any(|k| k.port == 1),
             "rules without an id are skipped"
         );
+    }
+
+    /// Two hostname rules on every port need 2 x 65535 hostname-port
+    /// entries, more than the map holds: refused before anything is
+    /// written, not halfway through applying.
+    #[test]
+    fn hostname_ports_are_counted_before_anything_resolves() {
+        let host_rule = |name: &str, host: &str| {
+            rule(
+                name,
+                Direction::Egress,
+                vec![Proto::Tcp],
+                vec![PortRange { lo: 1, hi: 65535 }],
+                vec![Target::Host(host.into())],
+            )
+        };
+        let one = Policy {
+            rules: vec![host_rule("a", "a.example")],
+        };
+        assert_eq!(static_overflow(&one), None);
+        let two = Policy {
+            rules: vec![host_rule("a", "a.example"), host_rule("b", "b.example")],
+        };
+        let o = static_overflow(&two).expect("2 x 65535 hostname ports overflow");
+        assert_eq!(o.what, "hostname port");
+        assert_eq!(o.max, MAX_HOST_PORTS);
     }
 
     #[test]

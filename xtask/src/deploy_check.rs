@@ -504,45 +504,11 @@ fn check_config(agent: &Path, config: &Path, out: &Path, pod: bool) -> Result<()
         println!("xtask: {} parses and compiles", config.display());
         return Ok(());
     }
-    let error = String::from_utf8_lossy(&first.stderr).trim().to_owned();
-    // `cgroup = "pid:<PID>"` is being added to the agent; until this agent
-    // knows it, check the rest of the config, which must then pass.
-    let without = without_pid_cgroup(&assembled);
-    if without != assembled && error.contains("cgroup") {
-        fs::write(&tmp, &without)?;
-        let second = policy(&tmp)?;
-        ensure!(
-            second.status.success(),
-            "{}: `sdm-agent policy` refuses it: {}",
-            config.display(),
-            String::from_utf8_lossy(&second.stderr).trim()
-        );
-        println!(
-            "xtask: {} parses and compiles (this agent does not know `cgroup = \"pid:...\"` yet: \
-             checked without it)",
-            config.display()
-        );
-        return Ok(());
-    }
     bail!(
-        "{}: `sdm-agent policy` refuses it: {error}",
-        config.display()
+        "{}: `sdm-agent policy` refuses it: {}",
+        config.display(),
+        String::from_utf8_lossy(&first.stderr).trim()
     )
-}
-
-/// The config without a `cgroup = "pid:..."` line.
-fn without_pid_cgroup(config: &str) -> String {
-    config
-        .lines()
-        .filter(|line| {
-            let line = line.trim_start();
-            !(line.starts_with("cgroup")
-                && line
-                    .split_once('=')
-                    .is_some_and(|(_, value)| value.trim().starts_with("\"pid:")))
-        })
-        .map(|line| format!("{line}\n"))
-        .collect()
 }
 
 /// hadolint, its control, and the image's own invariants.
@@ -912,16 +878,5 @@ mod tests {
         let broken = break_manifest("a:\n  capabilities:\n    add: [BPF]\n").unwrap();
         assert!(broken.contains("capabilites:"));
         assert!(break_manifest("kind: Namespace\n").is_none());
-    }
-
-    #[test]
-    fn only_a_pid_cgroup_line_is_dropped() {
-        let config = "role = [\"relay\"]\ncgroup = \"pid:1\"\n[state]\ndir = \"/x\"\n";
-        assert_eq!(
-            without_pid_cgroup(config),
-            "role = [\"relay\"]\n[state]\ndir = \"/x\"\n"
-        );
-        let path = "cgroup = \"/sys/fs/cgroup\"\n";
-        assert_eq!(without_pid_cgroup(path), path);
     }
 }

@@ -729,14 +729,18 @@ fn install_and_check(ctx: &Ctx, built: &Built) -> Result<()> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
 
-    if Path::new("/usr/bin/deb-systemd-helper").exists() {
-        // postinst enables the unit even without a running systemd.
-        let wants = SYSTEMD_LINKS[0];
-        ensure!(
-            Path::new(wants).symlink_metadata().is_ok(),
-            "postinst did not enable the unit: {wants} is missing"
-        );
-    }
+    // postinst enables the unit even without a running systemd, through
+    // deb-systemd-helper: without it, that step would go untested.
+    ensure!(
+        Path::new("/usr/bin/deb-systemd-helper").exists(),
+        "deb-systemd-helper is missing (Debian's init-system-helpers): the unit's enabling \
+         cannot be checked; install it"
+    );
+    let wants = SYSTEMD_LINKS[0];
+    ensure!(
+        Path::new(wants).symlink_metadata().is_ok(),
+        "postinst did not enable the unit: {wants} is missing"
+    );
     if systemd_running() {
         // postinst started it: a Type=notify unit is active only once the
         // agent reported that enforcement is live.

@@ -94,14 +94,22 @@ pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
     build.arg("--all-targets");
     context::run(&mut build).context("the build failed, so no test ran")?;
 
+    // --no-fail-fast: one run shows every broken test binary, not the first.
     let mut unit = host_cargo(ctx, "test", release);
-    unit.args(["--exclude", PRIVILEGED_TESTS, "--"]).args(args);
+    unit.args(["--no-fail-fast", "--exclude", PRIVILEGED_TESTS, "--"])
+        .args(args);
     let unit = test_step("unit tests", unit)?;
 
     let mut privileged = test_cargo(ctx, release);
     // One at a time: the tests share the kernel's cgroups, maps and bpffs.
     privileged
-        .args(["--package", PRIVILEGED_TESTS, "--", "--test-threads=1"])
+        .args([
+            "--no-fail-fast",
+            "--package",
+            PRIVILEGED_TESTS,
+            "--",
+            "--test-threads=1",
+        ])
         .args(args);
     let privileged = test_step("privileged tests", privileged)?;
 
