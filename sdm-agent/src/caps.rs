@@ -7,6 +7,7 @@
 
 use std::{
     fs,
+    ops::ControlFlow,
     path::{Path, PathBuf},
 };
 
@@ -66,50 +67,36 @@ pub fn bypass_caps(eff: u64) -> Vec<String> {
 pub fn bypass_capable(cgroup: &Path, except: Option<u32>) -> Vec<BypassCapable> {
     let me = std::process::id();
     let mut out = Vec::new();
-    let mut level = vec![cgroup.to_path_buf()];
-    for _ in 0..=MAX_DEPTH {
-        let mut next = Vec::new();
-        for dir in &level {
-            if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-                    if pid == me || Some(pid) == except {
-                        continue;
-                    }
-                    let Ok(st) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-                        continue;
-                    };
-                    let caps = cap_eff(&st).map(bypass_caps).unwrap_or_default();
-                    if caps.is_empty() {
-                        continue;
-                    }
-                    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .map(|c| c.trim_end().to_string())
-                        .unwrap_or_default();
-                    out.push(BypassCapable {
-                        pid,
-                        comm,
-                        cgroup: dir.clone(),
-                        caps,
-                    });
-                    if out.len() >= MAX_LISTED {
-                        out.sort_by_key(|p| p.pid);
-                        return out;
-                    }
-                }
+    crate::cgroup::walk_breadth_first(cgroup, MAX_DEPTH, |dir| {
+        let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else {
+            return ControlFlow::Continue(());
+        };
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            if pid == me || Some(pid) == except {
+                continue;
             }
-            if let Ok(rd) = fs::read_dir(dir) {
-                next.extend(
-                    rd.flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
+            let Ok(st) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+                continue;
+            };
+            let caps = cap_eff(&st).map(bypass_caps).unwrap_or_default();
+            if caps.is_empty() {
+                continue;
+            }
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim_end().to_string())
+                .unwrap_or_default();
+            out.push(BypassCapable {
+                pid,
+                comm,
+                cgroup: dir.to_owned(),
+                caps,
+            });
+            if out.len() >= MAX_LISTED {
+                return ControlFlow::Break(());
             }
         }
-        if next.is_empty() {
-            break;
-        }
-        level = next;
-    }
+        ControlFlow::Continue(())
+    });
     out.sort_by_key(|p| p.pid);
     out
 }

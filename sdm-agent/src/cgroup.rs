@@ -2,6 +2,7 @@
 
 use std::{
     fs,
+    ops::ControlFlow,
     path::{Path, PathBuf},
     sync::OnceLock,
 };
@@ -306,13 +307,30 @@ fn lists_pid(dir: &Path, pid: u32) -> bool {
 
 /// The cgroup whose cgroup.procs lists `pid`, breadth first.
 fn find_pid(mount: &Path, pid: u32) -> Option<PathBuf> {
-    const MAX_DEPTH: usize = 10;
-    let mut level = vec![mount.to_owned()];
-    for _ in 0..=MAX_DEPTH {
+    let mut found = None;
+    walk_breadth_first(mount, 10, |dir| {
+        if lists_pid(dir, pid) {
+            found = Some(dir.to_owned());
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+/// Visits `root` and the cgroups below it, level by level, at most
+/// `max_depth` levels down, until `visit` breaks.
+pub fn walk_breadth_first(
+    root: &Path,
+    max_depth: usize,
+    mut visit: impl FnMut(&Path) -> ControlFlow<()>,
+) {
+    let mut level = vec![root.to_owned()];
+    for _ in 0..=max_depth {
         let mut next = Vec::new();
         for dir in &level {
-            if lists_pid(dir, pid) {
-                return Some(dir.clone());
+            if visit(dir).is_break() {
+                return;
             }
             if let Ok(rd) = fs::read_dir(dir) {
                 next.extend(
@@ -323,11 +341,10 @@ fn find_pid(mount: &Path, pid: u32) -> Option<PathBuf> {
             }
         }
         if next.is_empty() {
-            break;
+            return;
         }
         level = next;
     }
-    None
 }
 
 /// Resolves a target to its cgroup2 directory, checked.
