@@ -59,10 +59,15 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8], o: V4Opts) -> Ve
     p[9] = proto;
     p[12..16].copy_from_slice(&src.octets());
     p[16..20].copy_from_slice(&dst.octets());
-    // Options: NOPs (type 1), which a parser that ignores IHL would misread
-    // as the transport header.
+    // Options: one timestamp option (type 68) spanning them all, its body
+    // 0x01 bytes, which a parser that ignores IHL would misread as the
+    // transport header (ports 0x440c and 257).
     for b in &mut p[20..] {
         *b = 1;
+    }
+    if ihl > 5 {
+        p[20] = 68;
+        p[21] = ((ihl - 5) * 4) as u8;
     }
     if o.loose_source_route {
         // Type, length 7, pointer 4, one address (RFC 791).

@@ -299,8 +299,8 @@ fn ipv6_exact_and_cidr_ingress() {
 #[test]
 fn ipv4_options_are_skipped_not_misread() {
     let mut f = Fixture::new(&base_policy());
-    // Options are NOP bytes: a parser that ignored IHL would read ports
-    // 257/257 and drop this packet.
+    // Options are one timestamp option of 0x01 bytes: a parser that ignored
+    // IHL would read ports 17420/257 and drop this packet.
     let opts = V4Opts {
         option_words: 3,
         ..Default::default()
@@ -344,6 +344,21 @@ fn source_routes_are_refused() {
         "IPv6 routing header with a segment left"
     );
     assert_eq!(f.denied(true, DIR_EGRESS, REASON_SOURCE_ROUTE), 2);
+    // More options than the program walks: refused as a possible source
+    // route (five NOPs, then the end of the list).
+    let mut many = ipv4(
+        ME,
+        APP_ADDR,
+        TCP,
+        &l4(TCP, 40000, 443),
+        V4Opts {
+            option_words: 2,
+            ..Default::default()
+        },
+    );
+    many[20..28].copy_from_slice(&[1, 1, 1, 1, 1, 0, 0, 0]);
+    assert_eq!(f.egress(&many), DROP, "five NOPs");
+    assert_eq!(f.denied(true, DIR_EGRESS, REASON_SOURCE_ROUTE), 3);
     // A routing header whose segments are used up is only walked.
     let p = ipv6(ME6, APP6, TCP, &[Ext::Routing], &l4(TCP, 40000, 443));
     assert_eq!(f.egress(&p), PASS);
