@@ -949,15 +949,26 @@ mod tests {
         c.allow.truncate(1024 - 6);
         assert_eq!(compile(&c, &[ip("10.0.0.2")]).unwrap().rules.len(), 1024);
 
+        // Every port in one rule is fine (on a CIDR: a hostname's 65535
+        // ports beside the role's own hostname ports would not fit the
+        // hostname-port map, which is refused below).
         let mut c = Config::default();
         c.allow.push(AllowConfig {
             name: "all".into(),
             direction: Direction::Egress,
             proto: Proto::Tcp,
             ports: vec![PortRange { lo: 1, hi: 65535 }],
-            targets: vec![host("h.example")],
+            targets: vec![net("10.0.0.1/32")],
         });
         assert!(compile(&c, &[]).is_ok());
+        let mut on_a_host = c.clone();
+        on_a_host.allow[0].targets = vec![host("h.example")];
+        match compile(&on_a_host, &[]) {
+            Err(e @ CompileError::TooManyEntries(_)) => {
+                assert!(e.to_string().contains("hostname port"), "{e}");
+            }
+            other => panic!("a hostname on every port beside the role's: {other:?}"),
+        }
         c.allow[0].ports.push(PortRange { lo: 1, hi: 100 });
         match compile(&c, &[]) {
             Err(CompileError::TooManyPorts { rule, count, max }) => {
