@@ -141,21 +141,38 @@ pub fn start(lab: &mut Lab, mode: &str, dns: &str) -> PathBuf {
 }
 
 /// A gateway lab in enforce mode (servers, the gateway's names) where
-/// `name` answers a new 10.233.N.x on every query, allowed on `port` by an
-/// `[[allow]]`: only learning from each answer can let its address through
-/// in time. Returns the config's path.
-pub fn start_rotating_gateway(lab: &mut Lab, name: &str, port: u16) -> PathBuf {
+/// `name` answers a new address on every query (10.233.N.x for A,
+/// fd00:233:N::x for AAAA, with `ttl`), allowed on `port` by an `[[allow]]`:
+/// only learning from each answer can let its address through in time.
+/// `dns` adds lines to the agent's `[dns]` table. Returns the config's path
+/// and the IPv6 prefix.
+pub fn start_rotating_gateway_with(
+    lab: &mut Lab,
+    name: &str,
+    port: u16,
+    ttl: u32,
+    dns: &str,
+) -> (PathBuf, std::net::Ipv6Addr) {
     serve_all(lab);
     gateway_dns(lab, 300);
     let n = lab.n;
     let v4 = std::net::Ipv4Addr::new(10, 233, n, 0);
-    let v6 = format!("fd00:233:{n:x}::").parse().expect("an IPv6 prefix");
-    // Every address of the prefix is local in the net namespace, where the
-    // servers listen on the wildcard address.
+    let v6: std::net::Ipv6Addr = format!("fd00:233:{n:x}::").parse().expect("an IPv6 prefix");
+    // Every address of the prefixes is local in the net namespace, where
+    // the servers listen on the wildcard address.
     lab.net
         .ip(&["route", "add", "local", &format!("{v4}/24"), "dev", "lo"]);
-    lab.dns().rotate(name, v4, v6, 3600);
-    let mut config = gateway_config(lab, "enforce", "");
+    lab.net.ip(&[
+        "-6",
+        "route",
+        "add",
+        "local",
+        &format!("{v6}/64"),
+        "dev",
+        "lo",
+    ]);
+    lab.dns().rotate(name, v4, v6, ttl);
+    let mut config = gateway_config(lab, "enforce", dns);
     config.tables.push_str(&format!(
         "\n[[allow]]\n\
          name = \"rotating\"\n\
@@ -167,5 +184,11 @@ pub fn start_rotating_gateway(lab: &mut Lab, name: &str, port: u16) -> PathBuf {
     let mut hosts = GATEWAY_HOSTS.to_vec();
     hosts.push(name);
     lab.start_agent(&path, "enforce", &hosts);
-    path
+    (path, v6)
+}
+
+/// [`start_rotating_gateway_with`] with a TTL of an hour and the default
+/// `[dns]` table; returns the config's path.
+pub fn start_rotating_gateway(lab: &mut Lab, name: &str, port: u16) -> PathBuf {
+    start_rotating_gateway_with(lab, name, port, 3600, "").0
 }

@@ -5,12 +5,9 @@
 //! kill -9. Only the kernel's learning from the answers can allow these
 //! addresses in time: the agent never saw them.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
-use sdm_tests::{
-    gateway::{gateway_config, gateway_dns, serve_all, GATEWAY_HOSTS},
-    lab::Lab,
-};
+use sdm_tests::{gateway::start_rotating_gateway_with, lab::Lab};
 use serde_json::Value;
 
 const CYCLES: u64 = 1000;
@@ -45,37 +42,7 @@ fn learned(lab: &Lab) -> u64 {
 /// prefix the addresses come from.
 fn rotating_lab(ttl: u32, dns: &str) -> (Lab, Ipv6Addr) {
     let mut lab = new_lab();
-    serve_all(&lab);
-    gateway_dns(&lab, 300);
-    let n = lab.n;
-    // Every address of these prefixes is local in the net namespace, where
-    // the servers listen on the wildcard address.
-    let v4 = Ipv4Addr::new(10, 233, n, 0);
-    let v6: Ipv6Addr = format!("fd00:233:{n:x}::").parse().expect("prefix");
-    lab.net
-        .ip(&["route", "add", "local", &format!("{v4}/24"), "dev", "lo"]);
-    lab.net.ip(&[
-        "-6",
-        "route",
-        "add",
-        "local",
-        &format!("{v6}/64"),
-        "dev",
-        "lo",
-    ]);
-    lab.dns().rotate(NAME, v4, v6, ttl);
-    let mut config = gateway_config(&lab, "enforce", dns);
-    config.tables.push_str(&format!(
-        "\n[[allow]]\n\
-         name = \"rotating\"\n\
-         direction = \"egress\"\n\
-         to = \"{NAME}\"\n\
-         port = {PORT}\n"
-    ));
-    let path = lab.write_config("rotating.toml", &config);
-    let mut hosts = GATEWAY_HOSTS.to_vec();
-    hosts.push(NAME);
-    lab.start_agent(&path, "enforce", &hosts);
+    let (_, v6) = start_rotating_gateway_with(&mut lab, NAME, PORT, ttl, dns);
     (lab, v6)
 }
 
