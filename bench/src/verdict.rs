@@ -138,10 +138,8 @@ impl Instance {
     /// Attaches to a cgroup of the benchmark's own (audit first, then the
     /// mode already written by `new`, enforce, stays).
     pub fn attach(&mut self, cgroup: &std::path::Path) -> Result<()> {
-        let mut cfg = self.maps.config()?;
-        let mode = cfg.mode;
-        cfg.mode = sdm_common::MODE_AUDIT;
-        self.maps.write_config(&cfg)?;
+        let mode = self.maps.config()?.mode;
+        self.maps.set_mode(sdm_common::MODE_AUDIT)?;
         dataplane::attach(
             &self.pins.layout,
             cgroup,

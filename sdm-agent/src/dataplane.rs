@@ -39,7 +39,10 @@ use sdm_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::entries::{diff, Entries};
+use crate::{
+    config_map::{ConfigField, ConfigMapping},
+    entries::{diff, Entries},
+};
 
 /// The eBPF object built by build.rs (aya-build), embedded in the binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sdm-ebpf"));
@@ -443,10 +446,8 @@ pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
     progs.set(0, &dns_fd, 0).map_err(map_err(MAP_DNS_PROGS))?;
     // A config created just now is all zeros: audit mode, generation 0.
     let mut maps = Maps::open(layout)?;
-    let mut cfg = maps.config()?;
-    if cfg.layout == 0 {
-        cfg.layout = LAYOUT_VERSION;
-        maps.write_config(&cfg)?;
+    if maps.config()?.layout == 0 {
+        maps.set_config_field(ConfigField::Layout, LAYOUT_VERSION);
     }
     Ok(ebpf)
 }
@@ -550,10 +551,7 @@ pub fn attach(
         fs::rename(&tmp, &final_path).map_err(io_err("rename", &final_path))?;
         drop(pinned);
     }
-    let mut maps = Maps::open(layout)?;
-    let mut cfg = maps.config()?;
-    cfg.object_hash = hash;
-    maps.write_config(&cfg)?;
+    Maps::open(layout)?.config_mem.store_object_hash(hash);
     AttachRecord {
         cgroup: cgroup.to_owned(),
         cgroup_id,
@@ -625,6 +623,8 @@ fn resolver_key(ip: std::net::IpAddr) -> ResolverKey {
 pub struct Maps {
     root: PathBuf,
     config: Array<MapData, Config>,
+    /// The same entry, mapped: every change is a store to one field.
+    config_mem: ConfigMapping,
     exact4: [HashMap<MapData, Key4, RuleRef>; 2],
     exact6: [HashMap<MapData, Key6, RuleRef>; 2],
     cidr4: [LpmTrie<MapData, Cidr4, RuleRef>; 2],
@@ -680,9 +680,16 @@ impl Maps {
             })?;
             typed!(layout, MAP_RULE_NAMES)
         };
+        let config_path = layout.map_pin(MAP_CONFIG);
+        let config_mem = MapData::from_pin(&config_path)
+            .map_err(map_err(MAP_CONFIG))
+            .and_then(|data| {
+                ConfigMapping::new(&data).map_err(io_err("mmap the kernel config", &config_path))
+            })?;
         Ok(Self {
             root: layout.pin_root.clone(),
             config: typed!(layout, MAP_CONFIG),
+            config_mem,
             exact4: [typed!(layout, MAP_EXACT4[0]), typed!(layout, MAP_EXACT4[1])],
             exact6: [typed!(layout, MAP_EXACT6[0]), typed!(layout, MAP_EXACT6[1])],
             cidr4: [typed!(layout, MAP_CIDR4[0]), typed!(layout, MAP_CIDR4[1])],
@@ -712,35 +719,38 @@ impl Maps {
         self.config.get(&0, 0).map_err(map_err(MAP_CONFIG))
     }
 
-    pub fn write_config(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
-        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+    /// Stores one field of the kernel config (see `config_map`): never a
+    /// whole-entry write, which could undo another writer's field.
+    pub fn set_config_field(&mut self, field: ConfigField, value: u32) {
+        self.config_mem.store(field, value);
     }
 
     /// Switches the mode in place: the programs read it on every packet.
     pub fn set_mode(&mut self, mode: u32) -> Result<(), DataplaneError> {
-        let mut cfg = self.config()?;
-        cfg.mode = mode;
-        self.write_config(&cfg)
+        self.set_config_field(ConfigField::Mode, mode);
+        Ok(())
     }
 
     pub fn set_loopback(&mut self, loopback: u32) -> Result<(), DataplaneError> {
-        let mut cfg = self.config()?;
-        cfg.loopback = loopback;
-        self.write_config(&cfg)
+        self.set_config_field(ConfigField::Loopback, loopback);
+        Ok(())
     }
 
     /// The floor of a learned address's lifetime, in seconds.
     pub fn set_learn_ttl_min(&mut self, secs: u32) -> Result<(), DataplaneError> {
-        let mut cfg = self.config()?;
-        cfg.learn_ttl_min_s = secs;
-        self.write_config(&cfg)
+        self.set_config_field(ConfigField::LearnTtlMin, secs);
+        Ok(())
     }
 
     /// Whether a trusted resolver is on loopback (see `Config::loopback_dns`).
     pub fn set_loopback_dns(&mut self, on: bool) -> Result<(), DataplaneError> {
-        let mut cfg = self.config()?;
-        cfg.loopback_dns = u32::from(on);
-        self.write_config(&cfg)
+        self.set_config_field(ConfigField::LoopbackDns, u32::from(on));
+        Ok(())
+    }
+
+    /// Verdict tracing through aya-log on or off.
+    pub fn set_log_verdicts(&mut self, on: bool) {
+        self.set_config_field(ConfigField::LogVerdicts, u32::from(on));
     }
 
     /// Makes `SDM_DNS_NAMES` hold exactly `names` (name key -> host id and
@@ -1007,7 +1017,7 @@ impl Maps {
     /// the maps are refused before anything is written; any error leaves
     /// the live slot, and so the enforced policy, as it was.
     pub fn apply(&mut self, want: &Entries) -> Result<usize, DataplaneError> {
-        let mut cfg = self.config()?;
+        let cfg = self.config()?;
         let live = (cfg.generation & 1) as usize;
         if self.slot(live)? == want {
             return Ok(0);
@@ -1102,8 +1112,8 @@ impl Maps {
         }
         self.shadow[idle] = Some(want.clone());
 
-        cfg.generation = cfg.generation.wrapping_add(1);
-        self.write_config(&cfg)?;
+        // The agent is the generation's only writer: `cfg` was read above.
+        self.set_config_field(ConfigField::Generation, cfg.generation.wrapping_add(1));
         Ok(writes + 1)
     }
 }

@@ -6,6 +6,7 @@ pub mod catalogue;
 pub mod cgroup;
 pub mod compile;
 pub mod config;
+pub mod config_map;
 pub mod dataplane;
 pub mod entries;
 pub mod events;

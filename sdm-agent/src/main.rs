@@ -329,12 +329,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Trace { state } => {
             let mut maps = Maps::open(&layout)?;
-            let mut cfg = maps.config()?;
-            cfg.log_verdicts = u32::from(matches!(state, OnOff::On));
-            maps.write_config(&cfg)?;
+            let on = matches!(state, OnOff::On);
+            maps.set_log_verdicts(on);
             println!(
                 "verdict tracing {}",
-                if cfg.log_verdicts != 0 {
+                if on {
                     "on: verdicts appear in the log of the agent that loaded the programs"
                 } else {
                     "off"

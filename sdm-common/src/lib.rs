@@ -124,7 +124,7 @@ pub const MAX_CIDR_ENTRIES: u32 = 131_072;
 pub const MAX_RULES: u32 = 1024;
 /// Bumped whenever a map's key, value or capacity changes: an agent refuses
 /// to adopt pinned maps of another layout instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Datagram peers remembered (LRU: the oldest pair is forgotten first, and
 /// a socket's next allowed send to that remote records it again).

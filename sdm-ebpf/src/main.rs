@@ -16,9 +16,11 @@
 //!     with segments left, names hops beyond the address judged: deny,
 //!     reason `source_route`.
 //!  5. The socket's cached verdict (socket local storage) is for this same
-//!     remote address, port and protocol, and its rule is still in the live
-//!     policy: allow, counted for that rule. Established flows stop here:
-//!     one storage lookup and two array lookups, whatever the policy size.
+//!     remote address, port and protocol, in this direction or as a reply
+//!     to it (TCP: never into a listener, never a SYN without ACK), and its
+//!     rule is still in the live policy: allow, counted for that rule.
+//!     Established flows stop here: one storage lookup and two array
+//!     lookups, whatever the policy size.
 //!  6. The allowlist of this direction: exact (direction, protocol, port,
 //!     address) in a hash map, then (direction, protocol, port, CIDR) in an
 //!     LPM trie. Hit: allow, cache the verdict on the socket.
@@ -52,7 +54,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{bpf_sock, BPF_SK_STORAGE_GET_F_CREATE},
+    bindings::{bpf_sock, BPF_F_MMAPABLE, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::SkStorage,
     cty::c_void,
     helpers::{
@@ -91,8 +93,10 @@ const TCP_LISTEN: u32 = 10;
 /// IPv6 extension headers walked before the transport header.
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 
+/// Mmapable: the agent and `sdm-agent mode` each store only their own
+/// field, so neither undoes the other (sdm-agent's config_map.rs).
 #[map(name = "SDM_CONFIG")]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+static CONFIG: Array<Config> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map(name = "SDM_EXACT4_0")]
 static EXACT4_0: HashMap<Key4, RuleRef> = HashMap::with_max_entries(MAX_EXACT_ENTRIES, 0);
@@ -226,6 +230,7 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
             && st.proto == flow.proto
             && st.remote_port == cache_port(&flow)
             && st.remote == flow.remote
+            && cache_serves(ctx, &flow, dir, st.dir, sk)
             && rule_active(slot, st.rule)
         {
             count_rule(st.rule, dir, len);
@@ -697,6 +702,30 @@ fn add(map: &PerCpuArray<Counter>, index: u32, len: u32) {
             atomic_add_u64(ptr::addr_of_mut!((*c).bytes), u64::from(len));
         }
     }
+}
+
+/// Whether a socket's cached verdict, stored when a rule of direction
+/// `cached` allowed a packet, covers this packet of direction `dir`. The
+/// same direction always; the other one only for what is a reply:
+/// - UDP and ICMP: the cached flow proves the socket and the remote are
+///   peers (it sent to them, or they sent to it under a rule);
+/// - TCP ingress: not to a listener. A socket that connected out to an
+///   allowed remote and then listens (connect, disconnect with AF_UNSPEC,
+///   listen) would otherwise accept that remote's connections on a port
+///   no ingress rule opens;
+/// - TCP egress: not a SYN without ACK, which opens a connection.
+#[inline(always)]
+fn cache_serves(
+    ctx: &SkBuffContext,
+    flow: &Flow,
+    dir: u8,
+    cached: u8,
+    sk: *mut bpf_sock,
+) -> bool {
+    if cached == dir || flow.proto != PROTO_TCP {
+        return true;
+    }
+    is_reply(ctx, flow, dir, sk)
 }
 
 #[inline(always)]

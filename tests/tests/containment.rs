@@ -18,8 +18,13 @@ const ADVERTISED: u16 = 5000;
 /// A UDP ingress rule's port (as an AD domain controller's DNS or Kerberos).
 const UDP_IN: u16 = 5353;
 
+/// An egress rule's port on VAULT where nothing listens (so the lab's own
+/// side can bind it as a source port).
+const EGRESS_ONLY: u16 = 7100;
+
 /// A gateway lab in enforce mode with, on top of the gateway role, a UDP
-/// ingress rule on UDP_IN from the lab's networks.
+/// ingress rule on UDP_IN from the lab's networks and a TCP egress rule to
+/// VAULT:EGRESS_ONLY.
 fn lab() -> Lab {
     let mut lab = Lab::new(env!("CARGO_BIN_EXE_lab-probe"));
     serve_all(&lab);
@@ -31,7 +36,14 @@ fn lab() -> Lab {
          direction = \"ingress\"\n\
          proto = \"udp\"\n\
          port = {UDP_IN}\n\
-         from = [\"10.231.0.0/16\"]\n"
+         from = [\"10.231.0.0/16\"]\n\
+         \n[[allow]]\n\
+         name = \"vault-egress-only\"\n\
+         direction = \"egress\"\n\
+         proto = \"tcp\"\n\
+         port = {EGRESS_ONLY}\n\
+         to = \"{}/32\"\n",
+        lab.net_ip(VAULT)
     ));
     let path = lab.write_config("containment.toml", &config);
     lab.start_agent(&path, "enforce", &GATEWAY_HOSTS);
@@ -86,6 +98,62 @@ fn an_ingress_rules_port_does_not_dial_out() {
     );
     let done = server.line(Duration::from_secs(8));
     assert_eq!(done["refused"], 0, "{done}");
+}
+
+/// Attack: connect then listen. A socket connects out to a destination an
+/// egress rule allows (its verdict is cached on the socket), disconnects
+/// with AF_UNSPEC and listens on a port no ingress rule opens; the allowed
+/// remote then connects in from the egress rule's port, hoping the cached
+/// egress verdict lets the SYN into the listener.
+#[test]
+fn a_cached_egress_verdict_does_not_open_a_listener() {
+    let lab = lab();
+    let listen_port = 6100;
+    let vault = sa(lab.net_ip(VAULT), EGRESS_ONLY);
+    let mut attacker = lab.spawn_probe(
+        &[
+            "connect-then-listen",
+            &listen_port.to_string(),
+            &vault.to_string(),
+            "6",
+        ],
+        false,
+    );
+    let ready = attacker.line(Duration::from_secs(5));
+    if ready["phase"] == "listen" && result(&ready) == "errno22" {
+        // Newer kernels (6.18 here) refuse listen() on a socket that has
+        // connected (EINVAL), which closes this door on their own; the
+        // egress verdict was still cached and judged. Say so, loudly.
+        assert_eq!(ready["connect"], "refused", "{ready}");
+        println!(
+            "this kernel refuses listen() after connect() (EINVAL): the attack \
+             stops there; the cache's direction check is what holds where it is allowed"
+        );
+        return;
+    }
+    assert_eq!(result(&ready), "listening", "{ready}");
+    // Nothing listens on VAULT:EGRESS_ONLY: the allowed SYN was answered
+    // with a RST (refused), which proves it left and was judged allowed.
+    assert_eq!(ready["connect"], "refused", "{ready}");
+    // From the remote the socket connected to, from the egress rule's port.
+    let here = sa(lab.host_ip(), listen_port);
+    let v = lab.probe_from_net(&[
+        "tcp-from",
+        &EGRESS_ONLY.to_string(),
+        &here.to_string(),
+        "1500",
+        &lab.net_ip(VAULT).to_string(),
+    ]);
+    assert_ne!(
+        result(&v),
+        "ok",
+        "the allowed remote connected into a listener no ingress rule opens: {v}"
+    );
+    let done = attacker.line(Duration::from_secs(10));
+    assert_eq!(done["accepted"], 0, "{done}");
+    // The egress rule itself still works for connections out.
+    let v = lab.probe(&["tcp-from", "0", &vault.to_string(), "1500"]);
+    assert_eq!(result(&v), "refused", "an allowed connect leaves: {v}");
 }
 
 /// Attack: datagrams spoofed from an allowed remote (the resolver's address

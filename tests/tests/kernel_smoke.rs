@@ -157,6 +157,10 @@ fn smoke_lab() {
     let pid = v["pid"].as_u64().expect("the probe prints its pid");
     check.ok("");
 
+    let check = Check("connect-then-listen");
+    let detail = connect_then_listen(&lab);
+    check.ok(detail);
+
     let counter = raw_counter(&lab);
     let raw_to = SocketAddrV4::new(ipv4(&lab, OTHER), RAW_PORT);
     let check = Check("raw-dropped");
@@ -236,6 +240,33 @@ fn smoke_lab() {
         "still enforcing after the restart: {v}"
     );
     check.ok("no failed connect across kill -9 and restart");
+}
+
+/// The connect-then-listen attack (containment.rs has the story): a socket
+/// connects out to APP:443, disconnects and listens; APP connects back
+/// from port 443, hoping the socket's cached egress verdict lets it in.
+/// Kernels that refuse listen() after connect() stop it themselves.
+fn connect_then_listen(lab: &Lab) -> &'static str {
+    let app = sa(lab.net_ip(APP), 443);
+    let mut attacker = lab.spawn_probe(&["connect-then-listen", "6100", &app.to_string(), "5"], false);
+    let ready = attacker.line(Duration::from_secs(5));
+    assert_eq!(ready["connect"], "ok", "the allowed connect: {ready}");
+    if ready["phase"] == "listen" && result(&ready) == "errno22" {
+        return "this kernel refuses listen() after connect() (EINVAL)";
+    }
+    assert_eq!(result(&ready), "listening", "{ready}");
+    let here = sa(lab.host_ip(), 6100);
+    let v = lab.probe_from_net(&[
+        "tcp-from",
+        "443",
+        &here.to_string(),
+        "1500",
+        &lab.net_ip(APP).to_string(),
+    ]);
+    assert_ne!(result(&v), "ok", "the allowed remote connected in: {v}");
+    let done = attacker.line(Duration::from_secs(10));
+    assert_eq!(done["accepted"], 0, "{done}");
+    "listen() after connect() allowed; the remote's SYN into the listener was dropped"
 }
 
 fn ipv4(lab: &Lab, last: u8) -> Ipv4Addr {

@@ -114,17 +114,22 @@ impl Fixture {
     }
 
     fn apply(&mut self, policy: &Policy) -> usize {
+        let e = self.entries(policy);
+        self.maps.apply(&e).expect("apply entries")
+    }
+
+    /// The policy's entries, with rule ids assigned (app.example resolved).
+    fn entries(&mut self, policy: &Policy) -> entries::Entries {
         let names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
         self.ids = self.maps.assign_rule_ids(&names).expect("rule ids");
         let app: Vec<IpAddr> = vec![IpAddr::V4(APP_ADDR)];
-        let e = entries::build(policy, &self.ids, |h| {
+        entries::build(policy, &self.ids, |h| {
             if h == "app.example" {
                 &app[..]
             } else {
                 &[]
             }
-        });
-        self.maps.apply(&e).expect("apply entries")
+        })
     }
 
     fn run(&mut self, dir: u8, pkt: &[u8], ifindex: u32, repeat: u32) -> u32 {
@@ -632,6 +637,66 @@ fn policy_changes_flip_atomically_and_only_the_difference_is_written() {
     assert!(
         writes <= 3,
         "re-adding one CIDR rule wrote {writes} entries"
+    );
+}
+
+/// Attack on the operator's intent: `sdm-agent mode enforce` (another
+/// process, its own map handles) while the agent applies policies. Each
+/// apply used to read the whole config entry, write its maps, then write
+/// the whole entry back with a new generation and the mode it had read,
+/// undoing a mode change made in between. Two policies of a thousand
+/// entries each keep an apply in progress nearly all the time.
+#[test]
+fn mode_changes_are_never_lost_to_a_policy_apply() {
+    let mut f = Fixture::new(&base_policy());
+    let bulk = |lo: u16| {
+        let mut p = base_policy();
+        p.rules.push(rule(
+            "bulk",
+            Direction::Egress,
+            Proto::Tcp,
+            PortRange { lo, hi: lo + 999 },
+            "10.9.0.0/16",
+        ));
+        p
+    };
+    // Entries built up front: the loop below does nothing but apply.
+    let (a, b) = (f.entries(&bulk(20_000)), f.entries(&bulk(30_000)));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let layout = f._pins.layout.clone();
+    let lost = std::thread::scope(|scope| {
+        let operator = scope.spawn(|| {
+            let mut cli = Maps::open(&layout).expect("open pinned maps as the CLI does");
+            let mut lost = Vec::new();
+            for i in 0..20u32 {
+                let mode = if i % 2 == 0 { MODE_AUDIT } else { MODE_ENFORCE };
+                cli.set_mode(mode).expect("set mode");
+                // Wait until two applies have finished since: the one in
+                // flight when the mode was written, and a whole one after.
+                let g0 = cli.config().expect("config").generation;
+                while cli.config().expect("config").generation.wrapping_sub(g0) < 2 {
+                    std::thread::yield_now();
+                }
+                let now = cli.config().expect("config").mode;
+                if now != mode {
+                    lost.push((i, mode, now));
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            lost
+        });
+        let mut flip = false;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            f.maps
+                .apply(if flip { &a } else { &b })
+                .expect("apply entries");
+            flip = !flip;
+        }
+        operator.join().expect("operator thread")
+    });
+    assert!(
+        lost.is_empty(),
+        "mode changes undone by a policy apply (round, written, read back): {lost:?}"
     );
 }
 

@@ -22,7 +22,11 @@
 //!   resolve-connect DNS_IP NAME A|AAAA PORT COUNT TIMEOUT_MS
 //!                                     COUNT times: resolve NAME, connect at once
 //!                                     to the first address answered
-//!   tcp-from PORT ADDR TIMEOUT_MS     `tcp` from local port PORT (bound first)
+//!   tcp-from PORT ADDR TIMEOUT_MS [SRC_IP]
+//!                                     `tcp` from local port PORT (bound first,
+//!                                     on SRC_IP if given)
+//!   connect-then-listen PORT ADDR SECS  bind PORT, connect to ADDR, disconnect,
+//!                                     then listen on the same socket for SECS
 //!   udp-from PORT ADDR TIMEOUT_MS     `udp` from local port PORT (bound first)
 //!   udp-recv ADDR SECONDS             bind ADDR, print {"result":"listening"},
 //!                                     then count the datagrams that arrive
@@ -55,7 +59,7 @@ use serde_json::{json, Value};
 
 fn usage(msg: &str) -> ! {
     eprintln!("lab-probe: {msg}");
-    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|tcp-from|udp-from|udp-recv|udp-echo|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-tcp|resolve-connect|raw-udp|flood ARGS...");
+    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|tcp-from|connect-then-listen|udp-from|udp-recv|udp-echo|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-tcp|resolve-connect|raw-udp|flood ARGS...");
     std::process::exit(2);
 }
 
@@ -162,7 +166,7 @@ fn any_addr(addr: SocketAddr, port: u16) -> SocketAddr {
 
 /// `tcp` from a socket bound to local `port` first: what a process does
 /// that tries to pass its connection off as a reply of an inbound flow.
-fn tcp_from(port: u16, addr: SocketAddr, timeout: Duration) -> Value {
+fn tcp_from(port: u16, addr: SocketAddr, timeout: Duration, source: Option<IpAddr>) -> Value {
     use socket2::{Domain, SockAddr, Socket, Type};
     let start = Instant::now();
     let sock = match Socket::new(Domain::for_address(addr), Type::STREAM, None) {
@@ -170,7 +174,14 @@ fn tcp_from(port: u16, addr: SocketAddr, timeout: Duration) -> Value {
         Err(e) => return json!({"result": errname(&e), "phase": "socket"}),
     };
     let _ = sock.set_reuse_address(true);
-    if let Err(e) = sock.bind(&SockAddr::from(any_addr(addr, port))) {
+    // The lab's servers listen with SO_REUSEPORT: a client may then use a
+    // served port as its source port.
+    let _ = sock.set_reuse_port(true);
+    let local = match source {
+        Some(ip) => SocketAddr::new(ip, port),
+        None => any_addr(addr, port),
+    };
+    if let Err(e) = sock.bind(&SockAddr::from(local)) {
         return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()});
     }
     if let Err(e) = sock.connect_timeout(&SockAddr::from(addr), timeout) {
@@ -308,6 +319,72 @@ fn listen_tcp(addr: SocketAddr, secs: u64) -> Value {
         }
     }
     json!({"result": "done", "accepted": accepted, "peers": peers})
+}
+
+/// The connect-then-listen attack: binds local `port`, connects to
+/// `remote` (a destination the policy allows; refused or not, the attempt
+/// is what the kernel judges), disconnects with AF_UNSPEC, then listens on
+/// the same socket for `secs`, answering "ok" to whoever connects. Says
+/// "listening" (with the connect's outcome) once it listens.
+fn connect_then_listen(port: u16, remote: SocketAddr, secs: u64) -> Value {
+    use std::os::fd::AsRawFd;
+
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let sock = match Socket::new(Domain::for_address(remote), Type::STREAM, None) {
+        Ok(s) => s,
+        Err(e) => return json!({"result": errname(&e), "phase": "socket"}),
+    };
+    let _ = sock.set_reuse_address(true);
+    if let Err(e) = sock.bind(&SockAddr::from(any_addr(remote, port))) {
+        return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()});
+    }
+    let connected = match sock.connect_timeout(&SockAddr::from(remote), Duration::from_millis(1500)) {
+        Ok(()) => "ok".to_string(),
+        Err(e) => errname(&e),
+    };
+    // connect(AF_UNSPEC) dissolves the association (tcp_disconnect) and
+    // keeps the bound port; it also returns a socket whose connect failed
+    // to SS_UNCONNECTED, the only state listen() accepts.
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    // SAFETY: a valid socket and a sockaddr of the size given.
+    let rc = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return json!({"result": errname(&e), "phase": "disconnect", "connect": connected});
+    }
+    if let Err(e) = sock.listen(8) {
+        return json!({"result": errname(&e), "phase": "listen", "connect": connected});
+    }
+    let l: TcpListener = sock.into();
+    l.set_nonblocking(true).expect("nonblocking listener");
+    print(&json!({"result": "listening", "connect": connected}));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut accepted = 0u64;
+    while Instant::now() < end {
+        match l.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = s.write_all(b"ok\n");
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                accepted += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => return json!({"result": errname(&e), "phase": "accept", "accepted": accepted}),
+        }
+    }
+    json!({"result": "done", "accepted": accepted, "connect": connected})
 }
 
 /// One connection, a line each way every `interval`; the server echoes.
@@ -756,10 +833,16 @@ fn main() {
             parse("count", rest.get(1)),
             rest.get(2).map_or(40000, |p| parse("source port", Some(p))),
         ),
+        "connect-then-listen" => connect_then_listen(
+            parse("port", rest.first()),
+            parse("address", rest.get(1)),
+            parse("seconds", rest.get(2)),
+        ),
         "tcp-from" => tcp_from(
             parse("port", rest.first()),
             parse("address", rest.get(1)),
             Duration::from_millis(parse("timeout", rest.get(2))),
+            rest.get(3).map(|_| parse("source address", rest.get(3))),
         ),
         "udp-from" => udp_from(
             parse("port", rest.first()),
