@@ -666,6 +666,7 @@ pub async fn run(
         flow_table,
         Some(flow_store.clone()),
         config.http.token.clone(),
+        agent_stats.http.clone(),
     );
     let mut server = tokio::spawn(http::serve(listener, http_state));
 

@@ -9,6 +9,10 @@
 //! a token (allowed on loopback binds only) a request whose `Host` is not a
 //! loopback name is refused (403): a web page the operator visits could
 //! otherwise rebind its own DNS name to 127.0.0.1 and read the API.
+//!
+//! Connections are served within the timeouts and cap of
+//! [`crate::http_server`]; reads of the kernel maps run one at a time
+//! ([`read_kernel`]).
 
 use std::{io, sync::Arc, time::Duration};
 
@@ -23,10 +27,12 @@ use axum::{
 };
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use crate::{
     config::parse_duration,
     flows::{Flow, FlowQuery, SharedTable},
+    http_server::{self, HttpStats, Limits},
     metrics,
     status::Status,
     store::StoreHandle,
@@ -52,6 +58,10 @@ pub struct HttpState {
     pub store: Option<StoreHandle>,
     /// `[http] token`.
     pub token: Option<String>,
+    /// The server's connection counters.
+    pub stats: HttpStats,
+    /// One read of the kernel maps at a time (see [`read_kernel`]).
+    pub kernel_reads: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -71,6 +81,7 @@ impl HttpState {
         flows: SharedTable,
         store: Option<StoreHandle>,
         token: Option<String>,
+        stats: HttpStats,
     ) -> Self {
         Self {
             registry,
@@ -78,8 +89,31 @@ impl HttpState {
             flows,
             store,
             token,
+            stats,
+            kernel_reads: Arc::new(Semaphore::new(1)),
         }
     }
+}
+
+/// Runs `read` (a read of the kernel maps: `/metrics`, a status snapshot)
+/// on a blocking thread, one at a time. The maps' lock is the main loop's
+/// too (it applies the policy and expires learned addresses under it, on a
+/// runtime thread), and every read waiting for the lock is one more turn
+/// ahead of it: a flood of scrapes kept the main loop waiting for all of
+/// them. Waiting here takes no thread and no lock, so the main loop waits
+/// for one read at most. The permit goes with the blocking read, so a
+/// client that hangs up does not let the next read start beside it.
+async fn read_kernel<T: Send + 'static>(
+    st: &HttpState,
+    read: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let permit = st.kernel_reads.clone().acquire_owned().await.ok()?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        read()
+    })
+    .await
+    .ok()
 }
 
 /// Compares in time that depends only on the lengths.
@@ -215,7 +249,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 async fn metrics_handler(State(st): State<Arc<HttpState>>) -> Response {
     let registry = st.registry.clone();
-    let body = tokio::task::spawn_blocking(move || metrics::render(&registry))
+    let body = read_kernel(&st, move || metrics::render(&registry))
         .await
         .unwrap_or_default();
     (
@@ -251,26 +285,24 @@ async fn dashboard() -> Response {
 
 async fn snapshot(st: &HttpState) -> Option<Status> {
     let f = st.status.clone();
-    tokio::task::spawn_blocking(move || f())
-        .await
-        .ok()
-        .flatten()
+    read_kernel(st, move || f()).await.flatten()
 }
 
 const NO_STATUS: &str =
     "cannot read the kernel state (are the programs attached and the pins readable?)";
 
 async fn api_status(State(st): State<Arc<HttpState>>) -> Response {
-    let f = st.status.clone();
-    let full = tokio::task::spawn_blocking(move || {
-        f().map(|mut s| {
+    // The processes' capabilities come from /proc, not the maps: read
+    // outside the one-at-a-time kernel read.
+    let full = match snapshot(&st).await {
+        Some(mut s) => tokio::task::spawn_blocking(move || {
             crate::status::add_bypass_capable(&mut s);
             s
         })
-    })
-    .await
-    .ok()
-    .flatten();
+        .await
+        .ok(),
+        None => None,
+    };
     match full {
         Some(s) => json(StatusCode::OK, &s),
         None => error(StatusCode::SERVICE_UNAVAILABLE, NO_STATUS),
@@ -384,9 +416,19 @@ pub fn router(state: HttpState) -> Router {
         .with_state(st)
 }
 
-/// Serves until the task is dropped.
+/// Serves until the task is dropped, within the default [`Limits`].
 pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) -> io::Result<()> {
-    axum::serve(listener, router(state)).await
+    serve_with(listener, state, Limits::default()).await
+}
+
+/// Serves until the task is dropped, within `limits`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    limits: Limits,
+) -> io::Result<()> {
+    let stats = state.stats.clone();
+    http_server::serve(listener, router(state), limits, stats).await
 }
 
 #[cfg(test)]
@@ -486,6 +528,8 @@ mod tests {
             flows: table,
             store,
             token: token.map(String::from),
+            stats: HttpStats::default(),
+            kernel_reads: Arc::new(Semaphore::new(1)),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod entries;
 pub mod events;
 pub mod flows;
 pub mod http;
+pub mod http_server;
 pub mod kernel_check;
 pub mod metrics;
 pub mod policed;

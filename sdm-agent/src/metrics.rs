@@ -17,6 +17,10 @@ use prometheus_client::{
 
 use crate::{
     dataplane::{Layout, Maps},
+    http_server::{
+        CloseReason, HttpStats, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, RESPONSE_TIMEOUT,
+        WRITE_STALL_TIMEOUT,
+    },
     status::{self, Status},
     store::StoreStats,
 };
@@ -218,6 +222,8 @@ pub struct AgentStats {
     pub policy_apply_errors: Arc<AtomicU64>,
     /// Flows the in-memory flow table dropped to stay within its capacity.
     pub flows_evicted: Arc<AtomicU64>,
+    /// The HTTP server's connections.
+    pub http: HttpStats,
 }
 
 /// The kernel's event counters (`EVENT_STAT_*`), summed over the CPUs;
@@ -313,8 +319,43 @@ impl Collector for AgentCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(self.stats.policy_apply_errors.load(Ordering::Relaxed)).encode(family)?;
-        Ok(())
+        encode_http(&self.stats.http, &mut encoder)
     }
+}
+
+/// The HTTP server's connection metrics.
+fn encode_http(http: &HttpStats, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let open = i64::try_from(http.open.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+    let family = encoder.encode_descriptor(
+        "sdm_http_connections",
+        &format!("Connections open to the agent's HTTP server ([http] listen), at most {MAX_CONNECTIONS}."),
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(open).encode(family)?;
+    let family = encoder.encode_descriptor(
+        "sdm_http_connections_refused",
+        &format!("Connections to the agent's HTTP server closed at once: it was at its cap of {MAX_CONNECTIONS} and every connection was busy answering a request."),
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(http.refused.load(Ordering::Relaxed)).encode(family)?;
+    let rows: Vec<_> = CloseReason::ALL
+        .iter()
+        .map(|r| (vec![("reason", r.name().to_string())], http.closed(*r)))
+        .collect();
+    counter_family(
+        encoder,
+        "sdm_http_connections_closed",
+        &format!(
+            "Connections the agent's HTTP server closed, by reason: evicted (at the cap of {MAX_CONNECTIONS}, the connection stalled longest made room for a new one), head_timeout (no complete request head within {}s), idle_timeout (kept alive without a request for {}s), write_timeout (the client took no byte of a response for {}s, or not all of it within {}s).",
+            HEAD_TIMEOUT.as_secs(),
+            IDLE_TIMEOUT.as_secs(),
+            WRITE_STALL_TIMEOUT.as_secs(),
+            RESPONSE_TIMEOUT.as_secs()
+        ),
+        &rows,
+    )
 }
 
 /// The kernel's metrics only.
@@ -328,7 +369,9 @@ pub fn registry(source: Source) -> Registry {
 /// `sdm_flows_stored`, `sdm_store_errors_total`,
 /// `sdm_store_dropped_flows_total`, `sdm_flow_store_evictions_total`,
 /// `sdm_flows_evicted_total`,
-/// `sdm_policy_apply_errors_total`).
+/// `sdm_policy_apply_errors_total`, `sdm_http_connections`,
+/// `sdm_http_connections_refused_total`,
+/// `sdm_http_connections_closed_total`).
 pub fn registry_with(source: Source, stats: AgentStats) -> Registry {
     let layout = source.layout.clone();
     let mut r = registry(source);
@@ -382,6 +425,9 @@ mod tests {
         stats.store.evictions.store(7, Ordering::Relaxed);
         stats.flows_evicted.store(5, Ordering::Relaxed);
         stats.policy_apply_errors.store(6, Ordering::Relaxed);
+        stats.http.open.store(2, Ordering::Relaxed);
+        stats.http.refused.store(8, Ordering::Relaxed);
+        stats.http.closed[1].store(9, Ordering::Relaxed);
         let layout = Layout {
             pin_root: "/nonexistent/sdm-test".into(),
             run_dir: "/nonexistent/sdm-run".into(),
@@ -412,6 +458,15 @@ mod tests {
             "sdm_policy_apply_errors_total 6",
             "# HELP sdm_events Deny events by what",
             "sdm_events_total{result=\"throttled\"} 0",
+            "# HELP sdm_http_connections Connections open",
+            "# TYPE sdm_http_connections gauge",
+            "sdm_http_connections 2",
+            "# HELP sdm_http_connections_refused Connections to the agent's HTTP server closed at once",
+            "sdm_http_connections_refused_total 8",
+            "# TYPE sdm_http_connections_closed counter",
+            "sdm_http_connections_closed_total{reason=\"head_timeout\"} 9",
+            "sdm_http_connections_closed_total{reason=\"evicted\"} 0",
+            "sdm_http_connections_closed_total{reason=\"write_timeout\"} 0",
         ] {
             assert!(text.contains(want), "{want:?} not in:\n{text}");
         }

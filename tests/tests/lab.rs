@@ -975,3 +975,52 @@ fn status_and_check_list_processes_that_can_bypass() {
     drop(holder);
     drop(child);
 }
+
+/// Trust model, the agent's side: a local process opening 300 connections
+/// to the agent's HTTP server and sending nothing. The running agent keeps
+/// at most its cap of 64 open (the oldest are closed), a scrape is served
+/// meanwhile, and the closures are in its metrics.
+#[test]
+fn a_flood_of_idle_connections_to_the_agent_leaves_scrapes_served() {
+    use std::io::Read as _;
+    const FLOOD: usize = 300;
+    const CAP: usize = 64;
+    let (lab, _config) = gateway_lab("audit", "");
+    let addr: SocketAddr = sdm_tests::lab::AGENT_LISTEN.parse().unwrap();
+    let mut flood = Vec::new();
+    {
+        let _in = lab.host.enter();
+        for _ in 0..FLOOD {
+            flood.push(
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                    .expect("connect to the agent"),
+            );
+        }
+    }
+    // The oldest are closed by the agent within seconds (its head timeout,
+    // 10 s, is not what closes them this early: see the eviction count).
+    for (i, c) in flood.iter_mut().take(FLOOD - CAP).enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("connection {i} of {FLOOD} not closed: {other:?}"),
+        }
+    }
+    let text = lab.metrics();
+    let evicted = metric(
+        &text,
+        "sdm_http_connections_closed_total",
+        &[("reason", "evicted")],
+    )
+    .unwrap_or_else(|| panic!("no evictions in:\n{text}"));
+    assert!(evicted >= (FLOOD - CAP) as f64, "{evicted}:\n{text}");
+    let open = metric(&text, "sdm_http_connections", &[]).expect("open connections");
+    assert!(open <= CAP as f64, "{open} open");
+    assert_eq!(
+        metric(&text, "sdm_http_connections_refused_total", &[]),
+        Some(0.0)
+    );
+    drop(flood);
+}
