@@ -715,13 +715,7 @@ fn add(map: &PerCpuArray<Counter>, index: u32, len: u32) {
 ///   no ingress rule opens;
 /// - TCP egress: not a SYN without ACK, which opens a connection.
 #[inline(always)]
-fn cache_serves(
-    ctx: &SkBuffContext,
-    flow: &Flow,
-    dir: u8,
-    cached: u8,
-    sk: *mut bpf_sock,
-) -> bool {
+fn cache_serves(ctx: &SkBuffContext, flow: &Flow, dir: u8, cached: u8, sk: *mut bpf_sock) -> bool {
     if cached == dir || flow.proto != PROTO_TCP {
         return true;
     }

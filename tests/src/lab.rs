@@ -1587,6 +1587,26 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// A listener with SO_REUSEPORT, so that a test may also connect *from*
+/// the served port (an allowed remote's service port as a source port: see
+/// `tcp-from` in lab-probe).
+fn reuseport_listener(addr: SocketAddr) -> TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+        .unwrap_or_else(|e| panic!("tcp socket for {addr}: {e}"));
+    sock.set_reuse_address(true)
+        .and_then(|()| sock.set_reuse_port(true))
+        .unwrap_or_else(|e| panic!("SO_REUSEPORT on {addr}: {e}"));
+    if addr.is_ipv6() {
+        // As std's listener: a wildcard IPv6 listener also takes IPv4.
+        let _ = sock.set_only_v6(false);
+    }
+    sock.bind(&addr.into())
+        .and_then(|()| sock.listen(128))
+        .unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+    sock.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1619,24 +1639,4 @@ mod tests {
         assert_eq!(metric(text, "sdm_up", &[]), Some(1.0));
         assert_eq!(metric(text, "sdm_rule", &[]), None);
     }
-}
-
-/// A listener with SO_REUSEPORT, so that a test may also connect *from*
-/// the served port (an allowed remote's service port as a source port: see
-/// `tcp-from` in lab-probe).
-fn reuseport_listener(addr: SocketAddr) -> TcpListener {
-    use socket2::{Domain, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)
-        .unwrap_or_else(|e| panic!("tcp socket for {addr}: {e}"));
-    sock.set_reuse_address(true)
-        .and_then(|()| sock.set_reuse_port(true))
-        .unwrap_or_else(|e| panic!("SO_REUSEPORT on {addr}: {e}"));
-    if addr.is_ipv6() {
-        // As std's listener: a wildcard IPv6 listener also takes IPv4.
-        let _ = sock.set_only_v6(false);
-    }
-    sock.bind(&addr.into())
-        .and_then(|()| sock.listen(128))
-        .unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
-    sock.into()
 }

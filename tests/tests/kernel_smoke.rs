@@ -248,7 +248,10 @@ fn smoke_lab() {
 /// Kernels that refuse listen() after connect() stop it themselves.
 fn connect_then_listen(lab: &Lab) -> &'static str {
     let app = sa(lab.net_ip(APP), 443);
-    let mut attacker = lab.spawn_probe(&["connect-then-listen", "6100", &app.to_string(), "5"], false);
+    let mut attacker = lab.spawn_probe(
+        &["connect-then-listen", "6100", &app.to_string(), "5"],
+        false,
+    );
     let ready = attacker.line(Duration::from_secs(5));
     assert_eq!(ready["connect"], "ok", "the allowed connect: {ready}");
     if ready["phase"] == "listen" && result(&ready) == "errno22" {

@@ -338,7 +338,8 @@ fn connect_then_listen(port: u16, remote: SocketAddr, secs: u64) -> Value {
     if let Err(e) = sock.bind(&SockAddr::from(any_addr(remote, port))) {
         return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()});
     }
-    let connected = match sock.connect_timeout(&SockAddr::from(remote), Duration::from_millis(1500)) {
+    let connected = match sock.connect_timeout(&SockAddr::from(remote), Duration::from_millis(1500))
+    {
         Ok(()) => "ok".to_string(),
         Err(e) => errname(&e),
     };
@@ -381,7 +382,9 @@ fn connect_then_listen(port: u16, remote: SocketAddr, secs: u64) -> Value {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(5))
             }
-            Err(e) => return json!({"result": errname(&e), "phase": "accept", "accepted": accepted}),
+            Err(e) => {
+                return json!({"result": errname(&e), "phase": "accept", "accepted": accepted})
+            }
         }
     }
     json!({"result": "done", "accepted": accepted, "connect": connected})
