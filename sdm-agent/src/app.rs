@@ -17,7 +17,7 @@ use sdm_common::{LOOPBACK_ENFORCE, LOOPBACK_PASS, MODE_AUDIT, MODE_ENFORCE};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    cgroup, compile,
+    backstop, cgroup, compile,
     config::{Config, FailMode, LoopbackMode, Mode},
     dataplane::{self, AttachOutcome, Layout, Maps},
     entries, events, flows, http, metrics,
@@ -457,6 +457,38 @@ fn preload_fixed_policy(
     Ok(ebpf)
 }
 
+/// Puts the backstop in the state the config asks for (see
+/// [`backstop::sync`]), loading the object if the programs were adopted
+/// without it, and records its interfaces.
+fn sync_backstop(
+    layout: &Layout,
+    cgroup: &Path,
+    object: &[u8],
+    ebpf: &mut Option<aya::Ebpf>,
+    ifaces: &[backstop::Interface],
+) -> Result<()> {
+    let previous = backstop::recorded(layout);
+    if ifaces.is_empty() && previous.is_empty() && !layout.link_pin(backstop::SOCKOPT_PIN).exists()
+    {
+        return Ok(());
+    }
+    if !ifaces.is_empty() && ebpf.is_none() {
+        *ebpf =
+            Some(dataplane::load(layout, object).context("load the programs for the backstop")?);
+    }
+    backstop::sync(layout, cgroup, ebpf.as_mut(), ifaces, &previous)
+        .context("set up the backstop")?;
+    let names = backstop::names(ifaces);
+    dataplane::AttachRecord::set_backstop(layout, names.clone())
+        .context("record the backstop's interfaces")?;
+    if !names.is_empty() {
+        tracing::info!(interfaces = ?names, "backstop: frames of the cgroup's packet sockets are judged at the egress of these interfaces");
+    } else {
+        tracing::info!(interfaces = ?previous, "backstop off: removed from these interfaces");
+    }
+    Ok(())
+}
+
 pub async fn run(
     layout: Layout,
     config_path: Option<PathBuf>,
@@ -467,6 +499,9 @@ pub async fn run(
         config.cgroup = Some(t);
     }
     let found = target_cgroup(&config, config_path.as_deref())?;
+    // Before touching the kernel: an interface the host lacks is a config
+    // error, like any other.
+    let backstop_ifaces = backstop::resolve(&config, config_path.as_deref())?;
     let _lock = lock_instance(&layout)?;
     for w in compile::lockout_warnings(&config, &policy) {
         tracing::warn!("{w}");
@@ -529,6 +564,7 @@ pub async fn run(
     if let Some(e) = ebpf.as_mut() {
         spawn_ebpf_logger(e);
     }
+    sync_backstop(&layout, &cgroup, object, &mut ebpf, &backstop_ifaces)?;
     let mut followed = Followed {
         // A pid target is followed by the path it resolved to: the process
         // may be gone after a restart, its service's cgroup comes back.
@@ -747,6 +783,11 @@ pub async fn run(
                                 }
                             }
                             followed.id = cgroup::cgroup_id(&path).unwrap_or(0);
+                            // The setsockopt link and the backstop's cgroup
+                            // follow the new cgroup too.
+                            if let Err(e) = sync_backstop(&layout, &path, object, &mut ebpf, &backstop_ifaces) {
+                                tracing::error!(cgroup = %path.display(), error = %format!("{e:#}"), "moving the backstop to the re-created target cgroup failed");
+                            }
                             followed.path = path;
                             followed.gone_since = None;
                             tracing::info!(cgroup = %followed.path.display(), gone_ms = was_gone.map(|d| d.as_millis() as u64), "the target cgroup was re-created; attached the programs to the new one");

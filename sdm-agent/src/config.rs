@@ -478,6 +478,47 @@ pub struct AuditConfig {
     pub log: Option<PathBuf>,
 }
 
+/// `[backstop]`: the interfaces whose egress a tc program watches for
+/// frames of the target cgroup's packet sockets (see README, Trust model).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BackstopConfig {
+    /// In the order written, duplicates refused. Empty: the backstop is off.
+    pub interfaces: Vec<BackstopInterface>,
+}
+
+/// One `[backstop] interfaces` entry and where it is written, so that an
+/// interface the host does not have is reported at its line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackstopInterface {
+    pub name: String,
+    #[serde(skip)]
+    pub line: usize,
+}
+
+/// Linux interface names: at most IFNAMSIZ - 1 bytes, no '/', ':' or
+/// whitespace, not "." or ".." (`dev_valid_name`,
+/// https://github.com/torvalds/linux/blob/v6.18/net/core/dev.c).
+pub fn valid_interface_name(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("empty interface name".into());
+    }
+    if s.len() > 15 {
+        return Err(format!(
+            "{s:?} is longer than an interface name can be (15 bytes)"
+        ));
+    }
+    if s == "." || s == ".." {
+        return Err(format!("{s:?} is not an interface name"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{s:?}: {c:?} cannot appear in an interface name"));
+    }
+    Ok(())
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -506,6 +547,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub state: StateConfig,
     pub audit: AuditConfig,
+    pub backstop: BackstopConfig,
 }
 
 impl Default for Config {
@@ -529,6 +571,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             state: StateConfig::default(),
             audit: AuditConfig::default(),
+            backstop: BackstopConfig::default(),
         }
     }
 }
@@ -643,6 +686,14 @@ max_bytes = "64MiB"
 # default, or appended to this file.
 # [audit]
 # log = "/var/log/sdm-agent/flows.jsonl"
+
+# Where the policed workload may hold CAP_NET_RAW: a tc program at the
+# egress of these interfaces judges the frames its packet sockets write
+# (below the IP layer, where the cgroup programs do not run) by the same
+# allowlist, and drops any that carry no IPv4 or IPv6. Empty: off, and no
+# per-packet cost. Interfaces not listed are not watched.
+# [backstop]
+# interfaces = ["eth0"]
 "#;
 
 impl Config {
@@ -858,6 +909,7 @@ struct RawConfig {
     http: Option<RawHttp>,
     state: Option<RawState>,
     audit: Option<RawAudit>,
+    backstop: Option<RawBackstop>,
 }
 
 #[derive(Deserialize)]
@@ -934,6 +986,12 @@ struct RawState {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     log: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackstop {
+    interfaces: Option<Spanned<OneOrMany>>,
 }
 
 /// A string, or an array of strings (each with its own span).
@@ -1833,6 +1891,27 @@ impl Ctx<'_> {
             }
         }
 
+        if let Some(v) = raw.backstop.as_ref().and_then(|b| b.interfaces.as_ref()) {
+            let here = Here::table("backstop");
+            for (name, span) in items(v) {
+                valid_interface_name(name)
+                    .map_err(|m| self.err(span.clone(), &here, "interfaces", m))?;
+                if cfg.backstop.interfaces.iter().any(|i| i.name == name) {
+                    return Err(self.err(
+                        span,
+                        &here,
+                        "interfaces",
+                        format!("{name:?} is listed twice"),
+                    ));
+                }
+                let (line, _) = line_col(self.src, span.start);
+                cfg.backstop.interfaces.push(BackstopInterface {
+                    name: name.to_owned(),
+                    line,
+                });
+            }
+        }
+
         Ok(cfg)
     }
 
@@ -2128,6 +2207,66 @@ mod tests {
         assert_eq!(
             c.audit.log.as_deref(),
             Some(Path::new("/var/log/sdm-agent/flows.jsonl"))
+        );
+        let names: Vec<&str> = c
+            .backstop
+            .interfaces
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        assert_eq!(names, ["eth0"]);
+    }
+
+    #[test]
+    fn backstop_interfaces_are_checked_names_with_their_lines() {
+        assert!(ok("").backstop.interfaces.is_empty());
+        assert!(ok("[backstop]\n").backstop.interfaces.is_empty());
+        let c = ok("[backstop]\ninterfaces = [\n  \"eth0\",\n  \"wg0\",\n]\n");
+        let got: Vec<(&str, usize)> = c
+            .backstop
+            .interfaces
+            .iter()
+            .map(|i| (i.name.as_str(), i.line))
+            .collect();
+        assert_eq!(got, [("eth0", 3), ("wg0", 4)]);
+        // A single name is a list of one, as for `role`.
+        assert_eq!(
+            ok("[backstop]\ninterfaces = \"ens5\"\n")
+                .backstop
+                .interfaces
+                .len(),
+            1
+        );
+
+        fails(
+            "[backstop]\ninterfaces = [\"eth0\",\n \"eth0\"]\n",
+            3,
+            "interfaces",
+            &["[backstop]", "\"eth0\" is listed twice"],
+        );
+        fails(
+            "[backstop]\ninterfaces = [\"a-very-long-interface\"]\n",
+            2,
+            "interfaces",
+            &["longer than an interface name"],
+        );
+        fails(
+            "[backstop]\ninterfaces = [\"eth0:1\"]\n",
+            2,
+            "interfaces",
+            &["':' cannot appear"],
+        );
+        fails(
+            "[backstop]\ninterfaces = [\"\"]\n",
+            2,
+            "interfaces",
+            &["empty"],
+        );
+        fails(
+            "[backstop]\ninterface = [\"eth0\"]\n",
+            2,
+            "interface",
+            &["unknown field"],
         );
     }
 

@@ -6,7 +6,9 @@
 //!   maps/<SDM_...>        every map, so enforcement, policy and counters
 //!                         outlive the agent
 //!   links/egress|ingress  the cgroup links; while they are pinned the
-//!                         programs stay attached
+//!                         programs stay attached (links/setsockopt only
+//!                         while the backstop is on; its tc filters are
+//!                         not pinned: see backstop.rs)
 //! and /run/sdm-agent/attach.json (see [`AttachRecord`]) says which cgroup
 //! they are attached to and which object they run.
 
@@ -97,6 +99,14 @@ pub enum DataplaneError {
     /// Not a `#[source]`: the message already says it all, once.
     #[error("{0}; nothing was written")]
     Capacity(crate::entries::Overflow),
+    #[error("backstop: {0}")]
+    Backstop(#[source] Box<crate::backstop::BackstopError>),
+}
+
+impl From<crate::backstop::BackstopError> for DataplaneError {
+    fn from(e: crate::backstop::BackstopError) -> Self {
+        DataplaneError::Backstop(Box::new(e))
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DataplaneError + 'a {
@@ -289,6 +299,11 @@ pub struct AttachRecord {
     pub cgroup_id: u64,
     pub object_hash: u64,
     pub pid: u32,
+    /// The interfaces the backstop's tc filter is on (empty: off). Kept
+    /// here because netlink filters cannot be pinned: a restart and
+    /// `detach` find them through this.
+    #[serde(default)]
+    pub backstop: Vec<String>,
 }
 
 impl AttachRecord {
@@ -296,6 +311,13 @@ impl AttachRecord {
         let text = fs::read_to_string(layout.attach_record()).ok()?;
         serde_json::from_str(&text).ok()
     }
+    /// Records the backstop's interfaces in the existing record.
+    pub fn set_backstop(layout: &Layout, names: Vec<String>) -> Result<(), DataplaneError> {
+        let mut r = Self::read(layout).unwrap_or_default();
+        r.backstop = names;
+        r.write(layout)
+    }
+
     fn write(&self, layout: &Layout) -> Result<(), DataplaneError> {
         fs::create_dir_all(&layout.run_dir).map_err(io_err("create", &layout.run_dir))?;
         let path = layout.attach_record();
@@ -317,7 +339,7 @@ pub fn object_hash(bytes: &[u8]) -> u64 {
 /// Detaches the bpf_link pinned at `pin` from its cgroup now
 /// (BPF_LINK_DETACH, Linux 5.9: `cgroup_bpf_link_detach` runs under the
 /// cgroup mutex before the call returns); the pin stays for the caller.
-fn detach_link_now(pin: &Path) -> io::Result<()> {
+pub(crate) fn detach_link_now(pin: &Path) -> io::Result<()> {
     use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
     let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -444,6 +466,9 @@ pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
         .ok_or_else(|| missing(PROG_DNS))?;
     let mut progs = ProgramArray::try_from(progs).map_err(map_err(MAP_DNS_PROGS))?;
     progs.set(0, &dns_fd, 0).map_err(map_err(MAP_DNS_PROGS))?;
+    // Loaded whether or not the config turns the backstop on, so that a
+    // kernel that refuses them fails the start like any other program.
+    crate::backstop::load_programs(&mut ebpf)?;
     // A config created just now is all zeros: audit mode, generation 0.
     let mut maps = Maps::open(layout)?;
     if maps.config()?.layout == 0 {
@@ -557,6 +582,8 @@ pub fn attach(
         cgroup_id,
         object_hash: hash,
         pid: std::process::id(),
+        // The backstop is the caller's to change (backstop::sync).
+        backstop: record.map(|r| r.backstop).unwrap_or_default(),
     }
     .write(layout)?;
     Ok((AttachOutcome::Attached { replaced }, owned))
@@ -566,6 +593,15 @@ pub fn attach(
 /// once no process holds them any more. Returns what was removed.
 pub fn detach(layout: &Layout) -> Result<Vec<PathBuf>, DataplaneError> {
     let mut removed = Vec::new();
+    // The backstop's tc filters, recorded by name: they are not pinned.
+    // Found in the network namespace this runs in (the agent's).
+    for name in AttachRecord::read(layout)
+        .map(|r| r.backstop)
+        .unwrap_or_default()
+    {
+        crate::backstop::detach_filter(&name)?;
+        removed.push(PathBuf::from(format!("tc egress filter on {name}")));
+    }
     // Links first, detached at once: unpinning alone drops the last
     // reference, and the kernel releases a link in a work item some time
     // later (bpf_link_put, kernel/bpf/syscall.c), so traffic right after

@@ -486,6 +486,7 @@ mod tests {
             learned: vec![],
             bypass_capable: vec![],
             flow_store_evictions: 0,
+            backstop: vec![],
             policy_error: None,
         }
     }

@@ -208,6 +208,7 @@ fn load(program: &mut Program) -> Result<(), ProgramError> {
         Program::CgroupSkb(p) => p.load(),
         Program::CgroupSock(p) => p.load(),
         Program::CgroupSockAddr(p) => p.load(),
+        Program::CgroupSockopt(p) => p.load(),
         Program::SchedClassifier(p) => p.load(),
         Program::Xdp(p) => p.load(),
         _ => Err(ProgramError::UnexpectedProgramType),

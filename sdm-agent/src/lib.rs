@@ -1,6 +1,7 @@
 //! sdm-agent: turns a StrongDM host role and a short config into the
 //! allowlist maps of the sdm-egress kernel programs, and keeps them current.
 pub mod app;
+pub mod backstop;
 pub mod caps;
 pub mod catalogue;
 pub mod cgroup;

@@ -259,6 +259,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if let Some(t) = cgroup {
                 cfg.cgroup = Some(t);
             }
+            // `[backstop] interfaces` must name interfaces of this host.
+            sdm_agent::backstop::resolve(&cfg, config.as_deref())?;
             let mut warnings = compile::lockout_warnings(&cfg, &policy);
             match app::target_cgroup(&cfg, config.as_deref())? {
                 // Not an error: `run` waits for a unit that has not started.
@@ -268,9 +270,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     if !bypass.is_empty() {
                         eprint!("{}", sdm_agent::caps::render(&bypass));
                         warnings.push(format!(
-                            "{} process(es) in {} hold CAP_NET_RAW or CAP_NET_ADMIN and can bypass the cgroup programs (listed above)",
+                            "{} process(es) in {} hold CAP_NET_RAW or CAP_NET_ADMIN and can bypass the cgroup programs (listed above){}",
                             bypass.len(),
-                            cg.display()
+                            cg.display(),
+                            if cfg.backstop.interfaces.is_empty() {
+                                "; set [backstop] interfaces to judge their packet sockets' frames"
+                            } else {
+                                ""
+                            }
                         ));
                     }
                 }

@@ -184,6 +184,10 @@ pub struct Status {
     /// max_bytes` (as of the agent's last state write).
     #[serde(default)]
     pub flow_store_evictions: u64,
+    /// The interfaces whose egress the backstop watches for frames of the
+    /// policed cgroup's packet sockets (empty: off).
+    #[serde(default)]
+    pub backstop: Vec<String>,
 }
 
 /// An address learned in the kernel from a DNS answer.
@@ -357,6 +361,10 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         .as_ref()
         .map(|s| s.pid)
         .or(record.as_ref().map(|r| r.pid));
+    let backstop = record
+        .as_ref()
+        .map(|r| r.backstop.clone())
+        .unwrap_or_default();
     let cgroup = record.map(|r| r.cgroup);
     Ok(Status {
         mode: mode_name(cfg.mode).into(),
@@ -381,6 +389,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         // Filled by `add_bypass_capable` where a person reads it: walking
         // /proc is not for every metrics scrape.
         bypass_capable: Vec::new(),
+        backstop,
     })
 }
 
@@ -404,6 +413,13 @@ pub fn render(s: &Status) -> String {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "unknown".into());
     let _ = writeln!(o, "cgroup:     {cg}");
+    if !s.backstop.is_empty() {
+        let _ = writeln!(
+            o,
+            "backstop:   {} (packet sockets' frames judged at tc egress)",
+            s.backstop.join(", ")
+        );
+    }
     let _ = writeln!(o, "pins:       {}", s.pin_root.display());
     let agent = match (s.agent_pid, s.agent_running) {
         (Some(p), true) => format!("running (pid {p})"),
@@ -514,6 +530,7 @@ mod tests {
             learned: vec![],
             bypass_capable: vec![],
             flow_store_evictions: 0,
+            backstop: vec![],
         }
     }
 

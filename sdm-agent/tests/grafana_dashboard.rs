@@ -89,6 +89,7 @@ fn sample_status() -> Status {
         }],
         bypass_capable: vec![],
         flow_store_evictions: 0,
+        backstop: vec![],
         policy_error: None,
     }
 }

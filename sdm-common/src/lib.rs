@@ -47,6 +47,12 @@ pub const MAP_RULE_NAMES: &str = "SDM_RULE_NAMES";
 /// Datagram peers: which sockets exchanged allowed UDP or ICMP echo
 /// traffic with which remotes, so that replies pass only where they belong.
 pub const MAP_PEERS: &str = "SDM_PEERS";
+/// The backstop (see `sdm-ebpf/src/backstop.rs`): one [`Backstop`].
+pub const MAP_BACKSTOP: &str = "SDM_BACKSTOP";
+/// The backstop's interfaces: ifindex -> [`BackstopIf`].
+pub const MAP_BACKSTOP_IFS: &str = "SDM_BACKSTOP_IF";
+/// The target cgroup, at index 0, for `bpf_skb_under_cgroup`.
+pub const MAP_BACKSTOP_CGROUP: &str = "SDM_BACKSTOP_CG";
 
 /// Program names, as the kernel sees them.
 pub const PROG_EGRESS: &str = "sdm_egress";
@@ -61,10 +67,17 @@ pub const PROG_SENDMSG6: &str = "sdm_sendmsg6";
 pub const PROG_DNS_IN: &str = "sdm_dns_in";
 /// The DNS answer parser: not attached, tail-called through `SDM_DNS_PROGS`.
 pub const PROG_DNS: &str = "sdm_dns";
+/// The backstop: a tc classifier at clsact egress of `[backstop] interfaces`.
+pub const PROG_BACKSTOP: &str = "sdm_backstop";
+/// Refuses `PACKET_QDISC_BYPASS` and AF_XDP set-up while the backstop is on.
+pub const PROG_SETSOCKOPT: &str = "sdm_setsockopt";
 
 /// Every map the kernel programs declare, for pinning.
-pub const KERNEL_MAPS: [&str; 27] = [
+pub const KERNEL_MAPS: [&str; 30] = [
     MAP_PEERS,
+    MAP_BACKSTOP,
+    MAP_BACKSTOP_IFS,
+    MAP_BACKSTOP_CGROUP,
     MAP_DNS_NAMES,
     MAP_DNS_RESOLVERS,
     MAP_DNS_PENDING,
@@ -423,13 +436,19 @@ pub const REASON_UNKNOWN_PROTO: u32 = 3;
 /// An IPv4 loose or strict source route option, or an IPv6 routing header
 /// with segments left: the packet names further hops than the one judged.
 pub const REASON_SOURCE_ROUTE: u32 = 4;
-pub const REASON_COUNT: u32 = 5;
+/// The backstop: a frame of a packet socket (or another non-IP socket) of
+/// the target cgroup that carries no IPv4 or IPv6 (ARP, VLAN-tagged, any
+/// other ethertype), or a `setsockopt` that would take such a socket past
+/// the backstop (`PACKET_QDISC_BYPASS`, AF_XDP).
+pub const REASON_PACKET_SOCKET: u32 = 5;
+pub const REASON_COUNT: u32 = 6;
 pub const REASON_NAMES: [&str; REASON_COUNT as usize] = [
     "no_rule",
     "malformed",
     "fragment",
     "unknown_protocol",
     "source_route",
+    "packet_socket",
 ];
 
 pub const DENY_STATS_ENTRIES: u32 = 2 * 2 * REASON_COUNT;
@@ -480,6 +499,31 @@ pub struct Config {
     /// knows whether it can adopt them as they are.
     pub object_hash: u64,
 }
+
+/// The single entry of `SDM_BACKSTOP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backstop {
+    /// Non-zero while `[backstop] interfaces` is not empty: the setsockopt
+    /// program then refuses what would take a packet socket past it.
+    pub on: u32,
+    pub _pad: u32,
+}
+
+/// Value of `SDM_BACKSTOP_IF`: how to find the network header of a frame
+/// on that interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackstopIf {
+    /// `BACKSTOP_LINK_*`.
+    pub link: u32,
+    pub _pad: u32,
+}
+
+/// An Ethernet header (14 bytes) comes before the network header.
+pub const BACKSTOP_LINK_ETHER: u32 = 1;
+/// Frames start at the network header (tun, WireGuard: ARPHRD_NONE).
+pub const BACKSTOP_LINK_RAW_IP: u32 = 2;
 
 /// Packet and byte counter, per CPU.
 #[repr(C)]
@@ -664,6 +708,8 @@ mod pod {
     unsafe impl aya::Pod for Learned {}
     unsafe impl aya::Pod for HostPortKey {}
     unsafe impl aya::Pod for EventBudget {}
+    unsafe impl aya::Pod for Backstop {}
+    unsafe impl aya::Pod for BackstopIf {}
     use super::*;
     // SAFETY: all of these are repr(C), made of integers and byte arrays,
     // with explicit padding fields, so every bit pattern is valid.

@@ -66,10 +66,11 @@ use aya_ebpf::{
     },
     macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, map},
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-    programs::{SkBuffContext, SockAddrContext, SockContext},
+    programs::{sk_buff::SkBuff, SkBuffContext, SockAddrContext, SockContext},
 };
 use aya_log_ebpf::info;
 
+mod backstop;
 mod dns;
 use sdm_common::{
     deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, DenyEvent,
@@ -966,33 +967,34 @@ fn is_reply(ctx: &SkBuffContext, flow: &Flow, dir: u8, sk: *mut bpf_sock) -> boo
     }
 }
 
-/// Reads `N` 32-bit words at `off` bytes into the packet (an IP header and
-/// what follows it): straight from the linear data when it is there, which
-/// costs no helper call, else through bpf_skb_load_bytes.
+/// Reads `N` 32-bit words at `off` bytes past the network header, which
+/// starts `B` bytes into the data (0 for cgroup_skb programs, the
+/// link-layer header's length for the backstop at tc): straight from the
+/// linear data when it is there, which costs no helper call, else through
+/// bpf_skb_load_bytes. `B` is a constant, so each caller's offsets stay
+/// constants for the verifier.
 ///
 /// Words, not bytes: an address read byte by byte becomes sixteen scalars
 /// that the compiler spills one by one around every helper call, which took
 /// the egress frame to 456 bytes, past the 512-byte combined stack that
 /// 5.10 and 6.1 allow once aya-log's subprogram frame is added.
 #[inline(always)]
-fn read_words<const N: usize>(ctx: &SkBuffContext, off: usize) -> Result<[u32; N], Unjudgeable> {
+fn read_words<const B: usize, const N: usize>(
+    skb: &SkBuff,
+    off: usize,
+) -> Result<[u32; N], Unjudgeable> {
     // SAFETY: reading the context's data pointers.
-    let (data, end) = unsafe {
-        (
-            (*ctx.skb.skb).data as usize,
-            (*ctx.skb.skb).data_end as usize,
-        )
-    };
-    if data + off + N * 4 <= end {
+    let (data, end) = unsafe { ((*skb.skb).data as usize, (*skb.skb).data_end as usize) };
+    if data + B + off + N * 4 <= end {
         // SAFETY: bounds checked against data_end just above. The load is a
         // plain word load (as `struct iphdr *` reads are in C): the kernel
         // allows packet loads at any alignment where the CPU has efficient
         // unaligned access (check_pkt_ptr_alignment, kernel/bpf/verifier.c),
         // as x86-64 and arm64 do; read_unaligned would compile to bytes.
         #[allow(clippy::cast_ptr_alignment)]
-        return Ok(unsafe { ptr::read((data + off) as *const [u32; N]) });
+        return Ok(unsafe { ptr::read((data + B + off) as *const [u32; N]) });
     }
-    read(ctx, off)
+    read_at::<B, _>(skb, off)
 }
 
 /// An address of `W` words as the bytes the maps are keyed on.
@@ -1013,24 +1015,36 @@ fn addr_bytes(words: &[u32], first: usize, count: usize) -> [u8; 16] {
 /// a range, and the helper also reaches non-linear data.
 #[inline(always)]
 fn read<T: Copy>(ctx: &SkBuffContext, off: usize) -> Result<T, Unjudgeable> {
-    ctx.load::<T>(off).map_err(|_| Unjudgeable::Malformed)
+    read_at::<0, T>(&ctx.skb, off)
+}
+
+/// [`read`] at `off` bytes past a network header `B` bytes into the data.
+#[inline(always)]
+fn read_at<const B: usize, T: Copy>(skb: &SkBuff, off: usize) -> Result<T, Unjudgeable> {
+    skb.load::<T>(B + off).map_err(|_| Unjudgeable::Malformed)
 }
 
 #[inline(always)]
 fn parse(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
+    parse_at::<0>(&ctx.skb, dir)
+}
+
+/// Parses the IP packet whose network header is `B` bytes into the data.
+#[inline(always)]
+fn parse_at<const B: usize>(skb: &SkBuff, dir: u8) -> Result<Flow, Unjudgeable> {
     // Every IPv4 or IPv6 packet holds at least 20 bytes of header. (A
     // one-byte read would compile to `data_end > data`, which the verifier
     // grants no range: find_good_pkt_pointers in kernel/bpf/verifier.c.)
-    let head: [u32; 5] = read_words(ctx, 0)?;
+    let head: [u32; 5] = read_words::<B, 5>(skb, 0)?;
     match head[0].to_ne_bytes()[0] >> 4 {
-        4 => parse_v4(ctx, dir, &head),
-        6 => parse_v6(ctx, dir),
+        4 => parse_v4::<B>(skb, dir, &head),
+        6 => parse_v6::<B>(skb, dir),
         _ => Err(Unjudgeable::Malformed),
     }
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &SkBuffContext, dir: u8, hdr: &[u32; 5]) -> Result<Flow, Unjudgeable> {
+fn parse_v4<const B: usize>(skb: &SkBuff, dir: u8, hdr: &[u32; 5]) -> Result<Flow, Unjudgeable> {
     let first = hdr[0].to_ne_bytes();
     let ihl = usize::from(first[0] & 0x0f);
     if ihl < 5 {
@@ -1047,10 +1061,10 @@ fn parse_v4(ctx: &SkBuffContext, dir: u8, hdr: &[u32; 5]) -> Result<Flow, Unjudg
     let remote = addr_bytes(hdr, at, 1);
     let local = addr_bytes(hdr, lat, 1);
     if ihl > 5 {
-        refuse_source_route_v4(ctx, ihl * 4)?;
+        refuse_source_route_v4::<B>(skb, ihl * 4)?;
     }
     // Other IPv4 options are skipped by the header length.
-    transport(ctx, dir, false, proto, ihl * 4, remote, local)
+    transport::<B>(skb, dir, false, proto, ihl * 4, remote, local)
 }
 
 /// IPv4 options: loose (131) or strict (137) source route (RFC 791 3.1).
@@ -1068,14 +1082,14 @@ const IPV4_MAX_OPTIONS: usize = 4;
 /// malformed option list is malformed. Only packets with options pay for
 /// this (one load per option).
 #[inline(always)]
-fn refuse_source_route_v4(ctx: &SkBuffContext, hdr_len: usize) -> Result<(), Unjudgeable> {
+fn refuse_source_route_v4<const B: usize>(skb: &SkBuff, hdr_len: usize) -> Result<(), Unjudgeable> {
     let mut pos = 20;
     let mut n = 0;
     while n < IPV4_MAX_OPTIONS {
         if pos >= hdr_len {
             return Ok(());
         }
-        let kind: [u8; 1] = read(ctx, pos)?;
+        let kind: [u8; 1] = read_at::<B, _>(skb, pos)?;
         match kind[0] {
             // End of the option list.
             0 => return Ok(()),
@@ -1083,7 +1097,7 @@ fn refuse_source_route_v4(ctx: &SkBuffContext, hdr_len: usize) -> Result<(), Unj
             1 => pos += 1,
             IPOPT_LSRR | IPOPT_SSRR => return Err(Unjudgeable::SourceRoute),
             _ => {
-                let len: [u8; 1] = read(ctx, pos + 1)?;
+                let len: [u8; 1] = read_at::<B, _>(skb, pos + 1)?;
                 if len[0] < 2 {
                     return Err(Unjudgeable::Malformed);
                 }
@@ -1100,8 +1114,8 @@ fn refuse_source_route_v4(ctx: &SkBuffContext, hdr_len: usize) -> Result<(), Unj
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
-    let hdr: [u32; 10] = read_words(ctx, 0)?;
+fn parse_v6<const B: usize>(skb: &SkBuff, dir: u8) -> Result<Flow, Unjudgeable> {
+    let hdr: [u32; 10] = read_words::<B, 10>(skb, 0)?;
     let mut next = hdr[1].to_ne_bytes()[2];
     // Source is words 2-5, destination words 6-9.
     let (at, lat) = if dir == DIR_EGRESS { (6, 2) } else { (2, 6) };
@@ -1116,7 +1130,7 @@ fn parse_v6(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
             // header with segments left sends the packet on past the
             // address judged here.
             0 | 43 | 60 => {
-                let ext: [u8; 4] = read(ctx, off)?;
+                let ext: [u8; 4] = read_at::<B, _>(skb, off)?;
                 if next == 43 && ext[3] != 0 {
                     return Err(Unjudgeable::SourceRoute);
                 }
@@ -1125,7 +1139,7 @@ fn parse_v6(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
             }
             // Fragment header (RFC 8200 4.5).
             44 => {
-                let ext: [u8; 4] = read(ctx, off)?;
+                let ext: [u8; 4] = read_at::<B, _>(skb, off)?;
                 if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
                     return Err(Unjudgeable::Fragment);
                 }
@@ -1134,7 +1148,7 @@ fn parse_v6(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
             }
             // Authentication header: length in 4-octet units minus 2 (RFC 4302).
             51 => {
-                let ext: [u8; 2] = read(ctx, off)?;
+                let ext: [u8; 2] = read_at::<B, _>(skb, off)?;
                 next = ext[0];
                 off += (usize::from(ext[1]) + 2) * 4;
             }
@@ -1142,12 +1156,12 @@ fn parse_v6(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
         }
         n += 1;
     }
-    transport(ctx, dir, true, next, off, remote, local)
+    transport::<B>(skb, dir, true, next, off, remote, local)
 }
 
 #[inline(always)]
-fn transport(
-    ctx: &SkBuffContext,
+fn transport<const B: usize>(
+    skb: &SkBuff,
     dir: u8,
     v6: bool,
     proto: u8,
@@ -1168,7 +1182,7 @@ fn transport(
     }
     // The first four bytes of the transport header: ports, or ICMP type,
     // code and checksum (an ICMP header is 8 bytes, so they are there).
-    let l4 = first_l4_bytes(ctx, off)?;
+    let l4 = first_l4_bytes::<B>(skb, off)?;
     let (src, dst) = if icmp {
         (u16::from(l4[0]), u16::from(l4[0]))
     } else {
@@ -1198,16 +1212,16 @@ fn transport(
 /// access covers, so a plain TCP or UDP packet is parsed without any helper
 /// call.
 #[inline(always)]
-fn first_l4_bytes(ctx: &SkBuffContext, off: usize) -> Result<[u8; 4], Unjudgeable> {
+fn first_l4_bytes<const B: usize>(skb: &SkBuff, off: usize) -> Result<[u8; 4], Unjudgeable> {
     if off == 20 {
-        let w: [u32; 1] = read_words(ctx, 20)?;
+        let w: [u32; 1] = read_words::<B, 1>(skb, 20)?;
         return Ok(w[0].to_ne_bytes());
     }
     if off == 40 {
-        let w: [u32; 1] = read_words(ctx, 40)?;
+        let w: [u32; 1] = read_words::<B, 1>(skb, 40)?;
         return Ok(w[0].to_ne_bytes());
     }
-    read(ctx, off)
+    read_at::<B, _>(skb, off)
 }
 
 #[cfg(not(test))]

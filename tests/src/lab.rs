@@ -1150,6 +1150,14 @@ impl Lab {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"))
     }
 
+    /// `sdm-agent <args>` run to completion in the lab's host namespace
+    /// (commands that look at its interfaces: `check`, `detach`).
+    pub fn agent_cmd_in_host(&self, args: &[&str]) -> Output {
+        self.agent_in_host(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", self.agent_bin.display()))
+    }
+
     /// `sdm-agent --pin-root .. --run-dir .. <args>`, to be started in the
     /// lab's host namespace. Only the network namespace is entered (`ip
     /// netns exec` would also remount /sys and hide bpffs and cgroup2).
