@@ -416,9 +416,11 @@ fn write_dns_learning(
     resolvers: &[std::net::IpAddr],
     config: &Config,
 ) -> Result<usize> {
+    let names = entries::dns_names_and_search(policy, &config.dns.search);
     let dns_writes = m
-        .apply_dns(&entries::dns_names(policy), resolvers)
+        .apply_dns(&names, resolvers)
         .context("write the DNS learning maps")?;
+    m.set_dns_queries(config.dns.queries == crate::config::DnsQueries::Policy);
     // Whole seconds, rounded up and at least one: a 0-TTL answer must
     // still let the connect right after it through.
     let floor = config.dns.ttl_min.as_secs() + u64::from(config.dns.ttl_min.subsec_nanos() > 0);

@@ -165,6 +165,18 @@ pub enum FailMode {
 }
 named_enum!(FailMode, "fail mode", { Closed => "closed", Open => "open" });
 
+/// `[dns] queries`: which DNS queries may reach the trusted resolvers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsQueries {
+    /// Any name (the resolvers are reachable, their questions unjudged).
+    Any,
+    /// Only the policy's hostnames (wildcards included) and names under
+    /// `[dns] search`: the kernel reads each query's question.
+    Policy,
+}
+named_enum!(DnsQueries, "dns queries", { Any => "any", Policy => "policy" });
+
 /// One of the control-plane names of [`ControlPlaneHosts`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -414,6 +426,12 @@ pub struct DnsConfig {
     /// How long an address that left a name's answer set stays allowed.
     #[serde(serialize_with = "serialize_duration")]
     pub grace: Duration,
+    /// Which queries reach the resolvers.
+    pub queries: DnsQueries,
+    /// Suffixes whose names may be queried under `queries = "policy"`
+    /// (normalised, without a leading dot): what `/etc/resolv.conf`'s
+    /// `search` makes a resolver library append.
+    pub search: Vec<String>,
 }
 
 impl Default for DnsConfig {
@@ -424,6 +442,8 @@ impl Default for DnsConfig {
             ttl_min: DEFAULT_TTL_MIN,
             ttl_max: DEFAULT_TTL_MAX,
             grace: DEFAULT_GRACE,
+            queries: DnsQueries::Any,
+            search: Vec::new(),
         }
     }
 }
@@ -965,6 +985,8 @@ struct RawDns {
     ttl_min: Option<Spanned<DurationValue>>,
     ttl_max: Option<Spanned<DurationValue>>,
     grace: Option<Spanned<DurationValue>>,
+    queries: Option<Spanned<String>>,
+    search: Option<Spanned<OneOrMany>>,
 }
 
 #[derive(Deserialize)]
@@ -1783,6 +1805,22 @@ impl Ctx<'_> {
             cfg.dns.ttl_max =
                 self.duration(d.ttl_max.as_ref(), DEFAULT_TTL_MAX, &here, "ttl_max")?;
             cfg.dns.grace = self.duration(d.grace.as_ref(), DEFAULT_GRACE, &here, "grace")?;
+            if let Some(v) = &d.queries {
+                cfg.dns.queries = self.named(v, &here, "queries")?;
+            }
+            if let Some(v) = &d.search {
+                for (s, span) in items(v) {
+                    // A suffix lets every name under it be queried: as wide
+                    // as the wildcard `*.suffix`, and refused as it is.
+                    let wildcard = format!("*.{}", s.trim_start_matches('.'));
+                    let name = normalize_hostname(&wildcard, true)
+                        .map_err(|e| self.err(span, &here, "search", e))?;
+                    let suffix = name.trim_start_matches("*.").to_string();
+                    if !cfg.dns.search.contains(&suffix) {
+                        cfg.dns.search.push(suffix);
+                    }
+                }
+            }
             if cfg.dns.ttl_min.is_zero() {
                 let span = d.ttl_min.as_ref().map_or(0..0, |v| v.span());
                 return Err(self.err(span, &here, "ttl_min", "must be greater than zero"));

@@ -30,6 +30,7 @@ pub enum ConfigField {
     Layout,
     LearnTtlMin,
     LoopbackDns,
+    DnsQueries,
 }
 
 /// The shared mapping of the config entry; unmapped on drop.
@@ -85,6 +86,7 @@ impl ConfigMapping {
                 ConfigField::Layout => ptr::addr_of_mut!((*c).layout),
                 ConfigField::LearnTtlMin => ptr::addr_of_mut!((*c).learn_ttl_min_s),
                 ConfigField::LoopbackDns => ptr::addr_of_mut!((*c).loopback_dns),
+                ConfigField::DnsQueries => ptr::addr_of_mut!((*c).dns_queries),
             };
             AtomicU32::from_ptr(p)
         }

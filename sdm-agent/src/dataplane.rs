@@ -33,11 +33,12 @@ use aya::{
 use sdm_common::{
     deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, DnsHost,
     HostPortKey, Key4, Key6, Learned, ResolverKey, RuleName, RuleRef, RuleState, DIR_EGRESS,
-    DIR_INGRESS, DNS_RESULT_COUNT, KERNEL_MAPS, LAYOUT_VERSION, MAP_CIDR4, MAP_CIDR6, MAP_CONFIG,
-    MAP_DENY_STATS, MAP_DNS_NAMES, MAP_DNS_PROGS, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4,
-    MAP_EXACT6, MAP_HOST_PORTS, MAP_LEARNED4, MAP_LEARNED6, MAP_RULES, MAP_RULE_NAMES,
-    MAP_RULE_STATS, MAP_SOCK_STATE, MAX_RULES, PROG_CONNECT4, PROG_CONNECT6, PROG_DNS, PROG_DNS_IN,
-    PROG_EGRESS, PROG_INGRESS, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, REASON_COUNT,
+    DIR_INGRESS, DNSQ_COUNT, DNS_RESULT_COUNT, KERNEL_MAPS, LAYOUT_VERSION, MAP_CIDR4, MAP_CIDR6,
+    MAP_CONFIG, MAP_DENY_STATS, MAP_DNSQ_PROGS, MAP_DNSQ_STATS, MAP_DNS_NAMES, MAP_DNS_PROGS,
+    MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4, MAP_EXACT6, MAP_HOST_PORTS, MAP_LEARNED4,
+    MAP_LEARNED6, MAP_RULES, MAP_RULE_NAMES, MAP_RULE_STATS, MAP_SOCK_STATE, MAX_RULES,
+    PROG_CONNECT4, PROG_CONNECT6, PROG_DNS, PROG_DNS_IN, PROG_DNS_QUERY, PROG_EGRESS, PROG_INGRESS,
+    PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, REASON_COUNT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -444,28 +445,11 @@ pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
     for a in &ATTACHMENTS {
         load_program(&mut ebpf, a)?;
     }
-    // The DNS answer parser is not attached: the ingress program tail-calls
-    // it through the pinned program array (whose entries live as long as
-    // its pin).
-    let dns = ebpf
-        .program_mut(PROG_DNS)
-        .ok_or_else(|| missing(PROG_DNS))?;
-    let dns = <&mut CgroupSkb>::try_from(dns).map_err(prog_err(PROG_DNS))?;
-    dns.load().map_err(prog_err(PROG_DNS))?;
-    let dns_fd = dns
-        .fd()
-        .map_err(prog_err(PROG_DNS))?
-        .try_clone()
-        .map_err(|e| DataplaneError::Io {
-            op: "dup the fd of",
-            path: PROG_DNS.into(),
-            source: e,
-        })?;
-    let progs = ebpf
-        .map_mut(MAP_DNS_PROGS)
-        .ok_or_else(|| missing(PROG_DNS))?;
-    let mut progs = ProgramArray::try_from(progs).map_err(map_err(MAP_DNS_PROGS))?;
-    progs.set(0, &dns_fd, 0).map_err(map_err(MAP_DNS_PROGS))?;
+    // The DNS answer parser and query judge are not attached: the ingress
+    // and egress programs tail-call them through the pinned program arrays
+    // (whose entries live as long as their pins).
+    load_tail_call(&mut ebpf, PROG_DNS, MAP_DNS_PROGS)?;
+    load_tail_call(&mut ebpf, PROG_DNS_QUERY, MAP_DNSQ_PROGS)?;
     // Loaded whether or not the config turns the backstop on, so that a
     // kernel that refuses them fails the start like any other program.
     crate::backstop::load_programs(&mut ebpf)?;
@@ -475,6 +459,30 @@ pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
         maps.set_config_field(ConfigField::Layout, LAYOUT_VERSION);
     }
     Ok(ebpf)
+}
+
+/// Loads the cgroup_skb program `prog` and puts it at index 0 of the
+/// program array `map`, from which another program tail-calls it.
+fn load_tail_call(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    map: &'static str,
+) -> Result<(), DataplaneError> {
+    let p = ebpf.program_mut(prog).ok_or_else(|| missing(prog))?;
+    let p = <&mut CgroupSkb>::try_from(p).map_err(prog_err(prog))?;
+    p.load().map_err(prog_err(prog))?;
+    let fd = p
+        .fd()
+        .map_err(prog_err(prog))?
+        .try_clone()
+        .map_err(|e| DataplaneError::Io {
+            op: "dup the fd of",
+            path: prog.into(),
+            source: e,
+        })?;
+    let progs = ebpf.map_mut(map).ok_or_else(|| missing(map))?;
+    let mut progs = ProgramArray::try_from(progs).map_err(map_err(map))?;
+    progs.set(0, &fd, 0).map_err(map_err(map))
 }
 
 fn check_layout(layout: &Layout) -> Result<(), DataplaneError> {
@@ -673,6 +681,7 @@ pub struct Maps {
     dns_names: HashMap<MapData, u64, DnsHost>,
     dns_resolvers: HashMap<MapData, ResolverKey, u32>,
     dns_stats: PerCpuArray<MapData, u64>,
+    dnsq_stats: PerCpuArray<MapData, u64>,
     learned4: HashMap<MapData, [u8; 4], Learned>,
     learned6: HashMap<MapData, [u8; 16], Learned>,
     /// What each slot holds, once read or written by us.
@@ -741,6 +750,7 @@ impl Maps {
             dns_names: typed!(layout, MAP_DNS_NAMES),
             dns_resolvers: typed!(layout, MAP_DNS_RESOLVERS),
             dns_stats: typed!(layout, MAP_DNS_STATS),
+            dnsq_stats: typed!(layout, MAP_DNSQ_STATS),
             learned4: typed!(layout, MAP_LEARNED4),
             learned6: typed!(layout, MAP_LEARNED6),
             shadow: [None, None],
@@ -782,6 +792,16 @@ impl Maps {
     pub fn set_loopback_dns(&mut self, on: bool) -> Result<(), DataplaneError> {
         self.set_config_field(ConfigField::LoopbackDns, u32::from(on));
         Ok(())
+    }
+
+    /// `[dns] queries = "policy"` on or off (see `Config::dns_queries`).
+    pub fn set_dns_queries(&mut self, policy: bool) {
+        let v = if policy {
+            sdm_common::DNS_QUERIES_POLICY
+        } else {
+            sdm_common::DNS_QUERIES_ANY
+        };
+        self.set_config_field(ConfigField::DnsQueries, v);
     }
 
     /// Verdict tracing through aya-log on or off.
@@ -841,6 +861,20 @@ impl Maps {
                 .dns_stats
                 .get(&(i as u32), 0)
                 .map_err(map_err(MAP_DNS_STATS))?;
+            *slot = v.iter().fold(0u64, |a, b| a.saturating_add(*b));
+        }
+        Ok(out)
+    }
+
+    /// Queries judged under `[dns] queries = "policy"`, by `DNSQ_*`,
+    /// summed over CPUs.
+    pub fn dns_query_stats(&self) -> Result<[u64; DNSQ_COUNT as usize], DataplaneError> {
+        let mut out = [0; DNSQ_COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let v = self
+                .dnsq_stats
+                .get(&(i as u32), 0)
+                .map_err(map_err(MAP_DNSQ_STATS))?;
             *slot = v.iter().fold(0u64, |a, b| a.saturating_add(*b));
         }
         Ok(out)

@@ -230,6 +230,28 @@ pub fn dns_names(policy: &Policy) -> BTreeMap<u64, DnsHost> {
         .collect()
 }
 
+/// [`dns_names`] and the `[dns] search` suffixes, as query-only wildcards
+/// (`DNS_HOST_QUERY_ONLY`: `[dns] queries = "policy"` lets their names be
+/// asked, nothing is learned from the answers). A policy name with the same
+/// key keeps its own entry.
+pub fn dns_names_and_search(policy: &Policy, search: &[String]) -> BTreeMap<u64, DnsHost> {
+    let mut names = dns_names(policy);
+    for suffix in search {
+        let wildcard = format!("*.{suffix}");
+        let (Some((key, _)), Some((name, len))) =
+            (dns_name_key(&wildcard), dns_wire_name(&wildcard))
+        else {
+            continue;
+        };
+        names.entry(key).or_insert(DnsHost {
+            host: sdm_common::DNS_HOST_QUERY_ONLY,
+            len,
+            name,
+        });
+    }
+    names
+}
+
 fn add_net(out: &mut Entries, rule: &Rule, id: u32, net: IpNet) {
     let net = net.trunc();
     let mut dirs = vec![dir_code(rule.direction)];

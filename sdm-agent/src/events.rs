@@ -39,6 +39,8 @@ pub struct Event {
     /// folds floods into one event a second per flow).
     pub packets: u64,
     pub len: u32,
+    /// Reason `dns_query`: the name the refused query asked for.
+    pub qname: Option<String>,
 }
 
 fn addr(bytes: &[u8; 16], v6: bool) -> IpAddr {
@@ -85,8 +87,40 @@ impl Event {
             comm: String::from_utf8_lossy(&e.comm[..len]).into_owned(),
             packets: e.packets,
             len: e.len,
+            // Only a query's refusal carries a name (the kernel leaves the
+            // field unwritten, past its first byte, in other events).
+            qname: (e.reason == sdm_common::REASON_DNS_QUERY)
+                .then(|| wire_name(&e.qname))
+                .flatten(),
         }
     }
+}
+
+/// A question name in wire form (length-prefixed labels ending in a zero
+/// byte) as text; `None` when empty or malformed. Bytes outside printable
+/// ASCII are shown escaped (`\xNN`): the name comes from the workload.
+pub fn wire_name(wire: &[u8]) -> Option<String> {
+    let mut out = String::new();
+    let mut i = 0;
+    loop {
+        let n = usize::from(*wire.get(i)?);
+        if n == 0 {
+            break;
+        }
+        let label = wire.get(i + 1..i + 1 + n)?;
+        if !out.is_empty() {
+            out.push('.');
+        }
+        for b in label {
+            if b.is_ascii_graphic() && *b != b'.' && *b != b'\\' {
+                out.push(char::from(*b));
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+        i += 1 + n;
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// Decodes one ring buffer record.
@@ -174,6 +208,18 @@ pub async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn question_names_decode_from_wire_form_and_hostile_bytes_are_escaped() {
+        assert_eq!(
+            wire_name(b"\x03www\x07example\x03com\x00").as_deref(),
+            Some("www.example.com")
+        );
+        assert_eq!(wire_name(b"\x04a.b\n\x00").as_deref(), Some("a\\x2eb\\x0a"));
+        assert_eq!(wire_name(b"\x00"), None);
+        assert_eq!(wire_name(b"\x05ab"), None, "a label past the end");
+        assert_eq!(wire_name(&[0u8; 256]), None);
+    }
 
     #[test]
     fn decodes_a_raw_event() {

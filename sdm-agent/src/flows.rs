@@ -584,7 +584,15 @@ impl Pipeline {
         }
         let observed: Vec<Flow> = events
             .iter()
-            .map(|e| Flow::from_event(e, hostname_of(&self.hostnames, e.remote)))
+            .map(|e| {
+                // A refused DNS query: the name it asked for, not the
+                // resolver's own name.
+                let name = e
+                    .qname
+                    .clone()
+                    .or_else(|| hostname_of(&self.hostnames, e.remote));
+                Flow::from_event(e, name)
+            })
             .collect();
         let (fresh, evicted, cap): (Vec<bool>, u64, usize) = match self.table.lock() {
             Ok(mut t) => {
@@ -1018,6 +1026,7 @@ mod tests {
             comm: comm.into(),
             packets: 2,
             len: 60,
+            qname: None,
         }
     }
 

@@ -483,6 +483,8 @@ mod tests {
             }],
             dns: vec![],
             dns_answers: Default::default(),
+            dns_queries_mode: "any".into(),
+            dns_queries: Default::default(),
             learned: vec![],
             bypass_capable: vec![],
             flow_store_evictions: 0,

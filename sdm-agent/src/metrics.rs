@@ -185,6 +185,17 @@ fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::
         "DNS answers from trusted resolvers handled by the kernel's parser, by result: learned (addresses allowed before the answer reached the application), not_allowed (a name no rule names), unasked (no matching query), malformed, error_rcode, no_address, truncated, not_resolver (port 53 traffic from a server that is not a trusted resolver).",
         &answers,
     )?;
+    let queries: Vec<_> = s
+        .dns_queries
+        .iter()
+        .map(|(verdict, n)| (vec![("verdict", verdict.clone())], *n))
+        .collect();
+    counter_family(
+        &mut encoder,
+        "sdm_dns_queries",
+        "DNS queries to the trusted resolvers judged by the kernel under [dns] queries = \"policy\", by verdict: allowed (a policy hostname or a name under [dns] search), refused (dropped, the send failed with EPERM), would_refuse (audit mode: counted, passed).",
+        &queries,
+    )?;
     let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
     for l in &s.learned {
         *per_host

@@ -173,6 +173,13 @@ pub struct Status {
     /// (`sdm_common::DNS_RESULT_NAMES`).
     #[serde(default)]
     pub dns_answers: BTreeMap<String, u64>,
+    /// `[dns] queries`: "any" or "policy".
+    #[serde(default)]
+    pub dns_queries_mode: String,
+    /// Queries to the trusted resolvers judged by the kernel under
+    /// `[dns] queries = "policy"`, by verdict (`sdm_common::DNSQ_NAMES`).
+    #[serde(default)]
+    pub dns_queries: BTreeMap<String, u64>,
     /// Addresses the kernel learned from DNS answers and still allows.
     #[serde(default)]
     pub learned: Vec<LearnedStatus>,
@@ -323,6 +330,18 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
             }
         }
     }
+    let dns_queries = maps
+        .dns_query_stats()?
+        .iter()
+        .zip(sdm_common::DNSQ_NAMES)
+        .map(|(n, name)| (name.to_string(), *n))
+        .collect();
+    let dns_queries_mode = if cfg.dns_queries == sdm_common::DNS_QUERIES_POLICY {
+        "policy"
+    } else {
+        "any"
+    }
+    .to_string();
     let dns_answers = maps
         .dns_stats()?
         .iter()
@@ -385,6 +404,8 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         flow_store_evictions: state.as_ref().map_or(0, |s| s.flow_store_evictions),
         dns: state.map(|s| s.dns).unwrap_or_default(),
         dns_answers,
+        dns_queries_mode,
+        dns_queries,
         learned,
         // Filled by `add_bypass_capable` where a person reads it: walking
         // /proc is not for every metrics scrape.
@@ -418,6 +439,16 @@ pub fn render(s: &Status) -> String {
             o,
             "backstop:   {} (packet sockets' frames judged at tc egress)",
             s.backstop.join(", ")
+        );
+    }
+    if s.dns_queries_mode == "policy" {
+        let n = |k: &str| s.dns_queries.get(k).copied().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "dns queries: policy names only ({} allowed, {} refused, {} would be refused in audit)",
+            n("allowed"),
+            n("refused"),
+            n("would_refuse")
         );
     }
     let _ = writeln!(o, "pins:       {}", s.pin_root.display());
@@ -527,6 +558,8 @@ mod tests {
             dns: vec![],
             policy_error: None,
             dns_answers: Default::default(),
+            dns_queries_mode: "any".into(),
+            dns_queries: Default::default(),
             learned: vec![],
             bypass_capable: vec![],
             flow_store_evictions: 0,

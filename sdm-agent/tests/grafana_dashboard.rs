@@ -82,6 +82,10 @@ fn sample_status() -> Status {
         dns_answers: [("learned".to_string(), 3), ("unasked".to_string(), 1)]
             .into_iter()
             .collect(),
+        dns_queries_mode: "policy".into(),
+        dns_queries: [("allowed".to_string(), 5), ("refused".to_string(), 2)]
+            .into_iter()
+            .collect(),
         learned: vec![LearnedStatus {
             address: "192.0.2.11".parse().unwrap(),
             hostname: Some("app.strongdm.com".into()),

@@ -36,6 +36,14 @@ pub const MAP_DNS_SCRATCH: &str = "SDM_DNS_SCRATCH";
 pub const MAP_DNS_STATS: &str = "SDM_DNS_STATS";
 /// The DNS answer parser, tail-called from the ingress program.
 pub const MAP_DNS_PROGS: &str = "SDM_DNS_PROGS";
+/// `[dns] queries = "policy"`: per-CPU state of the query judge (a
+/// [`DnsScratch`] of its own: egress programs may interrupt each other on
+/// one CPU, the answer parser's softirq may interrupt both).
+pub const MAP_DNSQ_SCRATCH: &str = "SDM_DNSQ_SCRATCH";
+/// Per-CPU query verdict counters, indexed by `DNSQ_*`.
+pub const MAP_DNSQ_STATS: &str = "SDM_DNSQ_STATS";
+/// The query judge, tail-called from the egress program.
+pub const MAP_DNSQ_PROGS: &str = "SDM_DNSQ_PROGS";
 /// Addresses learned from answers: address -> [`Learned`].
 pub const MAP_LEARNED4: &str = "SDM_LEARNED4";
 pub const MAP_LEARNED6: &str = "SDM_LEARNED6";
@@ -71,13 +79,19 @@ pub const PROG_DNS: &str = "sdm_dns";
 pub const PROG_BACKSTOP: &str = "sdm_backstop";
 /// Refuses `PACKET_QDISC_BYPASS` and AF_XDP set-up while the backstop is on.
 pub const PROG_SETSOCKOPT: &str = "sdm_setsockopt";
+/// The DNS query judge (`[dns] queries = "policy"`): not attached,
+/// tail-called from `sdm_egress` through `SDM_DNSQ_PROGS`.
+pub const PROG_DNS_QUERY: &str = "sdm_dns_query";
 
 /// Every map the kernel programs declare, for pinning.
-pub const KERNEL_MAPS: [&str; 30] = [
+pub const KERNEL_MAPS: [&str; 33] = [
     MAP_PEERS,
     MAP_BACKSTOP,
     MAP_BACKSTOP_IFS,
     MAP_BACKSTOP_CGROUP,
+    MAP_DNSQ_SCRATCH,
+    MAP_DNSQ_STATS,
+    MAP_DNSQ_PROGS,
     MAP_DNS_NAMES,
     MAP_DNS_RESOLVERS,
     MAP_DNS_PENDING,
@@ -180,6 +194,21 @@ pub const DNS_RESULT_NAMES: [&str; DNS_RESULT_COUNT as usize] = [
     "truncated",
     "not_resolver",
 ];
+
+/// `SDM_DNSQ_STATS` indexes: queries to a trusted resolver judged under
+/// `[dns] queries = "policy"`.
+pub const DNSQ_ALLOWED: u32 = 0;
+pub const DNSQ_REFUSED: u32 = 1;
+/// Audit mode: would have been refused, passed.
+pub const DNSQ_WOULD_REFUSE: u32 = 2;
+pub const DNSQ_COUNT: u32 = 3;
+pub const DNSQ_NAMES: [&str; DNSQ_COUNT as usize] = ["allowed", "refused", "would_refuse"];
+/// `Config::dns_queries`.
+pub const DNS_QUERIES_ANY: u32 = 0;
+pub const DNS_QUERIES_POLICY: u32 = 1;
+/// The host id of a `SDM_DNS_NAMES` entry that only lets queries through
+/// (a `[dns] search` suffix): nothing is ever learned for it.
+pub const DNS_HOST_QUERY_ONLY: u32 = u32::MAX;
 
 /// Name hashing shared by the kernel parser and the agent: FNV-1a over the
 /// lower-cased bytes of each label, then the labels folded from the last
@@ -388,6 +417,12 @@ pub struct DnsScratch {
     pub proto: u32,
     /// 1 when the message was longer than `DNS_BUF` (its tail is not read).
     pub truncated: u32,
+    /// The query judge only: the rule that allowed the packet, the
+    /// packet's length, and the sequence number of the judgement that owns
+    /// this scratch (also in the packet's `cb[0]`, see `sdm_dns_query`).
+    pub rule: u32,
+    pub pkt_len: u32,
+    pub seq: u32,
     /// The name walker's state, kept in this map value rather than in
     /// registers: the verifier then sees unknown values instead of a
     /// different constant on every path, and prunes the loop's states.
@@ -441,7 +476,10 @@ pub const REASON_SOURCE_ROUTE: u32 = 4;
 /// other ethertype), or a `setsockopt` that would take such a socket past
 /// the backstop (`PACKET_QDISC_BYPASS`, AF_XDP).
 pub const REASON_PACKET_SOCKET: u32 = 5;
-pub const REASON_COUNT: u32 = 6;
+/// A DNS query, to a trusted resolver, for a name the policy does not hold
+/// (`[dns] queries = "policy"`), or one that cannot be judged.
+pub const REASON_DNS_QUERY: u32 = 6;
+pub const REASON_COUNT: u32 = 7;
 pub const REASON_NAMES: [&str; REASON_COUNT as usize] = [
     "no_rule",
     "malformed",
@@ -449,6 +487,7 @@ pub const REASON_NAMES: [&str; REASON_COUNT as usize] = [
     "unknown_protocol",
     "source_route",
     "packet_socket",
+    "dns_query",
 ];
 
 pub const DENY_STATS_ENTRIES: u32 = 2 * 2 * REASON_COUNT;
@@ -494,7 +533,9 @@ pub struct Config {
     /// 127.0.0.53, a local cache): queries to it are noted even though
     /// loopback traffic is otherwise passed unjudged.
     pub loopback_dns: u32,
-    pub _pad: u32,
+    /// `DNS_QUERIES_ANY`, or `DNS_QUERIES_POLICY`: queries to a trusted
+    /// resolver only for the policy's names.
+    pub dns_queries: u32,
     /// Hash of the eBPF object the pinned links run, so a restarted agent
     /// knows whether it can adopt them as they are.
     pub object_hash: u64,
@@ -635,7 +676,7 @@ pub struct SockState {
 /// One denied (or, in audit mode, would-be denied) flow, reported by the
 /// kernel at most once per `EVENT_INTERVAL_NS` per flow.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DenyEvent {
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns); the agent converts to wall time.
     pub ts_ns: u64,
@@ -663,6 +704,33 @@ pub struct DenyEvent {
     pub dropped: u8,
     /// Process name (task comm), NUL padded; empty when unknown.
     pub comm: [u8; 16],
+    /// Reason `dns_query`: the question name in wire form (length-prefixed
+    /// labels), zero padded; empty otherwise.
+    pub qname: [u8; DNS_NAME_WIRE],
+}
+
+impl Default for DenyEvent {
+    fn default() -> Self {
+        Self {
+            ts_ns: 0,
+            cgroup_id: 0,
+            packets: 0,
+            pid: 0,
+            uid: 0,
+            len: 0,
+            reason: 0,
+            local: [0; 16],
+            remote: [0; 16],
+            local_port: 0,
+            remote_port: 0,
+            proto: 0,
+            dir: 0,
+            v6: 0,
+            dropped: 0,
+            comm: [0; 16],
+            qname: [0; DNS_NAME_WIRE],
+        }
+    }
 }
 
 /// Key of the event rate limiter: one flow as seen from this host.
@@ -733,7 +801,8 @@ const _: () = assert!(core::mem::size_of::<Key6>() == 20);
 const _: () = assert!(core::mem::size_of::<Cidr4>() == 8);
 const _: () = assert!(core::mem::size_of::<Cidr6>() == 20);
 const _: () = assert!(core::mem::size_of::<SockState>() == 48);
-const _: () = assert!(core::mem::size_of::<DenyEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<DenyEvent>() == 96 + DNS_NAME_WIRE);
+const _: () = assert!(core::mem::size_of::<DnsScratch>() == 2616);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);
 const _: () = assert!(core::mem::size_of::<PeerKey>() == 32);
 const _: () = assert!(core::mem::size_of::<DnsHost>() == 8 + DNS_NAME_WIRE);

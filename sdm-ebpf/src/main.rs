@@ -75,16 +75,16 @@ mod dns;
 use sdm_common::{
     deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, DenyEvent,
     EventBudget, FlowKey, FlowSeen, Key4, Key6, PeerKey, RuleRef, RuleState, SockState,
-    CIDR_HEADER_BITS, DENY_STATS_ENTRIES, DIR_EGRESS, DIR_INGRESS, EVENTS_RING_BYTES,
-    EVENT_BUDGET_PER_SEC, EVENT_INTERVAL_NS, EVENT_SEEN_ENTRIES, EVENT_STAT_ENTRIES,
-    EVENT_STAT_LOST, EVENT_STAT_SENT, EVENT_STAT_SUPPRESSED, EVENT_STAT_THROTTLED,
-    LOOPBACK_ENFORCE, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_RULES, MODE_ENFORCE, PEER_ENTRIES,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT, REASON_MALFORMED,
-    REASON_NO_RULE, REASON_SOURCE_ROUTE, REASON_UNKNOWN_PROTO,
+    CIDR_HEADER_BITS, DENY_STATS_ENTRIES, DIR_EGRESS, DIR_INGRESS, DNS_NAME_WIRE,
+    EVENTS_RING_BYTES, EVENT_BUDGET_PER_SEC, EVENT_INTERVAL_NS, EVENT_SEEN_ENTRIES,
+    EVENT_STAT_ENTRIES, EVENT_STAT_LOST, EVENT_STAT_SENT, EVENT_STAT_SUPPRESSED,
+    EVENT_STAT_THROTTLED, LOOPBACK_ENFORCE, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_RULES,
+    MODE_ENFORCE, PEER_ENTRIES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT,
+    REASON_MALFORMED, REASON_NO_RULE, REASON_SOURCE_ROUTE, REASON_UNKNOWN_PROTO,
 };
 
-const PASS: i32 = 1;
-const DROP: i32 = 0;
+pub(crate) const PASS: i32 = 1;
+pub(crate) const DROP: i32 = 0;
 
 /// The loopback device is ifindex 1 in every network namespace
 /// (LOOPBACK_IFINDEX, include/net/flow.h).
@@ -150,12 +150,12 @@ static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
 
 #[cgroup_skb(egress)]
 pub fn sdm_egress(ctx: SkBuffContext) -> i32 {
-    filter(&ctx, DIR_EGRESS)
+    filter::<DIR_EGRESS>(&ctx)
 }
 
 #[cgroup_skb(ingress)]
 pub fn sdm_ingress(ctx: SkBuffContext) -> i32 {
-    filter(&ctx, DIR_INGRESS)
+    filter::<DIR_INGRESS>(&ctx)
 }
 
 /// The parsed flow of one packet, seen from this host.
@@ -184,7 +184,12 @@ enum Unjudgeable {
 }
 
 #[inline(always)]
-fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
+/// The verdict of `DIR`: a constant per program, so that each program
+/// holds only its own direction's code (the egress program's tail call to
+/// the DNS query judge must not reach the ingress program, even where LLVM
+/// keeps part of this function out of line).
+fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
+    let dir = DIR;
     let Some(config) = CONFIG.get(0) else {
         // The map always has its one entry; this only satisfies the verifier.
         return PASS;
@@ -200,15 +205,9 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
     if loopback_pass && (dir != DIR_EGRESS || config.loopback_dns == 0) {
         return PASS;
     }
-    let parsed = parse(ctx, dir);
-    if loopback_pass {
-        if let Ok(flow) = &parsed {
-            dns::note_query(ctx, flow);
-        }
-        return PASS;
-    }
-    let flow = match parsed {
+    let flow = match parse(ctx, dir) {
         Ok(flow) => flow,
+        Err(_) if loopback_pass => return PASS,
         Err(why) => {
             let reason = match why {
                 Unjudgeable::Malformed => REASON_MALFORMED,
@@ -217,50 +216,47 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
                 Unjudgeable::SourceRoute => REASON_SOURCE_ROUTE,
             };
             let sk = full_socket(ctx);
-            return deny(ctx, config, mode, dir, reason, len, None, sk);
+            return deny(ctx, config, mode, dir, reason, len, None, sk, None);
         }
     };
     let slot = config.generation & 1;
     let sk = full_socket(ctx);
-
-    // 5. The socket's cached verdict.
-    if let Some(state) = sock_state(sk, false) {
-        // SAFETY: a non-null pointer from bpf_sk_storage_get.
-        let st = unsafe { &*state };
-        if st.valid != 0
-            && st.proto == flow.proto
-            && st.remote_port == cache_port(&flow)
-            && st.remote == flow.remote
-            && cache_serves(ctx, &flow, dir, st.dir, sk)
-            && rule_active(slot, st.rule)
-        {
-            count_rule(st.rule, dir, len);
-            if dir == DIR_EGRESS {
-                dns::note_query(ctx, &flow);
-            }
-            return PASS;
-        }
-    }
-
-    // 6. The allowlist of this direction.
     let port = if dir == DIR_EGRESS {
         flow.remote_port
     } else {
         flow.local_port
     };
-    if let Some(rule) = lookup(slot, &flow, dir, port) {
-        remember(sk, &flow, dir, rule);
-        note_peer(ctx, &flow, rule);
+
+    // 5 and 6: the rule that allows the flow, and whether it is new to the
+    // socket (6) or its cached verdict (5). Loopback, when passed, has no
+    // rule: it gets here only for the DNS queries to a local resolver.
+    let allowed = if loopback_pass {
+        Some((NO_RULE, false))
+    } else if let Some(rule) = cached_rule(ctx, &flow, dir, slot, sk) {
+        Some((rule, false))
+    } else {
+        lookup(slot, &flow, dir, port).map(|rule| (rule, true))
+    };
+    if let Some((rule, fresh)) = allowed {
+        if fresh {
+            remember(sk, &flow, dir, rule);
+            note_peer(ctx, &flow, rule);
+            if config.log_verdicts != 0 {
+                info!(
+                    ctx,
+                    "allow dir={} proto={} port={} rule={}", dir, flow.proto, port, rule
+                );
+            }
+        }
+        // What leaves for a trusted resolver: noted for the DNS learning,
+        // and with `[dns] queries = "policy"` judged by its question (a local
+        // stub resolver forwards what it is asked, so on loopback too). The
+        // judge counts the rule itself. After the socket's peer record: the
+        // answer to an allowed query must find it.
+        if dir == DIR_EGRESS && dns::judge_query(ctx, &flow, config, rule) == dns::Query::Unjudged {
+            return dns::unjudged(config);
+        }
         count_rule(rule, dir, len);
-        if config.log_verdicts != 0 {
-            info!(
-                ctx,
-                "allow dir={} proto={} port={} rule={}", dir, flow.proto, port, rule
-            );
-        }
-        if dir == DIR_EGRESS {
-            dns::note_query(ctx, &flow);
-        }
         return PASS;
     }
 
@@ -271,12 +267,22 @@ fn filter(ctx: &SkBuffContext, dir: u8) -> i32 {
     }
 
     // 8. No rule.
-    deny(ctx, config, mode, dir, REASON_NO_RULE, len, Some(&flow), sk)
+    deny(
+        ctx,
+        config,
+        mode,
+        dir,
+        REASON_NO_RULE,
+        len,
+        Some(&flow),
+        sk,
+        None,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn deny(
+pub(crate) fn deny(
     ctx: &SkBuffContext,
     config: &Config,
     mode: u32,
@@ -285,6 +291,7 @@ fn deny(
     len: u32,
     flow: Option<&Flow>,
     sk: *mut bpf_sock,
+    qname: Option<&[u8; DNS_NAME_WIRE]>,
 ) -> i32 {
     let enforce = mode == MODE_ENFORCE;
     add(
@@ -324,6 +331,9 @@ fn deny(
             if let Some(f) = flow {
                 (*ev).local = f.local;
                 (*ev).v6 = u8::from(f.v6);
+            }
+            if let Some(q) = qname {
+                copy_name(ptr::addr_of_mut!((*ev).qname), q);
             }
             // The process that owns the socket, as recorded when it was
             // created or connected: this program often runs outside that
@@ -429,12 +439,33 @@ fn reserve_event(key: &FlowKey) -> Option<(u64, *mut DenyEvent)> {
     let ev = entry.as_mut_ptr();
     // The entry is submitted through its pointer by submit_event.
     core::mem::forget(entry);
-    // SAFETY: a reserved record of the right size.
+    // SAFETY: a reserved record of the right size. Zeroed up to the name,
+    // whose first byte (its end, for the agent) is enough: a whole zeroing
+    // is a memset call, a subprogram in every program that reports.
     unsafe {
-        ptr::write_bytes(ev, 0, 1);
+        ptr::write_bytes(ev.cast::<u8>(), 0, DENY_EVENT_FIXED);
+        (*ev).qname[0] = 0;
         (*ev).ts_ns = now;
     }
     Some((pending + 1, ev))
+}
+
+/// Bytes of a `DenyEvent` before its question name.
+const DENY_EVENT_FIXED: usize = core::mem::offset_of!(DenyEvent, qname);
+
+/// Copies a question name into an event, in 32-bit words (volatile, so
+/// that LLVM does not turn the loop back into a memcpy call).
+#[inline(always)]
+fn copy_name(dst: *mut [u8; DNS_NAME_WIRE], src: &[u8; DNS_NAME_WIRE]) {
+    let d = dst.cast::<u32>();
+    let s = src.as_ptr().cast::<u32>();
+    let mut i = 0;
+    while i < DNS_NAME_WIRE / 4 {
+        // SAFETY: both are DNS_NAME_WIRE bytes and 4-byte aligned (the
+        // name sits 12 bytes into the 8-byte aligned DNS scratch buffer).
+        unsafe { ptr::write_volatile(d.add(i), ptr::read_volatile(s.add(i))) };
+        i += 1;
+    }
 }
 
 /// Takes one event from this CPU's budget for the current second. Per-CPU,
@@ -672,8 +703,11 @@ fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     DROP
 }
 
+/// No rule: what `count_rule` ignores.
+pub(crate) const NO_RULE: u32 = u32::MAX;
+
 #[inline(always)]
-fn count_rule(rule: u32, dir: u8, len: u32) {
+pub(crate) fn count_rule(rule: u32, dir: u8, len: u32) {
     if rule < MAX_RULES {
         add(&RULE_STATS, rule_stats_index(rule, dir), len);
     }
@@ -703,6 +737,29 @@ fn add(map: &PerCpuArray<Counter>, index: u32, len: u32) {
             atomic_add_u64(ptr::addr_of_mut!((*c).bytes), u64::from(len));
         }
     }
+}
+
+/// Step 5: the rule of the socket's cached verdict, if it covers this
+/// packet (same remote, port and protocol; see `cache_serves`) and the rule
+/// is still in the live policy.
+#[inline(always)]
+fn cached_rule(
+    ctx: &SkBuffContext,
+    flow: &Flow,
+    dir: u8,
+    slot: u32,
+    sk: *mut bpf_sock,
+) -> Option<u32> {
+    let state = sock_state(sk, false)?;
+    // SAFETY: a non-null pointer from bpf_sk_storage_get.
+    let st = unsafe { &*state };
+    let hit = st.valid != 0
+        && st.proto == flow.proto
+        && st.remote_port == cache_port(flow)
+        && st.remote == flow.remote
+        && cache_serves(ctx, flow, dir, st.dir, sk)
+        && rule_active(slot, st.rule);
+    hit.then_some(st.rule)
 }
 
 /// Whether a socket's cached verdict, stored when a rule of direction

@@ -71,8 +71,11 @@ fn status_with_rules(rules: usize, addresses: usize) -> Status {
         denied: vec![],
         dns: vec![],
         dns_answers: Default::default(),
+        dns_queries_mode: "any".into(),
+        dns_queries: Default::default(),
         learned: vec![],
         bypass_capable: vec![],
+        backstop: vec![],
         flow_store_evictions: 0,
         policy_error: None,
     }
