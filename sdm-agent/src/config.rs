@@ -2915,6 +2915,34 @@ login = "sso.example.com"
     /// register. Wildcards at or directly under a public suffix are refused
     /// with the file, line and key; below a registrable domain they stay.
     #[test]
+    fn dns_queries_and_search_are_read_and_checked_with_their_lines() {
+        let c = ok("[dns]\nqueries = \"policy\"\nsearch = [\"Corp.Example.\", \".lab.example\"]\n");
+        assert_eq!(c.dns.queries, DnsQueries::Policy);
+        assert_eq!(c.dns.search, vec!["corp.example", "lab.example"]);
+        assert_eq!(Config::default().dns.queries, DnsQueries::Any);
+        fails(
+            "[dns]\nqueries = \"some\"\n",
+            2,
+            "queries",
+            &["any", "policy"],
+        );
+        // A search suffix lets every name under it be asked: refused as
+        // wide as a public suffix, like the wildcard it amounts to.
+        fails(
+            "[dns]\nsearch = [\"com\"]\n",
+            2,
+            "search",
+            &["public suffix"],
+        );
+        fails(
+            "[dns]\n\nsearch = \"bad name!\"\n",
+            3,
+            "search",
+            &["not allowed"],
+        );
+    }
+
+    #[test]
     fn wildcards_as_wide_as_a_public_suffix_are_refused() {
         for wide in [
             "*.com",

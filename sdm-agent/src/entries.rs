@@ -448,6 +448,36 @@ mod tests {
     /// Two hostname rules on every port need 2 x 65535 hostname-port
     /// entries, more than the map holds: refused before anything is
     /// written, not halfway through applying.
+    /// `[dns] search` suffixes become query-only wildcard entries: the
+    /// kernel may let their names be asked but learns nothing for them, and
+    /// a policy name with the same key keeps its own (learnable) entry.
+    #[test]
+    fn search_suffixes_are_query_only_wildcards() {
+        let policy = Policy {
+            rules: vec![Rule {
+                name: "wild".into(),
+                direction: Direction::Egress,
+                protos: vec![Proto::Tcp],
+                ports: vec![PortRange { lo: 443, hi: 443 }],
+                targets: vec![Target::Host("*.corp.example".into())],
+                required: true,
+                roles: vec![],
+                origin: "config [[allow]] wild".into(),
+            }],
+        };
+        let plain = dns_names(&policy);
+        let names = dns_names_and_search(&policy, &["corp.example".into(), "lab.example".into()]);
+        assert_eq!(names.len(), plain.len() + 1);
+        let (lab_key, _) = dns_name_key("*.lab.example").expect("a key");
+        assert_eq!(names[&lab_key].host, sdm_common::DNS_HOST_QUERY_ONLY);
+        let (corp_key, _) = dns_name_key("*.corp.example").expect("a key");
+        assert_eq!(
+            names[&corp_key], plain[&corp_key],
+            "the policy's entry stays"
+        );
+        assert_ne!(names[&corp_key].host, sdm_common::DNS_HOST_QUERY_ONLY);
+    }
+
     #[test]
     fn hostname_ports_are_counted_before_anything_resolves() {
         let host_rule = |name: &str, host: &str| {

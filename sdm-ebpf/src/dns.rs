@@ -490,7 +490,11 @@ fn match_host(s: &DnsScratch, labels: u32) -> Option<(u32, u64, u32)> {
         return None;
     }
     let mut acc = DNS_NAME_SEED;
-    let mut found = None;
+    // Plain variables, written before the loop, not an `Option` filled in
+    // it: LLVM keeps an `Option`'s payload in stack slots it reads before
+    // testing for `None`, and kernels before 6.5 refuse reading stack
+    // never written on that path ("invalid read from stack").
+    let (mut hit, mut host, mut hit_key, mut start) = (false, 0u32, 0u64, 0u32);
     let mut j = labels;
     let mut k = 0;
     while k < DNS_MAX_LABELS {
@@ -505,15 +509,18 @@ fn match_host(s: &DnsScratch, labels: u32) -> Option<(u32, u64, u32)> {
             // Where the matched name starts, read from the map value: an
             // unknown scalar to the verifier, not the loop's constant `j`,
             // so that its states for each iteration stay few.
-            found = Some((
-                h.host,
-                key,
-                s.label_pos[(j as usize) & (DNS_MAX_LABELS - 1)],
-            ));
+            hit = true;
+            host = h.host;
+            hit_key = key;
+            start = s.label_pos[(j as usize) & (DNS_MAX_LABELS - 1)];
         }
         k += 1;
     }
-    found
+    if hit {
+        Some((host, hit_key, start))
+    } else {
+        None
+    }
 }
 
 /// Stage VERIFY: the question's matched name, from `m_start` in the copied
@@ -1035,7 +1042,9 @@ pub fn sdm_dns_query(ctx: SkBuffContext) -> i32 {
 /// does not return (`Err` if that fails).
 #[inline(always)]
 fn try_dns_query(ctx: &SkBuffContext) -> Result<(), ()> {
-    let sp = DNSQ_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    let Some(sp) = DNSQ_SCRATCH.get_ptr_mut(0) else {
+        return Err(());
+    };
     if cb(ctx, 0) == 0 {
         // The first run only takes the message: a run that parsed the
         // packet and walked a name would be verified once per parse path.
@@ -1075,7 +1084,12 @@ fn try_dns_query(ctx: &SkBuffContext) -> Result<(), ()> {
         if s.w_end + 4 > s.len {
             return Err(());
         }
-        let (_, key, start) = match_host(s, s.w_labels).ok_or(())?;
+        // let-else, not `.ok_or(())?`: with the latter LLVM reads the
+        // tuple's stack slot before testing for None, and kernels before
+        // 6.5 refuse a read of stack never written on that path.
+        let Some((_, key, start)) = match_host(s, s.w_labels) else {
+            return Err(());
+        };
         s.m_key = key;
         s.m_start = start;
         s.stage = STAGE_VERIFY;

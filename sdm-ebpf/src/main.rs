@@ -24,6 +24,11 @@
 //!  6. The allowlist of this direction: exact (direction, protocol, port,
 //!     address) in a hash map, then (direction, protocol, port, CIDR) in an
 //!     LPM trie. Hit: allow, cache the verdict on the socket.
+//!     After 5 or 6 on egress (and for a loopback resolver passed at 2): a
+//!     packet to a trusted resolver's port 53 is noted for the DNS learning
+//!     and, with `[dns] queries = "policy"`, judged by its question in the
+//!     tail-called `sdm_dns_query` (dns.rs, steps Q1-Q5): refused, reason
+//!     `dns_query`.
 //!  7. The reverse allowlist, for replies: an ingress packet from a remote
 //!     this host may reach on egress (unless it is addressed to a TCP
 //!     listener, which only ingress rules may open), or an egress packet to

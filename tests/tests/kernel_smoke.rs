@@ -249,10 +249,11 @@ fn smoke_lab() {
 fn connect_then_listen(lab: &Lab) -> &'static str {
     let app = sa(lab.net_ip(APP), 443);
     let mut attacker = lab.spawn_probe(
-        &["connect-then-listen", "6100", &app.to_string(), "5"],
+        &["connect-then-listen", "6100", &app.to_string(), "20"],
         false,
     );
-    let ready = attacker.line(Duration::from_secs(5));
+    // Generous: a guest under TCG emulation is slow to start a process.
+    let ready = attacker.line(Duration::from_secs(60));
     assert_eq!(ready["connect"], "ok", "the allowed connect: {ready}");
     if ready["phase"] == "listen" && result(&ready) == "errno22" {
         return "this kernel refuses listen() after connect() (EINVAL)";
@@ -263,11 +264,12 @@ fn connect_then_listen(lab: &Lab) -> &'static str {
         "tcp-from",
         "443",
         &here.to_string(),
-        "1500",
+        // Long enough that a slow guest's handshake would complete.
+        "5000",
         &lab.net_ip(APP).to_string(),
     ]);
     assert_ne!(result(&v), "ok", "the allowed remote connected in: {v}");
-    let done = attacker.line(Duration::from_secs(10));
+    let done = attacker.line(Duration::from_secs(60));
     assert_eq!(done["accepted"], 0, "{done}");
     "listen() after connect() allowed; the remote's SYN into the listener was dropped"
 }
