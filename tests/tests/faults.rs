@@ -532,10 +532,17 @@ fn allowlist_over_capacity_keeps_the_previous_policy() {
     lab.kill_agent();
     let log_before = lab.agent_log().len();
     lab.restart_agent();
-    let restart_log = lab.agent_log()[log_before..].to_owned();
+    // Ready (the pinned policy is live) comes before the first apply fails:
+    // the 300-address answer takes a TCP retry first.
+    let said = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        lab.agent_log()[log_before..]
+            .contains("the previous policy and mode stay in force")
+            .then_some(())
+    });
     assert!(
-        restart_log.contains("the previous policy and mode stay in force"),
-        "the restarted agent should say it keeps the previous policy:\n{restart_log}"
+        said.is_some(),
+        "the restarted agent should say it keeps the previous policy:\n{}",
+        &lab.agent_log()[log_before..]
     );
     wait_apply_errors(&lab, 1.0, Duration::from_secs(10));
     expect_ok(
