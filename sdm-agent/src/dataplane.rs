@@ -33,12 +33,12 @@ use aya::{
 use sdm_common::{
     deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, DnsHost,
     HostPortKey, Key4, Key6, Learned, ResolverKey, RuleName, RuleRef, RuleState, DIR_EGRESS,
-    DIR_INGRESS, DNSQ_COUNT, DNS_RESULT_COUNT, KERNEL_MAPS, LAYOUT_VERSION, MAP_CIDR4, MAP_CIDR6,
-    MAP_CONFIG, MAP_DENY_STATS, MAP_DNSQ_PROGS, MAP_DNSQ_STATS, MAP_DNS_NAMES, MAP_DNS_PROGS,
-    MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4, MAP_EXACT6, MAP_HOST_PORTS, MAP_LEARNED4,
-    MAP_LEARNED6, MAP_RULES, MAP_RULE_NAMES, MAP_RULE_STATS, MAP_SOCK_STATE, MAX_RULES,
-    PROG_CONNECT4, PROG_CONNECT6, PROG_DNS, PROG_DNS_IN, PROG_DNS_QUERY, PROG_EGRESS, PROG_INGRESS,
-    PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, REASON_COUNT,
+    DIR_INGRESS, DNSQ_COUNT, DNS_RESULT_COUNT, DNS_STAT_LEARN_FULL, KERNEL_MAPS, LAYOUT_VERSION,
+    MAP_CIDR4, MAP_CIDR6, MAP_CONFIG, MAP_DENY_STATS, MAP_DNSQ_PROGS, MAP_DNSQ_STATS,
+    MAP_DNS_NAMES, MAP_DNS_PROGS, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4, MAP_EXACT6,
+    MAP_HOST_PORTS, MAP_LEARNED4, MAP_LEARNED6, MAP_RULES, MAP_RULE_NAMES, MAP_RULE_STATS,
+    MAP_SOCK_STATE, MAX_RULES, PROG_CONNECT4, PROG_CONNECT6, PROG_DNS, PROG_DNS_IN, PROG_DNS_QUERY,
+    PROG_EGRESS, PROG_INGRESS, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, REASON_COUNT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -866,6 +866,16 @@ impl Maps {
         Ok(out)
     }
 
+    /// Addresses of allowed answers the kernel could not store because
+    /// `SDM_LEARNED4/6` was full, summed over CPUs.
+    pub fn learn_table_full(&self) -> Result<u64, DataplaneError> {
+        let v = self
+            .dns_stats
+            .get(&DNS_STAT_LEARN_FULL, 0)
+            .map_err(map_err(MAP_DNS_STATS))?;
+        Ok(v.iter().fold(0u64, |a, b| a.saturating_add(*b)))
+    }
+
     /// Queries judged under `[dns] queries = "policy"`, by `DNSQ_*`,
     /// summed over CPUs.
     pub fn dns_query_stats(&self) -> Result<[u64; DNSQ_COUNT as usize], DataplaneError> {
@@ -909,7 +919,7 @@ impl Maps {
                 std::net::IpAddr::V4(a) => self.learned4.remove(&a.octets()),
                 std::net::IpAddr::V6(a) => self.learned6.remove(&a.octets()),
             };
-            // Gone already (LRU eviction) is fine.
+            // Gone already (another agent's sweep) is fine.
             if r.is_ok() {
                 removed += 1;
             }

@@ -433,7 +433,7 @@ pub async fn serve_with(
 
 #[cfg(test)]
 mod tests {
-    use std::{net::IpAddr, path::PathBuf};
+    use std::net::IpAddr;
 
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
@@ -441,57 +441,8 @@ mod tests {
     use super::*;
     use crate::{
         flows::{now_ms, FlowKey, FlowTable},
-        status::{Count, DenyStatus, RuleStatus},
         store::{Store, StoreOptions, StoreStats},
     };
-
-    fn fake_status() -> Status {
-        Status {
-            mode: "audit".into(),
-            loopback: "pass".into(),
-            generation: 3,
-            cgroup: Some(PathBuf::from("/sys/fs/cgroup/test")),
-            pin_root: PathBuf::from("/sys/fs/bpf/sdm"),
-            agent_pid: Some(1),
-            agent_running: true,
-            rules: vec![RuleStatus {
-                name: "gateway/egress/app".into(),
-                id: 1,
-                direction: Some("egress".into()),
-                protos: vec!["tcp".into()],
-                ports: vec!["443".into()],
-                targets: vec!["app.strongdm.com".into()],
-                required: Some(true),
-                origin: Some("guide".into()),
-                active: true,
-                addresses: vec!["192.0.2.10".into()],
-                egress: Count {
-                    packets: 5,
-                    bytes: 500,
-                },
-                ingress: Count {
-                    packets: 4,
-                    bytes: 400,
-                },
-            }],
-            denied: vec![DenyStatus {
-                mode: "audit".into(),
-                direction: "egress".into(),
-                reason: "no_rule".into(),
-                packets: 7,
-                bytes: 700,
-            }],
-            dns: vec![],
-            dns_answers: Default::default(),
-            dns_queries_mode: "any".into(),
-            dns_queries: Default::default(),
-            learned: vec![],
-            bypass_capable: vec![],
-            flow_store_evictions: 0,
-            backstop: vec![],
-            policy_error: None,
-        }
-    }
 
     fn flow(remote: &str, comm: &str, verdict: &str, t: u64) -> Flow {
         Flow {
@@ -524,7 +475,7 @@ mod tests {
         HttpState {
             registry: Arc::new(Registry::default()),
             status: if status {
-                Arc::new(|| Some(fake_status()))
+                Arc::new(|| Some(Status::sample()))
             } else {
                 Arc::new(|| None)
             },

@@ -63,6 +63,12 @@ fn counter_family(
     rows: &[(Vec<(&'static str, String)>, u64)],
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    // A single sample without labels: `name_total 3`, not `name_total{} 3`.
+    if let [(labels, v)] = rows {
+        if labels.is_empty() {
+            return ConstCounter::new(*v).encode(family);
+        }
+    }
     for (labels, v) in rows {
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         ConstCounter::new(*v).encode(family.encode_family(&labels)?)?;
@@ -77,6 +83,11 @@ fn gauge_family(
     rows: &[(Vec<(&'static str, String)>, i64)],
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    if let [(labels, v)] = rows {
+        if labels.is_empty() {
+            return ConstGauge::new(*v).encode(family);
+        }
+    }
     for (labels, v) in rows {
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         ConstGauge::new(*v).encode(family.encode_family(&labels)?)?;
@@ -184,6 +195,12 @@ fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::
         "sdm_dns_answers",
         "DNS answers from trusted resolvers handled by the kernel's parser, by result: learned (addresses allowed before the answer reached the application), not_allowed (a name no rule names), unasked (no matching query), malformed, error_rcode, no_address, truncated, not_resolver (port 53 traffic from a server that is not a trusted resolver).",
         &answers,
+    )?;
+    counter_family(
+        &mut encoder,
+        "sdm_dns_learn_table_full",
+        "Addresses in allowed DNS answers the kernel could not learn because the learned-address table (65,536 per family) was full; nothing learned is evicted before it expires, so a connect to such an address is allowed only if the agent's own resolution has it.",
+        &[(vec![], s.dns_learn_table_full)],
     )?;
     let queries: Vec<_> = s
         .dns_queries
@@ -425,6 +442,28 @@ pub fn render(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Families of one unlabelled sample print as `name value`: no empty
+    /// braces, which some scrapers and `promtool` flag.
+    #[test]
+    fn unlabelled_kernel_samples_print_without_braces() {
+        let mut s = Status::sample();
+        s.generation = 9;
+        s.dns_learn_table_full = 3;
+        let layout = Layout {
+            pin_root: "/nonexistent/sdm-test".into(),
+            run_dir: "/nonexistent/sdm-run".into(),
+        };
+        let text = render_snapshot(s, layout, AgentStats::default());
+        for want in [
+            "\nsdm_policy_generation 9\n",
+            "# TYPE sdm_dns_learn_table_full counter",
+            "\nsdm_dns_learn_table_full_total 3\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
+        }
+        assert!(!text.contains("{}"), "empty braces in:\n{text}");
+    }
 
     #[test]
     fn agent_metrics_have_help_and_values() {

@@ -173,6 +173,10 @@ pub struct Status {
     /// (`sdm_common::DNS_RESULT_NAMES`).
     #[serde(default)]
     pub dns_answers: BTreeMap<String, u64>,
+    /// Addresses of allowed answers not learned because the learned-address
+    /// table (`LEARNED_ENTRIES` per family) was full.
+    #[serde(default)]
+    pub dns_learn_table_full: u64,
     /// `[dns] queries`: "any" or "policy".
     #[serde(default)]
     pub dns_queries_mode: String,
@@ -237,6 +241,77 @@ pub fn dir_name(dir: u8) -> &'static str {
 fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}
+
+impl Status {
+    /// A status with a row in every family (rules, denied, DNS, answers,
+    /// queries, learned), for the tests that render it: the HTTP API, the
+    /// metrics and the Grafana dashboard's series check. Not used by the
+    /// agent itself.
+    #[doc(hidden)]
+    pub fn sample() -> Status {
+        Status {
+            mode: "audit".into(),
+            loopback: "pass".into(),
+            generation: 4,
+            cgroup: Some(PathBuf::from("/sys/fs/cgroup/test")),
+            pin_root: PathBuf::from("/sys/fs/bpf/sdm"),
+            agent_pid: Some(1),
+            agent_running: true,
+            rules: vec![RuleStatus {
+                name: "gateway/egress/app".into(),
+                id: 1,
+                direction: Some("egress".into()),
+                protos: vec!["tcp".into()],
+                ports: vec!["443".into()],
+                targets: vec!["app.strongdm.com".into()],
+                required: Some(true),
+                origin: Some("guide".into()),
+                active: true,
+                addresses: vec!["192.0.2.10".into()],
+                egress: Count {
+                    packets: 5,
+                    bytes: 500,
+                },
+                ingress: Count {
+                    packets: 4,
+                    bytes: 400,
+                },
+            }],
+            denied: vec![DenyStatus {
+                mode: "audit".into(),
+                direction: "egress".into(),
+                reason: "no_rule".into(),
+                packets: 7,
+                bytes: 700,
+            }],
+            dns: vec![HostReport {
+                hostname: "app.strongdm.com".into(),
+                addresses: vec![IpAddr::from([192, 0, 2, 10])],
+                failures: 2,
+                last_error: None,
+                next_refresh_secs: 30,
+                resolved: true,
+            }],
+            dns_answers: [("learned".to_string(), 3), ("unasked".to_string(), 1)]
+                .into_iter()
+                .collect(),
+            dns_learn_table_full: 0,
+            dns_queries_mode: "policy".into(),
+            dns_queries: [("allowed".to_string(), 5), ("refused".to_string(), 2)]
+                .into_iter()
+                .collect(),
+            learned: vec![LearnedStatus {
+                address: IpAddr::from([192, 0, 2, 11]),
+                hostname: Some("app.strongdm.com".into()),
+                expires_in_secs: 60,
+            }],
+            bypass_capable: vec![],
+            flow_store_evictions: 0,
+            backstop: vec![],
+            policy_error: None,
+        }
+    }
 }
 
 /// Reads everything. `maps` must be open on the layout's pins.
@@ -404,6 +479,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         flow_store_evictions: state.as_ref().map_or(0, |s| s.flow_store_evictions),
         dns: state.map(|s| s.dns).unwrap_or_default(),
         dns_answers,
+        dns_learn_table_full: maps.learn_table_full()?,
         dns_queries_mode,
         dns_queries,
         learned,
@@ -546,24 +622,11 @@ mod tests {
 
     fn empty() -> Status {
         Status {
-            mode: "audit".into(),
-            loopback: "pass".into(),
-            generation: 1,
-            cgroup: Some("/sys/fs/cgroup/x".into()),
-            pin_root: "/sys/fs/bpf/sdm".into(),
-            agent_pid: None,
-            agent_running: false,
             rules: vec![],
             denied: vec![],
             dns: vec![],
-            policy_error: None,
-            dns_answers: Default::default(),
-            dns_queries_mode: "any".into(),
-            dns_queries: Default::default(),
             learned: vec![],
-            bypass_capable: vec![],
-            flow_store_evictions: 0,
-            backstop: vec![],
+            ..Status::sample()
         }
     }
 

@@ -10,16 +10,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-    path::PathBuf,
     sync::atomic::Ordering,
 };
 
 use sdm_agent::{
     dataplane::Layout,
     metrics::{self, AgentStats},
-    resolver::HostReport,
-    status::{Count, DenyStatus, LearnedStatus, RuleStatus, Status},
+    status::Status,
 };
 use serde_json::Value;
 
@@ -33,72 +30,7 @@ const PROMETHEUS_SERIES: &[&str] = &["up"];
 /// Series name -> label names, as exposed.
 type Exposed = BTreeMap<String, BTreeSet<String>>;
 
-/// A status with at least one row for every family, so that every family
-/// the collectors can emit shows up with its labels.
-fn sample_status() -> Status {
-    Status {
-        mode: "audit".into(),
-        loopback: "pass".into(),
-        generation: 4,
-        cgroup: Some(PathBuf::from("/sys/fs/cgroup")),
-        pin_root: PathBuf::from("/sys/fs/bpf/sdm"),
-        agent_pid: Some(1),
-        agent_running: true,
-        rules: vec![RuleStatus {
-            name: "gateway/egress/app".into(),
-            id: 1,
-            direction: Some("egress".into()),
-            protos: vec!["tcp".into()],
-            ports: vec!["443".into()],
-            targets: vec!["app.strongdm.com".into()],
-            required: Some(true),
-            origin: Some("guide".into()),
-            active: true,
-            addresses: vec!["192.0.2.10".into()],
-            egress: Count {
-                packets: 5,
-                bytes: 500,
-            },
-            ingress: Count {
-                packets: 4,
-                bytes: 400,
-            },
-        }],
-        denied: vec![DenyStatus {
-            mode: "audit".into(),
-            direction: "egress".into(),
-            reason: "no_rule".into(),
-            packets: 7,
-            bytes: 700,
-        }],
-        dns: vec![HostReport {
-            hostname: "app.strongdm.com".into(),
-            addresses: vec!["192.0.2.10".parse::<IpAddr>().unwrap()],
-            failures: 2,
-            last_error: None,
-            next_refresh_secs: 30,
-            resolved: true,
-        }],
-        dns_answers: [("learned".to_string(), 3), ("unasked".to_string(), 1)]
-            .into_iter()
-            .collect(),
-        dns_queries_mode: "policy".into(),
-        dns_queries: [("allowed".to_string(), 5), ("refused".to_string(), 2)]
-            .into_iter()
-            .collect(),
-        learned: vec![LearnedStatus {
-            address: "192.0.2.11".parse().unwrap(),
-            hostname: Some("app.strongdm.com".into()),
-            expires_in_secs: 60,
-        }],
-        bypass_capable: vec![],
-        flow_store_evictions: 0,
-        backstop: vec![],
-        policy_error: None,
-    }
-}
-
-/// What the agent's `/metrics` serves for [`sample_status`].
+/// What the agent's `/metrics` serves for [`Status::sample`].
 fn served_metrics() -> String {
     let stats = AgentStats::default();
     stats.events_lost.store(1, Ordering::Relaxed);
@@ -106,7 +38,7 @@ fn served_metrics() -> String {
         pin_root: "/nonexistent/sdm-grafana-test".into(),
         run_dir: "/nonexistent/sdm-grafana-test-run".into(),
     };
-    metrics::render_snapshot(sample_status(), layout, stats)
+    metrics::render_snapshot(Status::sample(), layout, stats)
 }
 
 /// Parses the text exposition: sample names with their label names. Fails

@@ -151,7 +151,7 @@ pub const MAX_CIDR_ENTRIES: u32 = 131_072;
 pub const MAX_RULES: u32 = 1024;
 /// Bumped whenever a map's key, value or capacity changes: an agent refuses
 /// to adopt pinned maps of another layout instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Datagram peers remembered (LRU: the oldest pair is forgotten first, and
 /// a socket's next allowed send to that remote records it again).
@@ -161,6 +161,10 @@ pub const PEER_ENTRIES: u32 = 65_536;
 pub const MAX_DNS_NAMES: u32 = 4096;
 pub const MAX_DNS_RESOLVERS: u32 = 64;
 pub const DNS_PENDING_ENTRIES: u32 = 16_384;
+/// Addresses learned per family and alive at once. A plain hash, not an
+/// LRU: a learned address is never evicted before it expires (the agent
+/// removes expired ones, `[dns] grace` after); when the table is full a new
+/// address is not stored and counted (`DNS_STAT_LEARN_FULL`).
 pub const LEARNED_ENTRIES: u32 = 65_536;
 pub const MAX_HOST_PORTS: u32 = 65_536;
 /// Bytes of a DNS message the parser sees (a power of two); the rest of a
@@ -184,6 +188,12 @@ pub const DNS_RESULT_NO_ADDRESS: u32 = 5;
 pub const DNS_RESULT_TRUNCATED: u32 = 6;
 pub const DNS_RESULT_NOT_RESOLVER: u32 = 7;
 pub const DNS_RESULT_COUNT: u32 = 8;
+/// `SDM_DNS_STATS` slot after the results: addresses of allowed answers
+/// not stored because `SDM_LEARNED4/6` was full (per address, not per
+/// answer).
+pub const DNS_STAT_LEARN_FULL: u32 = DNS_RESULT_COUNT;
+/// Slots of `SDM_DNS_STATS`.
+pub const DNS_STATS_SLOTS: u32 = DNS_RESULT_COUNT + 1;
 pub const DNS_RESULT_NAMES: [&str; DNS_RESULT_COUNT as usize] = [
     "learned",
     "not_allowed",

@@ -42,9 +42,11 @@
 //! socket cannot transmit before its UMEM and rings are set up with them)
 //! with EPERM while the backstop is on.
 
+use core::ptr;
+
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::generated::{bpf_get_socket_uid, bpf_sk_fullsock, bpf_skb_cgroup_id},
+    helpers::generated::bpf_sk_fullsock,
     macros::{cgroup_sockopt, classifier, map},
     maps::{Array, CgroupArray, HashMap},
     programs::{sk_buff::SkBuff, SockoptContext, TcContext},
@@ -56,8 +58,12 @@ use sdm_common::{
 };
 
 use crate::{
-    add, add_packet, count_rule, flow_key, lookup, parse_at, reserve_event, submit_event,
-    Unjudgeable, CONFIG, DENY_STATS, PASS,
+    events,
+    maps::{CONFIG, DENY_STATS},
+    parse::{parse_at, Flow, Unjudgeable},
+    policy::lookup,
+    stats::{add_packet, count_rule},
+    PASS,
 };
 
 /// Interfaces the backstop is attached to: at most this many.
@@ -118,11 +124,11 @@ fn try_backstop(ctx: &TcContext) -> Verdict {
     // SAFETY: a plain value, copied out at once.
     let link = unsafe { BACKSTOP_IFS.get(&ifindex) }.map_or(0, |i| i.link);
     match link {
-        BACKSTOP_LINK_ETHER => judge_ether(skb),
-        BACKSTOP_LINK_RAW_IP => judge_ip::<0>(skb, None),
+        BACKSTOP_LINK_ETHER => judge_ether(ctx),
+        BACKSTOP_LINK_RAW_IP => judge_ip::<0>(ctx, None),
         // An interface the agent did not describe: the frame cannot be
         // read, so it is refused rather than guessed at.
-        _ => deny(skb, REASON_PACKET_SOCKET, None),
+        _ => deny(ctx, REASON_PACKET_SOCKET, None),
     }
 }
 
@@ -149,14 +155,14 @@ fn non_ip_socket(skb: &SkBuff) -> bool {
 
 /// An Ethernet frame: IPv4 and IPv6 are judged, anything else is denied.
 #[inline(always)]
-fn judge_ether(skb: &SkBuff) -> Verdict {
-    let Ok(ethertype) = skb.load::<[u8; 2]>(12) else {
-        return deny(skb, REASON_MALFORMED, None);
+fn judge_ether(ctx: &TcContext) -> Verdict {
+    let Ok(ethertype) = ctx.skb.load::<[u8; 2]>(12) else {
+        return deny(ctx, REASON_MALFORMED, None);
     };
     match u16::from_be_bytes(ethertype) {
-        ETH_P_IP => judge_ip::<ETH_HLEN>(skb, Some(false)),
-        ETH_P_IPV6 => judge_ip::<ETH_HLEN>(skb, Some(true)),
-        _ => deny(skb, REASON_PACKET_SOCKET, None),
+        ETH_P_IP => judge_ip::<ETH_HLEN>(ctx, Some(false)),
+        ETH_P_IPV6 => judge_ip::<ETH_HLEN>(ctx, Some(true)),
+        _ => deny(ctx, REASON_PACKET_SOCKET, None),
     }
 }
 
@@ -165,7 +171,8 @@ fn judge_ether(skb: &SkBuff) -> Verdict {
 /// header of the other version is malformed: the receiver would drop it,
 /// and judging it as what it is not would be judging another packet).
 #[inline(always)]
-fn judge_ip<const B: usize>(skb: &SkBuff, v6: Option<bool>) -> Verdict {
+fn judge_ip<const B: usize>(ctx: &TcContext, v6: Option<bool>) -> Verdict {
+    let skb = &ctx.skb;
     let flow = match parse_at::<B>(skb, DIR_EGRESS) {
         Ok(flow) => flow,
         Err(why) => {
@@ -175,11 +182,11 @@ fn judge_ip<const B: usize>(skb: &SkBuff, v6: Option<bool>) -> Verdict {
                 Unjudgeable::UnknownProto => REASON_UNKNOWN_PROTO,
                 Unjudgeable::SourceRoute => REASON_SOURCE_ROUTE,
             };
-            return deny(skb, reason, None);
+            return deny(ctx, reason, None);
         }
     };
     if matches!(v6, Some(v) if v != flow.v6) {
-        return deny(skb, REASON_MALFORMED, None);
+        return deny(ctx, REASON_MALFORMED, None);
     }
     let Some(config) = CONFIG.get(0) else {
         return Verdict::Pass;
@@ -189,66 +196,33 @@ fn judge_ip<const B: usize>(skb: &SkBuff, v6: Option<bool>) -> Verdict {
         count_rule(rule, DIR_EGRESS, skb.len());
         return Verdict::Pass;
     }
-    deny(skb, REASON_NO_RULE, Some(&flow))
+    deny(ctx, REASON_NO_RULE, Some(&flow))
 }
 
-/// Counts a deny and reports it (rate-limited as every deny event is);
-/// drops in enforce mode.
+/// The egress deny of main.rs (counters, a rate-limited event, the
+/// verdict log), for a packet socket: no socket storage, so the event
+/// carries no pid or comm (sock_create runs for inet sockets only).
 #[inline(always)]
-fn deny(skb: &SkBuff, reason: u32, flow: Option<&crate::Flow>) -> Verdict {
+fn deny(ctx: &TcContext, reason: u32, flow: Option<&Flow>) -> Verdict {
     let Some(config) = CONFIG.get(0) else {
         return Verdict::Pass;
     };
-    let enforce = config.mode == MODE_ENFORCE;
-    let len = skb.len();
-    add(
-        &DENY_STATS,
-        deny_index(u32::from(enforce), DIR_EGRESS, reason),
-        len,
-    );
-    // SAFETY: a helper on the program's own context: the id of the cgroup
-    // of the packet's socket.
-    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb.skb) };
-    let (remote, remote_port, local_port, proto) = match flow {
-        Some(f) => (f.remote, f.remote_port, f.local_port, f.proto),
-        None => ([0; 16], 0, 0, 0),
-    };
-    let key = flow_key(
-        &remote,
-        remote_port,
-        local_port,
-        proto,
+    let verdict = events::deny(
+        ctx,
+        &ctx.skb,
+        config,
+        config.mode,
         DIR_EGRESS,
         reason,
-        cgroup_id,
+        ctx.skb.len(),
+        flow,
+        ptr::null_mut(),
+        None,
     );
-    if let Some((packets, ev)) = reserve_event(&key) {
-        // SAFETY: `ev` points at a reserved, zeroed ring buffer record.
-        // No pid or comm: sock_create runs for inet sockets only, so a
-        // packet socket carries no record of its creator.
-        unsafe {
-            (*ev).packets = packets;
-            (*ev).cgroup_id = cgroup_id;
-            (*ev).uid = bpf_get_socket_uid(skb.skb);
-            (*ev).len = len;
-            (*ev).reason = reason;
-            (*ev).dir = DIR_EGRESS;
-            (*ev).dropped = u8::from(enforce);
-            (*ev).remote = remote;
-            (*ev).remote_port = remote_port;
-            (*ev).local_port = local_port;
-            (*ev).proto = proto;
-            if let Some(f) = flow {
-                (*ev).local = f.local;
-                (*ev).v6 = u8::from(f.v6);
-            }
-        }
-        submit_event(ev);
-    }
-    if enforce {
-        Verdict::Drop
-    } else {
+    if verdict == PASS {
         Verdict::Pass
+    } else {
+        Verdict::Drop
     }
 }
 

@@ -32,7 +32,9 @@
 //!     `DNS_MAX_STEPS` bytes and pointers) is compared with the CNAME chain
 //!     (the question and the aliases seen so far, as hashes of the
 //!     lower-cased wire names). An A or AAAA record on the chain is learned:
-//!     `SDM_LEARNED4/6[address] = (host, now + max(TTL, floor))`. A CNAME on
+//!     `SDM_LEARNED4/6[address] = (host, now + max(TTL, floor))` (a plain
+//!     hash: when full, the address is not stored and `DNS_STAT_LEARN_FULL`
+//!     counts it; nothing alive is evicted). A CNAME on
 //!     the chain adds its target (stage CNAME). Other records are skipped.
 //!  5. Each record is one tail call (the verifier sees one bounded name walk
 //!     per program run); the kernel's limit of 33 tail calls bounds the
@@ -61,16 +63,24 @@ use aya_ebpf::{
 };
 use sdm_common::{
     dns_fold, dns_lower, fnv_step, Config, DnsHost, DnsQueryKey, DnsScratch, HostPortKey, Learned,
-    ResolverKey, DIR_EGRESS, DNSQ_ALLOWED, DNSQ_COUNT, DNSQ_REFUSED, DNSQ_WOULD_REFUSE, DNS_BUF,
-    DNS_CHAIN, DNS_HOST_QUERY_ONLY, DNS_MAX_LABELS, DNS_NAME_SEED, DNS_NAME_WIRE,
-    DNS_PENDING_ENTRIES, DNS_PENDING_NS, DNS_QUERIES_POLICY, DNS_RESULT_COUNT,
-    DNS_RESULT_ERROR_RCODE, DNS_RESULT_LEARNED, DNS_RESULT_MALFORMED, DNS_RESULT_NOT_ALLOWED,
-    DNS_RESULT_NOT_RESOLVER, DNS_RESULT_NO_ADDRESS, DNS_RESULT_TRUNCATED, DNS_RESULT_UNASKED,
-    DNS_WILDCARD_TAG, FNV_OFFSET, LEARNED_ENTRIES, LEARN_TTL_MAX_S, MAX_DNS_NAMES,
-    MAX_DNS_RESOLVERS, MAX_HOST_PORTS, MODE_ENFORCE, PROTO_TCP, PROTO_UDP, REASON_DNS_QUERY,
+    ResolverKey, DIR_EGRESS, DIR_INGRESS, DNSQ_ALLOWED, DNSQ_COUNT, DNSQ_REFUSED,
+    DNSQ_WOULD_REFUSE, DNS_BUF, DNS_CHAIN, DNS_HOST_QUERY_ONLY, DNS_MAX_LABELS, DNS_NAME_SEED,
+    DNS_NAME_WIRE, DNS_PENDING_ENTRIES, DNS_PENDING_NS, DNS_QUERIES_POLICY, DNS_RESULT_ERROR_RCODE,
+    DNS_RESULT_LEARNED, DNS_RESULT_MALFORMED, DNS_RESULT_NOT_ALLOWED, DNS_RESULT_NOT_RESOLVER,
+    DNS_RESULT_NO_ADDRESS, DNS_RESULT_TRUNCATED, DNS_RESULT_UNASKED, DNS_STATS_SLOTS,
+    DNS_STAT_LEARN_FULL, DNS_WILDCARD_TAG, FNV_OFFSET, LEARNED_ENTRIES, LEARN_TTL_MAX_S,
+    MAX_DNS_NAMES, MAX_DNS_RESOLVERS, MAX_HOST_PORTS, MODE_ENFORCE, PROTO_TCP, PROTO_UDP,
+    REASON_DNS_QUERY,
 };
 
-use crate::{atomic_add_u64, count_rule, deny, full_socket, Flow, CONFIG, DROP, PASS};
+use crate::{
+    events::deny,
+    maps::CONFIG,
+    parse::{parse, Flow},
+    sock::full_socket,
+    stats::{atomic_add_u64, count_rule},
+    DROP, PASS,
+};
 
 #[map(name = "SDM_DNS_NAMES")]
 static DNS_NAMES: HashMap<u64, DnsHost> = HashMap::with_max_entries(MAX_DNS_NAMES, 0);
@@ -82,7 +92,7 @@ static DNS_PENDING: LruHashMap<DnsQueryKey, u64> =
 #[map(name = "SDM_DNS_SCRATCH")]
 static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SDM_DNS_STATS")]
-static DNS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNS_RESULT_COUNT, 0);
+static DNS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNS_STATS_SLOTS, 0);
 #[map(name = "SDM_DNS_PROGS")]
 static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "SDM_DNSQ_SCRATCH")]
@@ -92,9 +102,9 @@ static DNSQ_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNSQ_COUNT, 
 #[map(name = "SDM_DNSQ_PROGS")]
 static DNSQ_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "SDM_LEARNED4")]
-static LEARNED4: LruHashMap<[u8; 4], Learned> = LruHashMap::with_max_entries(LEARNED_ENTRIES, 0);
+static LEARNED4: HashMap<[u8; 4], Learned> = HashMap::with_max_entries(LEARNED_ENTRIES, 0);
 #[map(name = "SDM_LEARNED6")]
-static LEARNED6: LruHashMap<[u8; 16], Learned> = LruHashMap::with_max_entries(LEARNED_ENTRIES, 0);
+static LEARNED6: HashMap<[u8; 16], Learned> = HashMap::with_max_entries(LEARNED_ENTRIES, 0);
 #[map(name = "SDM_HOSTPORT_0")]
 static HOST_PORTS_0: HashMap<HostPortKey, u32> = HashMap::with_max_entries(MAX_HOST_PORTS, 0);
 #[map(name = "SDM_HOSTPORT_1")]
@@ -203,20 +213,28 @@ pub fn note_query(ctx: &SkBuffContext, flow: &Flow) {
     let _ = DNS_PENDING.insert(&key, &now, 0);
 }
 
-/// Tail-calls the parser (a helper call straight from the program's own
-/// frame: the verifier refuses tail calls from subprograms with deep
-/// stacks, `check_max_stack_depth_subprog` in kernel/bpf/verifier.c).
+/// Tail-calls program 0 of `progs`, keeping the context and its `cb`; on
+/// failure it returns and the caller goes on. A helper call straight from
+/// the program's own frame: the verifier refuses tail calls from
+/// subprograms with deep stacks (`check_max_stack_depth_subprog` in
+/// kernel/bpf/verifier.c), hence always inlined.
 #[inline(always)]
-fn parse_next(ctx: &SkBuffContext) {
+fn tail_call(ctx: &SkBuffContext, progs: &ProgramArray) {
     // SAFETY: the context and the program array's definition, as the
-    // helper expects; on failure it returns and the caller goes on.
+    // helper expects.
     unsafe {
         bpf_tail_call(
             ctx.skb.skb.cast(),
-            ptr::addr_of!(DNS_PROGS).cast_mut().cast(),
+            ptr::from_ref(progs).cast_mut().cast(),
             0,
         );
     }
+}
+
+/// Tail-calls the parser's next run.
+#[inline(always)]
+fn parse_next(ctx: &SkBuffContext) {
+    tail_call(ctx, &DNS_PROGS);
 }
 
 /// Attached to the cgroup's ingress next to `sdm_ingress` (both run; this
@@ -225,7 +243,7 @@ fn parse_next(ctx: &SkBuffContext) {
 /// verification and cost stay as they were.
 #[cgroup_skb(ingress)]
 pub fn sdm_dns_in(ctx: SkBuffContext) -> i32 {
-    let Ok(flow) = crate::parse(&ctx, crate::DIR_INGRESS) else {
+    let Ok(flow) = parse(&ctx, DIR_INGRESS) else {
         return PASS;
     };
     if flow.remote_port != DNS_PORT || (flow.proto != PROTO_UDP && flow.proto != PROTO_TCP) {
@@ -302,7 +320,7 @@ pub fn sdm_dns_in(ctx: SkBuffContext) -> i32 {
 /// forged segment must not be parsed on the strength of its addresses.
 #[inline(always)]
 fn in_sequence(ctx: &SkBuffContext, flow: &Flow) -> bool {
-    let sk = crate::full_socket(ctx);
+    let sk = full_socket(ctx);
     if sk.is_null() {
         return false;
     }
@@ -595,8 +613,8 @@ fn learn(s: &DnsScratch, config: &Config, owner: u32, rtype: u16, ttl: u32) {
             byte(s, owner + 2),
             byte(s, owner + 3),
         ];
-        if !unlearnable4(&a) {
-            let _ = LEARNED4.insert(&a, &value, 0);
+        if !unlearnable4(&a) && LEARNED4.insert(&a, &value, 0).is_err() {
+            count(DNS_STAT_LEARN_FULL);
         }
     } else {
         let mut a = [0u8; 16];
@@ -605,8 +623,8 @@ fn learn(s: &DnsScratch, config: &Config, owner: u32, rtype: u16, ttl: u32) {
             a[i] = byte(s, owner + i as u32);
             i += 1;
         }
-        if !unlearnable6(&a) {
-            let _ = LEARNED6.insert(&a, &value, 0);
+        if !unlearnable6(&a) && LEARNED6.insert(&a, &value, 0).is_err() {
+            count(DNS_STAT_LEARN_FULL);
         }
     }
 }
@@ -928,15 +946,7 @@ pub fn judge_query(ctx: &SkBuffContext, flow: &Flow, config: &Config, rule: u32)
         return Query::Pass;
     }
     set_cb(ctx, 1, rule);
-    // SAFETY: the context and the program array's definition; on failure
-    // the helper returns.
-    unsafe {
-        bpf_tail_call(
-            ctx.skb.skb.cast(),
-            ptr::addr_of!(DNSQ_PROGS).cast_mut().cast(),
-            0,
-        );
-    }
+    judge_next(ctx);
     Query::Unjudged
 }
 
@@ -959,7 +969,7 @@ pub fn unjudged(config: &Config) -> i32 {
 /// payload (nothing to judge), `Err` to refuse.
 #[inline(always)]
 fn take_message(ctx: &SkBuffContext, sp: *mut DnsScratch) -> Result<bool, ()> {
-    let flow = crate::parse(ctx, DIR_EGRESS).map_err(|_| ())?;
+    let flow = parse(ctx, DIR_EGRESS).map_err(|_| ())?;
     let Some((start, msg_len)) = whole_message(ctx, &flow) else {
         return if flow.proto == PROTO_TCP && no_payload(ctx, &flow) {
             Ok(false)
@@ -1100,17 +1110,11 @@ fn try_dns_query(ctx: &SkBuffContext) -> Result<(), ()> {
     Err(())
 }
 
-/// Tail-calls the judge's next run; returns only if that fails.
+/// Tail-calls the judge (its first or next run); returns only if that
+/// fails.
 #[inline(always)]
 fn judge_next(ctx: &SkBuffContext) {
-    // SAFETY: as in `judge_query`.
-    unsafe {
-        bpf_tail_call(
-            ctx.skb.skb.cast(),
-            ptr::addr_of!(DNSQ_PROGS).cast_mut().cast(),
-            0,
-        );
-    }
+    tail_call(ctx, &DNSQ_PROGS);
 }
 
 /// A plain query (step Q4): QR clear, opcode QUERY, one question, no
@@ -1158,9 +1162,10 @@ fn refuse_query(ctx: &SkBuffContext) -> i32 {
     // Not an `Option<Flow>` from `.ok()`: LLVM copies the fields of a
     // `None` as well, and the verifier refuses reading them uninitialised.
     let (len, sk) = (ctx.len(), full_socket(ctx));
-    match crate::parse(ctx, DIR_EGRESS) {
+    match parse(ctx, DIR_EGRESS) {
         Ok(flow) => deny(
             ctx,
+            &ctx.skb,
             config,
             config.mode,
             DIR_EGRESS,
@@ -1172,6 +1177,7 @@ fn refuse_query(ctx: &SkBuffContext) -> i32 {
         ),
         Err(_) => deny(
             ctx,
+            &ctx.skb,
             config,
             config.mode,
             DIR_EGRESS,

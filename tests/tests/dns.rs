@@ -10,13 +10,17 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use aya::Ebpf;
+use aya::{maps::MapData, Ebpf};
 use sdm_agent::{
     dataplane::{self, Maps},
     entries,
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
+    status::monotonic_ns,
 };
-use sdm_common::{dns_name_key, DNS_RESULT_NAMES, MODE_ENFORCE, PROG_DNS_IN, PROG_EGRESS};
+use sdm_common::{
+    dns_host_id, dns_name_key, Learned, DNS_RESULT_NAMES, LEARNED_ENTRIES, MAP_LEARNED4,
+    MODE_ENFORCE, PROG_DNS_IN, PROG_EGRESS,
+};
 use sdm_tests::{
     guards::{Netns, Pins},
     packets::{
@@ -119,8 +123,12 @@ impl Fixture {
 
     /// A query from QPORT to the resolver, through the egress program.
     fn ask(&mut self, id: u16, name: &str, qtype: u16) {
+        self.ask_from_port(QPORT, id, name, qtype);
+    }
+
+    fn ask_from_port(&mut self, port: u16, id: u16, name: &str, qtype: u16) {
         let q = DnsMsg::query(id, name, qtype).bytes();
-        let pkt = ipv4(ME, RESOLVER, UDP, &udp(QPORT, 53, &q), V4Opts::default());
+        let pkt = ipv4(ME, RESOLVER, UDP, &udp(port, 53, &q), V4Opts::default());
         assert_eq!(self.run(PROG_EGRESS, &pkt), PASS, "the query is allowed");
     }
 
@@ -507,8 +515,11 @@ fn untrusted_unasked_and_malformed_answers_teach_nothing() {
     // lets this host query).
     f.ask(11, "app.example", DNS_A);
     f.answer_from(SPOOFER, &good(11).bytes());
-    // Not asked: another id, and an id asked from another port.
+    // Not asked: an id never asked, and an id asked from another local
+    // port than the one the answer goes to.
     f.answer(&good(12));
+    f.ask_from_port(QPORT + 1, 16, "app.example", DNS_A);
+    f.answer(&good(16));
     // A name no rule names.
     f.ask(13, "evil.example", DNS_A);
     f.answer(&DnsMsg::answer(
@@ -575,7 +586,7 @@ fn untrusted_unasked_and_malformed_answers_teach_nothing() {
     }
     let r = f.results();
     assert_eq!(r.get("not_resolver"), Some(&1), "{r:?}");
-    assert_eq!(r.get("unasked"), Some(&1), "{r:?}");
+    assert_eq!(r.get("unasked"), Some(&2), "{r:?}");
     assert_eq!(r.get("not_allowed"), Some(&1), "{r:?}");
     assert_eq!(r.get("error_rcode"), Some(&1), "{r:?}");
     assert!(r.get("malformed").copied().unwrap_or(0) >= 6, "{r:?}");
@@ -606,7 +617,7 @@ fn ttl_floor_and_expiry() {
     ));
     assert_eq!(f.connect(ip4(203, 0, 113, 71), 443), PASS, "the floor");
     let (_, _, expires) = f.maps.learned().expect("learned")[0];
-    let now = sdm_agent::status::monotonic_ns();
+    let now = monotonic_ns();
     let left = expires.saturating_sub(now) / 1_000_000_000;
     assert!((28..=30).contains(&left), "{left} s left");
     // The agent's clean-up removes it only after it expired (plus grace).
@@ -668,4 +679,74 @@ fn a_resolver_on_loopback_is_learned_from() {
         PASS,
         "learned via 127.0.0.53"
     );
+}
+
+/// "Never a silent loss": the learned-address table full of live entries
+/// (as a host that talks to 65,536 CDN addresses within their TTLs would
+/// have it). A new address in an allowed answer must not push out one that
+/// is still alive (the next connect to that one would fail with EPERM
+/// before its TTL, which an LRU did without a trace): it is not learned,
+/// and the kernel counts it. Once the agent's sweep has removed expired
+/// entries, learning resumes.
+#[test]
+fn a_full_learned_table_keeps_every_live_address_and_counts_the_new_one() {
+    let mut f = Fixture::new(30);
+    let path = f._pins.layout.map_pin(MAP_LEARNED4);
+    let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
+    let mut table: aya::maps::HashMap<MapData, [u8; 4], Learned> =
+        aya::maps::Map::from_map_data(data)
+            .and_then(|m| m.try_into())
+            .unwrap_or_else(|e| panic!("{MAP_LEARNED4} as a hash of Learned: {e}"));
+    let (app_key, _) = dns_name_key("app.example").expect("app's key");
+    let host = dns_host_id(app_key);
+    let an_hour = monotonic_ns() + 3_600_000_000_000;
+    // 10.128.0.0 upwards: distinct from every address the answer teaches.
+    let filler = |i: u32| (0x0a80_0000 + i).to_be_bytes();
+    for i in 0..LEARNED_ENTRIES {
+        let live = Learned {
+            host,
+            _pad: 0,
+            expires_ns: if i == 0 { 1 } else { an_hour },
+        };
+        table
+            .insert(filler(i), live, 0)
+            .unwrap_or_else(|e| panic!("prefill entry {i} of {LEARNED_ENTRIES}: {e}"));
+    }
+
+    let new = ip4(203, 0, 113, 77);
+    f.ask(70, "app.example", DNS_A);
+    f.answer(&DnsMsg::answer(
+        70,
+        "app.example",
+        DNS_A,
+        vec![Rr::a(q(), 300, Ipv4Addr::new(203, 0, 113, 77))],
+    ));
+    assert_eq!(
+        f.maps.learn_table_full().expect("learn table full counter"),
+        1,
+        "the address that found no room is counted"
+    );
+    assert_eq!(f.connect(new, 443), DROP, "not learned: no room");
+    let kept = f.learned();
+    assert_eq!(
+        kept.len(),
+        LEARNED_ENTRIES as usize,
+        "every live entry is still there"
+    );
+    assert!(!kept.contains(&new));
+    let live = IpAddr::from(filler(LEARNED_ENTRIES - 1));
+    assert_eq!(f.connect(live, 443), PASS, "a live learned address allows");
+
+    // The agent's sweep removes the one expired entry (expiry 1 ns); the
+    // next answer has room again.
+    assert_eq!(f.maps.expire_learned(monotonic_ns(), 0).expect("expire"), 1);
+    f.ask(71, "app.example", DNS_A);
+    f.answer(&DnsMsg::answer(
+        71,
+        "app.example",
+        DNS_A,
+        vec![Rr::a(q(), 300, Ipv4Addr::new(203, 0, 113, 77))],
+    ));
+    assert_eq!(f.connect(new, 443), PASS, "learned once there is room");
+    assert_eq!(f.maps.learn_table_full().expect("counter"), 1);
 }

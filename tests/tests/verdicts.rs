@@ -700,6 +700,91 @@ fn mode_changes_are_never_lost_to_a_policy_apply() {
     );
 }
 
+/// "Never a mix": while another handle applies three policies in turn
+/// (each naming a thousand addresses; only policy k allows address k),
+/// verdicts judged within one generation are those of exactly one policy.
+/// With three policies over two slots every apply rewrites the idle slot
+/// in full (removals, then additions), so a policy written into the slot
+/// the kernel reads would show a moment where no probe, or two, pass.
+#[test]
+fn concurrent_applies_never_show_a_mix_of_two_policies() {
+    let mut f = Fixture::new(&base_policy());
+    let policy = |k: u8| {
+        let mut p = base_policy();
+        let mut r = rule(
+            "bulk",
+            Direction::Egress,
+            Proto::Tcp,
+            one(9000),
+            "0.0.0.0/32",
+        );
+        r.targets = (0..1_000u32)
+            .map(|i| {
+                Target::Cidr(ipnet::IpNet::from(IpAddr::V4(Ipv4Addr::from(
+                    u32::from(Ipv4Addr::new(10, 60 + k, 0, 0)) + i,
+                ))))
+            })
+            .collect();
+        p.rules.push(r);
+        p
+    };
+    let all: Vec<_> = (0..3).map(|k| f.entries(&policy(k))).collect();
+    // The first address of each policy: allowed by that policy only.
+    let probes: Vec<Vec<u8>> = (0..3)
+        .map(|k| v4(Ipv4Addr::new(10, 60 + k, 0, 0), TCP, 9000))
+        .collect();
+    // Policy 2 in force before sampling starts: every generation sampled
+    // has one of the three.
+    f.maps.apply(&all[2]).expect("apply policy 2");
+    let layout = f._pins.layout.clone();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (samples, flips, mixes) = std::thread::scope(|scope| {
+        let applier = scope.spawn(|| {
+            let mut maps = Maps::open(&layout).expect("open pinned maps as a second agent would");
+            let mut applied = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let writes = maps
+                    .apply(&all[applied as usize % 3])
+                    .expect("apply entries");
+                // From the second apply on, the idle slot holds the policy
+                // before last: all of it goes, all of the new one comes.
+                assert!(
+                    applied < 1 || writes >= 2_000,
+                    "apply {applied} rewrote only {writes} entries"
+                );
+                applied += 1;
+            }
+            applied
+        });
+        let (mut samples, mut mixes) = (0u32, Vec::new());
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(3) {
+            let g0 = f.maps.config().expect("config").generation;
+            let passed: Vec<bool> = probes.iter().map(|p| f.egress(p) == PASS).collect();
+            let g1 = f.maps.config().expect("config").generation;
+            if g0 != g1 {
+                continue;
+            }
+            samples += 1;
+            if passed.iter().filter(|p| **p).count() != 1 {
+                mixes.push((g0, passed));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (samples, applier.join().expect("applier thread"), mixes)
+    });
+    assert!(
+        samples >= 100 && flips >= 20,
+        "too little overlap to judge: {samples} samples within one generation, {flips} applies"
+    );
+    assert!(
+        mixes.is_empty(),
+        "verdicts of more or fewer than one policy within one generation ({} of {samples}): {:?}",
+        mixes.len(),
+        &mixes[..mixes.len().min(10)]
+    );
+}
+
 #[test]
 fn many_addresses_do_not_change_verdicts() {
     // 50,000 exact addresses: still one hash lookup, still the same answers.

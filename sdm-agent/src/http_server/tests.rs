@@ -4,7 +4,7 @@
 //! of two or three): what is checked is that a connection is closed, a
 //! counter moves or a scrape is served, not how fast.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::net::SocketAddr;
 
 use prometheus_client::registry::Registry;
 use tokio::{
@@ -44,12 +44,6 @@ fn no_timeouts() -> Limits {
 fn status_with_rules(rules: usize, addresses: usize) -> Status {
     Status {
         mode: "enforce".into(),
-        loopback: "pass".into(),
-        generation: 1,
-        cgroup: Some(PathBuf::from("/sys/fs/cgroup/test")),
-        pin_root: PathBuf::from("/sys/fs/bpf/sdm"),
-        agent_pid: Some(1),
-        agent_running: true,
         rules: (0..rules)
             .map(|i| RuleStatus {
                 name: format!("gateway/egress/rule-{i}"),
@@ -70,14 +64,8 @@ fn status_with_rules(rules: usize, addresses: usize) -> Status {
             .collect(),
         denied: vec![],
         dns: vec![],
-        dns_answers: Default::default(),
-        dns_queries_mode: "any".into(),
-        dns_queries: Default::default(),
         learned: vec![],
-        bypass_capable: vec![],
-        backstop: vec![],
-        flow_store_evictions: 0,
-        policy_error: None,
+        ..Status::sample()
     }
 }
 

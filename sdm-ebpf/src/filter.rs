@@ -1,0 +1,187 @@
+//! The packet programs: cgroup_skb egress and ingress filters that allow
+//! only the flows of the host's StrongDM role and count every packet.
+//!
+//! Verdict order (both directions; "remote" is the destination on egress
+//! and the source on ingress). Each step is labelled with its number in
+//! [`filter`]:
+//!
+//!  1. Loopback interface and `loopback = pass`: allow, uncounted. This
+//!     comes before parsing, so a malformed packet on loopback passes too
+//!     (loopback traffic never leaves the host).
+//!  2. Not IPv4/IPv6, or a header that does not fit in the packet: deny,
+//!     reason `malformed`.
+//!  3. Non-first fragment (no transport header to judge): deny, reason
+//!     `fragment`. The kernel reassembles before delivering to a socket and
+//!     fragments after the egress hook, so only raw sockets ever show these.
+//!  4. A protocol other than TCP, UDP, ICMP or ICMPv6 (after walking IPv4
+//!     options and IPv6 extension headers): deny, reason `unknown_protocol`.
+//!     An IPv4 loose/strict source route option, or an IPv6 routing header
+//!     with segments left, names hops beyond the address judged: deny,
+//!     reason `source_route`. (Steps 2-4 are parse.rs.)
+//!  5. The socket's cached verdict (socket local storage, sock.rs) is for
+//!     this same remote address, port and protocol, in this direction or as
+//!     a reply to it (TCP: never into a listener, never a SYN without ACK),
+//!     and its rule is still in the live policy: allow, counted for that
+//!     rule. Established flows stop here: one storage lookup and two array
+//!     lookups, whatever the policy size.
+//!  6. The allowlist of this direction (policy.rs): exact (direction,
+//!     protocol, port, address) in a hash map, then (direction, protocol,
+//!     port, CIDR) in an LPM trie, then addresses learned from DNS answers
+//!     (dns.rs). Hit: allow, cache the verdict on the socket.
+//!     After 5 or 6 on egress (and for a loopback resolver passed at 1): a
+//!     packet to a trusted resolver's port 53 is noted for the DNS learning
+//!     and, with `[dns] queries = "policy"`, judged by its question in the
+//!     tail-called `sdm_dns_query` (dns.rs, steps Q1-Q5): refused, reason
+//!     `dns_query`.
+//!  7. The reverse allowlist, for replies (policy.rs): an ingress packet
+//!     from a remote this host may reach on egress (unless it is addressed
+//!     to a TCP listener, which only ingress rules may open), or an egress
+//!     packet to a remote allowed in by an ingress rule on this local port.
+//!     Hit: allow.
+//!  8. Otherwise deny, reason `no_rule`.
+//!
+//! A deny (events.rs) drops the packet in enforce mode and passes it in
+//! audit mode; either way it is counted under its mode, direction and
+//! reason.
+//!
+//! Kernel behaviour relied on:
+//! - the program sees the packet from its network header in both directions
+//!   (`__cgroup_bpf_run_filter_skb` pushes back to it:
+//!   https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/cgroup.c);
+//! - egress runs only for packets of full sockets, so `skb->sk` is set
+//!   (`BPF_CGROUP_RUN_PROG_INET_EGRESS`,
+//!   https://github.com/torvalds/linux/blob/v6.18/include/linux/bpf-cgroup.h).
+
+use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+use aya_log_ebpf::info;
+use sdm_common::{
+    DIR_EGRESS, DIR_INGRESS, LOOPBACK_ENFORCE, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_RULE,
+    REASON_SOURCE_ROUTE, REASON_UNKNOWN_PROTO,
+};
+
+use crate::{
+    dns,
+    events::deny,
+    maps::CONFIG,
+    parse::{parse, Unjudgeable},
+    policy::{lookup, note_peer, reverse_lookup, NO_RULE},
+    sock::{cached_rule, full_socket, remember},
+    stats::count_rule,
+    PASS,
+};
+
+/// The loopback device is ifindex 1 in every network namespace
+/// (LOOPBACK_IFINDEX, include/net/flow.h).
+pub(crate) const LOOPBACK_IFINDEX: u32 = 1;
+
+#[cgroup_skb(egress)]
+pub fn sdm_egress(ctx: SkBuffContext) -> i32 {
+    filter::<DIR_EGRESS>(&ctx)
+}
+
+#[cgroup_skb(ingress)]
+pub fn sdm_ingress(ctx: SkBuffContext) -> i32 {
+    filter::<DIR_INGRESS>(&ctx)
+}
+
+#[inline(always)]
+/// The verdict of `DIR`: a constant per program, so that each program
+/// holds only its own direction's code (the egress program's tail call to
+/// the DNS query judge must not reach the ingress program, even where LLVM
+/// keeps part of this function out of line).
+pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
+    let dir = DIR;
+    let Some(config) = CONFIG.get(0) else {
+        // The map always has its one entry; this only satisfies the verifier.
+        return PASS;
+    };
+    let mode = config.mode;
+    let len = ctx.len();
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // 1.
+    let loopback_pass = ifindex == LOOPBACK_IFINDEX && config.loopback != LOOPBACK_ENFORCE;
+    // A local resolver's queries (systemd-resolved, a cache) still teach
+    // the DNS learning which answers to expect: parsed only when one is
+    // configured, and only on the way out.
+    if loopback_pass && (dir != DIR_EGRESS || config.loopback_dns == 0) {
+        return PASS;
+    }
+    // 2, 3 and 4.
+    let flow = match parse(ctx, dir) {
+        Ok(flow) => flow,
+        Err(_) if loopback_pass => return PASS,
+        Err(why) => {
+            let reason = match why {
+                Unjudgeable::Malformed => REASON_MALFORMED,
+                Unjudgeable::Fragment => REASON_FRAGMENT,
+                Unjudgeable::UnknownProto => REASON_UNKNOWN_PROTO,
+                Unjudgeable::SourceRoute => REASON_SOURCE_ROUTE,
+            };
+            let sk = full_socket(ctx);
+            return deny(
+                ctx, &ctx.skb, config, mode, dir, reason, len, None, sk, None,
+            );
+        }
+    };
+    let slot = config.generation & 1;
+    let sk = full_socket(ctx);
+    let port = if dir == DIR_EGRESS {
+        flow.remote_port
+    } else {
+        flow.local_port
+    };
+
+    // 5 and 6: the rule that allows the flow, and whether it is new to the
+    // socket (6) or its cached verdict (5). Loopback, when passed, has no
+    // rule: it gets here only for the DNS queries to a local resolver.
+    let allowed = if loopback_pass {
+        Some((NO_RULE, false))
+    } else if let Some(rule) = cached_rule(ctx, &flow, dir, slot, sk) {
+        Some((rule, false))
+    } else {
+        lookup(slot, &flow, dir, port).map(|rule| (rule, true))
+    };
+    if let Some((rule, fresh)) = allowed {
+        if fresh {
+            remember(sk, &flow, dir, rule);
+            note_peer(ctx, &flow, rule);
+            if config.log_verdicts != 0 {
+                info!(
+                    ctx,
+                    "allow dir={} proto={} port={} rule={}", dir, flow.proto, port, rule
+                );
+            }
+        }
+        // What leaves for a trusted resolver: noted for the DNS learning,
+        // and with `[dns] queries = "policy"` judged by its question (a local
+        // stub resolver forwards what it is asked, so on loopback too). The
+        // judge counts the rule itself. After the socket's peer record: the
+        // answer to an allowed query must find it.
+        if dir == DIR_EGRESS && dns::judge_query(ctx, &flow, config, rule) == dns::Query::Unjudged {
+            return dns::unjudged(config);
+        }
+        count_rule(rule, dir, len);
+        return PASS;
+    }
+
+    // 7. Replies.
+    if let Some(rule) = reverse_lookup(ctx, slot, &flow, dir, sk) {
+        count_rule(rule, dir, len);
+        return PASS;
+    }
+
+    // 8. No rule.
+    deny(
+        ctx,
+        &ctx.skb,
+        config,
+        mode,
+        dir,
+        REASON_NO_RULE,
+        len,
+        Some(&flow),
+        sk,
+        None,
+    )
+}
