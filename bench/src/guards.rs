@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use sdm_agent::dataplane::{self, Layout};
+use sdm_agent::kernel::dataplane::{self, Layout};
 
 use crate::sys::sh;
 
@@ -118,7 +118,7 @@ impl Cgroup {
     /// A new cgroup directly under the cgroup2 mount. Programs are only ever
     /// attached to cgroups made here, never to the root.
     pub fn new_top(tag: &str) -> Result<Self> {
-        let root = sdm_agent::cgroup::cgroup2_mount().context("find the cgroup2 mount")?;
+        let root = sdm_agent::kernel::cgroup::cgroup2_mount().context("find the cgroup2 mount")?;
         Self::create(root.join(unique(tag)))
     }
 
@@ -273,7 +273,7 @@ pub fn sweep_stale() -> Result<usize> {
             n += 1;
         }
     }
-    if let Ok(root) = sdm_agent::cgroup::cgroup2_mount() {
+    if let Ok(root) = sdm_agent::kernel::cgroup::cgroup2_mount() {
         for cg in stale_in(&root) {
             remove_cgroup_tree(&cg);
             n += 1;

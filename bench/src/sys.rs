@@ -451,7 +451,8 @@ pub fn load_empty_skb_prog() -> Result<OwnedFd> {
 /// BPF_PROG_TEST_RUN of any skb program fd on `packet` (from the IP header
 /// on). Returns (verdict, the kernel's average duration in ns).
 pub fn test_run(prog_fd: RawFd, packet: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, u32)> {
-    sdm_agent::dataplane::test_run_fd(prog_fd, packet, ifindex, repeat).context("BPF_PROG_TEST_RUN")
+    sdm_agent::kernel::dataplane::test_run_fd(prog_fd, packet, ifindex, repeat)
+        .context("BPF_PROG_TEST_RUN")
 }
 
 #[cfg(test)]

@@ -30,8 +30,8 @@ use anyhow::{bail, Context as _, Result};
 use aya::Ebpf;
 use ipnet::{IpNet, Ipv4Net};
 use sdm_agent::{
-    dataplane::{self, Maps},
-    entries,
+    kernel::dataplane::{self, Maps},
+    kernel::entries,
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
 };
 use sdm_common::{MODE_ENFORCE, PROG_EGRESS};

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use sdm_agent::{compile, config::Config, entries};
+use sdm_agent::{kernel::entries, policy::compile, policy::config::Config};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sdm_agent::{
-    events::{decode, Event},
+    flows::events::{decode, Event},
     flows::{audit_line, Flow, FlowTable},
 };
 

@@ -6,7 +6,7 @@
 
 use axum::http::{header, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use sdm_agent::http::{authorized, loopback_host, FlowParams};
+use sdm_agent::api::http::{authorized, loopback_host, FlowParams};
 
 const TOKEN: &str = "s3cret%2Btoken";
 

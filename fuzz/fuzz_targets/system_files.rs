@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sdm_agent::{cgroup::cgroup2_mount_in, compile::parse_resolv_conf};
+use sdm_agent::{kernel::cgroup::cgroup2_mount_in, policy::compile::parse_resolv_conf};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

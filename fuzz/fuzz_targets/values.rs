@@ -7,8 +7,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use sdm_agent::{
-    cgroup::CgroupTarget,
-    config::{
+    kernel::cgroup::CgroupTarget,
+    policy::config::{
         format_duration, normalize_hostname, parse_cidr, parse_duration, parse_port_spec,
         valid_name, HostPort,
     },

@@ -17,14 +17,20 @@ use sdm_common::{LOOPBACK_ENFORCE, LOOPBACK_PASS, MODE_AUDIT, MODE_ENFORCE};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    backstop, cgroup, compile,
-    config::{Config, FailMode, LoopbackMode, Mode},
-    dataplane::{self, AttachOutcome, Layout, Maps},
-    entries, events, flows, http, metrics,
+    api::http,
+    api::metrics,
+    api::status::StateFile,
+    dns::resolver::{DnsTiming, HostState, Resolver},
+    flows,
+    flows::events,
+    flows::store,
+    kernel::backstop,
+    kernel::cgroup,
+    kernel::dataplane::{self, AttachOutcome, Layout, Maps},
+    kernel::entries,
+    policy::compile,
+    policy::config::{Config, FailMode, LoopbackMode, Mode},
     policy::{Policy, Target},
-    resolver::{DnsTiming, HostState, Resolver},
-    status::StateFile,
-    store,
 };
 
 /// The resolvers the policy allows and the agent asks: `[dns] servers`, or
@@ -420,7 +426,7 @@ fn write_dns_learning(
     let dns_writes = m
         .apply_dns(&names, resolvers)
         .context("write the DNS learning maps")?;
-    m.set_dns_queries(config.dns.queries == crate::config::DnsQueries::Policy);
+    m.set_dns_queries(config.dns.queries == crate::policy::config::DnsQueries::Policy);
     // Whole seconds, rounded up and at least one: a 0-TTL answer must
     // still let the connect right after it through.
     let floor = config.dns.ttl_min.as_secs() + u64::from(config.dns.ttl_min.subsec_nanos() > 0);
@@ -599,7 +605,7 @@ pub async fn run(
     let mut resolver = Resolver::new(&resolvers, timing)?;
     let hosts = hostnames(&policy);
     resolver.set_names(hosts.iter().map(String::as_str), Instant::now());
-    let dns_fingerprint = crate::status::dns_fingerprint(&resolvers, &hosts);
+    let dns_fingerprint = crate::api::status::dns_fingerprint(&resolvers, &hosts);
     seed_from_previous(&mut resolver, &layout, &hosts, &dns_fingerprint);
     let hostnames: flows::HostnameIndex = Default::default();
     let agent_stats = metrics::AgentStats::default();
@@ -761,7 +767,7 @@ pub async fn run(
                 let removed = maps
                     .lock()
                     .map_err(|_| anyhow::anyhow!("maps lock poisoned"))
-                    .and_then(|mut m| Ok(m.expire_learned(crate::status::monotonic_ns(), grace)?));
+                    .and_then(|mut m| Ok(m.expire_learned(crate::api::status::monotonic_ns(), grace)?));
                 match removed {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "expired learned addresses removed"),
@@ -851,10 +857,10 @@ mod tests {
         };
         let old_resolvers: Vec<IpAddr> = vec!["192.0.2.53".parse().unwrap()];
         let names = vec!["db.example".to_string()];
-        let recorded = crate::status::dns_fingerprint(&old_resolvers, &names);
+        let recorded = crate::api::status::dns_fingerprint(&old_resolvers, &names);
         let answer: IpAddr = "203.0.113.7".parse().unwrap();
         StateFile {
-            dns: vec![crate::resolver::HostReport {
+            dns: vec![crate::dns::resolver::HostReport {
                 hostname: "db.example".into(),
                 addresses: vec![answer],
                 failures: 0,
@@ -870,7 +876,7 @@ mod tests {
         let seeded = |resolvers: &[IpAddr], names: &[String]| {
             let mut r = Resolver::new(resolvers, timing()).unwrap();
             r.set_names(names.iter().map(String::as_str), Instant::now());
-            let fp = crate::status::dns_fingerprint(resolvers, names);
+            let fp = crate::api::status::dns_fingerprint(resolvers, names);
             seed_from_previous(&mut r, &layout, names, &fp);
             r.addresses("db.example").to_vec()
         };
@@ -898,7 +904,7 @@ mod tests {
 
     #[test]
     fn dns_fingerprints_ignore_order_and_tell_sets_apart() {
-        use crate::status::dns_fingerprint as fp;
+        use crate::api::status::dns_fingerprint as fp;
         let a: IpAddr = "10.0.0.53".parse().unwrap();
         let b: IpAddr = "::ffff:10.0.0.54".parse().unwrap();
         let n = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();

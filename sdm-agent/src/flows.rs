@@ -2,12 +2,15 @@
 //! (direction, protocol, remote address, port, process, verdict), named by
 //! the hostname the agent resolved the address from, written once as a JSON
 //! line to the audit log when new, and handed in batches to the store
-//! ([`crate::store`]), which is the source of truth. The in-memory table is
+//! ([`crate::flows::store`]), which is the source of truth. The in-memory table is
 //! bounded ([`DEFAULT_CAPACITY`]) and only serves the dashboard when the
 //! store is unavailable, and decides which flows are new.
 //!
 //! Also here: [`suggest`], which turns flows seen in audit mode into
 //! `[[allow]]` / `[[resource]]` config.
+
+pub mod events;
+pub mod store;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -24,10 +27,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::{
-    config::{AuditConfig, Config, Role, MAX_NAME_LEN},
-    events::Event,
+    flows::events::Event,
+    flows::store::StoreHandle,
+    policy::config::{AuditConfig, Config, Role, MAX_NAME_LEN},
     policy::{Direction, Policy, Proto, Target},
-    store::StoreHandle,
 };
 
 /// Most flows kept in memory; the least recently seen go first.
@@ -999,7 +1002,7 @@ pub const DEFAULT_COLLAPSE: usize = 4;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Store, StoreOptions, StoreStats};
+    use crate::flows::store::{Store, StoreOptions, StoreStats};
 
     fn event(
         dir: &'static str,
@@ -1498,7 +1501,7 @@ mod tests {
     fn compiled(text: &str) -> (Config, Policy) {
         let c = Config::from_toml_str(text, Path::new("suggest.toml"))
             .unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
-        let p = crate::compile::compile(&c, &["10.0.0.2".parse().unwrap()])
+        let p = crate::policy::compile::compile(&c, &["10.0.0.2".parse().unwrap()])
             .unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
         (c, p)
     }
@@ -1653,7 +1656,7 @@ mod tests {
         assert_eq!(l2.len(), MAX_NAME_LEN);
         assert_ne!(l1, l2);
         for name in [l1, l2] {
-            crate::config::valid_name(&name).unwrap();
+            crate::policy::config::valid_name(&name).unwrap();
         }
     }
 

@@ -10,14 +10,15 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use sdm_agent::{
+    api::status,
     app,
-    cgroup::CgroupTarget,
-    compile,
-    config::Config,
-    dataplane::{self, Layout, Maps},
+    flows::store::{self, Store, StoreError},
     flows::{self, Flow, FlowKey, FlowQuery},
-    kernel_check, status,
-    store::{self, Store, StoreError},
+    kernel::cgroup::CgroupTarget,
+    kernel::check,
+    kernel::dataplane::{self, Layout, Maps},
+    policy::compile,
+    policy::config::Config,
 };
 use sdm_common::{MODE_AUDIT, MODE_ENFORCE};
 
@@ -148,7 +149,7 @@ fn parse_target(s: &str) -> Result<CgroupTarget, String> {
 }
 
 fn parse_window(s: &str) -> Result<Duration, String> {
-    sdm_agent::config::parse_duration(s)
+    sdm_agent::policy::config::parse_duration(s)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -194,10 +195,10 @@ const EXIT_NO_BPF: u8 = 3;
 /// `check --kernel`: the verifier's verdict on every program.
 fn check_kernel(object: Option<&Path>, json: bool) -> Result<ExitCode> {
     let bytes = match object {
-        Some(path) => kernel_check::read_object(path)?,
+        Some(path) => check::read_object(path)?,
         None => dataplane::EBPF_OBJECT.to_vec(),
     };
-    let report = match kernel_check::verify(&bytes) {
+    let report = match check::verify(&bytes) {
         Ok(report) => report,
         Err(e) if e.is_permission() => {
             eprintln!(
@@ -233,7 +234,7 @@ fn check_kernel(object: Option<&Path>, json: bool) -> Result<ExitCode> {
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
     if let Some(root) = cli.unit_root {
-        sdm_agent::cgroup::set_unit_root(root);
+        sdm_agent::kernel::cgroup::set_unit_root(root);
     }
     let layout = Layout {
         pin_root: cli.pin_root,
@@ -260,15 +261,15 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 cfg.cgroup = Some(t);
             }
             // `[backstop] interfaces` must name interfaces of this host.
-            sdm_agent::backstop::resolve(&cfg, config.as_deref())?;
+            sdm_agent::kernel::backstop::resolve(&cfg, config.as_deref())?;
             let mut warnings = compile::lockout_warnings(&cfg, &policy);
             match app::target_cgroup(&cfg, config.as_deref())? {
                 // Not an error: `run` waits for a unit that has not started.
                 Err(e) => eprintln!("sdm-agent: note: {e}; `run` will wait for it to appear"),
                 Ok(cg) => {
-                    let bypass = sdm_agent::caps::bypass_capable(&cg, None);
+                    let bypass = sdm_agent::kernel::caps::bypass_capable(&cg, None);
                     if !bypass.is_empty() {
-                        eprint!("{}", sdm_agent::caps::render(&bypass));
+                        eprint!("{}", sdm_agent::kernel::caps::render(&bypass));
                         warnings.push(format!(
                             "{} process(es) in {} hold CAP_NET_RAW or CAP_NET_ADMIN and can bypass the cgroup programs (listed above){}",
                             bypass.len(),
@@ -360,7 +361,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Policed { cgroup, enforce } => return Ok(policed(&layout, cgroup, enforce)),
-        Command::DefaultConfig => print!("{}", sdm_agent::config::Config::default_toml()),
+        Command::DefaultConfig => print!("{}", sdm_agent::policy::config::Config::default_toml()),
         Command::Flows {
             config,
             since,
@@ -416,7 +417,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 /// `sdm-agent policed`: one line on stdout when policed (exit 0), the reason
 /// on stderr when not (exit 1), so a refused ExecStartPre= says why.
 fn policed(layout: &Layout, cgroup: Option<CgroupTarget>, enforce: bool) -> ExitCode {
-    match sdm_agent::policed::check(layout, cgroup.as_ref(), enforce) {
+    match sdm_agent::kernel::policed::check(layout, cgroup.as_ref(), enforce) {
         Ok(p) => {
             println!(
                 "policed: {} (programs on {}, mode {}, policy generation {})",

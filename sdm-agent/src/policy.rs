@@ -1,6 +1,10 @@
 //! The effective policy: what the catalogue and the config compile into,
 //! before any hostname is resolved. The dataplane turns it into map entries.
 
+pub mod catalogue;
+pub mod compile;
+pub mod config;
+
 use std::fmt;
 
 use ipnet::IpNet;

@@ -14,9 +14,9 @@ use std::{
 };
 
 use sdm_agent::{
-    dataplane::Layout,
-    metrics::{self, AgentStats},
-    status::Status,
+    api::metrics::{self, AgentStats},
+    api::status::Status,
+    kernel::dataplane::Layout,
 };
 use serde_json::Value;
 

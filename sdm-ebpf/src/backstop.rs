@@ -22,8 +22,8 @@
 //!     directory; a descendant counts, as for the cgroup programs): passed.
 //!  4. What remains is a frame of a packet (or other non-IP) socket of the
 //!     target cgroup. IPv4 or IPv6 is parsed as the cgroup programs parse
-//!     it and judged by the egress allowlist: steps 1, 3, 4, 6 and 8 of
-//!     the verdict order in main.rs (a packet socket has no cached verdict
+//!     it and judged by the egress allowlist: steps 2, 3, 4, 6 and 8 of
+//!     the verdict order in filter.rs (a packet socket has no cached verdict
 //!     and receives no replies that would make step 7 apply). Any other
 //!     ethertype (ARP, a VLAN tag, anything else) is denied, reason
 //!     `packet_socket`.
@@ -166,8 +166,8 @@ fn judge_ether(ctx: &TcContext) -> Verdict {
     }
 }
 
-/// Steps 1, 3, 4, 6 and 8 for an IP packet whose header is `B` bytes into
-/// the frame; `v6` is what the ethertype announced, if there is one (a
+/// Steps 2, 3, 4, 6 and 8 of filter.rs's order for an IP packet whose
+/// header is `B` bytes into the frame; `v6` is what the ethertype announced, if there is one (a
 /// header of the other version is malformed: the receiver would drop it,
 /// and judging it as what it is not would be judging another packet).
 #[inline(always)]
@@ -199,7 +199,7 @@ fn judge_ip<const B: usize>(ctx: &TcContext, v6: Option<bool>) -> Verdict {
     deny(ctx, REASON_NO_RULE, Some(&flow))
 }
 
-/// The egress deny of main.rs (counters, a rate-limited event, the
+/// The egress deny of events.rs (counters, a rate-limited event, the
 /// verdict log), for a packet socket: no socket storage, so the event
 /// carries no pid or comm (sock_create runs for inet sockets only).
 #[inline(always)]

@@ -40,7 +40,7 @@
 //!     per program run); the kernel's limit of 33 tail calls bounds the
 //!     records read (`truncated` beyond).
 //!
-//! `lookup` in main.rs consults the learned addresses after the exact and
+//! `lookup` in policy.rs consults the learned addresses after the exact and
 //! CIDR allowlists: a learned, unexpired address allows the ports of its
 //! hostname's rules (`SDM_HOSTPORT_<slot>`). Existing connections keep their
 //! socket's cached verdict after expiry; only new flows see the expiry.

@@ -8,7 +8,7 @@ use std::{
     process::Child,
 };
 
-use sdm_agent::dataplane::Layout;
+use sdm_agent::kernel::dataplane::Layout;
 
 use crate::{sh, unique};
 
@@ -91,7 +91,7 @@ pub struct Cgroup {
 
 impl Cgroup {
     pub fn new(tag: &str) -> Self {
-        let root = sdm_agent::cgroup::cgroup2_mount().expect("cgroup2 mount");
+        let root = sdm_agent::kernel::cgroup::cgroup2_mount().expect("cgroup2 mount");
         let path = root.join(unique(tag));
         fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         Self { path }
@@ -146,7 +146,7 @@ pub struct Pins {
 
 impl Pins {
     pub fn new(tag: &str) -> Self {
-        sdm_agent::dataplane::ensure_bpffs().expect("bpffs");
+        sdm_agent::kernel::dataplane::ensure_bpffs().expect("bpffs");
         let name = unique(tag);
         let layout = Layout {
             pin_root: PathBuf::from("/sys/fs/bpf").join(format!("sdmtest-{name}")),
@@ -158,7 +158,7 @@ impl Pins {
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        let _ = sdm_agent::dataplane::detach(&self.layout);
+        let _ = sdm_agent::kernel::dataplane::detach(&self.layout);
         let _ = fs::remove_dir_all(&self.layout.pin_root);
         let _ = fs::remove_dir_all(&self.layout.run_dir);
     }

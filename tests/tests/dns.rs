@@ -12,10 +12,10 @@ use std::{
 
 use aya::{maps::MapData, Ebpf};
 use sdm_agent::{
-    dataplane::{self, Maps},
-    entries,
+    api::status::monotonic_ns,
+    kernel::dataplane::{self, Maps},
+    kernel::entries,
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
-    status::monotonic_ns,
 };
 use sdm_common::{
     dns_host_id, dns_name_key, Learned, DNS_RESULT_NAMES, LEARNED_ENTRIES, MAP_LEARNED4,

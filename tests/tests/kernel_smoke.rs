@@ -113,7 +113,7 @@ fn every_program_passes_this_kernels_verifier() {
 #[test]
 fn check_names_the_program_the_verifier_refuses_and_fails() {
     require_root();
-    let fixture = Path::new(sdm_agent::kernel_check::REFUSED_FIXTURE);
+    let fixture = Path::new(sdm_agent::kernel::check::REFUSED_FIXTURE);
     assert!(
         fixture.exists(),
         "the refused fixture {} is not built (sdm-ebpf's second bin)",

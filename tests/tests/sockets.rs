@@ -17,8 +17,8 @@ use std::{
 };
 
 use sdm_agent::{
-    dataplane::{self, Maps},
-    entries,
+    kernel::dataplane::{self, Maps},
+    kernel::entries,
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
 };
 use sdm_common::{MODE_AUDIT, MODE_ENFORCE};
@@ -167,11 +167,11 @@ fn denied_connect_fails_fast_with_eperm_and_names_the_process() {
     );
     assert!(elapsed < Duration::from_secs(1), "EPERM took {elapsed:?}");
 
-    let mut ring = sdm_agent::events::open(&pins.layout).expect("ring");
+    let mut ring = sdm_agent::flows::events::open(&pins.layout).expect("ring");
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        events.push(sdm_agent::events::Event::from_raw(
-            &sdm_agent::events::decode(&item).expect("event"),
+        events.push(sdm_agent::flows::events::Event::from_raw(
+            &sdm_agent::flows::events::decode(&item).expect("event"),
         ));
     }
     let e = events

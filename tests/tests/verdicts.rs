@@ -11,8 +11,8 @@ use std::{
 
 use aya::Ebpf;
 use sdm_agent::{
-    dataplane::{self, Maps},
-    entries,
+    kernel::dataplane::{self, Maps},
+    kernel::entries,
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
 };
 use sdm_common::{
@@ -818,10 +818,11 @@ fn many_addresses_do_not_change_verdicts() {
 }
 
 fn drain_events(f: &Fixture) -> Vec<sdm_common::DenyEvent> {
-    let mut ring = sdm_agent::events::open(&f._pins.layout).expect("open the event ring buffer");
+    let mut ring =
+        sdm_agent::flows::events::open(&f._pins.layout).expect("open the event ring buffer");
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
-        out.push(sdm_agent::events::decode(&item).expect("a whole event"));
+        out.push(sdm_agent::flows::events::decode(&item).expect("a whole event"));
     }
     out
 }

@@ -840,8 +840,8 @@ mod tests {
     const PROXY_DROP_IN: &str = include_str!("../../deploy/debian/sdm-proxy-sdm-agent.conf");
     const CONTROL: &str = include_str!("../../deploy/debian/control");
     const CONFFILES: &str = include_str!("../../deploy/debian/conffiles");
-    const DATAPLANE_RS: &str = include_str!("../../sdm-agent/src/dataplane.rs");
-    const CONFIG_RS: &str = include_str!("../../sdm-agent/src/config.rs");
+    const DATAPLANE_RS: &str = include_str!("../../sdm-agent/src/kernel/dataplane.rs");
+    const CONFIG_RS: &str = include_str!("../../sdm-agent/src/policy/config.rs");
 
     /// The values of `key` in `[section]` of a unit file, in order.
     fn directive<'a>(unit: &'a str, section: &str, key: &str) -> Vec<&'a str> {

@@ -1,6 +1,6 @@
 //! Prometheus metrics, read from the kernel maps at scrape time (nothing
 //! is copied or cached in between, so a scrape is always the truth), plus
-//! the agent's own counters ([`AgentStats`]). `crate::http` serves them.
+//! the agent's own counters ([`AgentStats`]). `crate::api::http` serves them.
 
 use std::collections::BTreeMap;
 use std::sync::{
@@ -16,13 +16,13 @@ use prometheus_client::{
 };
 
 use crate::{
-    dataplane::{Layout, Maps},
-    http_server::{
+    api::http_server::{
         CloseReason, HttpStats, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, RESPONSE_TIMEOUT,
         WRITE_STALL_TIMEOUT,
     },
-    status::{self, Status},
-    store::StoreStats,
+    api::status::{self, Status},
+    flows::store::StoreStats,
+    kernel::dataplane::{Layout, Maps},
 };
 
 /// The maps and layout the collector reads.
@@ -129,7 +129,7 @@ fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::
         &bytes,
     )?;
     // One labelled row per (direction, reason, mode), for packets and bytes.
-    let denied_rows = |value: fn(&crate::status::DenyStatus) -> u64| -> Vec<_> {
+    let denied_rows = |value: fn(&crate::api::status::DenyStatus) -> u64| -> Vec<_> {
         s.denied
             .iter()
             .map(|d| {

@@ -19,9 +19,9 @@ use sdm_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{AttachRecord, DataplaneError, Layout, Maps},
+    dns::resolver::HostReport,
+    kernel::dataplane::{AttachRecord, DataplaneError, Layout, Maps},
     policy::Rule,
-    resolver::HostReport,
 };
 
 /// What the agent writes after every policy change.
@@ -190,7 +190,7 @@ pub struct Status {
     /// Processes in the policed cgroup (or below) that hold CAP_NET_RAW or
     /// CAP_NET_ADMIN: they can bypass the cgroup programs.
     #[serde(default)]
-    pub bypass_capable: Vec<crate::caps::BypassCapable>,
+    pub bypass_capable: Vec<crate::kernel::caps::BypassCapable>,
     /// Flows evicted from the flow store to stay within `[state]
     /// max_bytes` (as of the agent's last state write).
     #[serde(default)]
@@ -491,12 +491,12 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
 }
 
 /// Adds the processes of the status's cgroup (and below) that can bypass
-/// the cgroup programs ([`crate::caps`]).
+/// the cgroup programs ([`crate::kernel::caps`]).
 pub fn add_bypass_capable(s: &mut Status) {
     s.bypass_capable = s
         .cgroup
         .as_deref()
-        .map(|cg| crate::caps::bypass_capable(cg, s.agent_pid.filter(|_| s.agent_running)))
+        .map(|cg| crate::kernel::caps::bypass_capable(cg, s.agent_pid.filter(|_| s.agent_running)))
         .unwrap_or_default();
 }
 
@@ -545,7 +545,7 @@ pub fn render(s: &Status) -> String {
         );
     }
     if !s.bypass_capable.is_empty() {
-        let _ = write!(o, "\n{}", crate::caps::render(&s.bypass_capable));
+        let _ = write!(o, "\n{}", crate::kernel::caps::render(&s.bypass_capable));
     }
     if let Some(e) = &s.policy_error {
         let _ = writeln!(
@@ -639,7 +639,7 @@ mod tests {
         );
         let mut s = empty();
         s.flow_store_evictions = 1234;
-        s.bypass_capable = vec![crate::caps::BypassCapable {
+        s.bypass_capable = vec![crate::kernel::caps::BypassCapable {
             pid: 4242,
             comm: "relay".into(),
             cgroup: "/sys/fs/cgroup/x".into(),

@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    cgroup::{self, CgroupTarget},
-    dataplane::{AttachRecord, Layout, Maps, ATTACHMENTS},
-    status,
+    api::status,
+    kernel::cgroup::{self, CgroupTarget},
+    kernel::dataplane::{AttachRecord, Layout, Maps, ATTACHMENTS},
 };
 
 /// Why a cgroup is not policed; each is a plain sentence for the journal.
@@ -34,7 +34,7 @@ pub enum NotPoliced {
     )]
     Recreated(PathBuf),
     #[error("cannot read the pinned maps: {0}")]
-    Maps(#[from] crate::dataplane::DataplaneError),
+    Maps(#[from] crate::kernel::dataplane::DataplaneError),
     #[error("the programs are attached but no policy has been applied yet")]
     NoPolicy,
     #[error("the mode is {0}, not enforce")]

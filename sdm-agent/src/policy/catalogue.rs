@@ -6,7 +6,7 @@
 //! catalogue holds exactly its rows, no more, no fewer: when the guide
 //! changes, the test fails until this table follows.
 
-use crate::config::{ControlPlaneHost, Role};
+use crate::policy::config::{ControlPlaneHost, Role};
 use crate::policy::{Direction, Proto};
 
 /// Who a row's flow talks to; resolved against the config by the compiler.

@@ -35,8 +35,8 @@ use sdm_common::{
 };
 
 use crate::{
-    config::{Config, ConfigError},
-    dataplane::{AttachRecord, Layout},
+    kernel::dataplane::{AttachRecord, Layout},
+    policy::config::{Config, ConfigError},
 };
 
 /// The clsact egress priority and handle of the backstop's filter: the
@@ -505,7 +505,7 @@ fn remove_sockopt_link(layout: &Layout) -> Result<(), BackstopError> {
     if !pin.exists() {
         return Ok(());
     }
-    crate::dataplane::detach_link_now(&pin).map_err(|source| BackstopError::Io {
+    crate::kernel::dataplane::detach_link_now(&pin).map_err(|source| BackstopError::Io {
         op: "detach the link pinned at",
         path: pin.clone(),
         source,

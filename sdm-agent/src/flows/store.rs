@@ -606,12 +606,12 @@ impl StoreOptions {
             retry: Duration::from_secs(30),
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             max_pending: 100_000,
-            max_bytes: crate::config::DEFAULT_STORE_MAX_BYTES,
+            max_bytes: crate::policy::config::DEFAULT_STORE_MAX_BYTES,
         }
     }
 
     /// From `[state]`.
-    pub fn from_config(c: &crate::config::StateConfig) -> Self {
+    pub fn from_config(c: &crate::policy::config::StateConfig) -> Self {
         Self {
             max_bytes: c.max_bytes,
             ..Self::new(db_path(&c.dir), c.retention)

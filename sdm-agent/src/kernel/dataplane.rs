@@ -43,8 +43,8 @@ use sdm_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config_map::{ConfigField, ConfigMapping},
-    entries::{diff, Entries},
+    kernel::config_map::{ConfigField, ConfigMapping},
+    kernel::entries::{diff, Entries},
 };
 
 /// The eBPF object built by build.rs (aya-build), embedded in the binary.
@@ -86,7 +86,7 @@ pub enum DataplaneError {
         source: Box<aya::programs::links::LinkError>,
     },
     #[error("cgroup: {0}")]
-    Cgroup(#[source] Box<crate::cgroup::CgroupError>),
+    Cgroup(#[source] Box<crate::kernel::cgroup::CgroupError>),
     #[error("nothing is pinned under {0}: is the agent attached (sdm-agent run)?")]
     NotAttached(PathBuf),
     #[error("the maps pinned under {root} have layout {found}, this agent uses {expected}: run `sdm-agent detach` first (enforcement stops until the agent runs again)")]
@@ -99,13 +99,13 @@ pub enum DataplaneError {
     RuleIdsExhausted,
     /// Not a `#[source]`: the message already says it all, once.
     #[error("{0}; nothing was written")]
-    Capacity(crate::entries::Overflow),
+    Capacity(crate::kernel::entries::Overflow),
     #[error("backstop: {0}")]
-    Backstop(#[source] Box<crate::backstop::BackstopError>),
+    Backstop(#[source] Box<crate::kernel::backstop::BackstopError>),
 }
 
-impl From<crate::backstop::BackstopError> for DataplaneError {
-    fn from(e: crate::backstop::BackstopError) -> Self {
+impl From<crate::kernel::backstop::BackstopError> for DataplaneError {
+    fn from(e: crate::kernel::backstop::BackstopError) -> Self {
         DataplaneError::Backstop(Box::new(e))
     }
 }
@@ -452,7 +452,7 @@ pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
     load_tail_call(&mut ebpf, PROG_DNS_QUERY, MAP_DNSQ_PROGS)?;
     // Loaded whether or not the config turns the backstop on, so that a
     // kernel that refuses them fails the start like any other program.
-    crate::backstop::load_programs(&mut ebpf)?;
+    crate::kernel::backstop::load_programs(&mut ebpf)?;
     // A config created just now is all zeros: audit mode, generation 0.
     let mut maps = Maps::open(layout)?;
     if maps.config()?.layout == 0 {
@@ -545,8 +545,8 @@ pub fn attach(
     let hash = object_hash(object);
     let record = AttachRecord::read(layout);
     let pinned = ATTACHMENTS.iter().all(|a| layout.link_pin(a.pin).exists());
-    let cgroup_id =
-        crate::cgroup::cgroup_id(cgroup).map_err(|e| DataplaneError::Cgroup(Box::new(e)))?;
+    let cgroup_id = crate::kernel::cgroup::cgroup_id(cgroup)
+        .map_err(|e| DataplaneError::Cgroup(Box::new(e)))?;
     if pinned {
         if let Some(r) = &record {
             if r.cgroup == cgroup && r.cgroup_id == cgroup_id && r.object_hash == hash {
@@ -607,7 +607,7 @@ pub fn detach(layout: &Layout) -> Result<Vec<PathBuf>, DataplaneError> {
         .map(|r| r.backstop)
         .unwrap_or_default()
     {
-        crate::backstop::detach_filter(&name)?;
+        crate::kernel::backstop::detach_filter(&name)?;
         removed.push(PathBuf::from(format!("tc egress filter on {name}")));
     }
     // Links first, detached at once: unpinning alone drops the last
@@ -642,8 +642,8 @@ pub fn detach(layout: &Layout) -> Result<Vec<PathBuf>, DataplaneError> {
     }
     // The run state too: its DNS answers would otherwise become the "last
     // good" answers of the next run, whatever its config.
-    let state = crate::status::StateFile::path(layout);
-    if crate::status::StateFile::remove(layout).map_err(io_err("remove", &state))? {
+    let state = crate::api::status::StateFile::path(layout);
+    if crate::api::status::StateFile::remove(layout).map_err(io_err("remove", &state))? {
         removed.push(state);
     }
     Ok(removed)

@@ -11,7 +11,7 @@ use sdm_common::{DenyEvent, MAP_EVENTS, REASON_NAMES};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-use crate::dataplane::{DataplaneError, Layout};
+use crate::kernel::dataplane::{DataplaneError, Layout};
 
 /// A decoded deny event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -53,7 +53,7 @@ fn addr(bytes: &[u8; 16], v6: bool) -> IpAddr {
 
 /// Converts the kernel's CLOCK_MONOTONIC stamp into wall-clock time.
 fn wall_time(ts_ns: u64) -> SystemTime {
-    let age = Duration::from_nanos(crate::status::monotonic_ns().saturating_sub(ts_ns));
+    let age = Duration::from_nanos(crate::api::status::monotonic_ns().saturating_sub(ts_ns));
     SystemTime::now() - age
 }
 
@@ -70,7 +70,7 @@ impl Event {
         let len = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
         Self {
             time: wall_time(e.ts_ns),
-            direction: crate::status::dir_name(e.dir),
+            direction: crate::api::status::dir_name(e.dir),
             proto,
             local: addr(&e.local, v6),
             local_port: e.local_port,

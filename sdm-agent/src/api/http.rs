@@ -11,7 +11,7 @@
 //! otherwise rebind its own DNS name to 127.0.0.1 and read the API.
 //!
 //! Connections are served within the timeouts and cap of
-//! [`crate::http_server`]; reads of the kernel maps run one at a time
+//! [`crate::api::http_server`]; reads of the kernel maps run one at a time
 //! ([`read_kernel`]).
 
 use std::{io, sync::Arc, time::Duration};
@@ -30,12 +30,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::{
-    config::parse_duration,
+    api::http_server::{self, HttpStats, Limits},
+    api::metrics,
+    api::status::Status,
+    flows::store::StoreHandle,
     flows::{Flow, FlowQuery, SharedTable},
-    http_server::{self, HttpStats, Limits},
-    metrics,
-    status::Status,
-    store::StoreHandle,
+    policy::config::parse_duration,
 };
 
 /// The dashboard page.
@@ -296,7 +296,7 @@ async fn api_status(State(st): State<Arc<HttpState>>) -> Response {
     // outside the one-at-a-time kernel read.
     let full = match snapshot(&st).await {
         Some(mut s) => tokio::task::spawn_blocking(move || {
-            crate::status::add_bypass_capable(&mut s);
+            crate::api::status::add_bypass_capable(&mut s);
             s
         })
         .await
@@ -440,8 +440,8 @@ mod tests {
 
     use super::*;
     use crate::{
+        flows::store::{Store, StoreOptions, StoreStats},
         flows::{now_ms, FlowKey, FlowTable},
-        store::{Store, StoreOptions, StoreStats},
     };
 
     fn flow(remote: &str, comm: &str, verdict: &str, t: u64) -> Flow {

@@ -26,8 +26,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::catalogue::{self, guide_section, CatalogueRow, RowPort, RowTarget};
-use crate::config::{Config, LoopbackMode, Mode, Role};
+use crate::policy::catalogue::{self, guide_section, CatalogueRow, RowPort, RowTarget};
+use crate::policy::config::{Config, LoopbackMode, Mode, Role};
 use crate::policy::{Direction, Policy, PortRange, Proto, Rule, Target};
 
 /// Most (protocol, port) pairs one rule may expand to, per target address.
@@ -49,7 +49,7 @@ pub enum CompileError {
     /// Fixed addresses times ports that can never be applied (`run` would
     /// otherwise load, attach and then fail to write the maps).
     #[error("rules with fixed addresses: {0}; narrow their port ranges or address lists")]
-    TooManyEntries(crate::entries::Overflow),
+    TooManyEntries(crate::kernel::entries::Overflow),
 }
 
 fn loopback_sources() -> Vec<Target> {
@@ -182,7 +182,7 @@ fn expand_row(config: &Config, row: &CatalogueRow) -> Result<Vec<Candidate>, Com
                     one(
                         format!("{base}/{host}"),
                         vec![Proto::Tcp],
-                        crate::config::normalize_ports(ports),
+                        crate::policy::config::normalize_ports(ports),
                         vec![target],
                     )
                 })
@@ -317,7 +317,7 @@ pub fn compile(config: &Config, resolvers: &[IpAddr]) -> Result<Policy, CompileE
         }
     }
     let policy = Policy { rules };
-    if let Some(o) = crate::entries::static_overflow(&policy) {
+    if let Some(o) = crate::kernel::entries::static_overflow(&policy) {
         return Err(CompileError::TooManyEntries(o));
     }
     Ok(policy)
@@ -484,7 +484,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::{AllowConfig, ResourceConfig};
+    use crate::policy::config::{AllowConfig, ResourceConfig};
 
     fn cfg(text: &str) -> Config {
         match Config::from_toml_str(text, Path::new("test.toml")) {

@@ -26,7 +26,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
-use crate::cgroup::CgroupTarget;
+use crate::kernel::cgroup::CgroupTarget;
 use crate::policy::{Direction, PortRange, Proto, Target};
 
 /// Port of a gateway when a `gateways` entry has none, and the default

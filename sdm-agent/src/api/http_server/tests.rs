@@ -15,9 +15,9 @@ use tokio::{
 
 use super::*;
 use crate::{
+    api::http::{self, HttpState, StatusFn},
+    api::status::{Count, RuleStatus, Status},
     flows::FlowTable,
-    http::{self, HttpState, StatusFn},
-    status::{Count, RuleStatus, Status},
 };
 
 /// Timeouts short enough for a test; the cap as in production.

@@ -67,7 +67,7 @@ pub fn bypass_caps(eff: u64) -> Vec<String> {
 pub fn bypass_capable(cgroup: &Path, except: Option<u32>) -> Vec<BypassCapable> {
     let me = std::process::id();
     let mut out = Vec::new();
-    crate::cgroup::walk_breadth_first(cgroup, MAX_DEPTH, |dir| {
+    crate::kernel::cgroup::walk_breadth_first(cgroup, MAX_DEPTH, |dir| {
         let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else {
             return ControlFlow::Continue(());
         };
@@ -174,11 +174,11 @@ mod tests {
     /// whole host: they do not list themselves (nor the agent).
     #[test]
     fn this_process_and_the_excepted_one_are_not_listed() {
-        let Ok(mount) = crate::cgroup::cgroup2_mount() else {
+        let Ok(mount) = crate::kernel::cgroup::cgroup2_mount() else {
             return;
         };
         let me = std::process::id();
-        let cg = crate::cgroup::pid_cgroup(&mount, me).unwrap_or(mount);
+        let cg = crate::kernel::cgroup::pid_cgroup(&mount, me).unwrap_or(mount);
         let listed = bypass_capable(&cg, Some(1));
         assert!(
             listed.iter().all(|p| p.pid != me && p.pid != 1),
