@@ -25,7 +25,7 @@ use std::{
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use crate::flows::{now_ms, Flow, FlowKey, FlowQuery};
+use crate::flows::flow::{now_ms, Flow, FlowKey, FlowQuery};
 
 /// The database file in the state directory.
 pub const DB_FILE: &str = "flows.db";
@@ -1030,7 +1030,7 @@ mod blank_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flows::FlowKey;
+    use crate::flows::flow::FlowKey;
 
     fn flow(remote: &str, port: u16, comm: &str, t: u64, count: u64) -> Flow {
         Flow {
@@ -1152,7 +1152,7 @@ mod tests {
             vec![900, 800, 700]
         );
         // Same answers as the in-memory table.
-        let mut t = crate::flows::FlowTable::new(100, Duration::from_secs(3600));
+        let mut t = crate::flows::table::FlowTable::new(100, Duration::from_secs(3600));
         for f in &fl {
             t.record(f);
         }
