@@ -298,7 +298,7 @@ fn git_source() -> String {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "one per `sdm-bench run` option")]
 fn run(
     smoke: bool,
     out: &Path,

@@ -288,7 +288,7 @@ fn sd_notify(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
 
 /// Holds an exclusive lock on RUN_DIR/agent.lock while the agent runs, so a
 /// second agent on the same pins fails at once instead of fighting the first.
-struct InstanceLock(#[allow(dead_code)] std::fs::File);
+struct InstanceLock(#[allow(dead_code, reason = "held for its lock, never read")] std::fs::File);
 
 fn lock_instance(layout: &Layout) -> Result<InstanceLock> {
     use std::os::fd::AsRawFd as _;

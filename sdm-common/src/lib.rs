@@ -776,31 +776,41 @@ pub struct EventBudget {
 
 #[cfg(feature = "user")]
 mod pod {
-    unsafe impl aya::Pod for DenyEvent {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for PeerKey {}
-    unsafe impl aya::Pod for FlowSeen {}
-    unsafe impl aya::Pod for DnsHost {}
-    unsafe impl aya::Pod for ResolverKey {}
-    unsafe impl aya::Pod for DnsQueryKey {}
-    unsafe impl aya::Pod for Learned {}
-    unsafe impl aya::Pod for HostPortKey {}
-    unsafe impl aya::Pod for EventBudget {}
-    unsafe impl aya::Pod for Backstop {}
-    unsafe impl aya::Pod for BackstopIf {}
     use super::*;
-    // SAFETY: all of these are repr(C), made of integers and byte arrays,
-    // with explicit padding fields, so every bit pattern is valid.
-    unsafe impl aya::Pod for Config {}
-    unsafe impl aya::Pod for Counter {}
-    unsafe impl aya::Pod for Key4 {}
-    unsafe impl aya::Pod for Key6 {}
-    unsafe impl aya::Pod for Cidr4 {}
-    unsafe impl aya::Pod for Cidr6 {}
-    unsafe impl aya::Pod for RuleRef {}
-    unsafe impl aya::Pod for RuleState {}
-    unsafe impl aya::Pod for RuleName {}
-    unsafe impl aya::Pod for SockState {}
+
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: every type listed is repr(C), made of integers and
+            // byte arrays with explicit padding fields (checked by the
+            // layout tests below), so every bit pattern is valid.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    pod!(
+        DenyEvent,
+        FlowKey,
+        PeerKey,
+        FlowSeen,
+        DnsHost,
+        ResolverKey,
+        DnsQueryKey,
+        Learned,
+        HostPortKey,
+        EventBudget,
+        Backstop,
+        BackstopIf,
+        Config,
+        Counter,
+        Key4,
+        Key6,
+        Cidr4,
+        Cidr6,
+        RuleRef,
+        RuleState,
+        RuleName,
+        SockState,
+    );
 }
 
 // Layouts the kernel and agent rely on: no hidden padding anywhere.

@@ -237,6 +237,7 @@ mod tests {
         };
         raw.remote[..4].copy_from_slice(&[192, 0, 2, 1]);
         raw.comm[..4].copy_from_slice(b"curl");
+        // SAFETY: `raw` is a plain repr(C) value that outlives `bytes`.
         let bytes = unsafe {
             std::slice::from_raw_parts(
                 (&raw as *const DenyEvent).cast::<u8>(),

@@ -426,6 +426,7 @@ pub fn check_cgroup2_dir(path: &Path) -> Result<(), CgroupError> {
     })?;
     // SAFETY: statfs writes into the zeroed struct we pass; c is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` outlives the call.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(CgroupError::Io {
             op: "statfs",
@@ -433,7 +434,10 @@ pub fn check_cgroup2_dir(path: &Path) -> Result<(), CgroupError> {
             source: std::io::Error::last_os_error(),
         });
     }
-    #[allow(clippy::unnecessary_cast)]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type is i64 on x86_64 but not on every target"
+    )]
     if st.f_type as i64 != CGROUP2_SUPER_MAGIC || !path.is_dir() {
         return Err(CgroupError::NotCgroup2 {
             path: path.to_owned(),

@@ -75,7 +75,10 @@ use RowTarget::{
     AnySource, ControlPlane, DnsFallback, Gateways, Loopback, Resources, SecretStores,
 };
 
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one per column of the Ports Guide table"
+)]
 const fn row(
     role: Role,
     key: &'static str,
