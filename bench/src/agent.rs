@@ -21,7 +21,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
-use sdm_common::{Config, Counter, MAP_CONFIG, MAP_DENY_STATS, MAP_EVENT_STATS, MODE_ENFORCE};
+use sdm_common::{
+    Counter, KernelConfig, MAP_CONFIG, MAP_DENY_STATS, MAP_EVENT_STATS, MODE_ENFORCE,
+};
 use serde_json::Value;
 
 use crate::{
@@ -191,9 +193,9 @@ impl Agent {
     }
 }
 
-fn read_config(pin: &Path) -> Result<Config> {
+fn read_config(pin: &Path) -> Result<KernelConfig> {
     let data = MapData::from_pin(pin)?;
-    let arr: Array<MapData, Config> = Array::try_from(Map::Array(data))?;
+    let arr: Array<MapData, KernelConfig> = Array::try_from(Map::Array(data))?;
     Ok(arr.get(&0, 0)?)
 }
 

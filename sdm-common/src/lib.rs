@@ -213,7 +213,7 @@ pub const DNSQ_REFUSED: u32 = 1;
 pub const DNSQ_WOULD_REFUSE: u32 = 2;
 pub const DNSQ_COUNT: u32 = 3;
 pub const DNSQ_NAMES: [&str; DNSQ_COUNT as usize] = ["allowed", "refused", "would_refuse"];
-/// `Config::dns_queries`.
+/// `KernelConfig::dns_queries`.
 pub const DNS_QUERIES_ANY: u32 = 0;
 pub const DNS_QUERIES_POLICY: u32 = 1;
 /// The host id of a `SDM_DNS_NAMES` entry that only lets queries through
@@ -457,12 +457,12 @@ pub struct DnsScratch {
 pub const DIR_EGRESS: u8 = 0;
 pub const DIR_INGRESS: u8 = 1;
 
-/// Modes held in `Config::mode`. Zero is audit, so a freshly created,
+/// Modes held in `KernelConfig::mode`. Zero is audit, so a freshly created,
 /// zero-filled config map never drops anything.
 pub const MODE_AUDIT: u32 = 0;
 pub const MODE_ENFORCE: u32 = 1;
 
-/// `Config::loopback`.
+/// `KernelConfig::loopback`.
 pub const LOOPBACK_PASS: u32 = 0;
 pub const LOOPBACK_ENFORCE: u32 = 1;
 
@@ -524,7 +524,7 @@ pub const fn rule_slot_index(slot: u32, rule: u32) -> u32 {
 /// The single entry of `SDM_CONFIG`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Config {
+pub struct KernelConfig {
     /// `MODE_AUDIT` or `MODE_ENFORCE`.
     pub mode: u32,
     /// `LOOPBACK_PASS` or `LOOPBACK_ENFORCE`.
@@ -746,13 +746,15 @@ impl Default for DenyEvent {
 /// Key of the event rate limiter: one flow as seen from this host.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowKey {
+pub struct EventSeenKey {
     pub remote: [u8; 16],
     pub remote_port: u16,
     pub local_port: u16,
     pub proto: u8,
     pub dir: u8,
-    pub _pad: [u8; 2],
+    /// `REASON_*`: a flow denied for two reasons is reported for each.
+    pub reason: u8,
+    pub _pad: u8,
     pub cgroup_id: u64,
 }
 
@@ -789,7 +791,7 @@ mod pod {
 
     pod!(
         DenyEvent,
-        FlowKey,
+        EventSeenKey,
         PeerKey,
         FlowSeen,
         DnsHost,
@@ -800,7 +802,7 @@ mod pod {
         EventBudget,
         Backstop,
         BackstopIf,
-        Config,
+        KernelConfig,
         Counter,
         Key4,
         Key6,
@@ -814,7 +816,7 @@ mod pod {
 }
 
 // Layouts the kernel and agent rely on: no hidden padding anywhere.
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<Key4>() == 8);
 const _: () = assert!(core::mem::size_of::<Key6>() == 20);
@@ -823,6 +825,6 @@ const _: () = assert!(core::mem::size_of::<Cidr6>() == 20);
 const _: () = assert!(core::mem::size_of::<SockState>() == 48);
 const _: () = assert!(core::mem::size_of::<DenyEvent>() == 96 + DNS_NAME_WIRE);
 const _: () = assert!(core::mem::size_of::<DnsScratch>() == 2616);
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);
+const _: () = assert!(core::mem::size_of::<EventSeenKey>() == 32);
 const _: () = assert!(core::mem::size_of::<PeerKey>() == 32);
 const _: () = assert!(core::mem::size_of::<DnsHost>() == 8 + DNS_NAME_WIRE);

@@ -60,7 +60,7 @@ use sdm_common::{
 use crate::{
     events,
     maps::{CONFIG, DENY_STATS},
-    parse::{parse_at, Flow, Unjudgeable},
+    parse::{parse_at, PacketFlow, Unjudgeable},
     policy::lookup,
     stats::{add_packet, count_rule},
     PASS,
@@ -203,7 +203,7 @@ fn judge_ip<const B: usize>(ctx: &TcContext, v6: Option<bool>) -> Verdict {
 /// verdict log), for a packet socket: no socket storage, so the event
 /// carries no pid or comm (sock_create runs for inet sockets only).
 #[inline(always)]
-fn deny(ctx: &TcContext, reason: u32, flow: Option<&Flow>) -> Verdict {
+fn deny(ctx: &TcContext, reason: u32, flow: Option<&PacketFlow>) -> Verdict {
     let Some(config) = CONFIG.get(0) else {
         return Verdict::Pass;
     };

@@ -62,8 +62,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use sdm_common::{
-    dns_fold, dns_lower, fnv_step, Config, DnsHost, DnsQueryKey, DnsScratch, HostPortKey, Learned,
-    ResolverKey, DIR_EGRESS, DIR_INGRESS, DNSQ_ALLOWED, DNSQ_COUNT, DNSQ_REFUSED,
+    dns_fold, dns_lower, fnv_step, DnsHost, DnsQueryKey, DnsScratch, HostPortKey, KernelConfig,
+    Learned, ResolverKey, DIR_EGRESS, DIR_INGRESS, DNSQ_ALLOWED, DNSQ_COUNT, DNSQ_REFUSED,
     DNSQ_WOULD_REFUSE, DNS_BUF, DNS_CHAIN, DNS_HOST_QUERY_ONLY, DNS_MAX_LABELS, DNS_NAME_SEED,
     DNS_NAME_WIRE, DNS_PENDING_ENTRIES, DNS_PENDING_NS, DNS_QUERIES_POLICY, DNS_RESULT_ERROR_RCODE,
     DNS_RESULT_LEARNED, DNS_RESULT_MALFORMED, DNS_RESULT_NOT_ALLOWED, DNS_RESULT_NOT_RESOLVER,
@@ -76,7 +76,7 @@ use sdm_common::{
 use crate::{
     events::deny,
     maps::CONFIG,
-    parse::{parse, Flow},
+    parse::{parse, PacketFlow},
     sock::full_socket,
     stats::{atomic_add_u64, count_rule},
     DROP, PASS,
@@ -136,7 +136,7 @@ fn count(result: u32) {
 }
 
 #[inline(always)]
-fn resolver_key(flow: &Flow) -> ResolverKey {
+fn resolver_key(flow: &PacketFlow) -> ResolverKey {
     ResolverKey {
         addr: flow.remote,
         v6: u32::from(flow.v6),
@@ -144,7 +144,7 @@ fn resolver_key(flow: &Flow) -> ResolverKey {
 }
 
 #[inline(always)]
-fn is_resolver(flow: &Flow) -> bool {
+fn is_resolver(flow: &PacketFlow) -> bool {
     // SAFETY: a plain value, copied out.
     unsafe { DNS_RESOLVERS.get(&resolver_key(flow)) }.is_some()
 }
@@ -153,7 +153,7 @@ fn is_resolver(flow: &Flow) -> bool {
 /// after the TCP header and its 2-byte length prefix), and its length as
 /// the transport says; `None` for a TCP segment without a whole message.
 #[inline(always)]
-fn message(ctx: &SkBuffContext, flow: &Flow) -> Option<(u32, u32)> {
+fn message(ctx: &SkBuffContext, flow: &PacketFlow) -> Option<(u32, u32)> {
     let off = flow.l4_off;
     if flow.proto == PROTO_UDP {
         let hdr: [u8; 8] = ctx.load(off as usize).ok()?;
@@ -184,7 +184,7 @@ fn message(ctx: &SkBuffContext, flow: &Flow) -> Option<(u32, u32)> {
 /// An allowed packet to a trusted resolver's port 53 over UDP or TCP:
 /// notes the query, so that its answer is accepted (step 1 above).
 #[inline(always)]
-pub fn note_query(ctx: &SkBuffContext, flow: &Flow) {
+pub fn note_query(ctx: &SkBuffContext, flow: &PacketFlow) {
     if flow.remote_port != DNS_PORT || (flow.proto != PROTO_UDP && flow.proto != PROTO_TCP) {
         return;
     }
@@ -319,7 +319,7 @@ pub fn sdm_dns_in(ctx: SkBuffContext) -> i32 {
 /// https://github.com/torvalds/linux/blob/v6.18/net/ipv4/tcp_ipv4.c), so a
 /// forged segment must not be parsed on the strength of its addresses.
 #[inline(always)]
-fn in_sequence(ctx: &SkBuffContext, flow: &Flow) -> bool {
+fn in_sequence(ctx: &SkBuffContext, flow: &PacketFlow) -> bool {
     let sk = full_socket(ctx);
     if sk.is_null() {
         return false;
@@ -590,7 +590,7 @@ fn unlearnable6(a: &[u8; 16]) -> bool {
 }
 
 #[inline(always)]
-fn learn(s: &DnsScratch, config: &Config, owner: u32, rtype: u16, ttl: u32) {
+fn learn(s: &DnsScratch, config: &KernelConfig, owner: u32, rtype: u16, ttl: u32) {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut secs = if ttl < config.learn_ttl_min_s {
@@ -792,7 +792,7 @@ fn finished(s: &DnsScratch) -> u32 {
 }
 
 #[inline(always)]
-fn record(s: &mut DnsScratch, config: &Config) -> Option<u32> {
+fn record(s: &mut DnsScratch, config: &KernelConfig) -> Option<u32> {
     let at = s.w_end;
     if at + 10 > s.len {
         return Some(finished(s));
@@ -835,7 +835,7 @@ fn cname(s: &mut DnsScratch) -> Option<u32> {
 /// The rule a learned address allows for (port, protocol, direction) in
 /// policy `slot`, if it is learned and not expired.
 #[inline(always)]
-pub fn learned_rule(slot: u32, flow: &Flow, dir: u8, port: u16) -> Option<u32> {
+pub fn learned_rule(slot: u32, flow: &PacketFlow, dir: u8, port: u16) -> Option<u32> {
     // SAFETY: plain values, copied out.
     let learned = unsafe {
         if flow.v6 {
@@ -934,7 +934,12 @@ fn set_cb(ctx: &SkBuffContext, i: usize, v: u32) {
 /// small, as everything here is verified once per path of the egress
 /// program. Returns only when the judge was not reached.
 #[inline(always)]
-pub fn judge_query(ctx: &SkBuffContext, flow: &Flow, config: &Config, rule: u32) -> Query {
+pub fn judge_query(
+    ctx: &SkBuffContext,
+    flow: &PacketFlow,
+    config: &KernelConfig,
+    rule: u32,
+) -> Query {
     if flow.remote_port != DNS_PORT || (flow.proto != PROTO_UDP && flow.proto != PROTO_TCP) {
         return Query::Pass;
     }
@@ -954,7 +959,7 @@ pub fn judge_query(ctx: &SkBuffContext, flow: &Flow, config: &Config, rule: u32)
 /// before the programs attach, so only a broken load gets here): refused
 /// in enforce mode, counted.
 #[inline(always)]
-pub fn unjudged(config: &Config) -> i32 {
+pub fn unjudged(config: &KernelConfig) -> i32 {
     if config.mode == MODE_ENFORCE {
         count_query(DNSQ_REFUSED);
         DROP
@@ -1008,7 +1013,7 @@ fn take_message(ctx: &SkBuffContext, sp: *mut DnsScratch) -> Result<bool, ()> {
 /// The message of a UDP datagram, or of a TCP segment that holds its
 /// 2-byte length and exactly that many bytes after it.
 #[inline(always)]
-fn whole_message(ctx: &SkBuffContext, flow: &Flow) -> Option<(u32, u32)> {
+fn whole_message(ctx: &SkBuffContext, flow: &PacketFlow) -> Option<(u32, u32)> {
     let (start, len) = message(ctx, flow)?;
     if flow.proto == PROTO_TCP && ctx.len() != start + len {
         return None;
@@ -1018,7 +1023,7 @@ fn whole_message(ctx: &SkBuffContext, flow: &Flow) -> Option<(u32, u32)> {
 
 /// A TCP segment without payload.
 #[inline(always)]
-fn no_payload(ctx: &SkBuffContext, flow: &Flow) -> bool {
+fn no_payload(ctx: &SkBuffContext, flow: &PacketFlow) -> bool {
     let Ok(hdr) = ctx.load::<[u8; 14]>(flow.l4_off as usize) else {
         return false;
     };
@@ -1159,7 +1164,7 @@ fn refuse_query(ctx: &SkBuffContext) -> i32 {
             }
         }
     }
-    // Not an `Option<Flow>` from `.ok()`: LLVM copies the fields of a
+    // Not an `Option<PacketFlow>` from `.ok()`: LLVM copies the fields of a
     // `None` as well, and the verifier refuses reading them uninitialised.
     let (len, sk) = (ctx.len(), full_socket(ctx));
     match parse(ctx, DIR_EGRESS) {

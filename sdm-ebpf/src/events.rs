@@ -12,14 +12,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use sdm_common::{
-    deny_index, Config, DenyEvent, FlowKey, FlowSeen, DIR_INGRESS, DNS_NAME_WIRE,
+    deny_index, DenyEvent, EventSeenKey, FlowSeen, KernelConfig, DIR_INGRESS, DNS_NAME_WIRE,
     EVENT_BUDGET_PER_SEC, EVENT_INTERVAL_NS, EVENT_STAT_LOST, EVENT_STAT_SENT,
     EVENT_STAT_SUPPRESSED, EVENT_STAT_THROTTLED, MODE_ENFORCE,
 };
 
 use crate::{
     maps::{DENY_STATS, EVENTS, EVENT_BUDGET, EVENT_SEEN, EVENT_STATS},
-    parse::Flow,
+    parse::PacketFlow,
     sock::sock_state,
     stats::{add, atomic_add_u64},
     DROP, PASS,
@@ -30,12 +30,12 @@ use crate::{
 pub(crate) fn deny<C: EbpfContext>(
     ctx: &C,
     skb: &SkBuff,
-    config: &Config,
+    config: &KernelConfig,
     mode: u32,
     dir: u8,
     reason: u32,
     len: u32,
-    flow: Option<&Flow>,
+    flow: Option<&PacketFlow>,
     sk: *mut bpf_sock,
     qname: Option<&[u8; DNS_NAME_WIRE]>,
 ) -> i32 {
@@ -110,15 +110,16 @@ pub(crate) fn flow_key(
     dir: u8,
     reason: u32,
     cgroup_id: u64,
-) -> FlowKey {
-    FlowKey {
+) -> EventSeenKey {
+    EventSeenKey {
         remote: *remote,
         remote_port,
         // Egress flows differ by destination, not by ephemeral source port.
         local_port: if dir == DIR_INGRESS { local_port } else { 0 },
         proto,
         dir,
-        _pad: [reason as u8, 0],
+        reason: reason as u8,
+        _pad: 0,
         cgroup_id,
     }
 }
@@ -134,7 +135,7 @@ pub(crate) fn flow_key(
 /// [`submit_event`]; the record is written in place, as the stack is too
 /// small for a copy.
 #[inline(always)]
-pub(crate) fn reserve_event(key: &FlowKey) -> Option<(u64, *mut DenyEvent)> {
+pub(crate) fn reserve_event(key: &EventSeenKey) -> Option<(u64, *mut DenyEvent)> {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut pending = 0;

@@ -3,7 +3,7 @@
 //!
 //! - `filter`: the cgroup_skb egress and ingress programs and their
 //!   verdict order;
-//! - `parse`: a packet's headers into a `Flow`;
+//! - `parse`: a packet's headers into a `PacketFlow`;
 //! - `policy`: the allowlist lookups of the live policy slot, and replies;
 //! - `sock`: socket storage (the creating process, the cached verdict) and
 //!   the sock_create program;

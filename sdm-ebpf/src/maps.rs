@@ -9,15 +9,15 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sdm_common::{
-    Cidr4, Cidr6, Config, Counter, EventBudget, FlowKey, FlowSeen, Key4, Key6, PeerKey, RuleRef,
-    RuleState, SockState, DENY_STATS_ENTRIES, EVENTS_RING_BYTES, EVENT_SEEN_ENTRIES,
+    Cidr4, Cidr6, Counter, EventBudget, EventSeenKey, FlowSeen, KernelConfig, Key4, Key6, PeerKey,
+    RuleRef, RuleState, SockState, DENY_STATS_ENTRIES, EVENTS_RING_BYTES, EVENT_SEEN_ENTRIES,
     EVENT_STAT_ENTRIES, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_RULES, PEER_ENTRIES,
 };
 
 /// Mmapable: the agent and `sdm-agent mode` each store only their own
 /// field, so neither undoes the other (sdm-agent's config_map.rs).
 #[map(name = "SDM_CONFIG")]
-pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+pub(crate) static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map(name = "SDM_EXACT4_0")]
 pub(crate) static EXACT4_0: HashMap<Key4, RuleRef> =
@@ -61,7 +61,7 @@ pub(crate) static EVENT_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(EVENT_STAT_ENTRIES, 0);
 /// When each recently denied flow was last reported.
 #[map(name = "SDM_EVENT_SEEN")]
-pub(crate) static EVENT_SEEN: LruHashMap<FlowKey, FlowSeen> =
+pub(crate) static EVENT_SEEN: LruHashMap<EventSeenKey, FlowSeen> =
     LruHashMap::with_max_entries(EVENT_SEEN_ENTRIES, 0);
 
 /// Events sent per CPU in the current second (see `EVENT_BUDGET_PER_SEC`).

@@ -1,4 +1,4 @@
-//! Reading a packet into a [`Flow`]: the IPv4/IPv6 header, options and
+//! Reading a packet into a [`PacketFlow`]: the IPv4/IPv6 header, options and
 //! extension headers (source routes refused), and the first bytes of the
 //! transport header, in 32-bit words so that the stack stays small.
 
@@ -11,7 +11,7 @@ use sdm_common::{DIR_EGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 pub(crate) const MAX_IPV6_EXT_HEADERS: usize = 8;
 
 /// The parsed flow of one packet, seen from this host.
-pub(crate) struct Flow {
+pub(crate) struct PacketFlow {
     pub(crate) v6: bool,
     pub(crate) proto: u8,
     /// Remote address; IPv4 in the first four bytes.
@@ -93,13 +93,13 @@ pub(crate) fn read_at<const B: usize, T: Copy>(skb: &SkBuff, off: usize) -> Resu
 }
 
 #[inline(always)]
-pub(crate) fn parse(ctx: &SkBuffContext, dir: u8) -> Result<Flow, Unjudgeable> {
+pub(crate) fn parse(ctx: &SkBuffContext, dir: u8) -> Result<PacketFlow, Unjudgeable> {
     parse_at::<0>(&ctx.skb, dir)
 }
 
 /// Parses the IP packet whose network header is `B` bytes into the data.
 #[inline(always)]
-pub(crate) fn parse_at<const B: usize>(skb: &SkBuff, dir: u8) -> Result<Flow, Unjudgeable> {
+pub(crate) fn parse_at<const B: usize>(skb: &SkBuff, dir: u8) -> Result<PacketFlow, Unjudgeable> {
     // Every IPv4 or IPv6 packet holds at least 20 bytes of header. (A
     // one-byte read would compile to `data_end > data`, which the verifier
     // grants no range: find_good_pkt_pointers in kernel/bpf/verifier.c.)
@@ -116,7 +116,7 @@ pub(crate) fn parse_v4<const B: usize>(
     skb: &SkBuff,
     dir: u8,
     hdr: &[u32; 5],
-) -> Result<Flow, Unjudgeable> {
+) -> Result<PacketFlow, Unjudgeable> {
     let first = hdr[0].to_ne_bytes();
     let ihl = usize::from(first[0] & 0x0f);
     if ihl < 5 {
@@ -189,7 +189,7 @@ pub(crate) fn refuse_source_route_v4<const B: usize>(
 }
 
 #[inline(always)]
-pub(crate) fn parse_v6<const B: usize>(skb: &SkBuff, dir: u8) -> Result<Flow, Unjudgeable> {
+pub(crate) fn parse_v6<const B: usize>(skb: &SkBuff, dir: u8) -> Result<PacketFlow, Unjudgeable> {
     let hdr: [u32; 10] = read_words::<B, 10>(skb, 0)?;
     let mut next = hdr[1].to_ne_bytes()[2];
     // Source is words 2-5, destination words 6-9.
@@ -243,7 +243,7 @@ pub(crate) fn transport<const B: usize>(
     off: usize,
     remote: [u8; 16],
     local: [u8; 16],
-) -> Result<Flow, Unjudgeable> {
+) -> Result<PacketFlow, Unjudgeable> {
     // Keeps the offset provably bounded for the verifier.
     if off > 40 + MAX_IPV6_EXT_HEADERS * 2048 {
         return Err(Unjudgeable::Malformed);
@@ -271,7 +271,7 @@ pub(crate) fn transport<const B: usize>(
     } else {
         (src, dst)
     };
-    Ok(Flow {
+    Ok(PacketFlow {
         v6,
         proto,
         remote,

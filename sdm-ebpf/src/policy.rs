@@ -16,7 +16,7 @@ use crate::{
     maps::{
         CIDR4_0, CIDR4_1, CIDR6_0, CIDR6_1, EXACT4_0, EXACT4_1, EXACT6_0, EXACT6_1, PEERS, RULES,
     },
-    parse::{read, Flow},
+    parse::{read, PacketFlow},
 };
 
 /// TCP_LISTEN in the kernel's TCP state enum (include/net/tcp_states.h).
@@ -36,7 +36,7 @@ pub(crate) fn rule_active(slot: u32, rule: u32) -> bool {
 /// The allowlist of `dir` for (protocol, port, remote): exact entries first,
 /// then CIDRs; a constant number of lookups whatever the policy size.
 #[inline(always)]
-pub(crate) fn lookup(slot: u32, flow: &Flow, dir: u8, port: u16) -> Option<u32> {
+pub(crate) fn lookup(slot: u32, flow: &PacketFlow, dir: u8, port: u16) -> Option<u32> {
     if flow.v6 {
         let key = Key6 {
             addr: flow.remote,
@@ -111,7 +111,7 @@ pub(crate) const TCP_ACK: u8 = 0x10;
 /// cookie and the remote end; ICMP echo by remote alone, as the kernel
 /// answers echo requests from a socket of its own.
 #[inline(always)]
-pub(crate) fn peer_key(cookie: u64, flow: &Flow) -> PeerKey {
+pub(crate) fn peer_key(cookie: u64, flow: &PacketFlow) -> PeerKey {
     let icmp = flow.proto == PROTO_ICMP || flow.proto == PROTO_ICMPV6;
     PeerKey {
         cookie: if icmp { 0 } else { cookie },
@@ -134,7 +134,7 @@ pub(crate) fn skb_cookie(ctx: &SkBuffContext) -> u64 {
 /// socket's answers) pass step 7. TCP needs no such record: the stack
 /// matches segments to connections itself.
 #[inline(always)]
-pub(crate) fn note_peer(ctx: &SkBuffContext, flow: &Flow, rule: u32) {
+pub(crate) fn note_peer(ctx: &SkBuffContext, flow: &PacketFlow, rule: u32) {
     if flow.proto == PROTO_TCP {
         return;
     }
@@ -142,7 +142,7 @@ pub(crate) fn note_peer(ctx: &SkBuffContext, flow: &Flow, rule: u32) {
 }
 
 #[inline(always)]
-pub(crate) fn is_peer(cookie: u64, flow: &Flow) -> bool {
+pub(crate) fn is_peer(cookie: u64, flow: &PacketFlow) -> bool {
     // SAFETY: a plain value, copied out.
     unsafe { PEERS.get(&peer_key(cookie, flow)) }.is_some()
 }
@@ -161,7 +161,7 @@ pub(crate) fn is_peer(cookie: u64, flow: &Flow) -> bool {
 pub(crate) fn reverse_lookup(
     ctx: &SkBuffContext,
     slot: u32,
-    flow: &Flow,
+    flow: &PacketFlow,
     dir: u8,
     sk: *mut bpf_sock,
 ) -> Option<u32> {
@@ -184,7 +184,7 @@ pub(crate) fn reverse_lookup(
 
 /// Whether the packet can be a reply at all (see `reverse_lookup`).
 #[inline(always)]
-pub(crate) fn is_reply(ctx: &SkBuffContext, flow: &Flow, dir: u8, sk: *mut bpf_sock) -> bool {
+pub(crate) fn is_reply(ctx: &SkBuffContext, flow: &PacketFlow, dir: u8, sk: *mut bpf_sock) -> bool {
     match flow.proto {
         PROTO_TCP if dir == DIR_INGRESS => {
             // SAFETY: sk is a full socket, whose `state` the verifier lets us read.

@@ -17,7 +17,7 @@ use sdm_common::{SockState, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
 
 use crate::{
     maps::SOCK_STATE,
-    parse::Flow,
+    parse::PacketFlow,
     policy::{is_reply, rule_active},
     PASS,
 };
@@ -58,7 +58,7 @@ pub(crate) fn record_process(st: &mut SockState) {
 #[inline(always)]
 pub(crate) fn cached_rule(
     ctx: &SkBuffContext,
-    flow: &Flow,
+    flow: &PacketFlow,
     dir: u8,
     slot: u32,
     sk: *mut bpf_sock,
@@ -88,7 +88,7 @@ pub(crate) fn cached_rule(
 #[inline(always)]
 pub(crate) fn cache_serves(
     ctx: &SkBuffContext,
-    flow: &Flow,
+    flow: &PacketFlow,
     dir: u8,
     cached: u8,
     sk: *mut bpf_sock,
@@ -102,7 +102,7 @@ pub(crate) fn cache_serves(
 /// The port a socket's cached verdict is keyed on: ICMP requests and replies
 /// have different types, so ICMP is cached by address alone.
 #[inline(always)]
-pub(crate) fn cache_port(flow: &Flow) -> u16 {
+pub(crate) fn cache_port(flow: &PacketFlow) -> u16 {
     if flow.proto == PROTO_ICMP || flow.proto == PROTO_ICMPV6 {
         0
     } else {
@@ -151,7 +151,7 @@ pub(crate) fn sock_state(sk: *mut bpf_sock, create: bool) -> Option<*mut SockSta
 }
 
 #[inline(always)]
-pub(crate) fn remember(sk: *mut bpf_sock, flow: &Flow, dir: u8, rule: u32) {
+pub(crate) fn remember(sk: *mut bpf_sock, flow: &PacketFlow, dir: u8, rule: u32) {
     if let Some(state) = sock_state(sk, true) {
         // SAFETY: a non-null pointer from bpf_sk_storage_get.
         unsafe {

@@ -40,7 +40,7 @@ use sdm_common::{
 use crate::{
     events::{flow_key, reserve_event, submit_event},
     maps::{CONFIG, DENY_STATS, SOCK_STATE},
-    parse::Flow,
+    parse::PacketFlow,
     policy::{is_peer, lookup},
     sock::record_process,
     stats::add_packet,
@@ -110,7 +110,7 @@ pub(crate) fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
             (*sk).src_port as u16
         }
     };
-    let flow = Flow {
+    let flow = PacketFlow {
         v6,
         proto,
         remote,
@@ -179,7 +179,7 @@ fn destination(ctx: &SockAddrContext, v6: bool) -> ([u8; 16], bool) {
 /// Step 7: counts the refusal and reports it with the calling process
 /// (this hook runs in its context, unlike the packet programs).
 #[inline(always)]
-fn refuse(flow: &Flow) -> i32 {
+fn refuse(flow: &PacketFlow) -> i32 {
     add_packet(&DENY_STATS, deny_index(1, DIR_EGRESS, REASON_NO_RULE));
     // SAFETY: a helper without arguments, in the process's context.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };

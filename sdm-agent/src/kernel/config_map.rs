@@ -18,9 +18,9 @@ use std::{
 };
 
 use aya::maps::MapData;
-use sdm_common::Config;
+use sdm_common::KernelConfig;
 
-/// A `u32` field of [`Config`] that one writer owns.
+/// A `u32` field of [`KernelConfig`] that one writer owns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigField {
     Mode,
@@ -35,7 +35,7 @@ pub enum ConfigField {
 
 /// The shared mapping of the config entry; unmapped on drop.
 pub struct ConfigMapping {
-    base: NonNull<Config>,
+    base: NonNull<KernelConfig>,
     len: usize,
 }
 
@@ -53,7 +53,7 @@ impl ConfigMapping {
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let page = usize::try_from(page).unwrap_or(4096).max(4096);
         // One entry: its value starts at offset 0 of the map's data pages.
-        let len = size_of::<Config>().div_ceil(page) * page;
+        let len = size_of::<KernelConfig>().div_ceil(page) * page;
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: a fresh shared mapping of a map fd; checked below.
         let p = unsafe {
@@ -69,7 +69,8 @@ impl ConfigMapping {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base = NonNull::new(p.cast::<Config>()).ok_or_else(|| io::Error::other("mmap"))?;
+        let base =
+            NonNull::new(p.cast::<KernelConfig>()).ok_or_else(|| io::Error::other("mmap"))?;
         Ok(Self { base, len })
     }
 

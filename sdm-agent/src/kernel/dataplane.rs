@@ -31,8 +31,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sdm_common::{
-    deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Config, Counter, DnsHost,
-    HostPortKey, Key4, Key6, Learned, ResolverKey, RuleName, RuleRef, RuleState, DIR_EGRESS,
+    deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Counter, DnsHost, HostPortKey,
+    KernelConfig, Key4, Key6, Learned, ResolverKey, RuleName, RuleRef, RuleState, DIR_EGRESS,
     DIR_INGRESS, DNSQ_COUNT, DNS_RESULT_COUNT, DNS_STAT_LEARN_FULL, KERNEL_MAPS, LAYOUT_VERSION,
     MAP_CIDR4, MAP_CIDR6, MAP_CONFIG, MAP_DENY_STATS, MAP_DNSQ_PROGS, MAP_DNSQ_STATS,
     MAP_DNS_NAMES, MAP_DNS_PROGS, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4, MAP_EXACT6,
@@ -491,7 +491,7 @@ fn check_layout(layout: &Layout) -> Result<(), DataplaneError> {
         return Ok(());
     }
     let data = MapData::from_pin(&path).map_err(map_err(MAP_CONFIG))?;
-    let arr: Array<MapData, Config> =
+    let arr: Array<MapData, KernelConfig> =
         Array::try_from(aya::maps::Map::Array(data)).map_err(map_err(MAP_CONFIG))?;
     let cfg = arr.get(&0, 0).map_err(map_err(MAP_CONFIG))?;
     if cfg.layout != 0 && cfg.layout != LAYOUT_VERSION {
@@ -666,7 +666,7 @@ fn resolver_key(ip: std::net::IpAddr) -> ResolverKey {
 /// Typed handles on the pinned maps.
 pub struct Maps {
     root: PathBuf,
-    config: Array<MapData, Config>,
+    config: Array<MapData, KernelConfig>,
     /// The same entry, mapped: every change is a store to one field.
     config_mem: ConfigMapping,
     exact4: [HashMap<MapData, Key4, RuleRef>; 2],
@@ -761,7 +761,7 @@ impl Maps {
         &self.root
     }
 
-    pub fn config(&self) -> Result<Config, DataplaneError> {
+    pub fn config(&self) -> Result<KernelConfig, DataplaneError> {
         self.config.get(&0, 0).map_err(map_err(MAP_CONFIG))
     }
 
@@ -788,13 +788,13 @@ impl Maps {
         Ok(())
     }
 
-    /// Whether a trusted resolver is on loopback (see `Config::loopback_dns`).
+    /// Whether a trusted resolver is on loopback (see `KernelConfig::loopback_dns`).
     pub fn set_loopback_dns(&mut self, on: bool) -> Result<(), DataplaneError> {
         self.set_config_field(ConfigField::LoopbackDns, u32::from(on));
         Ok(())
     }
 
-    /// `[dns] queries = "policy"` on or off (see `Config::dns_queries`).
+    /// `[dns] queries = "policy"` on or off (see `KernelConfig::dns_queries`).
     pub fn set_dns_queries(&mut self, policy: bool) {
         let v = if policy {
             sdm_common::DNS_QUERIES_POLICY

@@ -37,7 +37,7 @@ use crate::policy::{Direction, PortRange, Proto, Target};
 use self::{
     errors::syntax_error,
     raw::RawConfig,
-    validate::Ctx,
+    validate::Validator,
     values::{parse_port_number, serialize_duration},
 };
 pub use errors::ConfigError;
@@ -747,7 +747,7 @@ impl Config {
     /// Parses and validates `text`; `path` is only used in error messages.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
-        Ctx { src: text, path }.resolve(raw)
+        Validator { src: text, path }.resolve(raw)
     }
 }
 

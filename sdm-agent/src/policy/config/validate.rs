@@ -29,7 +29,7 @@ use super::{
     DEFAULT_TTL_MIN, MIN_STORE_MAX_BYTES,
 };
 
-pub(super) struct Ctx<'a> {
+pub(super) struct Validator<'a> {
     pub(super) src: &'a str,
     pub(super) path: &'a Path,
 }
@@ -51,7 +51,7 @@ impl Here {
     }
 }
 
-impl Ctx<'_> {
+impl Validator<'_> {
     fn err(
         &self,
         span: Range<usize>,
