@@ -581,6 +581,18 @@ pub async fn run(
             tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), replaced, "attached the egress and ingress programs")
         }
     }
+    // Adopted links leave the object unloaded, and a re-created target would
+    // then wait for the verifier (about 0.4 s) before its programs attach.
+    // Load it now, unless the target is the root cgroup, which is never
+    // re-created; a failure leaves that to the re-attach, as before.
+    if ebpf.is_none() && cgroup != cgroup::cgroup2_mount()? {
+        match dataplane::load(&layout, object) {
+            Ok(e) => ebpf = Some(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "loading the programs for a re-created target cgroup failed; they are loaded when it is re-created")
+            }
+        }
+    }
     if let Some(e) = ebpf.as_mut() {
         spawn_ebpf_logger(e);
     }
