@@ -351,8 +351,13 @@ async fn wait_for_target(
     }
 }
 
-/// How often a missing or re-created target cgroup is looked for.
+/// How often a missing target cgroup is looked for at start-up.
 const TARGET_POLL: Duration = Duration::from_millis(100);
+
+/// How often the attached cgroup is checked for re-creation (one stat):
+/// a restarted service's new cgroup runs unfiltered until the next check,
+/// so this bounds that gap (the attach itself takes about a millisecond).
+const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
 /// The attached cgroup, followed across re-creation: a restarted service
 /// gets a new cgroup at the same path (a new id), which has none of the
@@ -395,6 +400,13 @@ impl Followed {
             }
         }
     }
+}
+
+/// The id of the cgroup the pinned links are attached to, as the attach
+/// recorded it; 0 (no cgroup's id) without a record, so that the target is
+/// attached again at the next check.
+fn attached_id(layout: &Layout) -> u64 {
+    dataplane::AttachRecord::read(layout).map_or(0, |r| r.cgroup_id)
 }
 
 /// Writes the configured loopback handling and mode into the kernel's
@@ -531,7 +543,7 @@ pub async fn run(
     };
     if let Some(cgroup::CgroupTarget::Unit(u)) = &config.cgroup {
         if !u.ends_with(".slice") {
-            tracing::warn!(unit = %u, "a service's cgroup is created anew on every restart, and the agent can attach to the new one only after it exists (within about 100 ms); for restarts without that gap, run the service in a slice of its own (Slice=NAME.slice) and target unit:NAME.slice: new cgroups inherit their parent's programs when they are created");
+            tracing::warn!(unit = %u, "a service's cgroup is created anew on every restart, and the agent can attach to the new one only after it exists (within about 50 ms); for restarts without that gap, run the service in a slice of its own (Slice=NAME.slice) and target unit:NAME.slice: new cgroups inherit their parent's programs when they are created");
         }
     }
     if cgroup == cgroup::cgroup2_mount()? && config.mode == Mode::Enforce {
@@ -569,6 +581,18 @@ pub async fn run(
             tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), replaced, "attached the egress and ingress programs")
         }
     }
+    // Adopted links leave the object unloaded, and a re-created target would
+    // then wait for the verifier (about 0.4 s) before its programs attach.
+    // Load it now, unless the target is the root cgroup, which is never
+    // re-created; a failure leaves that to the re-attach, as before.
+    if ebpf.is_none() && cgroup != cgroup::cgroup2_mount()? {
+        match dataplane::load(&layout, object) {
+            Ok(e) => ebpf = Some(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "loading the programs for a re-created target cgroup failed; they are loaded when it is re-created")
+            }
+        }
+    }
     if let Some(e) = ebpf.as_mut() {
         spawn_ebpf_logger(e);
     }
@@ -577,7 +601,7 @@ pub async fn run(
         // A pid target is followed by the path it resolved to: the process
         // may be gone after a restart, its service's cgroup comes back.
         target: config.cgroup.clone(),
-        id: cgroup::cgroup_id(&cgroup)?,
+        id: attached_id(&layout),
         path: cgroup.clone(),
         gone_since: None,
         last_search: Instant::now(),
@@ -586,7 +610,7 @@ pub async fn run(
     // kernel ignores them for new flows as soon as they expire).
     let mut expire_tick = tokio::time::interval(Duration::from_secs(30));
     expire_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut follow_tick = tokio::time::interval(TARGET_POLL);
+    let mut follow_tick = tokio::time::interval(FOLLOW_POLL);
     follow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let maps = Maps::open(&layout).context("open the pinned maps")?;
@@ -716,7 +740,7 @@ pub async fn run(
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Absolute times, so the other branches of the loop (the target check
-    // ticks every 100 ms) do not push them back.
+    // ticks every FOLLOW_POLL) do not push them back.
     let mut last_refresh = Instant::now();
     loop {
         let wake = agent
@@ -790,7 +814,11 @@ pub async fn run(
                                     spawn_ebpf_logger(e);
                                 }
                             }
-                            followed.id = cgroup::cgroup_id(&path).unwrap_or(0);
+                            // The id attach() recorded, of the cgroup it
+                            // attached to; not the path's id now, which may
+                            // be a newer cgroup already (a service
+                            // restarting again), then never attached.
+                            followed.id = attached_id(&layout);
                             // The setsockopt link and the backstop's cgroup
                             // follow the new cgroup too.
                             if let Err(e) = sync_backstop(&layout, &path, object, &mut ebpf, &backstop_ifaces) {

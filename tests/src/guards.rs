@@ -112,6 +112,41 @@ impl Cgroup {
             .unwrap_or_else(|e| panic!("write {}: {e}", procs.display()));
     }
 
+    /// How many programs are attached to this cgroup itself (not inherited
+    /// from its parents) at `attach_type` (`BPF_CGROUP_INET_EGRESS`, ...):
+    /// `BPF_PROG_QUERY` without flags or an id buffer returns just the
+    /// count (`__cgroup_bpf_query`, kernel/bpf/cgroup.c:
+    /// https://github.com/torvalds/linux/blob/v6.1/kernel/bpf/cgroup.c).
+    pub fn programs_attached(&self, attach_type: u32) -> u32 {
+        const BPF_PROG_QUERY: libc::c_long = 16;
+        let dir = fs::File::open(&self.path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.path.display()));
+        // union bpf_attr's query member: target_fd, attach_type,
+        // query_flags, attach_flags (u32 each), prog_ids (u64), prog_cnt
+        // (u32); the rest stays zero, as the kernel requires.
+        let mut attr = [0u32; 16];
+        attr[0] = dir.as_raw_fd() as u32;
+        attr[1] = attach_type;
+        // SAFETY: bpf(2) reads and writes at most the attr given, whose
+        // size is passed; prog_ids is null, so nothing else is written.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr) as libc::c_uint,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "BPF_PROG_QUERY {} type {attach_type}: {}",
+            self.path.display(),
+            std::io::Error::last_os_error()
+        );
+        attr[6]
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         fs::read_to_string(self.path.join("cgroup.procs"))
             .unwrap_or_default()

@@ -665,24 +665,30 @@ impl BgProbe {
 // Watching the wire
 
 /// A raw socket in the `net` namespace that sees a copy of every TCP
-/// segment arriving there, and counts those sent to chosen IPv4
-/// destinations: proof that a denied packet never left the host, whatever
-/// the client saw.
-pub struct TcpSniffer {
+/// segment (or UDP datagram) arriving there, and counts those sent to
+/// chosen IPv4 destinations: proof that a denied packet never left the
+/// host, whatever the client saw.
+pub struct Sniffer {
     counts: Arc<Mutex<HashMap<SocketAddr, u64>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl TcpSniffer {
-    fn start(ns: &Netns, dsts: &[SocketAddr]) -> Self {
+impl Sniffer {
+    /// `proto`: `libc::IPPROTO_TCP` or `libc::IPPROTO_UDP` (both carry the
+    /// destination port in the transport header's bytes 2 and 3).
+    fn start(ns: &Netns, proto: libc::c_int, dsts: &[SocketAddr]) -> Self {
+        assert!(
+            proto == libc::IPPROTO_TCP || proto == libc::IPPROTO_UDP,
+            "the sniffer reads TCP or UDP ports, not protocol {proto}"
+        );
         for d in dsts {
             assert!(d.is_ipv4(), "the sniffer counts IPv4 only: {d}");
         }
         let fd = {
             let _in = ns.enter();
             // SAFETY: plain socket(2); the fd is owned at once below.
-            unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) }
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) }
         };
         assert!(
             fd >= 0,
@@ -737,7 +743,7 @@ impl TcpSniffer {
         }
     }
 
-    /// Segments seen so far for `dst`.
+    /// Segments (datagrams) seen so far for `dst`.
     pub fn count(&self, dst: SocketAddr) -> u64 {
         *lock(&self.counts)
             .get(&dst)
@@ -745,7 +751,7 @@ impl TcpSniffer {
     }
 }
 
-impl Drop for TcpSniffer {
+impl Drop for Sniffer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -954,8 +960,14 @@ impl Lab {
 
     /// Counts the TCP segments that arrive in the `net` namespace for each
     /// of `dsts` (IPv4), from now until the sniffer drops.
-    pub fn sniff_tcp(&self, dsts: &[SocketAddr]) -> TcpSniffer {
-        TcpSniffer::start(&self.net, dsts)
+    pub fn sniff_tcp(&self, dsts: &[SocketAddr]) -> Sniffer {
+        Sniffer::start(&self.net, libc::IPPROTO_TCP, dsts)
+    }
+
+    /// Counts the UDP datagrams that arrive in the `net` namespace for each
+    /// of `dsts` (IPv4), from now until the sniffer drops.
+    pub fn sniff_udp(&self, dsts: &[SocketAddr]) -> Sniffer {
+        Sniffer::start(&self.net, libc::IPPROTO_UDP, dsts)
     }
 
     /// TCP servers in `net` ("ok\n", then echo) on these addresses, e.g.
@@ -1519,12 +1531,23 @@ pub fn rule_packets(status: &Value, name: &str, dir: &str) -> u64 {
 
 /// Denied packets for (mode, direction, reason).
 pub fn denied_packets(status: &Value, mode: &str, dir: &str, reason: &str) -> u64 {
+    denied_field(status, mode, dir, reason, "packets")
+}
+
+/// Denied bytes for (mode, direction, reason): a send refused by a socket
+/// hook counts a packet of no bytes, the packet programs count each
+/// packet's length.
+pub fn denied_bytes(status: &Value, mode: &str, dir: &str, reason: &str) -> u64 {
+    denied_field(status, mode, dir, reason, "bytes")
+}
+
+fn denied_field(status: &Value, mode: &str, dir: &str, reason: &str, field: &str) -> u64 {
     status["denied"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|d| d["mode"] == mode && d["direction"] == dir && d["reason"] == reason)
-        .filter_map(|d| d["packets"].as_u64())
+        .filter_map(|d| d[field].as_u64())
         .sum()
 }
 

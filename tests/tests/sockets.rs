@@ -1,9 +1,12 @@
 //! The socket hooks on real sockets: connect() to a denied destination
 //! fails at once with EPERM in enforce mode (instead of hanging while SYNs
 //! are dropped), passes in audit mode, and the deny event names the
-//! process. Client processes run in a child cgroup of the test's own and in
-//! a network namespace of the test's own; the server lives in a second
-//! namespace behind a veth pair.
+//! process; an IPv4-mapped IPv6 destination is judged as the IPv4 it is;
+//! a sendto() to a denied destination is refused by the sendmsg hooks
+//! before it is a packet. Client processes run in a child cgroup of the
+//! test's own and in a network namespace of the test's own; the server
+//! lives in a second namespace behind a veth pair (the first test's own,
+//! or the lab's).
 
 use std::{
     collections::BTreeMap,
@@ -23,7 +26,9 @@ use sdm_agent::{
 };
 use sdm_common::{MODE_AUDIT, MODE_ENFORCE};
 use sdm_tests::{
+    gateway::{self, expect_ok, sa, wait_for, DB, DENY_MS, OK_MS, OTHER},
     guards::{Cgroup, Netns, Pins},
+    lab::{denied_bytes, denied_packets, result, Lab},
     require_root,
 };
 
@@ -208,4 +213,100 @@ fn denied_connect_fails_fast_with_eperm_and_names_the_process() {
     let (ok, err, _, _) = connect_from(&cg, &net.host, denied_addr);
     assert!(ok, "audit mode must refuse nothing: {err}");
     drop(ebpf);
+}
+
+fn new_lab() -> Lab {
+    Lab::new(env!("CARGO_BIN_EXE_lab-probe"))
+}
+
+/// Issue 15: nothing showed the sendmsg4/sendmsg6 hooks at work, since a
+/// datagram dropped by the egress packet program makes sendto() fail with
+/// EPERM too. What only the hooks do: they refuse before a packet exists,
+/// so the refusal is counted as a denied packet of no bytes (the packet
+/// program counts the datagram's length), and nothing reaches the wire.
+#[test]
+fn a_denied_sendto_is_refused_by_the_sendmsg_hooks_before_it_is_a_packet() {
+    let mut lab = new_lab();
+    gateway::start(&mut lab, "enforce", "");
+    // UDP echo servers listen on 9000 and 9001 of every net-side address;
+    // the policy allows 9000 to OTHER only.
+    let denied4 = sa(lab.net_ip(OTHER), 9001);
+    let denied6 = sa(lab.net_ip6(OTHER), 9001);
+    let allowed = sa(lab.net_ip(OTHER), 9000);
+    let sniffer = lab.sniff_udp(&[denied4, allowed]);
+    let before = lab.status();
+
+    for to in [denied4, denied6] {
+        let v = lab.udp(to, DENY_MS);
+        assert_eq!(
+            (result(&v), v["phase"].as_str()),
+            ("eperm", Some("send")),
+            "a datagram to {to} is refused at sendto(): {v}"
+        );
+    }
+    let after = lab.status();
+    let packets = denied_packets(&after, "enforce", "egress", "no_rule")
+        - denied_packets(&before, "enforce", "egress", "no_rule");
+    let bytes = denied_bytes(&after, "enforce", "egress", "no_rule")
+        - denied_bytes(&before, "enforce", "egress", "no_rule");
+    assert_eq!(packets, 2, "two refused sends counted, {bytes} bytes");
+    assert_eq!(
+        bytes, 0,
+        "the refusals were counted with {bytes} bytes: a packet program dropped a packet, \
+         the sendmsg hooks refused nothing"
+    );
+
+    // The wire: not a datagram to the denied destination, while an allowed
+    // one (the sniffer's proof that it sees datagrams) arrives.
+    expect_ok("an allowed datagram", &lab.udp(allowed, OK_MS));
+    // Sent after the denied ones: once the sniffer has read it, it has
+    // read whatever came before.
+    wait_for(Duration::from_secs(2), Duration::from_millis(20), || {
+        (sniffer.count(allowed) > 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the sniffer saw nothing of the allowed datagram: it does not work"));
+    assert_eq!(
+        sniffer.count(denied4),
+        0,
+        "a datagram to {denied4} reached the net side"
+    );
+}
+
+/// An IPv4-mapped IPv6 destination (`::ffff:a.b.c.d`, from an AF_INET6
+/// socket, which sends it as IPv4) is judged as that IPv4 address by the
+/// connect6 hook: refused at connect() when the IPv4 address is denied,
+/// connected when it is allowed.
+#[test]
+fn an_ipv4_mapped_connect_is_judged_as_its_ipv4_address() {
+    let mut lab = new_lab();
+    gateway::start(&mut lab, "enforce", "");
+    let mapped = |last: u8| match lab.net_ip(last) {
+        IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+        v6 => panic!("net_ip gave {v6}"),
+    };
+    // A server listens on 443 of every net-side address; no rule allows
+    // OTHER:443, the db resource is DB:5432.
+    let denied = sa(mapped(OTHER), 443);
+    let allowed = sa(mapped(DB), 5432);
+    let (denied4, allowed4) = (sa(lab.net_ip(OTHER), 443), sa(lab.net_ip(DB), 5432));
+    let sniffer = lab.sniff_tcp(&[denied4, allowed4]);
+
+    let v = lab.tcp(denied, DENY_MS);
+    assert_eq!(
+        (result(&v), v["phase"].as_str()),
+        ("eperm", Some("connect")),
+        "a connect to {denied} is refused at once: {v}"
+    );
+    expect_ok(&format!("a connect to {allowed}"), &lab.tcp(allowed, OK_MS));
+    wait_for(Duration::from_secs(2), Duration::from_millis(20), || {
+        (sniffer.count(allowed4) > 0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!("the sniffer saw nothing of the allowed connection: it does not work")
+    });
+    assert_eq!(
+        sniffer.count(denied4),
+        0,
+        "a SYN for {denied} reached the net side"
+    );
 }

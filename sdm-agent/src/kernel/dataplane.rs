@@ -337,6 +337,14 @@ pub fn object_hash(bytes: &[u8]) -> u64 {
     })
 }
 
+/// [`object_hash`] of [`EBPF_OBJECT`], computed once: attaching to a
+/// re-created target cgroup should not wait for 2 MB to be hashed byte by
+/// byte again (about 30 ms in a debug build).
+fn embedded_object_hash() -> u64 {
+    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HASH.get_or_init(|| object_hash(EBPF_OBJECT))
+}
+
 /// Detaches the bpf_link pinned at `pin` from its cgroup now
 /// (BPF_LINK_DETACH, Linux 5.9: `cgroup_bpf_link_detach` runs under the
 /// cgroup mutex before the call returns); the pin stays for the caller.
@@ -542,7 +550,11 @@ pub fn attach(
     object: &[u8],
     ebpf: Option<&mut Ebpf>,
 ) -> Result<(AttachOutcome, Option<Ebpf>), DataplaneError> {
-    let hash = object_hash(object);
+    let hash = if std::ptr::eq(object, EBPF_OBJECT) {
+        embedded_object_hash()
+    } else {
+        object_hash(object)
+    };
     let record = AttachRecord::read(layout);
     let pinned = ATTACHMENTS.iter().all(|a| layout.link_pin(a.pin).exists());
     let cgroup_id = crate::kernel::cgroup::cgroup_id(cgroup)
@@ -567,6 +579,13 @@ pub fn attach(
     let links_dir = layout.pin_root.join("links");
     fs::create_dir_all(&links_dir).map_err(io_err("create", &links_dir))?;
     let cg = fs::File::open(cgroup).map_err(io_err("open cgroup", cgroup))?;
+    // The id recorded is that of the directory opened, which the links
+    // attach to: the path may name a re-created cgroup by now (a service
+    // restarting again), and the agent follows the recorded id.
+    let cgroup_id = {
+        use std::os::unix::fs::MetadataExt as _;
+        cg.metadata().map_err(io_err("stat cgroup", cgroup))?.ino()
+    };
     let mut replaced = false;
     for a in &ATTACHMENTS {
         let fd_link = attach_program(ebpf, a, &cg)?;

@@ -42,8 +42,8 @@
 //!                                     0806) 46 bytes of zeros; "bypass" sets
 //!                                     PACKET_QDISC_BYPASS first (its outcome
 //!                                     is "bypass") and sends either way
-//!   flood A.B.C COUNT                 COUNT datagrams to A.B.C.x (x in 100..250),
-//!                                     every one to a new (address, port); half
+//!   flood FIRST_IP COUNT              COUNT datagrams to COUNT consecutive IPv4
+//!                                     addresses from FIRST_IP on, one each; half
 //!                                     through a UDP socket, half through a raw one
 //! ```
 //!
@@ -606,9 +606,6 @@ fn resolve(server: IpAddr, name: &str, qtype: RecordType) -> Value {
     }
 }
 
-/// Sends `count` datagrams to ever new (address, port) pairs of `net`.x,
-/// alternating between a UDP socket (judged at sendmsg) and a raw socket
-/// (judged by the packet program). Counts how each send ended.
 /// The one's complement sum of 16-bit words (RFC 1071), folded.
 fn csum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
@@ -809,18 +806,27 @@ fn raw_udp(to: std::net::SocketAddrV4, count: u64, src_port: u16) -> Value {
     json!({"result": "done", "count": count, "outcomes": outcomes, "ms": ms(start)})
 }
 
-fn flood(net: std::net::Ipv4Addr, count: u64) -> Value {
+/// Sends `count` datagrams to `count` consecutive addresses from `first`
+/// on, one each (every one a new flow: the kernel's per-flow event limit
+/// cannot fold them), alternating between a UDP socket (judged at sendmsg)
+/// and a raw socket (judged by the packet program). Counts how each send
+/// ended.
+fn flood(first: std::net::Ipv4Addr, count: u32) -> Value {
     use std::net::SocketAddrV4;
     let start = Instant::now();
     let udp = UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| fatal(format!("bind: {e}")));
     let raw = raw_udp_socket();
-    let base = net.octets();
+    let base = u32::from(first);
+    let Some(last) = base.checked_add(count.saturating_sub(1)) else {
+        usage(&format!(
+            "flood: {count} addresses from {first} run past 255.255.255.255"
+        ));
+    };
     let payload = [0u8; 32];
     let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
     for i in 0..count {
-        let host = 100 + (i % 150) as u8;
-        let port = 1 + ((i / 150) % 65_000) as u16;
-        let dst = std::net::Ipv4Addr::new(base[0], base[1], base[2], host);
+        let dst = std::net::Ipv4Addr::from(base + i);
+        let port = 1 + (i % 65_000) as u16;
         let outcome = if i % 2 == 0 {
             match udp.send_to(&payload, SocketAddrV4::new(dst, port)) {
                 Ok(_) => "udp-sent".to_string(),
@@ -831,7 +837,14 @@ fn flood(net: std::net::Ipv4Addr, count: u64) -> Value {
         };
         *outcomes.entry(outcome).or_default() += 1;
     }
-    json!({"result": "done", "count": count, "outcomes": outcomes, "ms": ms(start)})
+    json!({
+        "result": "done",
+        "count": count,
+        "first": first.to_string(),
+        "last": std::net::Ipv4Addr::from(last).to_string(),
+        "outcomes": outcomes,
+        "ms": ms(start),
+    })
 }
 
 /// Resolve, then connect at once, `count` times: what an application does
@@ -1017,13 +1030,10 @@ fn main() {
             let bypass = rest.get(5).is_some_and(|a| a == "bypass");
             packet_send(&iface, &mac, &ethertype, src, dst, bypass)
         }
-        "flood" => {
-            let net: String = parse("network", rest.first());
-            let net: std::net::Ipv4Addr = format!("{net}.0")
-                .parse()
-                .unwrap_or_else(|_| usage(&format!("bad network {net:?} (want A.B.C)")));
-            flood(net, parse("count", rest.get(1)))
-        }
+        "flood" => flood(
+            parse("first address", rest.first()),
+            parse("count", rest.get(1)),
+        ),
         o => usage(&format!("unknown action {o}")),
     };
     print(&out);
