@@ -56,6 +56,11 @@ enum Command {
         /// `pid:N`.
         #[arg(long, value_parser = parse_target)]
         cgroup: Option<CgroupTarget>,
+        /// Load this eBPF object instead of the embedded one (for the
+        /// upgrade tests: a second build of the programs, so that a
+        /// restart replaces the pinned ones as an upgrade does).
+        #[arg(long, hide = true)]
+        object: Option<PathBuf>,
     },
     /// Validate a config and warn about lock-outs; changes nothing.
     Check {
@@ -240,13 +245,24 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         run_dir: cli.run_dir,
     };
     match cli.command {
-        Command::Run { config, cgroup } => {
+        Command::Run {
+            config,
+            cgroup,
+            object,
+        } => {
+            let object = match object {
+                Some(path) => {
+                    tracing::warn!(object = %path.display(), "--object: loading this eBPF object instead of the embedded one");
+                    Some(kernel_check::read_object(&path)?)
+                }
+                None => None,
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("start the tokio runtime")?;
-            rt.block_on(app::run(layout, config, cgroup))?;
+            rt.block_on(app::run(layout, config, cgroup, object))?;
         }
         Command::Check {
             config,
