@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod guards;
 pub mod lab;
 pub mod packets;
+pub mod programs;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
