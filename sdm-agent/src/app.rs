@@ -509,10 +509,13 @@ fn sync_backstop(
     Ok(())
 }
 
+/// `object`: an eBPF object to load instead of the embedded one (`run
+/// --object`, for the upgrade tests).
 pub async fn run(
     layout: Layout,
     config_path: Option<PathBuf>,
     cgroup_override: Option<cgroup::CgroupTarget>,
+    object: Option<Vec<u8>>,
 ) -> Result<()> {
     let (mut config, policy, resolvers) = prepare(config_path.as_deref())?;
     if let Some(t) = cgroup_override {
@@ -556,7 +559,7 @@ pub async fn run(
         }
     }
     dataplane::ensure_bpffs().context("mount bpffs")?;
-    let object = dataplane::EBPF_OBJECT;
+    let object = object.as_deref().unwrap_or(dataplane::EBPF_OBJECT);
     // Nothing attached yet, enforce mode and `fail = "closed"`: the fixed
     // part of the policy is written before the programs attach.
     let mut preloaded =
@@ -573,12 +576,14 @@ pub async fn run(
     let (outcome, loaded) = dataplane::attach(&layout, &cgroup, object, preloaded.as_mut())
         .context("attach the programs")?;
     let mut ebpf = loaded.or(preloaded);
+    // Which object the links run, as attach.json records it.
+    let object_hash = format!("{:016x}", dataplane::object_hash(object));
     match outcome {
         AttachOutcome::Adopted => {
-            tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), "adopted the pinned programs and maps of a previous agent: no gap")
+            tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), object = %object_hash, "adopted the pinned programs and maps of a previous agent: no gap")
         }
         AttachOutcome::Attached { replaced } => {
-            tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), replaced, "attached the egress and ingress programs")
+            tracing::info!(cgroup = %cgroup.display(), pins = %layout.pin_root.display(), object = %object_hash, replaced, "attached the egress and ingress programs")
         }
     }
     // Adopted links leave the object unloaded, and a re-created target would

@@ -62,6 +62,11 @@ pub enum Command {
         /// `pid:N`.
         #[arg(long, value_parser = parse_target)]
         cgroup: Option<CgroupTarget>,
+        /// Load this eBPF object instead of the embedded one (for the
+        /// upgrade tests: a second build of the programs, so that a
+        /// restart replaces the pinned ones as an upgrade does).
+        #[arg(long, hide = true)]
+        object: Option<PathBuf>,
     },
     /// Validate a config and warn about lock-outs; changes nothing.
     Check {
@@ -179,7 +184,11 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         run_dir: cli.run_dir,
     };
     match cli.command {
-        Command::Run { config, cgroup } => run::run(layout, config, cgroup),
+        Command::Run {
+            config,
+            cgroup,
+            object,
+        } => run::run(layout, config, cgroup, object.as_deref()),
         Command::Check {
             config,
             cgroup,

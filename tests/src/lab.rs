@@ -777,6 +777,8 @@ pub struct AgentConfig {
 
 struct AgentRun {
     config: PathBuf,
+    /// Arguments after `run --config <config>`.
+    extra: Vec<String>,
     mode: String,
     hosts: Vec<String>,
 }
@@ -796,6 +798,10 @@ pub struct Lab {
     /// looked up by systemd's layout (a test's own tree); `None`: the
     /// agent's default, the cgroup2 mount.
     pub unit_root: Option<PathBuf>,
+    /// A command every agent command of the lab runs under, the agent's
+    /// path and arguments appended (e.g. [`crate::unit_sandbox::wrapper`]:
+    /// the unit's capabilities and read-only mounts); empty: none.
+    pub agent_wrapper: Vec<std::ffi::OsString>,
     pub cgroup: Cgroup,
     pub host: Netns,
     pub net: Netns,
@@ -907,6 +913,7 @@ impl Lab {
             net,
             dir,
             unit_root: None,
+            agent_wrapper: Vec::new(),
             _serial: serial,
         }
     }
@@ -1123,7 +1130,7 @@ impl Lab {
     /// `sdm-agent --pin-root .. --run-dir .. <args>`, run to completion
     /// (outside any namespace: these commands only touch pins and files).
     pub fn agent_cmd(&self, args: &[&str]) -> Output {
-        Command::new(&self.agent_bin)
+        self.agent_command()
             .arg("--pin-root")
             .arg(&self.pins.layout.pin_root)
             .arg("--run-dir")
@@ -1133,6 +1140,18 @@ impl Lab {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", self.agent_bin.display()))
+    }
+
+    /// The agent binary, under [`Lab::agent_wrapper`] if there is one.
+    fn agent_command(&self) -> Command {
+        match self.agent_wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.agent_bin);
+                cmd
+            }
+            None => Command::new(&self.agent_bin),
+        }
     }
 
     fn unit_root_args(&self) -> Vec<std::ffi::OsString> {
@@ -1176,7 +1195,7 @@ impl Lab {
     fn agent_in_host(&self, args: &[&str]) -> Command {
         let netns = fs::File::open(self.host.path())
             .unwrap_or_else(|e| panic!("open {}: {e}", self.host.path().display()));
-        let mut cmd = Command::new(&self.agent_bin);
+        let mut cmd = self.agent_command();
         cmd.arg("--pin-root")
             .arg(&self.pins.layout.pin_root)
             .arg("--run-dir")
@@ -1223,6 +1242,20 @@ impl Lab {
     /// without waiting for it to be ready (it may be waiting for its target
     /// cgroup); [`Lab::wait_ready`] waits.
     pub fn spawn_agent(&mut self, config: &Path, mode: &str, hosts: &[&str]) {
+        self.spawn_agent_with(config, &[], mode, hosts);
+    }
+
+    /// [`Lab::start_agent`] with `extra` arguments after `run --config
+    /// <config>` (e.g. `--object <path>`); [`Lab::restart_agent`] repeats
+    /// them.
+    pub fn start_agent_with(&mut self, config: &Path, extra: &[&str], mode: &str, hosts: &[&str]) {
+        self.spawn_agent_with(config, extra, mode, hosts);
+        self.wait_ready(mode, hosts);
+    }
+
+    /// [`Lab::spawn_agent`] with `extra` arguments after `run --config
+    /// <config>`.
+    pub fn spawn_agent_with(&mut self, config: &Path, extra: &[&str], mode: &str, hosts: &[&str]) {
         assert!(self.agent.is_none(), "the agent is already running");
         let mut log = fs::OpenOptions::new()
             .create(true)
@@ -1231,11 +1264,15 @@ impl Lab {
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
         let _ = writeln!(
             log,
-            "==== lab: sdm-agent run --config {} ====",
-            config.display()
+            "==== lab: sdm-agent run --config {} {} ====",
+            config.display(),
+            extra.join(" ")
         );
+        let config_arg = config.display().to_string();
+        let mut args = vec!["run", "--config", &config_arg];
+        args.extend_from_slice(extra);
         let child = self
-            .agent_in_host(&["run", "--config", &config.display().to_string()])
+            .agent_in_host(&args)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().expect("clone the log fd"))
             .stderr(log)
@@ -1244,6 +1281,7 @@ impl Lab {
         self.agent = Some(Proc(child));
         self.last_run = Some(AgentRun {
             config: config.to_owned(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             mode: mode.to_owned(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
         });
@@ -1338,12 +1376,13 @@ impl Lab {
             .and_then(|mut f| writeln!(f, "==== lab: killed the agent (SIGKILL): {st} ===="));
     }
 
-    /// Starts the agent again with the config, mode and hosts of the last
-    /// start.
+    /// Starts the agent again with the config, arguments, mode and hosts of
+    /// the last start.
     pub fn restart_agent(&mut self) {
         let run = self.last_run.take().expect("the agent never ran");
         let hosts: Vec<&str> = run.hosts.iter().map(String::as_str).collect();
-        self.start_agent(&run.config, &run.mode, &hosts);
+        let extra: Vec<&str> = run.extra.iter().map(String::as_str).collect();
+        self.start_agent_with(&run.config, &extra, &run.mode, &hosts);
     }
 
     /// Everything the agent wrote, across restarts.

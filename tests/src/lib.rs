@@ -10,6 +10,8 @@ pub mod gateway;
 pub mod guards;
 pub mod lab;
 pub mod packets;
+pub mod programs;
+pub mod unit_sandbox;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -41,6 +41,12 @@ pub const TEST_PACKAGES: &[DebianPackage] = &[
         name: "xz-utils",
         command: "xz",
     },
+    // The capabilities test names a process's capability sets with capsh
+    // (setpriv and unshare are util-linux's, always installed).
+    DebianPackage {
+        name: "libcap2-bin",
+        command: "capsh",
+    },
     // The dashboard test drives the page in headless Chromium.
     DebianPackage {
         name: "chromium",

@@ -1,0 +1,225 @@
+//! Upgrades, in the lab (README, "Pins, restarts, detach"): an agent with
+//! another eBPF object than the pinned links run attaches its programs
+//! before it unpins the old ones, so that both run for a moment and never
+//! neither. The second object is a real second build of the programs
+//! (tests/build.rs: sdm-ebpf's feature `upgrade-variant`), which the agent
+//! loads with `run --object`.
+//!
+//! Addresses (N is the lab's number): the host side is 10.231.N.1, the net
+//! side .2 to .9 (see sdm_tests::gateway); nothing else is ever a
+//! destination.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use sdm_tests::{
+    gateway::{self, expect_ok, sa, wait_for, APP, DB, GATEWAY_HOSTS, OK_MS, OTHER},
+    lab::{BgProbe, Lab},
+    programs::{is_loaded, pinned_programs, recorded_hash, variant_hash, variant_object, Program},
+};
+use serde_json::Value;
+
+/// Object switches: 1 -> 2 -> 1 -> 2 -> 1.
+const SWITCHES: usize = 4;
+
+/// A `tcp-watch` probe (in the cgroup): a new connection to `addr` every
+/// `interval_ms` until `stop` exists.
+fn watch(lab: &Lab, addr: SocketAddr, interval_ms: u64, stop: &Path) -> BgProbe {
+    lab.spawn_probe(
+        &[
+            "tcp-watch",
+            &addr.to_string(),
+            &interval_ms.to_string(),
+            "1000",
+            stop.to_str().expect("utf-8 path"),
+        ],
+        false,
+    )
+}
+
+fn outcomes(v: &Value) -> BTreeMap<String, u64> {
+    v["outcomes"]
+        .as_object()
+        .unwrap_or_else(|| panic!("tcp-watch: no outcomes in {v}"))
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+        .collect()
+}
+
+/// Replaces the running agent with one that runs `object` (None: the
+/// embedded one, whose hash is `embedded`), as a package upgrade's restart
+/// does, and checks the replacement: the log says so, attach.json names
+/// the new object, every
+/// pinned link runs a newly loaded program, and the old programs are gone
+/// (the old links were detached, not left running beside the new ones).
+/// Returns the programs the links run now.
+fn switch_object(
+    lab: &mut Lab,
+    config: &Path,
+    object: Option<&Path>,
+    embedded: u64,
+    before: &BTreeMap<&'static str, Program>,
+) -> BTreeMap<&'static str, Program> {
+    lab.stop_agent();
+    let log_before = lab.agent_log().len();
+    let extra: Vec<&str> = match object {
+        Some(p) => vec!["--object", p.to_str().expect("utf-8 path")],
+        None => vec![],
+    };
+    lab.start_agent_with(config, &extra, "enforce", &GATEWAY_HOSTS);
+    let log = lab.agent_log();
+    let log = &log[log_before..];
+    assert!(
+        log.contains("attached the egress and ingress programs") && log.contains("replaced=true"),
+        "the agent with another object should replace the pinned programs:\n{log}"
+    );
+    let want = if object.is_some() {
+        variant_hash()
+    } else {
+        embedded
+    };
+    assert_eq!(
+        recorded_hash(&lab.pins.layout),
+        want,
+        "attach.json names the new object"
+    );
+    let after = pinned_programs(&lab.pins.layout);
+    for (pin, old) in before {
+        let new = after[pin];
+        assert_ne!(
+            new.id, old.id,
+            "the {pin} link still runs program {}",
+            old.id
+        );
+    }
+    // The old links' last reference went with the rename over their pins;
+    // the kernel frees them (and then their programs) shortly after.
+    let gone = wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+        before.values().all(|p| !is_loaded(p.id)).then_some(())
+    });
+    let left: Vec<u32> = before
+        .values()
+        .map(|p| p.id)
+        .filter(|id| is_loaded(*id))
+        .collect();
+    assert!(
+        gone.is_some(),
+        "programs of the old object are still loaded 5 s after the upgrade: {left:?}"
+    );
+    after
+}
+
+/// Upgrades under traffic: while processes in the cgroup connect every
+/// 20 ms to two allowed destinations and every 2 ms to two denied ones
+/// (each with a server), the agent is replaced four times by one with the
+/// other object (1 -> 2 -> 1 -> 2 -> 1). Each replacement runs the replace
+/// path (not adoption): the links run the other object's programs (another
+/// tag for sdm_egress), the old ones are unloaded. Across all of it not one
+/// allowed connection fails, not one denied connection succeeds, and a raw
+/// socket on the net side sees not one packet to a denied destination.
+#[test]
+fn upgrade_replaces_the_programs_under_traffic_without_a_gap() {
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_lab-probe"));
+    let config = gateway::start(&mut lab, "enforce", "");
+    let variant = variant_object();
+    // The agent's own object, as the first agent recorded it (the test's
+    // copy of the agent library may come from another build of it).
+    let embedded = recorded_hash(&lab.pins.layout);
+    assert_ne!(
+        variant_hash(),
+        embedded,
+        "the variant object is the embedded one"
+    );
+    let allowed = [sa(lab.net_ip(APP), 443), sa(lab.net_ip(DB), 5432)];
+    // An unlisted address, and an allowed address on a port no rule opens.
+    let denied = [sa(lab.net_ip(OTHER), 443), sa(lab.net_ip(APP), 8443)];
+    for d in denied {
+        expect_ok(
+            &format!("{d} from outside the cgroup (its server answers)"),
+            &lab.probe_outside(&["tcp", &d.to_string(), &OK_MS.to_string()]),
+        );
+    }
+    // Let those connections' teardown finish before the sniffer counts.
+    std::thread::sleep(Duration::from_millis(500));
+    let sniffer = lab.sniff_tcp(&[denied[0], denied[1], allowed[0]]);
+
+    let stop = lab.dir.path().join("stop-watching");
+    let mut probes: Vec<(SocketAddr, bool, BgProbe)> = allowed
+        .iter()
+        .map(|a| (*a, true, watch(&lab, *a, 20, &stop)))
+        .chain(
+            denied
+                .iter()
+                .map(|a| (*a, false, watch(&lab, *a, 2, &stop))),
+        )
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let start = Instant::now();
+    let first = pinned_programs(&lab.pins.layout);
+    let mut now = first.clone();
+    for i in 0..SWITCHES {
+        let to_variant = i % 2 == 0;
+        let next = switch_object(
+            &mut lab,
+            &config,
+            to_variant.then_some(variant.as_path()),
+            embedded,
+            &now,
+        );
+        // The egress program is where the two objects differ.
+        if to_variant {
+            assert_ne!(
+                next["egress"].tag, first["egress"].tag,
+                "sdm_egress of the variant object has the original's tag"
+            );
+        } else {
+            assert_eq!(
+                next["egress"].tag, first["egress"].tag,
+                "back on the embedded object, sdm_egress has its original tag again"
+            );
+        }
+        now = next;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = start.elapsed();
+    fs::write(&stop, "").expect("write the stop file");
+
+    for (addr, ok, p) in &mut probes {
+        let v = p.line(Duration::from_secs(15));
+        let counts = outcomes(&v);
+        let attempts = v["attempts"].as_u64().unwrap_or(0);
+        eprintln!("tcp-watch {addr} (allowed: {ok}): {counts:?}");
+        assert!(attempts >= 50, "{addr}: only {attempts} attempts: {v}");
+        if *ok {
+            assert_eq!(
+                counts.keys().collect::<Vec<_>>(),
+                ["ok"],
+                "allowed {addr}: connections failed across {SWITCHES} upgrades: {v}"
+            );
+        } else {
+            assert!(
+                counts.keys().all(|k| k == "eperm" || k == "timeout"),
+                "denied {addr}: an outcome other than eperm or timeout across {SWITCHES} \
+                 upgrades: {v}"
+            );
+        }
+    }
+    for d in denied {
+        assert_eq!(
+            sniffer.count(d),
+            0,
+            "TCP segments to the denied {d} reached the net side"
+        );
+    }
+    assert!(
+        sniffer.count(allowed[0]) > 0,
+        "the sniffer saw nothing of the allowed connections: it does not work"
+    );
+    eprintln!("{SWITCHES} upgrades in {took:?}");
+}
