@@ -626,6 +626,42 @@ impl Drop for Servers {
 // ---------------------------------------------------------------------------
 // Probes
 
+/// Checks `tcp-watch` probes once their stop file is written: each made at
+/// least 50 attempts, every attempt to an allowed address (`true`)
+/// connected, and every attempt to a denied one was refused (EPERM) or
+/// timed out, across `what` (e.g. "20 kills").
+pub fn assert_watches_held(probes: &mut [(SocketAddr, bool, BgProbe)], what: &str) {
+    for (addr, ok, p) in probes {
+        let v = p.line(Duration::from_secs(15));
+        let counts = watch_outcomes(&v);
+        let attempts = v["attempts"].as_u64().unwrap_or(0);
+        eprintln!("tcp-watch {addr} (allowed: {ok}): {counts:?}");
+        assert!(attempts >= 50, "{addr}: only {attempts} attempts: {v}");
+        if *ok {
+            assert_eq!(
+                counts.keys().collect::<Vec<_>>(),
+                ["ok"],
+                "allowed {addr}: connections failed across {what}: {v}"
+            );
+        } else {
+            assert!(
+                counts.keys().all(|k| k == "eperm" || k == "timeout"),
+                "denied {addr}: an outcome other than eperm or timeout across {what}: {v}"
+            );
+        }
+    }
+}
+
+/// The outcome counts of a finished `tcp-watch`.
+pub fn watch_outcomes(v: &Value) -> std::collections::BTreeMap<String, u64> {
+    v["outcomes"]
+        .as_object()
+        .unwrap_or_else(|| panic!("tcp-watch: no outcomes in {v}"))
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+        .collect()
+}
+
 /// A probe running in the background (listen-tcp, tcp-hold, tcp-loop): its
 /// output lines arrive as JSON values. Killed on drop.
 pub struct BgProbe {

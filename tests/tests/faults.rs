@@ -94,16 +94,6 @@ fn watch(lab: &Lab, addr: SocketAddr, stop: &Path) -> BgProbe {
     )
 }
 
-/// The outcome counts of a finished `tcp-watch`.
-fn outcomes(v: &Value) -> BTreeMap<String, u64> {
-    v["outcomes"]
-        .as_object()
-        .unwrap_or_else(|| panic!("tcp-watch: no outcomes in {v}"))
-        .iter()
-        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-        .collect()
-}
-
 /// 20 times: kill -9 the agent and start it again (every other time it is
 /// killed once more while starting), while processes in the cgroup connect
 /// every 20 ms to two allowed and two denied destinations, each with a
@@ -158,25 +148,7 @@ fn killed_and_restarted_twenty_times_under_traffic() {
     std::thread::sleep(Duration::from_millis(300));
     fs::write(&stop, "").expect("write the stop file");
 
-    for (addr, ok, p) in &mut probes {
-        let v = p.line(Duration::from_secs(15));
-        let counts = outcomes(&v);
-        let attempts = v["attempts"].as_u64().unwrap_or(0);
-        eprintln!("tcp-watch {addr} (allowed: {ok}): {counts:?}");
-        assert!(attempts >= 50, "{addr}: only {attempts} attempts: {v}");
-        if *ok {
-            assert_eq!(
-                counts.keys().collect::<Vec<_>>(),
-                ["ok"],
-                "allowed {addr}: connections failed across {kills} kills: {v}"
-            );
-        } else {
-            assert!(
-                counts.keys().all(|k| k == "eperm" || k == "timeout"),
-                "denied {addr}: an outcome other than eperm or timeout across {kills} kills: {v}"
-            );
-        }
-    }
+    sdm_tests::lab::assert_watches_held(&mut probes, &format!("{kills} kills"));
     for d in denied {
         assert_eq!(
             sniffer.count(d),

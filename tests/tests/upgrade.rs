@@ -22,7 +22,6 @@ use sdm_tests::{
     lab::{BgProbe, Lab},
     programs::{is_loaded, pinned_programs, recorded_hash, variant_hash, variant_object, Program},
 };
-use serde_json::Value;
 
 /// Object switches: 1 -> 2 -> 1 -> 2 -> 1.
 const SWITCHES: usize = 4;
@@ -40,15 +39,6 @@ fn watch(lab: &Lab, addr: SocketAddr, interval_ms: u64, stop: &Path) -> BgProbe 
         ],
         false,
     )
-}
-
-fn outcomes(v: &Value) -> BTreeMap<String, u64> {
-    v["outcomes"]
-        .as_object()
-        .unwrap_or_else(|| panic!("tcp-watch: no outcomes in {v}"))
-        .iter()
-        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-        .collect()
 }
 
 /// Replaces the running agent with one that runs `object` (None: the
@@ -190,26 +180,7 @@ fn upgrade_replaces_the_programs_under_traffic_without_a_gap() {
     let took = start.elapsed();
     fs::write(&stop, "").expect("write the stop file");
 
-    for (addr, ok, p) in &mut probes {
-        let v = p.line(Duration::from_secs(15));
-        let counts = outcomes(&v);
-        let attempts = v["attempts"].as_u64().unwrap_or(0);
-        eprintln!("tcp-watch {addr} (allowed: {ok}): {counts:?}");
-        assert!(attempts >= 50, "{addr}: only {attempts} attempts: {v}");
-        if *ok {
-            assert_eq!(
-                counts.keys().collect::<Vec<_>>(),
-                ["ok"],
-                "allowed {addr}: connections failed across {SWITCHES} upgrades: {v}"
-            );
-        } else {
-            assert!(
-                counts.keys().all(|k| k == "eperm" || k == "timeout"),
-                "denied {addr}: an outcome other than eperm or timeout across {SWITCHES} \
-                 upgrades: {v}"
-            );
-        }
-    }
+    sdm_tests::lab::assert_watches_held(&mut probes, &format!("{SWITCHES} upgrades"));
     for d in denied {
         assert_eq!(
             sniffer.count(d),

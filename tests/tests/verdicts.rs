@@ -46,6 +46,25 @@ fn rule(name: &str, direction: Direction, proto: Proto, ports: PortRange, target
     }
 }
 
+/// Rule "bulk": tcp/9000 to `n` consecutive /32s from `first`.
+fn bulk_rule(first: Ipv4Addr, n: u32) -> Rule {
+    let mut r = rule(
+        "bulk",
+        Direction::Egress,
+        Proto::Tcp,
+        one(9000),
+        "0.0.0.0/32",
+    );
+    r.targets = (0..n)
+        .map(|i| {
+            Target::Cidr(ipnet::IpNet::from(IpAddr::V4(Ipv4Addr::from(
+                u32::from(first) + i,
+            ))))
+        })
+        .collect();
+    r
+}
+
 fn one(p: u16) -> PortRange {
     PortRange::single(p)
 }
@@ -711,21 +730,8 @@ fn concurrent_applies_never_show_a_mix_of_two_policies() {
     let mut f = Fixture::new(&base_policy());
     let policy = |k: u8| {
         let mut p = base_policy();
-        let mut r = rule(
-            "bulk",
-            Direction::Egress,
-            Proto::Tcp,
-            one(9000),
-            "0.0.0.0/32",
-        );
-        r.targets = (0..1_000u32)
-            .map(|i| {
-                Target::Cidr(ipnet::IpNet::from(IpAddr::V4(Ipv4Addr::from(
-                    u32::from(Ipv4Addr::new(10, 60 + k, 0, 0)) + i,
-                ))))
-            })
-            .collect();
-        p.rules.push(r);
+        p.rules
+            .push(bulk_rule(Ipv4Addr::new(10, 60 + k, 0, 0), 1_000));
         p
     };
     let all: Vec<_> = (0..3).map(|k| f.entries(&policy(k))).collect();
@@ -790,21 +796,9 @@ fn many_addresses_do_not_change_verdicts() {
     // 50,000 exact addresses: still one hash lookup, still the same answers.
     let mut f = Fixture::new(&base_policy());
     let mut policy = base_policy();
-    let mut r = rule(
-        "bulk",
-        Direction::Egress,
-        Proto::Tcp,
-        one(9000),
-        "0.0.0.0/32",
-    );
-    r.targets = (0..50_000u32)
-        .map(|i| {
-            Target::Cidr(ipnet::IpNet::from(IpAddr::V4(Ipv4Addr::from(
-                0x0b00_0000 + i,
-            ))))
-        })
-        .collect();
-    policy.rules.push(r);
+    policy
+        .rules
+        .push(bulk_rule(Ipv4Addr::from(0x0b00_0000), 50_000));
     f.apply(&policy);
     assert_eq!(
         f.egress(&v4(Ipv4Addr::from(0x0b00_0000 + 49_999), TCP, 9000)),
