@@ -1,0 +1,145 @@
+//! [`render`]: the human view of a [`Status`] (`sdm-agent status`).
+
+use std::fmt::Write as _;
+
+use super::Status;
+
+/// The human view of [`Status`].
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    header(&mut o, s);
+    notes(&mut o, s);
+    rules(&mut o, s);
+    denied(&mut o, s);
+    dns(&mut o, s);
+    o
+}
+
+/// Mode, cgroup, backstop, DNS queries, pins, agent and generation.
+fn header(o: &mut String, s: &Status) {
+    let _ = writeln!(o, "mode:       {} (loopback: {})", s.mode, s.loopback);
+    let cg = s
+        .cgroup
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let _ = writeln!(o, "cgroup:     {cg}");
+    if !s.backstop.is_empty() {
+        let _ = writeln!(
+            o,
+            "backstop:   {} (packet sockets' frames judged at tc egress)",
+            s.backstop.join(", ")
+        );
+    }
+    if s.dns_queries_mode == "policy" {
+        let n = |k: &str| s.dns_queries.get(k).copied().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "dns queries: policy names only ({} allowed, {} refused, {} would be refused in audit)",
+            n("allowed"),
+            n("refused"),
+            n("would_refuse")
+        );
+    }
+    let _ = writeln!(o, "pins:       {}", s.pin_root.display());
+    let agent = match (s.agent_pid, s.agent_running) {
+        (Some(p), true) => format!("running (pid {p})"),
+        (Some(p), false) => {
+            format!("not running (last pid {p}); enforcement continues from the pinned maps")
+        }
+        (None, _) => "unknown".into(),
+    };
+    let _ = writeln!(o, "agent:      {agent}");
+    let _ = writeln!(o, "generation: {}", s.generation);
+}
+
+/// What needs a reader's attention, only when there is something: flow
+/// store evictions, processes that can bypass the programs, a policy that
+/// did not apply.
+fn notes(o: &mut String, s: &Status) {
+    if s.flow_store_evictions > 0 {
+        let _ = writeln!(
+            o,
+            "flow store: {} flows evicted to stay within [state] max_bytes",
+            s.flow_store_evictions
+        );
+    }
+    if !s.bypass_capable.is_empty() {
+        let _ = write!(o, "\n{}", crate::kernel::caps::render(&s.bypass_capable));
+    }
+    if let Some(e) = &s.policy_error {
+        let _ = writeln!(
+            o,
+            "policy:     NOT UPDATED, the previous policy stays in force: {e}"
+        );
+    }
+}
+
+fn rules(o: &mut String, s: &Status) {
+    let _ = writeln!(o, "\nRULES");
+    let _ = writeln!(
+        o,
+        "{:<44} {:<8} {:<10} {:>12} {:>12}  addresses",
+        "name", "dir", "ports", "egress pkts", "ingress pkts"
+    );
+    for r in &s.rules {
+        let _ = writeln!(
+            o,
+            "{:<44} {:<8} {:<10} {:>12} {:>12}  {}{}",
+            r.name,
+            r.direction.as_deref().unwrap_or("?"),
+            format!("{}/{}", r.protos.join("+"), r.ports.join(",")),
+            r.egress.packets,
+            r.ingress.packets,
+            if r.addresses.is_empty() {
+                "-".to_string()
+            } else {
+                r.addresses.join(" ")
+            },
+            if r.active {
+                ""
+            } else {
+                "  (not in the live policy)"
+            }
+        );
+    }
+}
+
+fn denied(o: &mut String, s: &Status) {
+    let _ = writeln!(o, "\nDENIED (packets)");
+    for d in s.denied.iter().filter(|d| d.packets > 0) {
+        let _ = writeln!(
+            o,
+            "  {:<8} {:<8} {:<17} {:>12}",
+            d.mode, d.direction, d.reason, d.packets
+        );
+    }
+    if s.denied.iter().all(|d| d.packets == 0) {
+        let _ = writeln!(o, "  none");
+    }
+}
+
+fn dns(o: &mut String, s: &Status) {
+    let _ = writeln!(o, "\nDNS");
+    for h in &s.dns {
+        let addrs: Vec<String> = h.addresses.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            o,
+            "  {:<40} {}  failures {}{}",
+            h.hostname,
+            if addrs.is_empty() {
+                "-".into()
+            } else {
+                addrs.join(" ")
+            },
+            h.failures,
+            h.last_error
+                .as_ref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    if s.dns.is_empty() {
+        let _ = writeln!(o, "  no state from the agent");
+    }
+}
