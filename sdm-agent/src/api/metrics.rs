@@ -56,19 +56,44 @@ impl Source {
 #[derive(Debug)]
 struct SdmCollector(Source);
 
+/// Labelled rows of one family: label pairs and the value.
+type Rows<V> = [(Vec<(&'static str, String)>, V)];
+
+/// A counter family of one unlabelled sample: `name_total 3`, not
+/// `name_total{} 3`.
+fn counter_value(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(family)
+}
+
+/// A gauge family of one unlabelled sample: `name 3`, not `name{} 3`.
+fn gauge_value(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(family)
+}
+
 fn counter_family(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    rows: &[(Vec<(&'static str, String)>, u64)],
+    rows: &Rows<u64>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    // A single sample without labels: `name_total 3`, not `name_total{} 3`.
     if let [(labels, v)] = rows {
         if labels.is_empty() {
-            return ConstCounter::new(*v).encode(family);
+            return counter_value(encoder, name, help, *v);
         }
     }
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in rows {
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         ConstCounter::new(*v).encode(family.encode_family(&labels)?)?;
@@ -80,14 +105,14 @@ fn gauge_family(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    rows: &[(Vec<(&'static str, String)>, i64)],
+    rows: &Rows<i64>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     if let [(labels, v)] = rows {
         if labels.is_empty() {
-            return ConstGauge::new(*v).encode(family);
+            return gauge_value(encoder, name, help, *v);
         }
     }
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, v) in rows {
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         ConstGauge::new(*v).encode(family.encode_family(&labels)?)?;
@@ -108,6 +133,30 @@ impl Collector for SdmCollector {
 /// that [`render_snapshot`] renders a given status through exactly the code
 /// that serves `/metrics`.
 fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    encode_rules(s, &mut encoder)?;
+    encode_denied(s, &mut encoder)?;
+    encode_hostnames(s, &mut encoder)?;
+    let modes: Vec<_> = ["audit", "enforce"]
+        .iter()
+        .map(|m| (vec![("mode", m.to_string())], i64::from(s.mode == *m)))
+        .collect();
+    gauge_family(
+        &mut encoder,
+        "sdm_mode",
+        "1 for the mode the kernel programs are in.",
+        &modes,
+    )?;
+    encode_dns_kernel(s, &mut encoder)?;
+    gauge_value(
+        &mut encoder,
+        "sdm_policy_generation",
+        "Policy generation; increases with every applied change.",
+        i64::from(s.generation),
+    )
+}
+
+/// Packets and bytes allowed by each rule, by direction.
+fn encode_rules(s: &Status, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let mut packets = Vec::new();
     let mut bytes = Vec::new();
     for r in &s.rules {
@@ -121,14 +170,17 @@ fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::
             bytes.push((labels, c.bytes));
         }
     }
-    counter_family(&mut encoder, "sdm_rule_packets", "Packets allowed by each rule, by direction (replies to an egress rule count under ingress).", &packets)?;
+    counter_family(encoder, "sdm_rule_packets", "Packets allowed by each rule, by direction (replies to an egress rule count under ingress).", &packets)?;
     counter_family(
-        &mut encoder,
+        encoder,
         "sdm_rule_bytes",
         "Bytes allowed by each rule, by direction.",
         &bytes,
-    )?;
-    // One labelled row per (direction, reason, mode), for packets and bytes.
+    )
+}
+
+/// Packets and bytes denied, one labelled row per (direction, reason, mode).
+fn encode_denied(s: &Status, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let denied_rows = |value: fn(&crate::api::status::DenyStatus) -> u64| -> Vec<_> {
         s.denied
             .iter()
@@ -145,14 +197,18 @@ fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::
             .collect()
     };
     let denied = denied_rows(|d| d.packets);
-    counter_family(&mut encoder, "sdm_denied_packets", "Packets denied (dropped in enforce mode, passed and counted in audit mode), by direction, reason and mode.", &denied)?;
+    counter_family(encoder, "sdm_denied_packets", "Packets denied (dropped in enforce mode, passed and counted in audit mode), by direction, reason and mode.", &denied)?;
     let denied_bytes = denied_rows(|d| d.bytes);
     counter_family(
-        &mut encoder,
+        encoder,
         "sdm_denied_bytes",
         "Bytes denied, by direction, reason and mode.",
         &denied_bytes,
-    )?;
+    )
+}
+
+/// The agent's resolution of each hostname: addresses allowed, failures.
+fn encode_hostnames(s: &Status, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let addrs: Vec<_> = s
         .dns
         .iter()
@@ -163,44 +219,39 @@ fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::
             )
         })
         .collect();
-    gauge_family(&mut encoder, "sdm_hostname_addresses", "Addresses currently allowed for each hostname (latest answer plus those in their grace period).", &addrs)?;
+    gauge_family(encoder, "sdm_hostname_addresses", "Addresses currently allowed for each hostname (latest answer plus those in their grace period).", &addrs)?;
     let failures: Vec<_> = s
         .dns
         .iter()
         .map(|h| (vec![("hostname", h.hostname.clone())], h.failures))
         .collect();
     counter_family(
-        &mut encoder,
+        encoder,
         "sdm_dns_failures",
         "Failed DNS lookups per hostname (the last good answer is kept).",
         &failures,
-    )?;
-    let modes: Vec<_> = ["audit", "enforce"]
-        .iter()
-        .map(|m| (vec![("mode", m.to_string())], i64::from(s.mode == *m)))
-        .collect();
-    gauge_family(
-        &mut encoder,
-        "sdm_mode",
-        "1 for the mode the kernel programs are in.",
-        &modes,
-    )?;
+    )
+}
+
+/// What the kernel's DNS path counted: answers parsed, addresses not
+/// learned, queries judged, addresses learned.
+fn encode_dns_kernel(s: &Status, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let answers: Vec<_> = s
         .dns_answers
         .iter()
         .map(|(result, n)| (vec![("result", result.clone())], *n))
         .collect();
     counter_family(
-        &mut encoder,
+        encoder,
         "sdm_dns_answers",
         "DNS answers from trusted resolvers handled by the kernel's parser, by result: learned (addresses allowed before the answer reached the application), not_allowed (a name no rule names), unasked (no matching query), malformed, error_rcode, no_address, truncated, not_resolver (port 53 traffic from a server that is not a trusted resolver).",
         &answers,
     )?;
-    counter_family(
-        &mut encoder,
+    counter_value(
+        encoder,
         "sdm_dns_learn_table_full",
         "Addresses in allowed DNS answers the kernel could not learn because the learned-address table (65,536 per family) was full; nothing learned is evicted before it expires, so a connect to such an address is allowed only if the agent's own resolution has it.",
-        &[(vec![], s.dns_learn_table_full)],
+        s.dns_learn_table_full,
     )?;
     let queries: Vec<_> = s
         .dns_queries
@@ -208,7 +259,7 @@ fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::
         .map(|(verdict, n)| (vec![("verdict", verdict.clone())], *n))
         .collect();
     counter_family(
-        &mut encoder,
+        encoder,
         "sdm_dns_queries",
         "DNS queries to the trusted resolvers judged by the kernel under [dns] queries = \"policy\", by verdict: allowed (a policy hostname or a name under [dns] search), refused (dropped, the send failed with EPERM), would_refuse (audit mode: counted, passed).",
         &queries,
@@ -224,18 +275,11 @@ fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::
         .map(|(h, n)| (vec![("hostname", h)], n))
         .collect();
     gauge_family(
-        &mut encoder,
+        encoder,
         "sdm_dns_learned_addresses",
         "Addresses learned in the kernel from DNS answers and not expired, per hostname.",
         &learned,
-    )?;
-    gauge_family(
-        &mut encoder,
-        "sdm_policy_generation",
-        "Policy generation; increases with every applied change.",
-        &[(vec![], i64::from(s.generation))],
-    )?;
-    Ok(())
+    )
 }
 
 /// What only the running agent counts.
@@ -296,57 +340,50 @@ impl Collector for AgentCollector {
             "Deny events by what the kernel did with them: sent to the agent, lost (ring buffer full), suppressed (the flow was reported less than a second ago) or throttled (the CPU's budget of events per second was spent; the flow is reported later).",
             &rows,
         )?;
-        let family = encoder.encode_descriptor(
+        counter_value(
+            &mut encoder,
             "sdm_events_lost",
             "Deny events lost: the kernel's ring buffer was full, or the agent's flow pipeline was behind. The packet counters still count every packet.",
-            None,
-            MetricType::Counter,
+            lost,
         )?;
-        ConstCounter::new(lost).encode(family)?;
         let stored =
             i64::try_from(self.stats.store.stored.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
-        let family = encoder.encode_descriptor(
+        gauge_value(
+            &mut encoder,
             "sdm_flows_stored",
             "Denied flows in the flow store (as of its last write).",
-            None,
-            MetricType::Gauge,
+            stored,
         )?;
-        ConstGauge::new(stored).encode(family)?;
-        let family = encoder.encode_descriptor(
-            "sdm_store_errors",
-            "Failures to open, write or read the flow store; flows are kept in memory meanwhile and enforcement is unaffected.",
-            None,
-            MetricType::Counter,
-        )?;
-        ConstCounter::new(self.stats.store.errors.load(Ordering::Relaxed)).encode(family)?;
-        let family = encoder.encode_descriptor(
-            "sdm_store_dropped_flows",
-            "Flows dropped while the flow store was unavailable for long (its queue of pending flows was full, the least recently seen went first); the audit log has them.",
-            None,
-            MetricType::Counter,
-        )?;
-        ConstCounter::new(self.stats.store.dropped.load(Ordering::Relaxed)).encode(family)?;
-        let family = encoder.encode_descriptor(
-            "sdm_flow_store_evictions",
-            "Flows evicted from the flow store (the least recently seen first) to keep it within [state] max_bytes.",
-            None,
-            MetricType::Counter,
-        )?;
-        ConstCounter::new(self.stats.store.evictions.load(Ordering::Relaxed)).encode(family)?;
-        let family = encoder.encode_descriptor(
-            "sdm_flows_evicted",
-            "Flows dropped from the agent's in-memory flow table to stay within its capacity (the least recently seen first); the store keeps them, and a flow seen again is logged again.",
-            None,
-            MetricType::Counter,
-        )?;
-        ConstCounter::new(self.stats.flows_evicted.load(Ordering::Relaxed)).encode(family)?;
-        let family = encoder.encode_descriptor(
-            "sdm_policy_apply_errors",
-            "Failed attempts to apply the policy to the kernel maps (e.g. a DNS answer that does not fit); the previous policy stays in force and the attempt is retried.",
-            None,
-            MetricType::Counter,
-        )?;
-        ConstCounter::new(self.stats.policy_apply_errors.load(Ordering::Relaxed)).encode(family)?;
+        let store = &self.stats.store;
+        for (name, help, value) in [
+            (
+                "sdm_store_errors",
+                "Failures to open, write or read the flow store; flows are kept in memory meanwhile and enforcement is unaffected.",
+                &store.errors,
+            ),
+            (
+                "sdm_store_dropped_flows",
+                "Flows dropped while the flow store was unavailable for long (its queue of pending flows was full, the least recently seen went first); the audit log has them.",
+                &store.dropped,
+            ),
+            (
+                "sdm_flow_store_evictions",
+                "Flows evicted from the flow store (the least recently seen first) to keep it within [state] max_bytes.",
+                &store.evictions,
+            ),
+            (
+                "sdm_flows_evicted",
+                "Flows dropped from the agent's in-memory flow table to stay within its capacity (the least recently seen first); the store keeps them, and a flow seen again is logged again.",
+                &self.stats.flows_evicted,
+            ),
+            (
+                "sdm_policy_apply_errors",
+                "Failed attempts to apply the policy to the kernel maps (e.g. a DNS answer that does not fit); the previous policy stays in force and the attempt is retried.",
+                &self.stats.policy_apply_errors,
+            ),
+        ] {
+            counter_value(&mut encoder, name, help, value.load(Ordering::Relaxed))?;
+        }
         encode_http(&self.stats.http, &mut encoder)
     }
 }
@@ -354,20 +391,18 @@ impl Collector for AgentCollector {
 /// The HTTP server's connection metrics.
 fn encode_http(http: &HttpStats, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let open = i64::try_from(http.open.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
-    let family = encoder.encode_descriptor(
+    gauge_value(
+        encoder,
         "sdm_http_connections",
         &format!("Connections open to the agent's HTTP server ([http] listen), at most {MAX_CONNECTIONS}."),
-        None,
-        MetricType::Gauge,
+        open,
     )?;
-    ConstGauge::new(open).encode(family)?;
-    let family = encoder.encode_descriptor(
+    counter_value(
+        encoder,
         "sdm_http_connections_refused",
         &format!("Connections to the agent's HTTP server closed at once: it was at its cap of {MAX_CONNECTIONS} and every connection was busy answering a request."),
-        None,
-        MetricType::Counter,
+        http.refused.load(Ordering::Relaxed),
     )?;
-    ConstCounter::new(http.refused.load(Ordering::Relaxed)).encode(family)?;
     let rows: Vec<_> = CloseReason::ALL
         .iter()
         .map(|r| (vec![("reason", r.name().to_string())], http.closed(*r)))
