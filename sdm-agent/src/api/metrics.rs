@@ -10,7 +10,7 @@ use std::sync::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
@@ -59,27 +59,28 @@ struct SdmCollector(Source);
 /// Labelled rows of one family: label pairs and the value.
 type Rows<V> = [(Vec<(&'static str, String)>, V)];
 
-/// A counter family of one unlabelled sample: `name_total 3`, not
-/// `name_total{} 3`.
-fn counter_value(
+/// One family: a sample per row, with its labels. A family of a single
+/// row without labels prints as `name_total 3` (`name 3` for a gauge), not
+/// `name_total{} 3`: empty braces, which some scrapers and `promtool` flag.
+fn family<V: Copy, M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    value: u64,
+    kind: MetricType,
+    rows: &Rows<V>,
+    metric: fn(V) -> M,
 ) -> Result<(), std::fmt::Error> {
-    let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    ConstCounter::new(value).encode(family)
-}
-
-/// A gauge family of one unlabelled sample: `name 3`, not `name{} 3`.
-fn gauge_value(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: i64,
-) -> Result<(), std::fmt::Error> {
-    let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    ConstGauge::new(value).encode(family)
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    if let [(labels, v)] = rows {
+        if labels.is_empty() {
+            return metric(*v).encode(family);
+        }
+    }
+    for (labels, v) in rows {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        metric(*v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 fn counter_family(
@@ -88,17 +89,14 @@ fn counter_family(
     help: &str,
     rows: &Rows<u64>,
 ) -> Result<(), std::fmt::Error> {
-    if let [(labels, v)] = rows {
-        if labels.is_empty() {
-            return counter_value(encoder, name, help, *v);
-        }
-    }
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in rows {
-        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ConstCounter::new(*v).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+    family(
+        encoder,
+        name,
+        help,
+        MetricType::Counter,
+        rows,
+        ConstCounter::<u64>::new,
+    )
 }
 
 fn gauge_family(
@@ -107,17 +105,34 @@ fn gauge_family(
     help: &str,
     rows: &Rows<i64>,
 ) -> Result<(), std::fmt::Error> {
-    if let [(labels, v)] = rows {
-        if labels.is_empty() {
-            return gauge_value(encoder, name, help, *v);
-        }
-    }
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, v) in rows {
-        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ConstGauge::new(*v).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+    family(
+        encoder,
+        name,
+        help,
+        MetricType::Gauge,
+        rows,
+        ConstGauge::<i64>::new,
+    )
+}
+
+/// A counter family of one unlabelled sample.
+fn counter_value(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    counter_family(encoder, name, help, &[(vec![], value)])
+}
+
+/// A gauge family of one unlabelled sample.
+fn gauge_value(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    gauge_family(encoder, name, help, &[(vec![], value)])
 }
 
 impl Collector for SdmCollector {
