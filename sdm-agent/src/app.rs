@@ -6,13 +6,13 @@
 //! never in enforce mode with an empty allowlist.
 //!
 //! [`run`] reads as its three phases:
-//! - [`startup`]: check the config and the target, take the instance lock,
-//!   bind the HTTP listener, attach ([`attach`]), apply the policy
-//!   ([`agent`]), then start the flow pipeline and the HTTP server;
-//! - [`event_loop`]: one method per event (DNS refresh due, learned
+//! - `startup`: check the config and the target, take the instance lock,
+//!   bind the HTTP listener, attach (`attach`), apply the policy
+//!   (`agent`), then start the flow pipeline and the HTTP server;
+//! - `event_loop`: one method per event (DNS refresh due, learned
 //!   addresses to expire, the target cgroup re-created, a signal, the
 //!   server stopping);
-//! - [`shutdown`]: hand the last deny events to the store and leave the
+//! - `shutdown`: hand the last deny events to the store and leave the
 //!   programs enforcing from the pinned maps.
 
 use std::path::PathBuf;
