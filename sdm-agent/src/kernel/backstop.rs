@@ -35,7 +35,10 @@ use sdm_common::{
 };
 
 use crate::{
-    kernel::dataplane::{AttachRecord, Layout},
+    kernel::{
+        bpf_syscall,
+        dataplane::{AttachRecord, Layout},
+    },
     policy::config::{Config, ConfigError},
 };
 
@@ -400,7 +403,7 @@ fn attach_sockopt(
         .try_into()
         .map_err(prog_err(PROG_SETSOCKOPT))?;
     let prog_fd = p.fd().map_err(prog_err(PROG_SETSOCKOPT))?;
-    let link = link_create(
+    let link = bpf_syscall::link_create(
         prog_fd.as_fd().as_raw_fd(),
         cg.as_fd().as_raw_fd(),
         BPF_CGROUP_SETSOCKOPT,
@@ -413,7 +416,7 @@ fn attach_sockopt(
     // bpffs refuses names with dots, hence `_new`.
     let tmp = layout.link_pin(&format!("{SOCKOPT_PIN}_new"));
     let _ = std::fs::remove_file(&tmp);
-    obj_pin(&link, &tmp).map_err(|source| BackstopError::Io {
+    bpf_syscall::obj_pin(&link, &tmp).map_err(|source| BackstopError::Io {
         op: "pin",
         path: tmp.clone(),
         source,
@@ -430,74 +433,6 @@ fn attach_sockopt(
 /// `enum bpf_attach_type` value of the setsockopt hook
 /// (include/uapi/linux/bpf.h).
 const BPF_CGROUP_SETSOCKOPT: u32 = 22;
-
-/// BPF_LINK_CREATE (Linux 5.7) of a program on a target fd.
-fn link_create(prog_fd: i32, target_fd: i32, attach_type: u32) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    struct LinkCreate {
-        prog_fd: u32,
-        target_fd: u32,
-        attach_type: u32,
-        flags: u32,
-        _rest: [u64; 4],
-    }
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    let attr = LinkCreate {
-        prog_fd: prog_fd as u32,
-        target_fd: target_fd as u32,
-        attach_type,
-        flags: 0,
-        _rest: [0; 4],
-    };
-    // SAFETY: a zero-padded bpf_attr prefix for BPF_LINK_CREATE; the
-    // kernel only reads it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &attr as *const LinkCreate,
-            std::mem::size_of::<LinkCreate>() as u32,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd the kernel just returned, owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// BPF_OBJ_PIN of `fd` at `path` (in bpffs).
-fn obj_pin(fd: &OwnedFd, path: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    #[repr(C)]
-    struct ObjPin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    let attr = ObjPin {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        file_flags: 0,
-    };
-    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_PIN; the kernel reads the
-    // NUL-terminated path, which outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            &attr as *const ObjPin,
-            std::mem::size_of::<ObjPin>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 /// Detaches and unpins the setsockopt link, if there is one.
 fn remove_sockopt_link(layout: &Layout) -> Result<(), BackstopError> {
