@@ -159,7 +159,7 @@ impl AttachRecord {
 
     /// Whether this record says the object `hash` runs on the cgroup at
     /// `cgroup` whose id is `cgroup_id`.
-    fn runs(&self, cgroup: &Path, cgroup_id: u64, hash: u64) -> bool {
+    pub(super) fn runs(&self, cgroup: &Path, cgroup_id: u64, hash: u64) -> bool {
         self.cgroup == cgroup && self.cgroup_id == cgroup_id && self.object_hash == hash
     }
 

@@ -7,6 +7,9 @@ mod dns;
 mod rules;
 mod slots;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};

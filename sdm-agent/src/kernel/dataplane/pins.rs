@@ -77,7 +77,7 @@ pub fn ensure_bpffs() -> Result<(), DataplaneError> {
 }
 
 /// Whether `mounts` (the text of /proc/mounts) has bpffs at /sys/fs/bpf.
-fn bpffs_mounted(mounts: &str) -> bool {
+pub(super) fn bpffs_mounted(mounts: &str) -> bool {
     mounts.lines().any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.len() > 2 && f[1] == "/sys/fs/bpf" && f[2] == "bpf"

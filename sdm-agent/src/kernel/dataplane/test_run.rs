@@ -33,13 +33,13 @@ pub(super) fn skb_test_input(packet: &[u8], ifindex: u32) -> (Vec<u8>, [u8; SKB_
 
 /// The kernel's average duration (ns, a u32 in `bpf_attr`) back from the
 /// `Duration` aya makes of it.
-fn duration_ns(d: std::time::Duration) -> u32 {
+pub(super) fn duration_ns(d: std::time::Duration) -> u32 {
     u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
 }
 
 /// aya's error as the `io::Error` of the syscall when it is one, so that
 /// callers can still tell EPERM or EINVAL.
-fn into_io(e: ProgramError) -> io::Error {
+pub(super) fn into_io(e: ProgramError) -> io::Error {
     match e {
         ProgramError::SyscallError(e) => e.io_error,
         e => io::Error::other(e),
