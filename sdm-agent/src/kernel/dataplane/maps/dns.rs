@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, MapData, PerCpuArray};
 use sdm_common::{
     DnsHost, ResolverKey, DNSQ_COUNT, DNS_RESULT_COUNT, DNS_STAT_LEARN_FULL, MAP_DNSQ_STATS,
     MAP_DNS_NAMES, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_LEARNED4, MAP_LEARNED6,
@@ -40,6 +40,19 @@ pub(super) fn sum_cpus(values: &[u64]) -> u64 {
 /// for more than `grace_ns` at `now_ns` (all CLOCK_MONOTONIC ns).
 pub(super) fn expired_beyond_grace(expires_ns: u64, grace_ns: u64, now_ns: u64) -> bool {
     expires_ns.saturating_add(grace_ns) < now_ns
+}
+
+/// The first `N` entries of the per-CPU counter array `map` (named
+/// `name`), each summed over CPUs.
+fn first_totals<const N: usize>(
+    map: &PerCpuArray<MapData, u64>,
+    name: &str,
+) -> Result<[u64; N], DataplaneError> {
+    let mut out = [0; N];
+    for (i, slot) in (0u32..).zip(out.iter_mut()) {
+        *slot = sum_cpus(&map.get(&i, 0).map_err(map_err(name))?);
+    }
+    Ok(out)
 }
 
 /// Makes the hash map `map` (named `name`) hold exactly `want`: new and
@@ -84,15 +97,7 @@ impl Maps {
 
     /// Answers the DNS parser counted, by `DNS_RESULT_*`, summed over CPUs.
     pub fn dns_stats(&self) -> Result<[u64; DNS_RESULT_COUNT as usize], DataplaneError> {
-        let mut out = [0; DNS_RESULT_COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let v = self
-                .dns_stats
-                .get(&(i as u32), 0)
-                .map_err(map_err(MAP_DNS_STATS))?;
-            *slot = sum_cpus(&v);
-        }
-        Ok(out)
+        first_totals(&self.dns_stats, MAP_DNS_STATS)
     }
 
     /// Addresses of allowed answers the kernel could not store because
@@ -108,15 +113,7 @@ impl Maps {
     /// Queries judged under `[dns] queries = "policy"`, by `DNSQ_*`,
     /// summed over CPUs.
     pub fn dns_query_stats(&self) -> Result<[u64; DNSQ_COUNT as usize], DataplaneError> {
-        let mut out = [0; DNSQ_COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let v = self
-                .dnsq_stats
-                .get(&(i as u32), 0)
-                .map_err(map_err(MAP_DNSQ_STATS))?;
-            *slot = sum_cpus(&v);
-        }
-        Ok(out)
+        first_totals(&self.dnsq_stats, MAP_DNSQ_STATS)
     }
 
     /// Addresses learned from DNS answers: (address, host id, expiry in
