@@ -198,13 +198,17 @@ fn open_map(layout: &Layout, name: &'static str) -> Result<MapData, BackstopErro
     MapData::from_pin(layout.map_pin(name)).map_err(map_err(name))
 }
 
+/// The object has no program `name` (of the expected type).
+fn missing(name: &'static str) -> BackstopError {
+    BackstopError::Program {
+        name,
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+    }
+}
+
 /// Loads the backstop's two programs (the rest of the object is loaded by
 /// `dataplane::load`).
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), BackstopError> {
-    let missing = |name| BackstopError::Program {
-        name,
-        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-    };
     let p: &mut SchedClassifier = ebpf
         .program_mut(PROG_BACKSTOP)
         .ok_or_else(|| missing(PROG_BACKSTOP))?
@@ -247,26 +251,49 @@ pub fn sync(
         .collect();
 
     if ifaces.is_empty() {
-        // Off: the setsockopt program first (it refuses nothing once `on`
-        // is 0, but it need not run at all), then the filters.
-        on.set(0, Backstop::default(), 0)
-            .map_err(map_err(MAP_BACKSTOP))?;
-        remove_sockopt_link(layout)?;
-        for name in previous {
-            detach_filter(name)?;
-        }
-        for k in stale {
-            let _ = links.remove(&k);
-        }
-        return Ok(());
+        switch_off(layout, &mut on, previous)?;
+    } else {
+        let ebpf = ebpf.ok_or(BackstopError::NotLoaded)?;
+        let cg = std::fs::File::open(cgroup).map_err(|source| BackstopError::Io {
+            op: "open cgroup",
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        switch_on(layout, &cg, &mut on, &mut links, ifaces)?;
+        attach_sockopt(layout, ebpf, &cg)?;
+        attach_filters(ebpf, ifaces, previous)?;
     }
-    let ebpf = ebpf.ok_or(BackstopError::NotLoaded)?;
+    for k in stale {
+        let _ = links.remove(&k);
+    }
+    Ok(())
+}
 
-    let cg = std::fs::File::open(cgroup).map_err(|source| BackstopError::Io {
-        op: "open cgroup",
-        path: cgroup.to_owned(),
-        source,
-    })?;
+/// Off: the setsockopt program first (it refuses nothing once `on` is 0,
+/// but it need not run at all), then the filters of `previous`.
+fn switch_off(
+    layout: &Layout,
+    on: &mut Array<MapData, Backstop>,
+    previous: &[String],
+) -> Result<(), BackstopError> {
+    on.set(0, Backstop::default(), 0)
+        .map_err(map_err(MAP_BACKSTOP))?;
+    remove_sockopt_link(layout)?;
+    for name in previous {
+        detach_filter(name)?;
+    }
+    Ok(())
+}
+
+/// On, in the maps: the target cgroup, each interface's link type, then
+/// the switch itself.
+fn switch_on(
+    layout: &Layout,
+    cg: &std::fs::File,
+    on: &mut Array<MapData, Backstop>,
+    links: &mut HashMap<MapData, u32, BackstopIf>,
+    ifaces: &[Interface],
+) -> Result<(), BackstopError> {
     let mut target = CgroupArray::try_from(aya::maps::Map::CgroupArray(open_map(
         layout,
         MAP_BACKSTOP_CGROUP,
@@ -288,16 +315,19 @@ pub fn sync(
             .map_err(map_err(MAP_BACKSTOP_IFS))?;
     }
     on.set(0, Backstop { on: 1, _pad: 0 }, 0)
-        .map_err(map_err(MAP_BACKSTOP))?;
+        .map_err(map_err(MAP_BACKSTOP))
+}
 
-    attach_sockopt(layout, ebpf, &cg)?;
-
+/// The tc filter on every interface of `ifaces`, then none left on the
+/// interfaces of `previous` no longer listed.
+fn attach_filters(
+    ebpf: &mut Ebpf,
+    ifaces: &[Interface],
+    previous: &[String],
+) -> Result<(), BackstopError> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(PROG_BACKSTOP)
-        .ok_or_else(|| BackstopError::Program {
-            name: PROG_BACKSTOP,
-            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-        })?
+        .ok_or_else(|| missing(PROG_BACKSTOP))?
         .try_into()
         .map_err(prog_err(PROG_BACKSTOP))?;
     for i in ifaces {
@@ -307,9 +337,6 @@ pub fn sync(
         if !ifaces.iter().any(|i| &i.name == name) {
             detach_filter(name)?;
         }
-    }
-    for k in stale {
-        let _ = links.remove(&k);
     }
     Ok(())
 }
@@ -396,10 +423,7 @@ fn attach_sockopt(
     let final_path = layout.link_pin(SOCKOPT_PIN);
     let p: &mut CgroupSockopt = ebpf
         .program_mut(PROG_SETSOCKOPT)
-        .ok_or_else(|| BackstopError::Program {
-            name: PROG_SETSOCKOPT,
-            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-        })?
+        .ok_or_else(|| missing(PROG_SETSOCKOPT))?
         .try_into()
         .map_err(prog_err(PROG_SETSOCKOPT))?;
     let prog_fd = p.fd().map_err(prog_err(PROG_SETSOCKOPT))?;
