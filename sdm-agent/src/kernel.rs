@@ -10,9 +10,11 @@
 //! - [`backstop`]: the tc egress backstop and its setsockopt guard;
 //! - [`check`]: `check --kernel`, every program through the verifier;
 //! - [`policed`]: whether a cgroup is policed right now;
-//! - [`caps`]: processes of the target that could bypass the programs.
+//! - [`caps`]: processes of the target that could bypass the programs;
+//! - `bpf_syscall`: the few raw bpf(2) commands aya 0.14 has no call for.
 
 pub mod backstop;
+mod bpf_syscall;
 pub mod caps;
 pub mod cgroup;
 pub mod check;

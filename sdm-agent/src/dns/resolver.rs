@@ -22,11 +22,26 @@ use hickory_resolver::{
 };
 use serde::Serialize;
 
-#[derive(Clone, Debug)]
+/// How long answers are kept: the `[dns]` section's `ttl_min`, `ttl_max`
+/// and `grace`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsTiming {
     pub ttl_min: Duration,
     pub ttl_max: Duration,
     pub grace: Duration,
+}
+
+impl Default for DnsTiming {
+    /// The `[dns]` defaults: refreshed between 30 s and 1 h, a left address
+    /// allowed 10 min more.
+    fn default() -> Self {
+        use crate::policy::config::{DEFAULT_GRACE, DEFAULT_TTL_MAX, DEFAULT_TTL_MIN};
+        Self {
+            ttl_min: DEFAULT_TTL_MIN,
+            ttl_max: DEFAULT_TTL_MAX,
+            grace: DEFAULT_GRACE,
+        }
+    }
 }
 
 /// One hostname's addresses and history.
@@ -282,12 +297,17 @@ impl Resolver {
 mod tests {
     use super::*;
 
-    fn timing() -> DnsTiming {
-        DnsTiming {
-            ttl_min: Duration::from_secs(30),
-            ttl_max: Duration::from_secs(3600),
-            grace: Duration::from_secs(600),
-        }
+    /// The resolver tests below assume these numbers.
+    #[test]
+    fn default_timing_is_the_config_defaults() {
+        assert_eq!(
+            DnsTiming::default(),
+            DnsTiming {
+                ttl_min: Duration::from_secs(30),
+                ttl_max: Duration::from_secs(3600),
+                grace: Duration::from_secs(600),
+            }
+        );
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -296,7 +316,7 @@ mod tests {
 
     #[test]
     fn ttl_is_clamped_to_floor_and_ceiling() {
-        let t = timing();
+        let t = DnsTiming::default();
         let t0 = Instant::now();
         let mut h = HostState::new(t0);
         h.on_answer(t0, &[ip("192.0.2.1")], Duration::from_secs(5), &t);
@@ -309,7 +329,7 @@ mod tests {
 
     #[test]
     fn addresses_leaving_the_answer_stay_for_the_grace_period() {
-        let t = timing();
+        let t = DnsTiming::default();
         let t0 = Instant::now();
         let mut h = HostState::new(t0);
         assert!(h.on_answer(
@@ -335,7 +355,7 @@ mod tests {
 
     #[test]
     fn an_address_that_comes_back_is_current_again() {
-        let t = timing();
+        let t = DnsTiming::default();
         let t0 = Instant::now();
         let mut h = HostState::new(t0);
         h.on_answer(t0, &[ip("192.0.2.1")], Duration::from_secs(60), &t);
@@ -358,7 +378,7 @@ mod tests {
 
     #[test]
     fn failures_keep_the_last_good_answer_and_are_counted() {
-        let t = timing();
+        let t = DnsTiming::default();
         let t0 = Instant::now();
         let mut h = HostState::new(t0);
         h.on_answer(t0, &[ip("192.0.2.1")], Duration::from_secs(60), &t);
@@ -381,7 +401,7 @@ mod tests {
 
     #[tokio::test]
     async fn names_are_tracked_and_dropped() {
-        let mut r = Resolver::new(&[ip("127.0.0.1")], timing()).expect("resolver");
+        let mut r = Resolver::new(&[ip("127.0.0.1")], DnsTiming::default()).expect("resolver");
         let now = Instant::now();
         assert!(!r.set_names(["a.example", "b.example"], now));
         assert_eq!(r.hosts().len(), 2);

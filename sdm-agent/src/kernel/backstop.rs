@@ -35,7 +35,10 @@ use sdm_common::{
 };
 
 use crate::{
-    kernel::dataplane::{AttachRecord, Layout},
+    kernel::{
+        bpf_syscall,
+        dataplane::{AttachRecord, Layout},
+    },
     policy::config::{Config, ConfigError},
 };
 
@@ -195,13 +198,17 @@ fn open_map(layout: &Layout, name: &'static str) -> Result<MapData, BackstopErro
     MapData::from_pin(layout.map_pin(name)).map_err(map_err(name))
 }
 
+/// The object has no program `name` (of the expected type).
+fn missing(name: &'static str) -> BackstopError {
+    BackstopError::Program {
+        name,
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+    }
+}
+
 /// Loads the backstop's two programs (the rest of the object is loaded by
 /// `dataplane::load`).
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), BackstopError> {
-    let missing = |name| BackstopError::Program {
-        name,
-        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-    };
     let p: &mut SchedClassifier = ebpf
         .program_mut(PROG_BACKSTOP)
         .ok_or_else(|| missing(PROG_BACKSTOP))?
@@ -244,26 +251,49 @@ pub fn sync(
         .collect();
 
     if ifaces.is_empty() {
-        // Off: the setsockopt program first (it refuses nothing once `on`
-        // is 0, but it need not run at all), then the filters.
-        on.set(0, Backstop::default(), 0)
-            .map_err(map_err(MAP_BACKSTOP))?;
-        remove_sockopt_link(layout)?;
-        for name in previous {
-            detach_filter(name)?;
-        }
-        for k in stale {
-            let _ = links.remove(&k);
-        }
-        return Ok(());
+        switch_off(layout, &mut on, previous)?;
+    } else {
+        let ebpf = ebpf.ok_or(BackstopError::NotLoaded)?;
+        let cg = std::fs::File::open(cgroup).map_err(|source| BackstopError::Io {
+            op: "open cgroup",
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        switch_on(layout, &cg, &mut on, &mut links, ifaces)?;
+        attach_sockopt(layout, ebpf, &cg)?;
+        attach_filters(ebpf, ifaces, previous)?;
     }
-    let ebpf = ebpf.ok_or(BackstopError::NotLoaded)?;
+    for k in stale {
+        let _ = links.remove(&k);
+    }
+    Ok(())
+}
 
-    let cg = std::fs::File::open(cgroup).map_err(|source| BackstopError::Io {
-        op: "open cgroup",
-        path: cgroup.to_owned(),
-        source,
-    })?;
+/// Off: the setsockopt program first (it refuses nothing once `on` is 0,
+/// but it need not run at all), then the filters of `previous`.
+fn switch_off(
+    layout: &Layout,
+    on: &mut Array<MapData, Backstop>,
+    previous: &[String],
+) -> Result<(), BackstopError> {
+    on.set(0, Backstop::default(), 0)
+        .map_err(map_err(MAP_BACKSTOP))?;
+    remove_sockopt_link(layout)?;
+    for name in previous {
+        detach_filter(name)?;
+    }
+    Ok(())
+}
+
+/// On, in the maps: the target cgroup, each interface's link type, then
+/// the switch itself.
+fn switch_on(
+    layout: &Layout,
+    cg: &std::fs::File,
+    on: &mut Array<MapData, Backstop>,
+    links: &mut HashMap<MapData, u32, BackstopIf>,
+    ifaces: &[Interface],
+) -> Result<(), BackstopError> {
     let mut target = CgroupArray::try_from(aya::maps::Map::CgroupArray(open_map(
         layout,
         MAP_BACKSTOP_CGROUP,
@@ -285,16 +315,19 @@ pub fn sync(
             .map_err(map_err(MAP_BACKSTOP_IFS))?;
     }
     on.set(0, Backstop { on: 1, _pad: 0 }, 0)
-        .map_err(map_err(MAP_BACKSTOP))?;
+        .map_err(map_err(MAP_BACKSTOP))
+}
 
-    attach_sockopt(layout, ebpf, &cg)?;
-
+/// The tc filter on every interface of `ifaces`, then none left on the
+/// interfaces of `previous` no longer listed.
+fn attach_filters(
+    ebpf: &mut Ebpf,
+    ifaces: &[Interface],
+    previous: &[String],
+) -> Result<(), BackstopError> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(PROG_BACKSTOP)
-        .ok_or_else(|| BackstopError::Program {
-            name: PROG_BACKSTOP,
-            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-        })?
+        .ok_or_else(|| missing(PROG_BACKSTOP))?
         .try_into()
         .map_err(prog_err(PROG_BACKSTOP))?;
     for i in ifaces {
@@ -304,9 +337,6 @@ pub fn sync(
         if !ifaces.iter().any(|i| &i.name == name) {
             detach_filter(name)?;
         }
-    }
-    for k in stale {
-        let _ = links.remove(&k);
     }
     Ok(())
 }
@@ -393,14 +423,11 @@ fn attach_sockopt(
     let final_path = layout.link_pin(SOCKOPT_PIN);
     let p: &mut CgroupSockopt = ebpf
         .program_mut(PROG_SETSOCKOPT)
-        .ok_or_else(|| BackstopError::Program {
-            name: PROG_SETSOCKOPT,
-            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-        })?
+        .ok_or_else(|| missing(PROG_SETSOCKOPT))?
         .try_into()
         .map_err(prog_err(PROG_SETSOCKOPT))?;
     let prog_fd = p.fd().map_err(prog_err(PROG_SETSOCKOPT))?;
-    let link = link_create(
+    let link = bpf_syscall::link_create(
         prog_fd.as_fd().as_raw_fd(),
         cg.as_fd().as_raw_fd(),
         BPF_CGROUP_SETSOCKOPT,
@@ -413,7 +440,7 @@ fn attach_sockopt(
     // bpffs refuses names with dots, hence `_new`.
     let tmp = layout.link_pin(&format!("{SOCKOPT_PIN}_new"));
     let _ = std::fs::remove_file(&tmp);
-    obj_pin(&link, &tmp).map_err(|source| BackstopError::Io {
+    bpf_syscall::obj_pin(&link, &tmp).map_err(|source| BackstopError::Io {
         op: "pin",
         path: tmp.clone(),
         source,
@@ -430,74 +457,6 @@ fn attach_sockopt(
 /// `enum bpf_attach_type` value of the setsockopt hook
 /// (include/uapi/linux/bpf.h).
 const BPF_CGROUP_SETSOCKOPT: u32 = 22;
-
-/// BPF_LINK_CREATE (Linux 5.7) of a program on a target fd.
-fn link_create(prog_fd: i32, target_fd: i32, attach_type: u32) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    struct LinkCreate {
-        prog_fd: u32,
-        target_fd: u32,
-        attach_type: u32,
-        flags: u32,
-        _rest: [u64; 4],
-    }
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    let attr = LinkCreate {
-        prog_fd: prog_fd as u32,
-        target_fd: target_fd as u32,
-        attach_type,
-        flags: 0,
-        _rest: [0; 4],
-    };
-    // SAFETY: a zero-padded bpf_attr prefix for BPF_LINK_CREATE; the
-    // kernel only reads it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &attr as *const LinkCreate,
-            std::mem::size_of::<LinkCreate>() as u32,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd the kernel just returned, owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// BPF_OBJ_PIN of `fd` at `path` (in bpffs).
-fn obj_pin(fd: &OwnedFd, path: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    #[repr(C)]
-    struct ObjPin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    let attr = ObjPin {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        file_flags: 0,
-    };
-    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_PIN; the kernel reads the
-    // NUL-terminated path, which outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            &attr as *const ObjPin,
-            std::mem::size_of::<ObjPin>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 /// Detaches and unpins the setsockopt link, if there is one.
 fn remove_sockopt_link(layout: &Layout) -> Result<(), BackstopError> {

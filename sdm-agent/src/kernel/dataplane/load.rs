@@ -1,0 +1,138 @@
+//! Loading the eBPF object: its maps created under the pin root or reused
+//! from there, every program loaded, the DNS tail calls put in place.
+
+use std::{fs, path::PathBuf};
+
+use aya::{
+    maps::{Array, MapData, ProgramArray},
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr},
+    Ebpf, EbpfLoader,
+};
+use sdm_common::{
+    KernelConfig, KERNEL_MAPS, LAYOUT_VERSION, MAP_CONFIG, MAP_DNSQ_PROGS, MAP_DNS_PROGS,
+    MAP_SOCK_STATE, PROG_DNS, PROG_DNS_QUERY,
+};
+
+use super::{
+    attach::Kind, io_err, map_err, missing, prog_err, Attachment, DataplaneError, Layout, Maps,
+    ATTACHMENTS,
+};
+use crate::kernel::config_map::ConfigField;
+
+/// Loads one program into the kernel.
+fn load_program(ebpf: &mut Ebpf, a: &Attachment) -> Result<(), DataplaneError> {
+    let prog = ebpf
+        .program_mut(a.program)
+        .ok_or_else(|| missing(a.program))?;
+    match a.kind {
+        Kind::Skb(_) => <&mut CgroupSkb>::try_from(prog)
+            .map_err(prog_err(a.program))?
+            .load(),
+        Kind::Sock => <&mut CgroupSock>::try_from(prog)
+            .map_err(prog_err(a.program))?
+            .load(),
+        Kind::SockAddr => <&mut CgroupSockAddr>::try_from(prog)
+            .map_err(prog_err(a.program))?
+            .load(),
+    }
+    .map_err(prog_err(a.program))
+}
+
+/// Loads the programs, creating the maps under the pin root or reusing the
+/// ones pinned there (so policy and counters carry over). Attaches nothing.
+pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
+    if object.is_empty() {
+        return Err(DataplaneError::NoObject);
+    }
+    let maps_dir = layout.pin_root.join("maps");
+    fs::create_dir_all(&maps_dir).map_err(io_err("create", &maps_dir))?;
+    check_layout(layout)?;
+    let mut loader = EbpfLoader::new();
+    let names: Vec<(&str, PathBuf)> = KERNEL_MAPS
+        .iter()
+        .chain([MAP_SOCK_STATE].iter())
+        .map(|n| (*n, layout.map_pin(n)))
+        .collect();
+    for (name, path) in &names {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(object)
+        .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+    for a in &ATTACHMENTS {
+        load_program(&mut ebpf, a)?;
+    }
+    // The DNS answer parser and query judge are not attached: the ingress
+    // and egress programs tail-call them through the pinned program arrays
+    // (whose entries live as long as their pins).
+    load_tail_call(&mut ebpf, PROG_DNS, MAP_DNS_PROGS)?;
+    load_tail_call(&mut ebpf, PROG_DNS_QUERY, MAP_DNSQ_PROGS)?;
+    // Loaded whether or not the config turns the backstop on, so that a
+    // kernel that refuses them fails the start like any other program.
+    crate::kernel::backstop::load_programs(&mut ebpf)?;
+    // A config created just now is all zeros: audit mode, generation 0.
+    let mut maps = Maps::open(layout)?;
+    if maps.config()?.layout == 0 {
+        maps.set_config_field(ConfigField::Layout, LAYOUT_VERSION);
+    }
+    Ok(ebpf)
+}
+
+/// Loads the cgroup_skb program `prog` and puts it at index 0 of the
+/// program array `map`, from which another program tail-calls it.
+fn load_tail_call(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    map: &'static str,
+) -> Result<(), DataplaneError> {
+    let p = ebpf.program_mut(prog).ok_or_else(|| missing(prog))?;
+    let p = <&mut CgroupSkb>::try_from(p).map_err(prog_err(prog))?;
+    p.load().map_err(prog_err(prog))?;
+    let fd = p
+        .fd()
+        .map_err(prog_err(prog))?
+        .try_clone()
+        .map_err(|e| DataplaneError::Io {
+            op: "dup the fd of",
+            path: prog.into(),
+            source: e,
+        })?;
+    let progs = ebpf.map_mut(map).ok_or_else(|| missing(map))?;
+    let mut progs = ProgramArray::try_from(progs).map_err(map_err(map))?;
+    progs.set(0, &fd, 0).map_err(map_err(map))
+}
+
+fn check_layout(layout: &Layout) -> Result<(), DataplaneError> {
+    let path = layout.map_pin(MAP_CONFIG);
+    if !path.exists() {
+        return Ok(());
+    }
+    let data = MapData::from_pin(&path).map_err(map_err(MAP_CONFIG))?;
+    let arr: Array<MapData, KernelConfig> =
+        Array::try_from(aya::maps::Map::Array(data)).map_err(map_err(MAP_CONFIG))?;
+    let cfg = arr.get(&0, 0).map_err(map_err(MAP_CONFIG))?;
+    if cfg.layout != 0 && cfg.layout != LAYOUT_VERSION {
+        return Err(DataplaneError::Layout {
+            root: layout.pin_root.clone(),
+            found: cfg.layout,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+pub fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSkb, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::Program {
+            name,
+            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+        })?
+        .try_into()
+        .map_err(|e| DataplaneError::Program {
+            name,
+            source: Box::new(e),
+        })
+}
