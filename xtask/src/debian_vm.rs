@@ -17,10 +17,10 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read, Write as _},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -537,6 +537,51 @@ impl Drop for Guest {
 /// Boots the guest and returns its `SDMVM:` lines (without the prefix),
 /// printing them as they come and the whole console to `console`.
 fn boot(ctx: &Ctx, image: &Image, payload: &Path, console: &Path) -> Result<Vec<String>> {
+    let mut qemu = qemu_command(ctx, image, payload);
+    println!("xtask: debian-vm: booting the guest: {}", describe(&qemu));
+    let started = Instant::now();
+    let mut guest = Guest(
+        qemu.spawn()
+            .with_context(|| format!("could not start `{}`", describe(&qemu)))?,
+    );
+    let stdout = guest
+        .0
+        .stdout
+        .take()
+        .context("qemu's stdout was not piped")?;
+    if let Some(parent) = console.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let log = fs::File::create(console)
+        .with_context(|| format!("cannot create {}", console.display()))?;
+    let (tx, rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        let lines = read_console(stdout, log);
+        let _ = tx.send(());
+        lines
+    });
+    let ended = rx.recv_timeout(GUEST_TIMEOUT);
+    drop(guest);
+    let lines = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the console reader panicked"))?;
+    ensure!(
+        ended.is_ok(),
+        "the guest did not power off within {} minutes (the console is in {})",
+        GUEST_TIMEOUT.as_secs() / 60,
+        console.display()
+    );
+    println!(
+        "xtask: debian-vm: the guest powered off after {} s",
+        started.elapsed().as_secs()
+    );
+    Ok(lines)
+}
+
+/// The qemu command line of the guest: the image's kernel and disk (as a
+/// snapshot) and the payload disk, the serial console on stdout.
+fn qemu_command(ctx: &Ctx, image: &Image, payload: &Path) -> Command {
     let mut qemu = ctx.command("qemu-system-x86_64");
     // -cpu max double-faults in SLUB's cmpxchg16b path under disk writes
     // with this qemu's TCG; qemu64 without cx16 runs reliably. No
@@ -569,61 +614,30 @@ fn boot(ctx: &Ctx, image: &Image, payload: &Path, console: &Path) -> Result<Vec<
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::piped());
-    println!("xtask: debian-vm: booting the guest: {}", describe(&qemu));
-    let started = Instant::now();
-    let mut guest = Guest(
-        qemu.spawn()
-            .with_context(|| format!("could not start `{}`", describe(&qemu)))?,
-    );
-    let stdout = guest
-        .0
-        .stdout
-        .take()
-        .context("qemu's stdout was not piped")?;
-    if let Some(parent) = console.parent() {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let mut log = fs::File::create(console)
-        .with_context(|| format!("cannot create {}", console.display()))?;
-    let (tx, rx) = mpsc::channel();
-    let reader = thread::spawn(move || {
-        let mut lines = Vec::new();
-        let mut reader = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        // Bytes, not UTF-8 lines: the console carries whatever the guest
-        // prints. Ends when qemu exits (its stdout closes).
-        while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-            let _ = log.write_all(&buf);
-            let line = String::from_utf8_lossy(&buf).trim().to_owned();
-            buf.clear();
-            if let Some(result) = line
-                .find(RESULT_PREFIX)
-                .map(|at| line[at + RESULT_PREFIX.len()..].to_owned())
-            {
-                println!("xtask: debian-vm: guest: {result}");
-                lines.push(result);
-            }
+    qemu
+}
+
+/// Copies the guest's console to `log` and returns its `SDMVM:` lines,
+/// printing them as they come; ends when qemu exits (its stdout closes).
+fn read_console(stdout: impl Read, mut log: fs::File) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(stdout);
+    let mut buf = Vec::new();
+    // Bytes, not UTF-8 lines: the console carries whatever the guest
+    // prints.
+    while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+        let _ = log.write_all(&buf);
+        let line = String::from_utf8_lossy(&buf).trim().to_owned();
+        buf.clear();
+        if let Some(result) = line
+            .find(RESULT_PREFIX)
+            .map(|at| line[at + RESULT_PREFIX.len()..].to_owned())
+        {
+            println!("xtask: debian-vm: guest: {result}");
+            lines.push(result);
         }
-        let _ = tx.send(());
-        lines
-    });
-    let ended = rx.recv_timeout(GUEST_TIMEOUT);
-    drop(guest);
-    let lines = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the console reader panicked"))?;
-    ensure!(
-        ended.is_ok(),
-        "the guest did not power off within {} minutes (the console is in {})",
-        GUEST_TIMEOUT.as_secs() / 60,
-        console.display()
-    );
-    println!(
-        "xtask: debian-vm: the guest powered off after {} s",
-        started.elapsed().as_secs()
-    );
-    Ok(lines)
+    }
+    lines
 }
 
 fn drive(path: &Path, option: &str) -> String {

@@ -379,7 +379,6 @@ const AGENT_CONTAINER: &str = "sdm-agent";
 /// drop both, or ALL. Reads the YAML as text: kustomize's output style
 /// (list items at their key's indent) and the hand-written one.
 fn workload_cap_problems(manifest: &str) -> Vec<String> {
-    let indent = |l: &str| l.len() - l.trim_start().len();
     let lines: Vec<&str> = manifest.lines().collect();
     let mut problems = Vec::new();
     let mut i = 0;
@@ -397,69 +396,14 @@ fn workload_cap_problems(manifest: &str) -> Vec<String> {
         if !first.trim_start().starts_with("- ") || item_indent < key_indent {
             continue;
         }
-        // The containers, each as its lines.
-        let mut items: Vec<Vec<&str>> = Vec::new();
-        while i < lines.len() {
-            let l = lines[i];
-            if l.trim().is_empty() {
-                i += 1;
-                continue;
-            }
-            let n = indent(l);
-            if n == item_indent && l.trim_start().starts_with("- ") {
-                items.push(vec![l]);
-            } else if n <= item_indent {
-                break;
-            } else if let Some(item) = items.last_mut() {
-                item.push(l);
-            }
-            i += 1;
-        }
+        let (items, next) = list_items(&lines, i, item_indent);
+        i = next;
         for item in items {
-            // The container's own keys: on its first line (after "- ") and
-            // at the next indent, not the items of its lists (env names).
-            fn field<'a>((k, l): (usize, &&'a str), item_indent: usize) -> Option<&'a str> {
-                let t = l.trim_start();
-                let indent = l.len() - t.len();
-                if k == 0 {
-                    Some(t.trim_start_matches("- "))
-                } else {
-                    (indent == item_indent + 2 && !t.starts_with("- ")).then_some(t)
-                }
-            }
-            let name = item
-                .iter()
-                .enumerate()
-                .filter_map(|e| field(e, item_indent))
-                .find_map(|t| t.strip_prefix("name:"))
-                .map(|n| n.trim().trim_matches('"').to_string())
-                .unwrap_or_default();
+            let name = container_name(&item, item_indent);
             if name == AGENT_CONTAINER {
                 continue;
             }
-            let mut dropped: Vec<String> = Vec::new();
-            if let Some(at) = item
-                .iter()
-                .position(|l| l.trim_start().starts_with("drop:"))
-            {
-                let inline = item[at].trim_start().trim_start_matches("drop:").trim();
-                if inline.starts_with('[') {
-                    dropped.extend(
-                        inline
-                            .trim_matches(|c| c == '[' || c == ']')
-                            .split(',')
-                            .map(|c| c.trim().trim_matches('"').to_string()),
-                    );
-                } else {
-                    dropped.extend(
-                        item[at + 1..]
-                            .iter()
-                            .map(|l| l.trim())
-                            .take_while(|t| t.starts_with("- "))
-                            .map(|t| t[2..].trim().trim_matches('"').to_string()),
-                    );
-                }
-            }
+            let dropped = dropped_capabilities(&item);
             let has = |c: &str| dropped.iter().any(|d| d.eq_ignore_ascii_case(c));
             let drops_both = has("ALL") || (has("NET_RAW") && has("NET_ADMIN"));
             if !drops_both {
@@ -472,6 +416,83 @@ fn workload_cap_problems(manifest: &str) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The indent of a YAML line, in spaces.
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+/// The items of the YAML list whose items start at `item_indent`, from line
+/// `from` on, each as its lines; and the first line after the list.
+fn list_items<'a>(
+    lines: &[&'a str],
+    from: usize,
+    item_indent: usize,
+) -> (Vec<Vec<&'a str>>, usize) {
+    let mut items: Vec<Vec<&str>> = Vec::new();
+    let mut i = from;
+    while i < lines.len() {
+        let l = lines[i];
+        if l.trim().is_empty() {
+            i += 1;
+            continue;
+        }
+        let n = indent(l);
+        if n == item_indent && l.trim_start().starts_with("- ") {
+            items.push(vec![l]);
+        } else if n <= item_indent {
+            break;
+        } else if let Some(item) = items.last_mut() {
+            item.push(l);
+        }
+        i += 1;
+    }
+    (items, i)
+}
+
+/// A container's `name:`, read from its own keys: on its first line (after
+/// "- ") and at the next indent, not the items of its lists (env names).
+fn container_name(item: &[&str], item_indent: usize) -> String {
+    item.iter()
+        .enumerate()
+        .filter_map(|(k, l)| {
+            let t = l.trim_start();
+            if k == 0 {
+                Some(t.trim_start_matches("- "))
+            } else {
+                (indent(l) == item_indent + 2 && !t.starts_with("- ")).then_some(t)
+            }
+        })
+        .find_map(|t| t.strip_prefix("name:"))
+        .map(|n| n.trim().trim_matches('"').to_string())
+        .unwrap_or_default()
+}
+
+/// The capabilities a container's `drop:` lists, inline (`[A, B]`) or as
+/// the list items under it.
+fn dropped_capabilities(item: &[&str]) -> Vec<String> {
+    let Some(at) = item
+        .iter()
+        .position(|l| l.trim_start().starts_with("drop:"))
+    else {
+        return Vec::new();
+    };
+    let inline = item[at].trim_start().trim_start_matches("drop:").trim();
+    if inline.starts_with('[') {
+        inline
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|c| c.trim().trim_matches('"').to_string())
+            .collect()
+    } else {
+        item[at + 1..]
+            .iter()
+            .map(|l| l.trim())
+            .take_while(|t| t.starts_with("- "))
+            .map(|t| t[2..].trim().trim_matches('"').to_string())
+            .collect()
+    }
 }
 
 /// The manifest with its first `capabilities:` key misspelt.

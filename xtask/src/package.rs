@@ -619,6 +619,8 @@ fn dpkg_status(ctx: &Ctx) -> Result<Option<String>> {
     Ok((!status.is_empty() && !status.starts_with("un")).then_some(status))
 }
 
+/// Installs the package with dpkg and checks what it installed: the files,
+/// the binary and config, the unit (offline), and what postinst did.
 fn install_and_check(ctx: &Ctx, built: &Built) -> Result<()> {
     context::run(
         ctx.command("dpkg")
@@ -626,7 +628,16 @@ fn install_and_check(ctx: &Ctx, built: &Built) -> Result<()> {
             .arg(&built.deb)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
+    check_installed_files(ctx)?;
+    check_binary_and_config(ctx, built)?;
+    verify_unit(ctx)?;
+    rate_unit_security(ctx)?;
+    check_postinst_effects(ctx)
+}
 
+/// dpkg lists exactly the package's files, all installed, and records the
+/// config as its only conffile.
+fn check_installed_files(ctx: &Ctx) -> Result<()> {
     println!("xtask: package: checking the installed files (dpkg -L)");
     let listed = context::output(ctx.command("dpkg").args(["-L", PACKAGE]))?;
     let listed: BTreeSet<&str> = listed.lines().map(str::trim).collect();
@@ -662,7 +673,12 @@ fn install_and_check(ctx: &Ctx, built: &Built) -> Result<()> {
         conffiles == [CONFIG],
         "dpkg records conffiles {conffiles:?}, expected [{CONFIG}]"
     );
+    Ok(())
+}
 
+/// The installed binary prints the package's version, and the shipped
+/// config starts in audit mode and passes `check`.
+fn check_binary_and_config(ctx: &Ctx, built: &Built) -> Result<()> {
     let printed = context::output(ctx.command(BINARY).arg("--version"))?;
     ensure!(
         printed.trim() == format!("{PACKAGE} {}", built.version),
@@ -677,7 +693,11 @@ fn install_and_check(ctx: &Ctx, built: &Built) -> Result<()> {
     );
     println!("xtask: package: {BINARY} check --config {CONFIG}");
     context::run(ctx.command(BINARY).args(["check", "--config", CONFIG]))?;
+    Ok(())
+}
 
+/// `systemd-analyze verify` finds nothing to say about the unit.
+fn verify_unit(ctx: &Ctx) -> Result<()> {
     println!("xtask: package: systemd-analyze verify {UNIT}");
     // Offline: it loads the unit and its dependencies from disk and needs no
     // running systemd. Ordering against a unit that does not exist
@@ -702,7 +722,11 @@ fn install_and_check(ctx: &Ctx, built: &Built) -> Result<()> {
         out.status,
         said.trim()
     );
+    Ok(())
+}
 
+/// `systemd-analyze security` rates the unit at most [`MAX_EXPOSURE`].
+fn rate_unit_security(ctx: &Ctx) -> Result<()> {
     let mut security = ctx.command("systemd-analyze");
     security
         .args(["security", "--offline=true", "--no-pager"])
@@ -728,7 +752,11 @@ fn install_and_check(ctx: &Ctx, built: &Built) -> Result<()> {
         report.trim(),
         String::from_utf8_lossy(&out.stderr).trim()
     );
+    Ok(())
+}
 
+/// postinst enabled the unit, and started it exactly when systemd runs.
+fn check_postinst_effects(ctx: &Ctx) -> Result<()> {
     // postinst enables the unit even without a running systemd, through
     // deb-systemd-helper: without it, that step would go untested.
     ensure!(
