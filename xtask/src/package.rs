@@ -868,8 +868,6 @@ mod tests {
     const PROXY_DROP_IN: &str = include_str!("../../deploy/debian/sdm-proxy-sdm-agent.conf");
     const CONTROL: &str = include_str!("../../deploy/debian/control");
     const CONFFILES: &str = include_str!("../../deploy/debian/conffiles");
-    const DATAPLANE_RS: &str = include_str!("../../sdm-agent/src/kernel/dataplane.rs");
-    const CONFIG_RS: &str = include_str!("../../sdm-agent/src/policy/config.rs");
 
     /// The values of `key` in `[section]` of a unit file, in order.
     fn directive<'a>(unit: &'a str, section: &str, key: &str) -> Vec<&'a str> {
@@ -899,14 +897,42 @@ mod tests {
         }
     }
 
-    /// A `pub const NAME: &str = "...";` of the agent's source.
-    fn agent_const(source: &str, name: &str) -> String {
+    /// A `pub const NAME: &str = "...";` of the agent's source, wherever
+    /// under `sdm-agent/src` it is defined (files move as the agent is
+    /// reorganised; the constant must exist exactly once).
+    fn agent_const(name: &str) -> String {
         let prefix = format!("pub const {name}: &str = \"");
-        let line = source
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no `{prefix}` in the agent's source"));
-        line.split('"').next().unwrap().to_owned()
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdm-agent/src");
+        let mut found = Vec::new();
+        for file in rust_files(&src) {
+            let text = fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+            for l in text.lines() {
+                if let Some(rest) = l.trim().strip_prefix(&prefix) {
+                    let value = rest.split('"').next().unwrap_or_default().to_owned();
+                    found.push((file.clone(), value));
+                }
+            }
+        }
+        match found.as_slice() {
+            [(_, value)] => value.clone(),
+            other => panic!("`{prefix}` should be in the agent's source once, found {other:?}"),
+        }
+    }
+
+    /// The `.rs` files under `dir`, recursively.
+    fn rust_files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                out.extend(rust_files(&path));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+        out
     }
 
     #[test]
@@ -959,9 +985,9 @@ mod tests {
     fn unit_directories_are_the_agents_defaults() {
         // The agent's run dir, state dir and pin root are where the unit
         // lets it write: RuntimeDirectory=, StateDirectory=, ReadWritePaths=.
-        let run_dir = agent_const(DATAPLANE_RS, "DEFAULT_RUN_DIR");
-        let state_dir = agent_const(CONFIG_RS, "DEFAULT_STATE_DIR");
-        let pin_root = agent_const(DATAPLANE_RS, "DEFAULT_PIN_ROOT");
+        let run_dir = agent_const("DEFAULT_RUN_DIR");
+        let state_dir = agent_const("DEFAULT_STATE_DIR");
+        let pin_root = agent_const("DEFAULT_PIN_ROOT");
         assert_eq!(
             format!("/run/{}", one(UNIT_FILE, "Service", "RuntimeDirectory")),
             run_dir
