@@ -29,6 +29,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::{
+    cache_lock::CacheLock,
     context::{self, describe, Ctx},
     package, system,
 };
@@ -187,7 +188,7 @@ fn cached_image(ctx: &Ctx) -> Result<Image> {
     fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     // Two runs at once (CI and a developer, two worktrees) would build into
     // the same .partial directory: the second waits for the first's image.
-    let _lock = CacheLock::take(&root)?;
+    let _lock = CacheLock::take("debian-vm", &root)?;
     let dir = root.join(ROOTFS_VERSION);
     let image = Image::in_dir(&dir);
     if image.complete() {
@@ -240,39 +241,6 @@ fn remove_stale_versions(ctx: &Ctx, root: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// An exclusive flock(2) on `<cache>/lock`, released when dropped (or when
-/// the process dies: the kernel drops it with the descriptor).
-struct CacheLock {
-    /// Held only for its descriptor, which holds the lock.
-    _file: fs::File,
-}
-
-impl CacheLock {
-    fn take(root: &Path) -> Result<Self> {
-        use std::os::fd::AsRawFd as _;
-        let path = root.join("lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: flock on a descriptor this File owns; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            println!(
-                "xtask: debian-vm: another run holds {}; waiting for it",
-                path.display()
-            );
-            // SAFETY: as above.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("cannot lock {}", path.display()));
-            }
-        }
-        Ok(Self { _file: file })
-    }
 }
 
 /// debootstrap, the backports kernel and bpftool inside a chroot, the baked
