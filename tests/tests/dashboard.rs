@@ -3,6 +3,8 @@
 //! table and chart as headless Chromium renders it (Debian's `chromium`,
 //! installed by `cargo xtask test`).
 
+#![allow(clippy::too_many_lines, reason = "a test reads as one scenario")]
+
 use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration};
 
 use sdm_tests::{

@@ -5,6 +5,8 @@
 //! (`deploy/grafana/sdm-egress.json`) returns data through Prometheus's
 //! HTTP API.
 
+#![allow(clippy::too_many_lines, reason = "a test reads as one scenario")]
+
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -130,7 +132,7 @@ fn is_openmetrics_counter_help(text: &str, message: &str) -> bool {
 /// killed on drop, before its directory is removed.
 struct Prometheus {
     addr: SocketAddr,
-    proc: Proc,
+    _proc: Proc,
     log: PathBuf,
     // Dropped after `proc`: fields drop in declaration order.
     _dir: TempDir,
@@ -171,7 +173,7 @@ impl Prometheus {
             .unwrap_or_else(|e| panic!("start prometheus: {e}"));
         let p = Self {
             addr,
-            proc: Proc(child),
+            _proc: Proc(child),
             log,
             _dir: dir,
         };
@@ -358,6 +360,45 @@ fn lab_traffic(lab: &Lab, rounds: u32) {
     lab.dns().set_mode(DnsMode::Answer);
 }
 
+/// The dashboard's template variables with their values from Prometheus
+/// over the run, as regexes (each must have a value).
+fn template_variables(
+    d: &Value,
+    prom: &Prometheus,
+    lab: &Lab,
+    start: u64,
+    end: u64,
+) -> Vec<(String, String)> {
+    let mut vars = Vec::new();
+    for v in d["templating"]["list"].as_array().into_iter().flatten() {
+        if v["type"] != "query" {
+            continue;
+        }
+        let name = v["name"].as_str().expect("a variable's name").to_owned();
+        let q = v["query"]["query"]
+            .as_str()
+            .or_else(|| v["query"].as_str())
+            .unwrap_or_else(|| panic!("variable {name} has no query: {v}"));
+        let (metric, label) = label_values_query(q);
+        let values: Vec<String> = prom
+            .api(
+                lab,
+                &format!(
+                    "/api/v1/label/{label}/values?match[]={}&start={start}&end={end}",
+                    urlencode(&metric)
+                ),
+            )
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect();
+        assert!(!values.is_empty(), "variable {name} ({q}) has no values");
+        vars.push((name, regex_of(&values)));
+    }
+    vars
+}
+
 #[test]
 fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let mut lab = new_lab();
@@ -380,33 +421,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     assert_eq!(meta["sdm_rule_packets"][0]["type"], "counter", "{meta}");
 
     let d = dashboard();
-    let mut vars = Vec::new();
-    for v in d["templating"]["list"].as_array().into_iter().flatten() {
-        if v["type"] != "query" {
-            continue;
-        }
-        let name = v["name"].as_str().expect("a variable's name").to_owned();
-        let q = v["query"]["query"]
-            .as_str()
-            .or_else(|| v["query"].as_str())
-            .unwrap_or_else(|| panic!("variable {name} has no query: {v}"));
-        let (metric, label) = label_values_query(q);
-        let values: Vec<String> = prom
-            .api(
-                &lab,
-                &format!(
-                    "/api/v1/label/{label}/values?match[]={}&start={start}&end={end}",
-                    urlencode(&metric)
-                ),
-            )
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|x| x.as_str().map(str::to_owned))
-            .collect();
-        assert!(!values.is_empty(), "variable {name} ({q}) has no values");
-        vars.push((name, regex_of(&values)));
-    }
+    let vars = template_variables(&d, &prom, &lab, start, end);
 
     let mut queries = Vec::new();
     panel_queries(d["panels"].as_array().expect("panels"), &mut queries);
