@@ -57,7 +57,7 @@ const PIN_ROOT: &str = "/sys/fs/bpf/sdm";
 /// The most `systemd-analyze security` may rate the unit's exposure, in its
 /// internal scale of 0 to 100 (it prints a tenth of it: 2.1 is 21). The
 /// unit is at 21 with systemd 252, offline here and online in the Debian VM
-/// (debian_vm.rs); issue 13 holds it at 2.5 at most, which also catches a
+/// (debian_vm/); issue 13 holds it at 2.5 at most, which also catches a
 /// lost hardening directive.
 const MAX_EXPOSURE: u32 = 25;
 

@@ -175,7 +175,7 @@ pub(super) fn depends(needed: &[String], glibc: Option<&str>) -> Result<String> 
             "libgcc_s.so.1" => "libgcc-s1",
             other => bail!(
                 "it links {other}, whose Debian package xtask does not know: add it to \
-                 `depends` in xtask/src/package.rs"
+                 `depends` in xtask/src/package/control.rs"
             ),
         };
         let version = match (package, glibc) {
