@@ -3,6 +3,8 @@
 //! table and chart as headless Chromium renders it (Debian's `chromium`,
 //! installed by `cargo xtask test`).
 
+#![allow(clippy::too_many_lines, reason = "a test reads as one scenario")]
+
 use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration};
 
 use sdm_tests::{
@@ -225,6 +227,86 @@ fn dashboard_in_chromium_shows_denied_flows() {
             .iter()
             .any(|c| c.get("data-remote").is_some_and(|h| *h == other)),
         "no chart mark for {other}: {marks:?}"
+    );
+    // Marks sit on or above the zero line, never below it, where they
+    // would read as negative counts.
+    let zero = zero_line(&dom);
+    for m in &marks {
+        let (cy, r) = (num_attr(m, "cy"), num_attr(m, "r"));
+        assert!(
+            cy + r <= zero,
+            "a flow's mark reaches below the zero line (y {zero}): {m:?}"
+        );
+    }
+}
+
+fn num_attr(t: &HashMap<String, String>, name: &str) -> f64 {
+    t.get(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric {name} in {t:?}"))
+}
+
+/// The chart's zero line: the lowest of its horizontal grid lines (SVG's
+/// y grows downwards).
+fn zero_line(dom: &str) -> f64 {
+    tags(dom, "line")
+        .iter()
+        .filter(|l| has_class(l, "grid") && l.get("y1") == l.get("y2"))
+        .map(|l| num_attr(l, "y1"))
+        .reduce(f64::max)
+        .unwrap_or_else(|| panic!("no grid line in the chart:\n{dom}"))
+}
+
+/// Replies that arrive on ephemeral ports are one flow each (an ingress
+/// flow's port is the local one); the top destinations list them as one
+/// entry per remote, naming the local ports, not as one `remote:port`
+/// destination each.
+#[test]
+fn dashboard_groups_ingress_replies_by_remote() {
+    let mut lab = new_lab();
+    // Audit mode: the UDP requests to a port no rule allows go out, and
+    // their echoes come back to the probes' ephemeral ports, unasked for
+    // by the policy.
+    gateway::start(&mut lab, "audit", "");
+    let other = lab.net_ip(OTHER);
+    let other_s = other.to_string();
+    for _ in 0..3 {
+        let _ = lab.udp(sa(other, 9001), DENY_MS);
+    }
+    let replies = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        let v: Value = serde_json::from_str(&lab.http_get("/api/flows?since=1h")).ok()?;
+        let replies: Vec<Value> = v["flows"]
+            .as_array()?
+            .iter()
+            .filter(|f| f["direction"] == "ingress" && f["remote"] == other_s.as_str())
+            .cloned()
+            .collect();
+        (replies.len() >= 3).then_some(replies)
+    })
+    .unwrap_or_else(|| panic!("no three reply flows from {other} in /api/flows"));
+    let mut ports: Vec<u64> = replies.iter().filter_map(|f| f["port"].as_u64()).collect();
+    ports.sort_unstable();
+    let count: u64 = replies.iter().filter_map(|f| f["count"].as_u64()).sum();
+
+    let dom = render(&lab, &format!("http://{AGENT_LISTEN}/"));
+    let top: Vec<_> = tags(&dom, "li")
+        .into_iter()
+        .filter(|t| t.get("data-host").is_some_and(|h| *h == other_s))
+        .collect();
+    // One entry for the requests (egress to other:9001/udp), one for the
+    // replies.
+    assert_eq!(top.len(), 2, "top destinations of {other}: {top:?}\n{dom}");
+    let group = top
+        .iter()
+        .find(|t| t.get("data-direction").is_some_and(|d| d == "ingress"))
+        .unwrap_or_else(|| panic!("no ingress entry for {other}: {top:?}"));
+    let want_ports: Vec<String> = ports.iter().map(u64::to_string).collect();
+    assert_eq!(group["data-ports"], want_ports.join(" "), "{group:?}");
+    assert_eq!(group["data-count"], count.to_string(), "{group:?}");
+    let text = text_content(&dom);
+    assert!(
+        text.contains(&format!("← {other}/udp to {} local ports", ports.len())),
+        "the replies' entry names its local ports:\n{text}"
     );
 }
 

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bpf_linker;
+mod cache_lock;
 mod context;
 mod debian_vm;
 mod deploy_check;

@@ -52,6 +52,12 @@ pub const TEST_PACKAGES: &[DebianPackage] = &[
         name: "chromium",
         command: "chromium",
     },
+    // The prometheus test checks a live scrape with promtool and runs a
+    // real Prometheus against a lab agent.
+    DebianPackage {
+        name: "prometheus",
+        command: "promtool",
+    },
 ];
 
 pub fn is_root() -> bool {

@@ -150,7 +150,7 @@ pub fn test(ctx: &Ctx, release: bool, args: &[OsString]) -> Result<()> {
 }
 
 /// The kernel matrix alone: builds the workspace's tests, then boots each
-/// kernel (see kernel_matrix.rs).
+/// kernel (see kernel_matrix/).
 pub fn kernels(ctx: &Ctx, release: bool, only: Option<&str>) -> Result<()> {
     setup(ctx, Purpose::Test)?;
     let mut build = host_cargo(ctx, "build", release);
