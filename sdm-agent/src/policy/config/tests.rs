@@ -1,6 +1,11 @@
 //! Tests of reading, validating and resolving the config.
 
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
 use super::{errors::*, values::*, *};
+use crate::policy::{Direction, PortRange, Proto, Target};
 
 /// Found by the `values` fuzz target: a sum of huge parts that printed
 /// as more milliseconds than a u64 holds, so it did not read back.
