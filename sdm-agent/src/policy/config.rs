@@ -276,4 +276,5 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::too_many_lines, reason = "a test reads as one scenario")]
 mod tests;
