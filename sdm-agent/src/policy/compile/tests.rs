@@ -33,6 +33,13 @@ fn rule<'a>(p: &'a Policy, name: &str) -> &'a Rule {
         .unwrap_or_else(|| panic!("no rule {name} in {:?}", names(p)))
 }
 
+/// Asserts that each named rule targets exactly the one host given.
+fn assert_host_targets(p: &Policy, expected: &[(&str, &str)]) {
+    for (name, h) in expected {
+        assert_eq!(rule(p, name).targets, [host(h)], "{name}");
+    }
+}
+
 fn compiled(text: &str) -> Policy {
     compile(&cfg(text), &[ip("10.0.0.2")]).unwrap()
 }
@@ -296,28 +303,18 @@ fn optional_false_drops_optional_rows() {
 fn region_and_host_overrides() {
     let p =
         compiled("role = \"client\"\nregion = \"uk\"\n[hosts]\ndownloads = \"dl.example.com\"\n");
-    assert_eq!(
-        rule(&p, "client/egress/app").targets,
-        [host("app.uk.strongdm.com")]
-    );
-    assert_eq!(
-        rule(&p, "client/egress/login").targets,
-        [host("login.uk.strongdm.com")]
-    );
-    assert_eq!(
-        rule(&p, "client/egress/downloads").targets,
-        [host("dl.example.com")]
-    );
-    assert_eq!(
-        rule(&p, "client/egress/checkip").targets,
-        [host("checkip.amazonaws.com")]
+    assert_host_targets(
+        &p,
+        &[
+            ("client/egress/app", "app.uk.strongdm.com"),
+            ("client/egress/login", "login.uk.strongdm.com"),
+            ("client/egress/downloads", "dl.example.com"),
+            ("client/egress/checkip", "checkip.amazonaws.com"),
+        ],
     );
     let p = compiled("role = \"api\"\nregion = \"eu\"\n");
     assert_eq!(names(&p), ["api/egress/app", "dns/egress/resolvers"]);
-    assert_eq!(
-        rule(&p, "api/egress/app").targets,
-        [host("app.eu.strongdm.com")]
-    );
+    assert_host_targets(&p, &[("api/egress/app", "app.eu.strongdm.com")]);
     let p = compiled("role = \"ad-dc\"\n");
     assert_eq!(names(&p), ["ad-dc/egress/app", "dns/egress/resolvers"]);
 }
