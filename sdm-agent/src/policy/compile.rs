@@ -28,7 +28,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use crate::policy::catalogue;
-use crate::policy::config::{Config, Role};
+use crate::policy::config::{AllowConfig, Config, Role};
 use crate::policy::{Direction, Policy, PortRange, Proto, Rule, Target};
 
 use expand::{expand_row, host_net, push_merged};
@@ -60,6 +60,19 @@ pub enum CompileError {
 /// the agent uses (`[dns] servers`, or those of `/etc/resolv.conf` when
 /// that list is empty); they get the rule `dns/egress/resolvers`.
 pub fn compile(config: &Config, resolvers: &[IpAddr]) -> Result<Policy, CompileError> {
+    let mut rules = guide_rules(config)?;
+    rules.extend(resolvers_rule(config, resolvers));
+    rules.extend(config.allow.iter().map(allow_rule));
+    check_limits(&rules)?;
+    let policy = Policy { rules };
+    if let Some(o) = crate::kernel::entries::static_overflow(&policy) {
+        return Err(CompileError::TooManyEntries(o));
+    }
+    Ok(policy)
+}
+
+/// The guide's rows for each role, in config order, merged across roles.
+fn guide_rules(config: &Config) -> Result<Vec<Rule>, CompileError> {
     let mut guide: Vec<(String, Rule)> = Vec::new();
     for &role in &config.roles {
         for row in catalogue::rows_for(role) {
@@ -71,8 +84,11 @@ pub fn compile(config: &Config, resolvers: &[IpAddr]) -> Result<Policy, CompileE
             }
         }
     }
-    let mut rules: Vec<Rule> = guide.into_iter().map(|(_, r)| r).collect();
+    Ok(guide.into_iter().map(|(_, r)| r).collect())
+}
 
+/// [`RESOLVERS_RULE`], unless there is no resolver.
+fn resolvers_rule(config: &Config, resolvers: &[IpAddr]) -> Option<Rule> {
     let mut targets: Vec<Target> = Vec::new();
     for ip in resolvers {
         let t = host_net(*ip);
@@ -80,36 +96,41 @@ pub fn compile(config: &Config, resolvers: &[IpAddr]) -> Result<Policy, CompileE
             targets.push(t);
         }
     }
-    if !targets.is_empty() {
-        rules.push(Rule {
-            name: RESOLVERS_RULE.to_string(),
-            direction: Direction::Egress,
-            protos: vec![Proto::Udp, Proto::Tcp],
-            ports: vec![PortRange::single(53)],
-            targets,
-            required: true,
-            roles: Vec::new(),
-            origin: if config.dns.servers.is_empty() {
-                "resolv.conf".to_string()
-            } else {
-                "[dns] servers".to_string()
-            },
-        });
+    if targets.is_empty() {
+        return None;
     }
+    Some(Rule {
+        name: RESOLVERS_RULE.to_string(),
+        direction: Direction::Egress,
+        protos: vec![Proto::Udp, Proto::Tcp],
+        ports: vec![PortRange::single(53)],
+        targets,
+        required: true,
+        roles: Vec::new(),
+        origin: if config.dns.servers.is_empty() {
+            "resolv.conf".to_string()
+        } else {
+            "[dns] servers".to_string()
+        },
+    })
+}
 
-    for a in &config.allow {
-        rules.push(Rule {
-            name: format!("allow/{}", a.name),
-            direction: a.direction,
-            protos: vec![a.proto],
-            ports: a.ports.clone(),
-            targets: a.targets.clone(),
-            required: true,
-            roles: Vec::new(),
-            origin: format!("config [[allow]] {}", a.name),
-        });
+fn allow_rule(a: &AllowConfig) -> Rule {
+    Rule {
+        name: format!("allow/{}", a.name),
+        direction: a.direction,
+        protos: vec![a.proto],
+        ports: a.ports.clone(),
+        targets: a.targets.clone(),
+        required: true,
+        roles: Vec::new(),
+        origin: format!("config [[allow]] {}", a.name),
     }
+}
 
+/// What the dataplane holds: rules, (protocol, port) pairs per rule, and
+/// names unique.
+fn check_limits(rules: &[Rule]) -> Result<(), CompileError> {
     let max = sdm_common::MAX_RULES as usize;
     if rules.len() > max {
         return Err(CompileError::TooManyRules {
@@ -118,7 +139,7 @@ pub fn compile(config: &Config, resolvers: &[IpAddr]) -> Result<Policy, CompileE
         });
     }
     let mut names = HashSet::new();
-    for r in &rules {
+    for r in rules {
         let ports: u64 = r.ports.iter().map(|p| u64::from(p.len())).sum();
         let count = ports * r.protos.len() as u64;
         if count > MAX_RULE_PORTS {
@@ -132,11 +153,7 @@ pub fn compile(config: &Config, resolvers: &[IpAddr]) -> Result<Policy, CompileE
             return Err(CompileError::DuplicateName(r.name.clone()));
         }
     }
-    let policy = Policy { rules };
-    if let Some(o) = crate::kernel::entries::static_overflow(&policy) {
-        return Err(CompileError::TooManyEntries(o));
-    }
-    Ok(policy)
+    Ok(())
 }
 
 /// The `nameserver` addresses of a resolv.conf, in order, duplicates
