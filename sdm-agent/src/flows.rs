@@ -27,4 +27,5 @@ pub use suggest::{covered, suggest, DEFAULT_COLLAPSE};
 pub use table::{FlowTable, SharedTable, DEFAULT_CAPACITY, DEFAULT_RELOG_AFTER};
 
 #[cfg(test)]
+#[allow(clippy::too_many_lines, reason = "a test reads as one scenario")]
 mod tests;

@@ -219,7 +219,24 @@ pub fn suggest(
     policy: Option<&Policy>,
     collapse: usize,
 ) -> String {
-    let mut names = Names(
+    let mut names = taken_names(config);
+    let groups = Groups::of(flows, config, policy);
+    let mut o = String::new();
+    groups.header(&mut o, flows.len());
+    for ((resource, target, proto), g) in &groups.egress {
+        o.push('\n');
+        egress_entry(&mut o, &mut names, *resource, target, *proto, g);
+    }
+    for ((port, proto), g) in &groups.ingress {
+        o.push('\n');
+        ingress_entry(&mut o, &mut names, *port, *proto, g, collapse);
+    }
+    o
+}
+
+/// The names the config already uses, so that suggested ones differ.
+fn taken_names(config: &Config) -> Names {
+    Names(
         config
             .resources
             .iter()
@@ -227,117 +244,154 @@ pub fn suggest(
             .map(|r| r.name.clone())
             .chain(config.allow.iter().map(|a| a.name.clone()))
             .collect(),
-    );
-    let resource_host = config
-        .roles
-        .iter()
-        .any(|r| matches!(r, Role::Relay | Role::Gateway));
-    // (kind, target or port, proto) -> group; BTreeMap for a stable order.
-    let mut egress: BTreeMap<(bool, String, Proto), Group> = BTreeMap::new();
-    let mut ingress: BTreeMap<(u16, Proto), Group> = BTreeMap::new();
-    let mut skipped = 0usize;
-    let mut already = 0usize;
-    for f in flows {
-        let Some(proto) = config_proto(&f.key.proto) else {
-            skipped += 1;
-            continue;
-        };
-        if f.key.verdict != "audit" || f.reason != "no_rule" {
-            skipped += 1;
-            continue;
-        }
-        if policy.is_some_and(|p| covered(p, f)) {
-            already += 1;
-            continue;
-        }
-        if f.key.direction == "ingress" {
-            ingress.entry((f.key.port, proto)).or_default().add(f);
-        } else {
-            let target = f
-                .hostname
-                .clone()
-                .unwrap_or_else(|| f.key.remote.to_string());
-            let resource = resource_host && proto != Proto::Icmp && is_sdm_process(&f.key.comm);
-            egress.entry((resource, target, proto)).or_default().add(f);
-        }
-    }
-    let mut o = String::new();
-    let total = egress.len() + ingress.len();
-    let _ = writeln!(
-        o,
-        "# Suggested by `sdm-agent suggest` from {} audit-mode flow(s): {total} entr{}.",
-        flows.len() - skipped - already,
-        if total == 1 { "y" } else { "ies" }
-    );
-    let _ = writeln!(
-        o,
-        "# Review before use: each entry allows traffic that audit mode would have dropped."
-    );
-    if already > 0 {
-        let _ = writeln!(
-            o,
-            "# {already} flow(s) left out: the current config already allows them."
-        );
-    }
-    if skipped > 0 {
-        let _ = writeln!(
-            o,
-            "# {skipped} flow(s) left out: not audit-mode flows that a rule could allow."
-        );
-    }
-    for ((resource, target, proto), g) in &egress {
-        o.push('\n');
-        let is_ip = target.parse::<IpAddr>().is_ok();
-        let base = match proto {
-            Proto::Tcp => target.clone(),
-            p => format!("{target}-{p}"),
-        };
-        let name = names.unique(&base);
-        if *resource {
-            g.comment(
-                &mut o,
-                &format!(
-                    "egress {proto} to {} by the StrongDM relay/gateway",
-                    clean(target)
-                ),
-            );
-            let _ = writeln!(o, "[[resource]]");
-            let _ = writeln!(o, "name = {}", toml_str(&name));
-            let _ = writeln!(o, "host = {}", toml_str(target));
-            let _ = writeln!(o, "{}", ports_toml(&g.ports));
-            let _ = writeln!(o, "proto = {}", toml_str(&proto.to_string()));
-        } else {
-            let what = if is_ip {
-                format!("egress {proto} to {}", clean(target))
-            } else {
-                let addrs: Vec<String> = g.remotes.iter().map(IpAddr::to_string).collect();
-                format!("egress {proto} to {} ({})", clean(target), addrs.join(" "))
-            };
-            g.comment(&mut o, &what);
-            let _ = writeln!(o, "[[allow]]");
-            let _ = writeln!(o, "name = {}", toml_str(&name));
-            let _ = writeln!(o, "direction = \"egress\"");
-            let _ = writeln!(o, "proto = {}", toml_str(&proto.to_string()));
-            let _ = writeln!(o, "{}", ports_toml(&g.ports));
-            let _ = writeln!(o, "to = {}", toml_str(target));
-        }
-    }
-    for ((port, proto), g) in &ingress {
-        o.push('\n');
-        let name = names.unique(&format!("in-{proto}-{port}"));
-        let from: Vec<String> = sources(&g.remotes, collapse)
+    )
+}
+
+/// The flows a suggestion is made for, grouped into entries, and the
+/// counts of those left out.
+#[derive(Default)]
+struct Groups {
+    /// (kind, target or port, proto) -> group; BTreeMap for a stable order.
+    egress: BTreeMap<(bool, String, Proto), Group>,
+    ingress: BTreeMap<(u16, Proto), Group>,
+    skipped: usize,
+    already: usize,
+}
+
+impl Groups {
+    fn of(flows: &[Flow], config: &Config, policy: Option<&Policy>) -> Self {
+        let resource_host = config
+            .roles
             .iter()
-            .map(|n| toml_str(&n.to_string()))
-            .collect();
-        g.comment(&mut o, &format!("ingress {proto} to local port {port}"));
+            .any(|r| matches!(r, Role::Relay | Role::Gateway));
+        let mut g = Self::default();
+        for f in flows {
+            let Some(proto) = config_proto(&f.key.proto) else {
+                g.skipped += 1;
+                continue;
+            };
+            if f.key.verdict != "audit" || f.reason != "no_rule" {
+                g.skipped += 1;
+                continue;
+            }
+            if policy.is_some_and(|p| covered(p, f)) {
+                g.already += 1;
+                continue;
+            }
+            if f.key.direction == "ingress" {
+                g.ingress.entry((f.key.port, proto)).or_default().add(f);
+            } else {
+                let target = f
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| f.key.remote.to_string());
+                let resource = resource_host && proto != Proto::Icmp && is_sdm_process(&f.key.comm);
+                g.egress
+                    .entry((resource, target, proto))
+                    .or_default()
+                    .add(f);
+            }
+        }
+        g
+    }
+
+    /// The comment lines above the entries: what they come from and what
+    /// was left out.
+    fn header(&self, o: &mut String, flows: usize) {
+        let (skipped, already) = (self.skipped, self.already);
+        let total = self.egress.len() + self.ingress.len();
+        let _ = writeln!(
+            o,
+            "# Suggested by `sdm-agent suggest` from {} audit-mode flow(s): {total} entr{}.",
+            flows - skipped - already,
+            if total == 1 { "y" } else { "ies" }
+        );
+        let _ = writeln!(
+            o,
+            "# Review before use: each entry allows traffic that audit mode would have dropped."
+        );
+        if already > 0 {
+            let _ = writeln!(
+                o,
+                "# {already} flow(s) left out: the current config already allows them."
+            );
+        }
+        if skipped > 0 {
+            let _ = writeln!(
+                o,
+                "# {skipped} flow(s) left out: not audit-mode flows that a rule could allow."
+            );
+        }
+    }
+}
+
+/// One egress entry: a `[[resource]]` for the StrongDM relay or gateway,
+/// else an `[[allow]]`.
+fn egress_entry(
+    o: &mut String,
+    names: &mut Names,
+    resource: bool,
+    target: &str,
+    proto: Proto,
+    g: &Group,
+) {
+    let is_ip = target.parse::<IpAddr>().is_ok();
+    let base = match proto {
+        Proto::Tcp => target.to_string(),
+        p => format!("{target}-{p}"),
+    };
+    let name = names.unique(&base);
+    if resource {
+        g.comment(
+            o,
+            &format!(
+                "egress {proto} to {} by the StrongDM relay/gateway",
+                clean(target)
+            ),
+        );
+        let _ = writeln!(o, "[[resource]]");
+        let _ = writeln!(o, "name = {}", toml_str(&name));
+        let _ = writeln!(o, "host = {}", toml_str(target));
+        let _ = writeln!(o, "{}", ports_toml(&g.ports));
+        let _ = writeln!(o, "proto = {}", toml_str(&proto.to_string()));
+    } else {
+        let what = if is_ip {
+            format!("egress {proto} to {}", clean(target))
+        } else {
+            let addrs: Vec<String> = g.remotes.iter().map(IpAddr::to_string).collect();
+            format!("egress {proto} to {} ({})", clean(target), addrs.join(" "))
+        };
+        g.comment(o, &what);
         let _ = writeln!(o, "[[allow]]");
         let _ = writeln!(o, "name = {}", toml_str(&name));
-        let _ = writeln!(o, "direction = \"ingress\"");
+        let _ = writeln!(o, "direction = \"egress\"");
         let _ = writeln!(o, "proto = {}", toml_str(&proto.to_string()));
-        let _ = writeln!(o, "port = {port}");
-        let _ = writeln!(o, "from = [{}]", from.join(", "));
+        let _ = writeln!(o, "{}", ports_toml(&g.ports));
+        let _ = writeln!(o, "to = {}", toml_str(target));
     }
-    o
+}
+
+/// One ingress `[[allow]]`, `from` the sources seen (collapsed).
+fn ingress_entry(
+    o: &mut String,
+    names: &mut Names,
+    port: u16,
+    proto: Proto,
+    g: &Group,
+    collapse: usize,
+) {
+    let name = names.unique(&format!("in-{proto}-{port}"));
+    let from: Vec<String> = sources(&g.remotes, collapse)
+        .iter()
+        .map(|n| toml_str(&n.to_string()))
+        .collect();
+    g.comment(o, &format!("ingress {proto} to local port {port}"));
+    let _ = writeln!(o, "[[allow]]");
+    let _ = writeln!(o, "name = {}", toml_str(&name));
+    let _ = writeln!(o, "direction = \"ingress\"");
+    let _ = writeln!(o, "proto = {}", toml_str(&proto.to_string()));
+    let _ = writeln!(o, "port = {port}");
+    let _ = writeln!(o, "from = [{}]", from.join(", "));
 }
 
 /// The default `collapse` of [`suggest`]: this many sources of one /24
