@@ -121,7 +121,7 @@ struct Agent {
 
 impl Agent {
     fn start(agent: &Path, netns: &Netns, dir: &Path, config: &str, tag: &str) -> Result<Self> {
-        let pins = Pins::new(tag)?;
+        let pins = Pins::try_new(tag)?;
         let cfg = dir.join(format!("{tag}.toml"));
         fs::write(&cfg, config).with_context(|| format!("write {}", cfg.display()))?;
         let pin_root = pins.layout.pin_root.to_string_lossy().into_owned();
@@ -292,8 +292,8 @@ pub fn run_resources(
 ) -> Result<()> {
     let topo = Topology::new(1)?;
     let ns = &topo.clients[0];
-    let dir = TempDir::new("agent")?;
-    let target = parent.child("agent")?;
+    let dir = TempDir::try_new("agent")?;
+    let target = parent.try_child("agent")?;
     let _dns = DnsServer::start(
         ns.path(),
         SocketAddr::from(([127, 0, 0, 1], 53)),
@@ -644,9 +644,9 @@ pub fn run_dns(
     }
     let topo = Topology::new(1)?;
     let ns = &topo.clients[0];
-    ns.ip(&["route", "add", PROBE_ROUTE, "via", "10.232.0.2"])?;
-    let dir = TempDir::new("dns")?;
-    let target = parent.child("probe")?;
+    ns.try_ip(&["route", "add", PROBE_ROUTE, "via", "10.232.0.2"])?;
+    let dir = TempDir::try_new("dns")?;
+    let target = parent.try_child("probe")?;
 
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);

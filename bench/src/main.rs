@@ -310,6 +310,7 @@ fn run(
     source: Option<String>,
 ) -> Result<()> {
     guards::require_root()?;
+    guards::use_bench_names()?;
     sys::install_signal_handlers();
     require_tools()?;
     let agent_bin = match agent {
@@ -354,7 +355,7 @@ fn run(
     let mut figs: Vec<Figure> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     {
-        let parent = Cgroup::new_top("cg")?;
+        let parent = Cgroup::try_new("cg")?;
         if wants(1) {
             println!("sdm-bench: [1] cost per verdict (BPF_PROG_TEST_RUN)");
             verdict::run(&p, &mut rng, &mut figs, &mut notes).context("figure 1")?;

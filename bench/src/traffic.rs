@@ -63,12 +63,12 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(clients: usize) -> Result<Self> {
-        let server = Netns::new("s")?;
+        let server = Netns::try_new("s")?;
         let mut v = Vec::with_capacity(clients);
         for k in 0..clients {
-            let c = Netns::new(&format!("c{k}"))?;
+            let c = Netns::try_new(&format!("c{k}"))?;
             let (cdev, sdev) = (format!("c{k}"), format!("s{k}"));
-            c.ip(&[
+            c.try_ip(&[
                 "link",
                 "add",
                 &cdev,
@@ -80,22 +80,22 @@ impl Topology {
                 "netns",
                 &server.name,
             ])?;
-            c.ip(&[
+            c.try_ip(&[
                 "addr",
                 "add",
                 &format!("{}/24", client_addr(k)),
                 "dev",
                 &cdev,
             ])?;
-            c.ip(&["link", "set", &cdev, "up"])?;
-            server.ip(&[
+            c.try_ip(&["link", "set", &cdev, "up"])?;
+            server.try_ip(&[
                 "addr",
                 "add",
                 &format!("{}/24", server_addr(k)),
                 "dev",
                 &sdev,
             ])?;
-            server.ip(&["link", "set", &sdev, "up"])?;
+            server.try_ip(&["link", "set", &sdev, "up"])?;
             v.push(c);
         }
         Ok(Self { clients: v, server })
@@ -306,8 +306,8 @@ fn install_iptables(ns: &Netns, dev: &str, n: usize, server: Ipv4Addr) -> Result
     t.push_str(&format!(
         "-A SDMB -d {server}/32 -p udp -m udp --dport {ECHO_PORT} -j ACCEPT\n-A SDMB -j DROP\nCOMMIT\n"
     ));
-    ns.exec_input(&["iptables-restore"], &t)?;
-    let listed = ns.exec(&["iptables", "-S", "SDMB"])?;
+    ns.try_exec_input(&["iptables-restore"], &t)?;
+    let listed = ns.try_exec(&["iptables", "-S", "SDMB"])?;
     let rules = listed.lines().filter(|l| l.starts_with("-A SDMB")).count();
     if rules != n + 1 {
         bail!("iptables in {}: {rules} rules, expected {}", ns.name, n + 1);
@@ -317,7 +317,7 @@ fn install_iptables(ns: &Netns, dev: &str, n: usize, server: Ipv4Addr) -> Result
 
 /// Packets that reached the chain's last ACCEPT rule.
 fn iptables_hits(ns: &Netns) -> Result<u64> {
-    let out = ns.exec(&["iptables", "-L", "SDMB", "-v", "-x", "-n"])?;
+    let out = ns.try_exec(&["iptables", "-L", "SDMB", "-v", "-x", "-n"])?;
     // Header lines, then one line per rule; the allowed flow is second to last.
     let rules: Vec<&str> = out.lines().skip(2).collect();
     let line = rules
@@ -343,12 +343,12 @@ fn install_nft(ns: &Netns, dev: &str, n: usize, server: Ipv4Addr) -> Result<()> 
         (n + 1).next_power_of_two().max(1024),
         elems.join(", ")
     );
-    ns.exec_input(&["nft", "-f", "-"], &t)?;
+    ns.try_exec_input(&["nft", "-f", "-"], &t)?;
     Ok(())
 }
 
 fn nft_hits(ns: &Netns) -> Result<u64> {
-    let out = ns.exec(&["nft", "list", "chain", "ip", "sdmb", "out"])?;
+    let out = ns.try_exec(&["nft", "list", "chain", "ip", "sdmb", "out"])?;
     let line = out
         .lines()
         .find(|l| l.contains("@allow"))
@@ -399,8 +399,8 @@ pub fn run(
     let _iperf = start_iperf_server(&topo.server)?;
     let server0 = server_addr(0);
 
-    let plain = parent.child("plain")?;
-    let attached = parent.child("attached")?;
+    let plain = parent.try_child("plain")?;
+    let attached = parent.try_child("attached")?;
     let mut fig2 = Instance::new(
         "tr",
         &Policy {
@@ -430,7 +430,7 @@ pub fn run(
     let mut ebpf_instances = Vec::new();
     for (i, &n) in sizes.iter().enumerate() {
         sys::check_interrupted()?;
-        let cg = parent.child(&format!("ebpf{n}"))?;
+        let cg = parent.try_child(&format!("ebpf{n}"))?;
         let server = IpNet::V4(Ipv4Net::new(server0, 32)?);
         let mut inst = Instance::new(
             &format!("te{n}"),

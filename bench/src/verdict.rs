@@ -114,7 +114,7 @@ pub struct Instance {
 
 impl Instance {
     pub fn new(tag: &str, policy: &Policy) -> Result<Self> {
-        let pins = Pins::new(tag)?;
+        let pins = Pins::try_new(tag)?;
         let ebpf = dataplane::load(&pins.layout, dataplane::EBPF_OBJECT)
             .context("load the sdm-egress eBPF object")?;
         let mut maps = Maps::open(&pins.layout)?;
@@ -242,10 +242,10 @@ pub fn run(
     figs: &mut Vec<Figure>,
     notes: &mut Vec<String>,
 ) -> Result<()> {
-    let ns = Netns::new("v")?;
-    ns.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"])?;
-    ns.ip(&["link", "set", "va", "up"])?;
-    let ifindex = ns.ifindex("va")?;
+    let ns = Netns::try_new("v")?;
+    ns.try_ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"])?;
+    ns.try_ip(&["link", "set", "va", "up"])?;
+    let ifindex = ns.try_ifindex("va")?;
 
     let empty = sys::load_empty_skb_prog()?;
     let mut instances: Vec<(Kind, usize, Instance)> = Vec::new();
@@ -313,7 +313,7 @@ pub fn run(
 
     {
         // test_run resolves the context's ifindex in the caller's namespace.
-        let _inside = ns.enter()?;
+        let _inside = ns.try_enter()?;
         let mut order: Vec<usize> = (0..arms.len()).collect();
         for round in 0..p.verdict_rounds {
             sys::check_interrupted()?;

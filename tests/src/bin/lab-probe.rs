@@ -63,6 +63,7 @@ use hickory_proto::{
     op::{Message, Query},
     rr::{Name, RData, RecordType},
 };
+use sdm_testkit::senders::{Flood, RawUdp, Sent};
 use serde_json::{json, Value};
 
 fn usage(msg: &str) -> ! {
@@ -746,50 +747,17 @@ fn packet_send(
     json!({"result": result, "bypass": bypass_result, "bytes": frame.len()})
 }
 
-/// A raw IPv4 socket for UDP: the kernel adds the IP header, the caller
-/// writes the UDP header. Only the cgroup_skb programs see what it sends.
-fn raw_udp_socket() -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd as _;
-    // SAFETY: plain socket(2); the fd is owned at once.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
-    if raw < 0 {
-        fatal(format!("raw socket: {}", io::Error::last_os_error()));
-    }
-    // SAFETY: a new fd we own.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) }
+/// The raw UDP socket of the test kit (only the cgroup_skb programs see
+/// what it sends).
+fn raw_udp_socket() -> RawUdp {
+    RawUdp::new().unwrap_or_else(|e| fatal(format!("raw socket: {e}")))
 }
 
-/// Sends one 32-byte UDP datagram to `dst`:`port` through `raw`; the
-/// outcome as "raw-sent" or "raw-<errname>".
-fn send_raw_udp(
-    raw: &std::os::fd::OwnedFd,
-    src_port: u16,
-    dst: std::net::Ipv4Addr,
-    port: u16,
-) -> String {
-    let mut pkt = [0u8; 40];
-    pkt[0..2].copy_from_slice(&src_port.to_be_bytes());
-    pkt[2..4].copy_from_slice(&port.to_be_bytes());
-    pkt[4..6].copy_from_slice(&40u16.to_be_bytes());
-    // SAFETY: sockaddr_in built field by field; sendto reads only the
-    // buffers given with their lengths.
-    let rc = unsafe {
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
-        libc::sendto(
-            raw.as_raw_fd(),
-            pkt.as_ptr().cast(),
-            pkt.len(),
-            0,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc >= 0 {
-        "raw-sent".to_string()
-    } else {
-        format!("raw-{}", errname(&io::Error::last_os_error()))
+/// How a send ended: `<kind>-sent` or `<kind>-<errname>`.
+fn outcome<T>(kind: &str, r: io::Result<T>) -> String {
+    match r {
+        Ok(_) => format!("{kind}-sent"),
+        Err(e) => format!("{kind}-{}", errname(&e)),
     }
 }
 
@@ -800,7 +768,7 @@ fn raw_udp(to: std::net::SocketAddrV4, count: u64, src_port: u16) -> Value {
     let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
     for _ in 0..count {
         *outcomes
-            .entry(send_raw_udp(&raw, src_port, *to.ip(), to.port()))
+            .entry(outcome("raw", raw.send(src_port, *to.ip(), to.port())))
             .or_default() += 1;
     }
     json!({"result": "done", "count": count, "outcomes": outcomes, "ms": ms(start)})
@@ -812,28 +780,21 @@ fn raw_udp(to: std::net::SocketAddrV4, count: u64, src_port: u16) -> Value {
 /// and a raw socket (judged by the packet program). Counts how each send
 /// ended.
 fn flood(first: std::net::Ipv4Addr, count: u32) -> Value {
-    use std::net::SocketAddrV4;
     let start = Instant::now();
-    let udp = UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| fatal(format!("bind: {e}")));
-    let raw = raw_udp_socket();
+    let sender = Flood::new().unwrap_or_else(|e| fatal(format!("flood sockets: {e}")));
     let base = u32::from(first);
     let Some(last) = base.checked_add(count.saturating_sub(1)) else {
         usage(&format!(
             "flood: {count} addresses from {first} run past 255.255.255.255"
         ));
     };
-    let payload = [0u8; 32];
     let mut outcomes: std::collections::BTreeMap<String, u64> = Default::default();
     for i in 0..count {
         let dst = std::net::Ipv4Addr::from(base + i);
         let port = 1 + (i % 65_000) as u16;
-        let outcome = if i % 2 == 0 {
-            match udp.send_to(&payload, SocketAddrV4::new(dst, port)) {
-                Ok(_) => "udp-sent".to_string(),
-                Err(e) => format!("udp-{}", errname(&e)),
-            }
-        } else {
-            send_raw_udp(&raw, 40000, dst, port)
+        let outcome = match sender.send(u64::from(i), dst, port) {
+            Sent::Udp(r) => outcome("udp", r),
+            Sent::Raw(r) => outcome("raw", r),
         };
         *outcomes.entry(outcome).or_default() += 1;
     }
