@@ -401,6 +401,45 @@ fn fqdn(name: &str) -> Name {
     Name::from_ascii(format!("{name}.")).unwrap_or_else(|e| panic!("fake DNS: name {name}: {e}"))
 }
 
+/// A CNAME chain: (owner, target, ttl) per link.
+type CnameChain = Vec<(String, String, u32)>;
+
+/// What the table answers for `name`: the entry at the end of its CNAME
+/// chain (None at a loop or an unknown name) and the chain; a rotating
+/// name answers its next addresses.
+fn lookup(s: &DnsShared, name: &str) -> (Option<(String, Answer)>, CnameChain) {
+    let name = name.to_owned();
+    let mut t = lock(&s.table);
+    *t.queries.entry(name.clone()).or_default() += 1;
+    if let Some((v4, v6, ttl, n)) = t.rotating.get_mut(&name) {
+        *n += 1;
+        let o = v4.octets();
+        let a4 = Ipv4Addr::new(o[0], o[1], o[2], (1 + (*n - 1) % 254) as u8);
+        let a6 = Ipv6Addr::from(u128::from(*v6) + u128::from(*n));
+        let answer = Answer::Addrs(vec![IpAddr::V4(a4), IpAddr::V6(a6)], *ttl);
+        (Some((name.clone(), answer)), Vec::new())
+    } else {
+        // Follow CNAMEs through the table, stopping at a loop.
+        let mut chain: Vec<(String, String, u32)> = Vec::new();
+        let mut at = name.clone();
+        let mut seen = std::collections::HashSet::from([name.clone()]);
+        let entry = loop {
+            match t.records.get(&at).cloned() {
+                Some(Answer::Cname(target, ttl)) => {
+                    let target = normalize(&target);
+                    chain.push((at.clone(), target.clone(), ttl));
+                    if !seen.insert(target.clone()) {
+                        break None;
+                    }
+                    at = target;
+                }
+                other => break other.map(|a| (at.clone(), a)),
+            }
+        };
+        (entry, chain)
+    }
+}
+
 /// The reply to one DNS message, or None to stay silent. `udp`: a reply
 /// longer than the query allows is sent truncated.
 fn dns_reply(s: &DnsShared, query: &[u8], udp: bool) -> Option<Vec<u8>> {
@@ -411,37 +450,7 @@ fn dns_reply(s: &DnsShared, query: &[u8], udp: bool) -> Option<Vec<u8>> {
     if !udp {
         s.tcp.fetch_add(1, Ordering::Relaxed);
     }
-    let (entry, chain) = {
-        let mut t = lock(&s.table);
-        *t.queries.entry(name.clone()).or_default() += 1;
-        if let Some((v4, v6, ttl, n)) = t.rotating.get_mut(&name) {
-            *n += 1;
-            let o = v4.octets();
-            let a4 = Ipv4Addr::new(o[0], o[1], o[2], (1 + (*n - 1) % 254) as u8);
-            let a6 = Ipv6Addr::from(u128::from(*v6) + u128::from(*n));
-            let answer = Answer::Addrs(vec![IpAddr::V4(a4), IpAddr::V6(a6)], *ttl);
-            (Some((name.clone(), answer)), Vec::new())
-        } else {
-            // Follow CNAMEs through the table, stopping at a loop.
-            let mut chain: Vec<(String, String, u32)> = Vec::new();
-            let mut at = name.clone();
-            let mut seen = std::collections::HashSet::from([name.clone()]);
-            let entry = loop {
-                match t.records.get(&at).cloned() {
-                    Some(Answer::Cname(target, ttl)) => {
-                        let target = normalize(&target);
-                        chain.push((at.clone(), target.clone(), ttl));
-                        if !seen.insert(target.clone()) {
-                            break None;
-                        }
-                        at = target;
-                    }
-                    other => break other.map(|a| (at.clone(), a)),
-                }
-            };
-            (entry, chain)
-        }
-    };
+    let (entry, chain) = lookup(s, &name);
     let mode = *lock(&s.mode);
     if mode == DnsMode::Silent || matches!(entry, Some((_, Answer::Silent))) {
         return None;
@@ -851,6 +860,76 @@ fn lab_number() -> u8 {
     (std::process::id().wrapping_add(n.wrapping_mul(37)) % 250 + 1) as u8
 }
 
+/// The agent binary the lab runs: the workspace's build, or
+/// SDM_LAB_AGENT.
+fn agent_bin() -> PathBuf {
+    // SDM_LAB_AGENT: another agent binary (e.g. a build of an earlier
+    // commit) to run the lab against.
+    match std::env::var_os("SDM_LAB_AGENT") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(p.exists(), "SDM_LAB_AGENT={} does not exist", p.display());
+            p
+        }
+        None => {
+            let bin = workspace_bin("sdm-agent");
+            assert_fresh(&bin);
+            bin
+        }
+    }
+}
+
+/// The veth pair between `host` and `net` (h0 -- n0), lab `n`'s addresses
+/// on both sides (10.231.n.1 on the host, .2 to .9 on the net side, and the
+/// same in fd00:231:n::/64) and default routes each way.
+fn wire(host: &Netns, net: &Netns, n: u8) {
+    host.ip(&[
+        "link", "add", "h0", "type", "veth", "peer", "name", "n0", "netns", &net.name,
+    ]);
+    host.ip(&["addr", "add", &format!("10.231.{n}.1/24"), "dev", "h0"]);
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("fd00:231:{n:x}::1/64"),
+        "dev",
+        "h0",
+        "nodad",
+    ]);
+    host.ip(&["link", "set", "h0", "up"]);
+    for last in 2..=9 {
+        net.ip(&["addr", "add", &format!("10.231.{n}.{last}/24"), "dev", "n0"]);
+        net.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("fd00:231:{n:x}::{last}/64"),
+            "dev",
+            "n0",
+            "nodad",
+        ]);
+    }
+    net.ip(&["link", "set", "n0", "up"]);
+    host.ip(&["route", "add", "default", "via", &format!("10.231.{n}.2")]);
+    host.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("fd00:231:{n:x}::2"),
+    ]);
+    net.ip(&["route", "add", "default", "via", &format!("10.231.{n}.1")]);
+    net.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("fd00:231:{n:x}::1"),
+    ]);
+}
+
 impl Lab {
     /// Builds the namespaces, the veth pair, the cgroup and the fake DNS
     /// server (empty table). `probe_bin` is the lab-probe binary (in the
@@ -864,69 +943,12 @@ impl Lab {
             "lab-probe missing at {} (cargo build -p sdm-tests --bins)",
             probe_bin.display()
         );
-        // SDM_LAB_AGENT: another agent binary (e.g. a build of an earlier
-        // commit) to run the lab against.
-        let agent_bin = match std::env::var_os("SDM_LAB_AGENT") {
-            Some(p) => {
-                let p = PathBuf::from(p);
-                assert!(p.exists(), "SDM_LAB_AGENT={} does not exist", p.display());
-                p
-            }
-            None => {
-                let bin = workspace_bin("sdm-agent");
-                assert_fresh(&bin);
-                bin
-            }
-        };
+        let agent_bin = agent_bin();
         let n = lab_number();
         let dir = TempDir::new("lab");
         let host = Netns::new("h");
         let net = Netns::new("n");
-        host.ip(&[
-            "link", "add", "h0", "type", "veth", "peer", "name", "n0", "netns", &net.name,
-        ]);
-        host.ip(&["addr", "add", &format!("10.231.{n}.1/24"), "dev", "h0"]);
-        host.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("fd00:231:{n:x}::1/64"),
-            "dev",
-            "h0",
-            "nodad",
-        ]);
-        host.ip(&["link", "set", "h0", "up"]);
-        for last in 2..=9 {
-            net.ip(&["addr", "add", &format!("10.231.{n}.{last}/24"), "dev", "n0"]);
-            net.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("fd00:231:{n:x}::{last}/64"),
-                "dev",
-                "n0",
-                "nodad",
-            ]);
-        }
-        net.ip(&["link", "set", "n0", "up"]);
-        host.ip(&["route", "add", "default", "via", &format!("10.231.{n}.2")]);
-        host.ip(&[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("fd00:231:{n:x}::2"),
-        ]);
-        net.ip(&["route", "add", "default", "via", &format!("10.231.{n}.1")]);
-        net.ip(&[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("fd00:231:{n:x}::1"),
-        ]);
+        wire(&host, &net, n);
         let dns = FakeDns::start(
             &net,
             SocketAddr::new(Ipv4Addr::new(10, 231, n, 2).into(), 53),
