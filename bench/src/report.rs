@@ -221,22 +221,9 @@ impl Results {
         fs::write(path, self.markdown(method)).with_context(|| format!("write {}", path.display()))
     }
 
-    pub fn markdown(&self, method: &str) -> String {
-        let mut o = String::new();
+    /// The table of the machine and the run.
+    fn machine_table(&self, o: &mut String) {
         let m = &self.machine;
-        let _ = writeln!(o, "# Benchmarks\n");
-        let _ = writeln!(
-            o,
-            "Written by `cargo xtask bench`{}; rerun it to update this file (see \
-             [Reproduce](#reproduce)). Every figure is the median over repeated, interleaved \
-             runs of one benchmark run; ratios are taken within a round, so that the drift of a \
-             shared machine cancels out.\n",
-            if self.smoke {
-                " **--smoke** (tiny durations: these numbers mean nothing)"
-            } else {
-                ""
-            }
-        );
         let _ = writeln!(o, "| | |\n|---|---|");
         let _ = writeln!(o, "| Date | {} |", self.started);
         let _ = writeln!(o, "| Source | {} |", self.source);
@@ -253,6 +240,24 @@ impl Results {
             self.duration_secs
         );
         let _ = writeln!(o);
+    }
+
+    pub fn markdown(&self, method: &str) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "# Benchmarks\n");
+        let _ = writeln!(
+            o,
+            "Written by `cargo xtask bench`{}; rerun it to update this file (see \
+             [Reproduce](#reproduce)). Every figure is the median over repeated, interleaved \
+             runs of one benchmark run; ratios are taken within a round, so that the drift of a \
+             shared machine cancels out.\n",
+            if self.smoke {
+                " **--smoke** (tiny durations: these numbers mean nothing)"
+            } else {
+                ""
+            }
+        );
+        self.machine_table(&mut o);
         let _ = writeln!(o, "## Results\n");
         let met = self.figures.iter().filter(|f| f.met == Some(true)).count();
         let missed = self.figures.iter().filter(|f| f.met == Some(false)).count();
@@ -267,42 +272,7 @@ impl Results {
         );
         let _ = writeln!(o, "|---|---|---|---|---|---|---|");
         for f in &self.figures {
-            let (median, spread) = match &f.summary {
-                Some(s) => (
-                    format!("{} {}", fmt_num(s.median, f.decimals), f.unit),
-                    format!(
-                        "{}–{} ({}–{}), n={}",
-                        fmt_num(s.min, f.decimals),
-                        fmt_num(s.max, f.decimals),
-                        fmt_num(s.q1, f.decimals),
-                        fmt_num(s.q3, f.decimals),
-                        s.n
-                    ),
-                ),
-                None => (
-                    match f.status {
-                        Status::Skipped => "skipped".into(),
-                        Status::Measured => "n/a".into(),
-                    },
-                    String::new(),
-                ),
-            };
-            let met = match f.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "",
-            };
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                f.section,
-                f.name,
-                median.trim(),
-                spread,
-                f.detail.as_deref().unwrap_or(""),
-                f.target.as_deref().unwrap_or(""),
-                met
-            );
+            figure_row(&mut o, f);
         }
         let _ = writeln!(o);
         let _ = writeln!(o, "Sections: {}.\n", {
@@ -323,6 +293,46 @@ impl Results {
         o.push_str(method);
         o
     }
+}
+
+/// One figure's row of the results table.
+fn figure_row(o: &mut String, f: &Figure) {
+    let (median, spread) = match &f.summary {
+        Some(s) => (
+            format!("{} {}", fmt_num(s.median, f.decimals), f.unit),
+            format!(
+                "{}–{} ({}–{}), n={}",
+                fmt_num(s.min, f.decimals),
+                fmt_num(s.max, f.decimals),
+                fmt_num(s.q1, f.decimals),
+                fmt_num(s.q3, f.decimals),
+                s.n
+            ),
+        ),
+        None => (
+            match f.status {
+                Status::Skipped => "skipped".into(),
+                Status::Measured => "n/a".into(),
+            },
+            String::new(),
+        ),
+    };
+    let met = match f.met {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "",
+    };
+    let _ = writeln!(
+        o,
+        "| {} | {} | {} | {} | {} | {} | {} |",
+        f.section,
+        f.name,
+        median.trim(),
+        spread,
+        f.detail.as_deref().unwrap_or(""),
+        f.target.as_deref().unwrap_or(""),
+        met
+    );
 }
 
 /// Now, in UTC, as `YYYY-MM-DDTHH:MM:SSZ` (no date crate needed).
