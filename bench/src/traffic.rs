@@ -401,17 +401,7 @@ pub fn run(
 
     let plain = parent.try_child("plain")?;
     let attached = parent.try_child("attached")?;
-    let mut fig2 = Instance::new(
-        "tr",
-        &Policy {
-            rules: vec![
-                rule("bench/iperf", Proto::Tcp, IPERF_PORT, server0),
-                rule("bench/echo", Proto::Udp, ECHO_PORT, server0),
-            ],
-        },
-    )?;
-    fig2.attach(&attached.path)?;
-
+    let fig2 = attach_fig2(&attached, server0)?;
     let mut arms = vec![
         RrArm {
             filter: Filter::None,
@@ -426,6 +416,54 @@ pub fn run(
             samples: vec![],
         },
     ];
+    let (ebpf_cgroups, ebpf_instances) = install_filters(sizes, parent, &topo, &plain, &mut arms)?;
+    check_filters_block(&topo, &arms)?;
+    // The benchmark itself stays off the CPU the traffic runs on.
+    let _pinned = if traffic_cpu() > 0 {
+        Some(sys::pin_self(0)?)
+    } else {
+        None
+    };
+    let (tcp_att, tcp_det) = measure_tcp(p, &topo, &attached, &plain)?;
+    let split = measure_rr(p, rng, &topo, &mut arms)?;
+    check_counters(sizes, &topo, &ebpf_instances, notes)?;
+    fig2_figures(&tcp_att, &tcp_det, &arms, split.as_deref(), figs);
+    fig3_figures(sizes, &arms, figs)?;
+    drop(ebpf_instances);
+    drop(ebpf_cgroups);
+    drop(fig2);
+    Ok(())
+}
+
+/// Figure 2's program: the iperf and echo flows allowed, attached to
+/// `attached`.
+fn attach_fig2(attached: &Cgroup, server0: Ipv4Addr) -> Result<Instance> {
+    let mut fig2 = Instance::new(
+        "tr",
+        &Policy {
+            rules: vec![
+                rule("bench/iperf", Proto::Tcp, IPERF_PORT, server0),
+                rule("bench/echo", Proto::Udp, ECHO_PORT, server0),
+            ],
+        },
+    )?;
+    fig2.attach(&attached.path)?;
+
+    Ok(fig2)
+}
+
+/// Figure 3's filters, for each size: this program in a cgroup of its own,
+/// an iptables chain and an nftables set each in a client namespace of its
+/// own; an arm for each. Returns the program's cgroups and instances
+/// (alive as long as they are measured).
+fn install_filters(
+    sizes: &[usize],
+    parent: &Cgroup,
+    topo: &Topology,
+    plain: &Cgroup,
+    arms: &mut Vec<RrArm>,
+) -> Result<(Vec<Cgroup>, Vec<Instance>)> {
+    let server0 = server_addr(0);
     let mut ebpf_cgroups = Vec::new();
     let mut ebpf_instances = Vec::new();
     for (i, &n) in sizes.iter().enumerate() {
@@ -473,9 +511,13 @@ pub fn run(
         ebpf_instances.push(inst);
     }
 
+    Ok((ebpf_cgroups, ebpf_instances))
+}
+
+fn check_filters_block(topo: &Topology, arms: &[RrArm]) -> Result<()> {
     // Every filter must be in the path: the second echo port is answered
     // without a filter and blocked by each of them.
-    for arm in &arms {
+    for arm in arms {
         let b = blocked(
             &topo.clients[arm.netns],
             &arm.cgroup,
@@ -492,12 +534,17 @@ pub fn run(
     }
     println!("sdm-bench: [2,3] every filter blocks what it should, the unfiltered path does not");
 
-    // The benchmark itself stays off the CPU the traffic runs on.
-    let _pinned = if traffic_cpu() > 0 {
-        Some(sys::pin_self(0)?)
-    } else {
-        None
-    };
+    Ok(())
+}
+
+/// Figure 2, TCP: iperf3 rates (attached, detached), in interleaved pairs.
+fn measure_tcp(
+    p: &Params,
+    topo: &Topology,
+    attached: &Cgroup,
+    plain: &Cgroup,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let server0 = server_addr(0);
     // Figure 2, TCP: interleaved pairs, the order alternating.
     let (mut tcp_att, mut tcp_det) = (Vec::new(), Vec::new());
     for round in 0..p.tcp_rounds {
@@ -531,9 +578,20 @@ pub fn run(
         }
     }
 
+    Ok((tcp_att, tcp_det))
+}
+
+/// Figures 2 (UDP) and 3: the samples into each arm; returns the rounds of
+/// the two-CPU comparison, if the machine has a CPU to spare.
+fn measure_rr(
+    p: &Params,
+    rng: &mut Rng,
+    topo: &Topology,
+    arms: &mut [RrArm],
+) -> Result<Option<Vec<Vec<f64>>>> {
     // Figures 2 (UDP) and 3: every configuration once per round, shuffled,
     // in slices of one process.
-    let rows = udp_rr_multi(&topo, &arms, p, rng.next(), traffic_cpu())?;
+    let rows = udp_rr_multi(topo, arms, p, rng.next(), traffic_cpu())?;
     for row in &rows {
         for (arm, rate) in arms.iter_mut().zip(row) {
             arm.samples.push(*rate);
@@ -548,11 +606,20 @@ pub fn run(
     // transaction then waits for cross-CPU wake-ups, which dwarf the
     // filters' work (and, in a VM, vary a lot).
     let split = if traffic_cpu() > 0 {
-        Some(udp_rr_multi(&topo, &arms[..2], p, rng.next(), 0)?)
+        Some(udp_rr_multi(topo, &arms[..2], p, rng.next(), 0)?)
     } else {
         None
     };
 
+    Ok(split)
+}
+
+fn check_counters(
+    sizes: &[usize],
+    topo: &Topology,
+    ebpf_instances: &[Instance],
+    notes: &mut Vec<String>,
+) -> Result<()> {
     // The traffic went through each filter's allowing rule.
     for (i, &n) in sizes.iter().enumerate() {
         let ipt = iptables_hits(&topo.clients[1 + i])?;
@@ -578,18 +645,29 @@ pub fn run(
         }
     }
 
+    Ok(())
+}
+
+/// Figure 2's figures: TCP, and UDP request/response on one and two CPUs.
+fn fig2_figures(
+    tcp_att: &[f64],
+    tcp_det: &[f64],
+    arms: &[RrArm],
+    split: Option<&[Vec<f64>]>,
+    figs: &mut Vec<Figure>,
+) {
     figs.push(
         Figure::measured(
             2,
             "traffic.tcp.ratio",
             "TCP stream (iperf3): attached / detached",
             "",
-            summarize(&ratios(&tcp_att, &tcp_det)),
+            summarize(&ratios(tcp_att, tcp_det)),
         )
         .detail(format!(
             "{:.2} vs {:.2} Gbit/s",
-            median(&tcp_att),
-            median(&tcp_det)
+            median(tcp_att),
+            median(tcp_det)
         ))
         .target("≥ 0.97", Goal::AtLeast(0.97)),
     );
@@ -606,7 +684,7 @@ pub fn run(
         .detail(rr_detail(&att, &none))
         .target("≥ 0.97", Goal::AtLeast(0.97)),
     );
-    if let Some(rows) = &split {
+    if let Some(rows) = split {
         let none2: Vec<f64> = rows.iter().map(|r| r[0]).collect();
         let att2: Vec<f64> = rows.iter().map(|r| r[1]).collect();
         figs.push(
@@ -621,12 +699,16 @@ pub fn run(
             .target("≥ 0.97", Goal::AtLeast(0.97)),
         );
     }
+}
 
+/// Figure 3's figures: each filter and size against no filter.
+fn fig3_figures(sizes: &[usize], arms: &[RrArm], figs: &mut Vec<Figure>) -> Result<()> {
+    let none = &arms[0].samples;
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let med_ratio = |f: Filter| {
         arms.iter()
             .find(|a| a.filter == f)
-            .map(|a| median(&ratios(&a.samples, &none)))
+            .map(|a| median(&ratios(&a.samples, none)))
             .unwrap_or(f64::NAN)
     };
     let ebpf_large = med_ratio(Filter::Ebpf(largest));
@@ -652,16 +734,16 @@ pub fn run(
                 &format!("filters.{key}.{n}"),
                 &name,
                 "",
-                summarize(&ratios(&arm.samples, &none)),
+                summarize(&ratios(&arm.samples, none)),
             )
-            .detail(rr_detail(&arm.samples, &none));
+            .detail(rr_detail(&arm.samples, none));
             if n == largest {
                 fig = match f {
                     Filter::Ebpf(_) => {
                         fig.target("≥ 0.97 (within 3% of no filter)", Goal::AtLeast(0.97))
                     }
                     Filter::Iptables(_) => {
-                        let r = median(&ratios(&arm.samples, &none));
+                        let r = median(&ratios(&arm.samples, none));
                         fig.target(
                             "below this program's ratio (the chain falls behind)",
                             Goal::Holds(r < ebpf_large),
@@ -673,9 +755,6 @@ pub fn run(
             figs.push(fig);
         }
     }
-    drop(ebpf_instances);
-    drop(ebpf_cgroups);
-    drop(fig2);
     Ok(())
 }
 
