@@ -628,18 +628,7 @@ pub fn run_dns(
     notes: &mut Vec<String>,
 ) -> Result<()> {
     if p.dns_answers == 0 {
-        for (key, what) in [
-            ("dns.kernel", "in-kernel learning path"),
-            ("dns.agent", "agent's resolution path"),
-        ] {
-            figs.push(Figure::missing(
-                4,
-                key,
-                &format!("DNS answer → first allowed packet, {what}"),
-                Status::Skipped,
-                "skipped (--dns-answers 0)",
-            ));
-        }
+        skipped_dns_figures(figs);
         return Ok(());
     }
     let topo = Topology::new(1)?;
@@ -675,8 +664,51 @@ pub fn run_dns(
     )?;
 
     let sections = supported_sections(agent_bin)?;
-    let cfg = AgentConfig {
-        cgroup: &target.path,
+    let cfg = dns_config(&target.path);
+    let text = config_text(&cfg, dir.path(), &sections);
+    let mut agent = Agent::start(agent_bin, ns, dir.path(), &text, "dns")?;
+    agent.wait_enforcing(Duration::from_secs(60))?;
+    state
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock poisoned"))?
+        .armed = true;
+
+    kernel_path(p, ns, &target, &state, figs)?;
+
+    let (lat_ms, timeouts, elapsed) = measure_agent_path(p, &mut agent, &rx, &state, notes)?;
+    agent.alive()?;
+    agent.stop();
+    if lat_ms.is_empty() {
+        bail!("figure 4: no answer was measured");
+    }
+    agent_path_figures(&lat_ms, timeouts, elapsed, figs, notes);
+    Ok(())
+}
+
+/// Figure 4's first answers, not counted (caches and the agent's first
+/// refreshes warm up).
+const WARMUP: usize = 2;
+
+/// Figure 4's rows when it is not measured.
+fn skipped_dns_figures(figs: &mut Vec<Figure>) {
+    for (key, what) in [
+        ("dns.kernel", "in-kernel learning path"),
+        ("dns.agent", "agent's resolution path"),
+    ] {
+        figs.push(Figure::missing(
+            4,
+            key,
+            &format!("DNS answer → first allowed packet, {what}"),
+            Status::Skipped,
+            "skipped (--dns-answers 0)",
+        ));
+    }
+}
+
+/// Figure 4's agent: the probe's and the learning client's names allowed.
+fn dns_config(cgroup: &Path) -> AgentConfig<'_> {
+    AgentConfig {
+        cgroup,
         listen_port: 9852,
         allow: vec![
             (
@@ -694,18 +726,19 @@ pub fn run_dns(
         ],
         // ttl_min is the agent's refresh floor; it wakes at most every 200 ms.
         dns_timing: Some(("50ms", "1s", "2s")),
-    };
-    let text = config_text(&cfg, dir.path(), &sections);
-    let mut agent = Agent::start(agent_bin, ns, dir.path(), &text, "dns")?;
-    agent.wait_enforcing(Duration::from_secs(60))?;
-    state
-        .lock()
-        .map_err(|_| anyhow::anyhow!("lock poisoned"))?
-        .armed = true;
+    }
+}
 
-    kernel_path(p, ns, &target, &state, figs)?;
-
-    const WARMUP: usize = 2;
+/// The agent's resolution path, answer after answer, until `p.dns_answers`
+/// were measured (or the time limit): the latencies in ms after the
+/// warm-up, how many timed out, and the seconds it took.
+fn measure_agent_path(
+    p: &Params,
+    agent: &mut Agent,
+    rx: &std::sync::mpsc::Receiver<String>,
+    state: &Arc<Mutex<ProbeState>>,
+    notes: &mut Vec<String>,
+) -> Result<(Vec<f64>, u32, f64)> {
     let mut lat_ms = Vec::new();
     let mut timeouts = 0;
     let mut seen = 0;
@@ -723,7 +756,7 @@ pub fn run_dns(
             break;
         }
         agent.alive()?;
-        let line = match sys::next_line(&rx, "probe", Duration::from_secs(10)) {
+        let line = match sys::next_line(rx, "probe", Duration::from_secs(10)) {
             Ok(l) => l,
             Err(e) => {
                 sys::check_interrupted()?;
@@ -767,14 +800,19 @@ pub fn run_dns(
             last_report = Instant::now();
         }
     }
-    agent.alive()?;
-    agent.stop();
-    if lat_ms.is_empty() {
-        bail!("figure 4: no answer was measured");
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let s = summarize(&lat_ms);
-    let p99 = percentile(&lat_ms, 99.0);
+    Ok((lat_ms, timeouts, started.elapsed().as_secs_f64()))
+}
+
+/// Figure 4's rows for the agent's resolution path.
+fn agent_path_figures(
+    lat_ms: &[f64],
+    timeouts: u32,
+    elapsed: f64,
+    figs: &mut Vec<Figure>,
+    notes: &mut Vec<String>,
+) {
+    let s = summarize(lat_ms);
+    let p99 = percentile(lat_ms, 99.0);
     figs.push(
         Figure::measured(
             4,
@@ -806,5 +844,4 @@ pub fn run_dns(
         "Figure 4: the agent refreshes a name at most every 200 ms (its loop's floor) with ttl_min = 50ms; each answer carries one new address, which a probe process in the enforced cgroup starts sending to (UDP, every 20 µs) just before the answer leaves the responder. The time is from that answer to the probe's first sendto() the kernel accepts, both on CLOCK_MONOTONIC. {} answers measured, the first {WARMUP} discarded.",
         lat_ms.len()
     ));
-    Ok(())
 }
