@@ -10,6 +10,14 @@
 //! rules, so that every configuration stays set up and the runs of one
 //! round can be interleaved in a shuffled order.
 
+mod figures;
+mod rivals;
+
+use self::{
+    figures::{fig2_figures, fig3_figures, label},
+    rivals::{install_iptables, install_nft, iptables_hits, nft_hits},
+};
+
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -291,85 +299,6 @@ fn rule(name: &str, proto: Proto, port: u16, to: Ipv4Addr) -> Rule {
     }
 }
 
-/// An iptables chain of `n` rules in `ns`, the allowed flow in the last one
-/// (every packet walks the whole chain, as a denied one would), then DROP.
-fn install_iptables(ns: &Netns, dev: &str, n: usize, server: Ipv4Addr) -> Result<()> {
-    let mut t = String::from(
-        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:SDMB - [0:0]\n",
-    );
-    t.push_str(&format!("-A OUTPUT -o {dev} -j SDMB\n"));
-    for a in filler(n.saturating_sub(1)) {
-        t.push_str(&format!(
-            "-A SDMB -d {a}/32 -p udp -m udp --dport {ECHO_PORT} -j ACCEPT\n"
-        ));
-    }
-    t.push_str(&format!(
-        "-A SDMB -d {server}/32 -p udp -m udp --dport {ECHO_PORT} -j ACCEPT\n-A SDMB -j DROP\nCOMMIT\n"
-    ));
-    ns.try_exec_input(&["iptables-restore"], &t)?;
-    let listed = ns.try_exec(&["iptables", "-S", "SDMB"])?;
-    let rules = listed.lines().filter(|l| l.starts_with("-A SDMB")).count();
-    if rules != n + 1 {
-        bail!("iptables in {}: {rules} rules, expected {}", ns.name, n + 1);
-    }
-    Ok(())
-}
-
-/// Packets that reached the chain's last ACCEPT rule.
-fn iptables_hits(ns: &Netns) -> Result<u64> {
-    let out = ns.try_exec(&["iptables", "-L", "SDMB", "-v", "-x", "-n"])?;
-    // Header lines, then one line per rule; the allowed flow is second to last.
-    let rules: Vec<&str> = out.lines().skip(2).collect();
-    let line = rules
-        .len()
-        .checked_sub(2)
-        .and_then(|i| rules.get(i))
-        .context("iptables -L SDMB printed no rules")?;
-    line.split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .context("iptables counter")
-}
-
-/// One nftables set of `n` (address . port) elements and a rule that
-/// accepts what is in it and drops the rest.
-fn install_nft(ns: &Netns, dev: &str, n: usize, server: Ipv4Addr) -> Result<()> {
-    let mut elems: Vec<String> = filler(n.saturating_sub(1))
-        .map(|a| format!("{a} . {ECHO_PORT}"))
-        .collect();
-    elems.push(format!("{server} . {ECHO_PORT}"));
-    let t = format!(
-        "table ip sdmb {{\n  set allow {{\n    type ipv4_addr . inet_service\n    size {}\n    elements = {{ {} }}\n  }}\n  chain out {{\n    type filter hook output priority filter; policy accept;\n    oifname \"{dev}\" ip protocol udp ip daddr . udp dport @allow counter accept\n    oifname \"{dev}\" drop\n  }}\n}}\n",
-        (n + 1).next_power_of_two().max(1024),
-        elems.join(", ")
-    );
-    ns.try_exec_input(&["nft", "-f", "-"], &t)?;
-    Ok(())
-}
-
-fn nft_hits(ns: &Netns) -> Result<u64> {
-    let out = ns.try_exec(&["nft", "list", "chain", "ip", "sdmb", "out"])?;
-    let line = out
-        .lines()
-        .find(|l| l.contains("@allow"))
-        .context("nft rule not found")?;
-    let mut words = line.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "packets" {
-            return words
-                .next()
-                .and_then(|p| p.parse().ok())
-                .context("nft counter");
-        }
-    }
-    bail!("no counter in {line:?}")
-}
-
-/// Addresses that fill an allowlist without ever being sent to.
-fn filler(n: usize) -> impl Iterator<Item = Ipv4Addr> {
-    (0..n as u32).map(|i| Ipv4Addr::from(u32::from_be_bytes([10, 128, 0, 0]) + i))
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Filter {
     None,
@@ -646,140 +575,4 @@ fn check_counters(
     }
 
     Ok(())
-}
-
-/// Figure 2's figures: TCP, and UDP request/response on one and two CPUs.
-fn fig2_figures(
-    tcp_att: &[f64],
-    tcp_det: &[f64],
-    arms: &[RrArm],
-    split: Option<&[Vec<f64>]>,
-    figs: &mut Vec<Figure>,
-) {
-    figs.push(
-        Figure::measured(
-            2,
-            "traffic.tcp.ratio",
-            "TCP stream (iperf3): attached / detached",
-            "",
-            summarize(&ratios(tcp_att, tcp_det)),
-        )
-        .detail(format!(
-            "{:.2} vs {:.2} Gbit/s",
-            median(tcp_att),
-            median(tcp_det)
-        ))
-        .target("≥ 0.97", Goal::AtLeast(0.97)),
-    );
-    let none = arms[0].samples.clone();
-    let att = arms[1].samples.clone();
-    figs.push(
-        Figure::measured(
-            2,
-            "traffic.udp_rr.ratio",
-            "UDP request/response (64 B, one CPU): attached / detached",
-            "",
-            summarize(&ratios(&att, &none)),
-        )
-        .detail(rr_detail(&att, &none))
-        .target("≥ 0.97", Goal::AtLeast(0.97)),
-    );
-    if let Some(rows) = split {
-        let none2: Vec<f64> = rows.iter().map(|r| r[0]).collect();
-        let att2: Vec<f64> = rows.iter().map(|r| r[1]).collect();
-        figs.push(
-            Figure::measured(
-                2,
-                "traffic.udp_rr_2cpu.ratio",
-                "UDP request/response (64 B, client and server on two CPUs): attached / detached",
-                "",
-                summarize(&ratios(&att2, &none2)),
-            )
-            .detail(rr_detail(&att2, &none2))
-            .target("≥ 0.97", Goal::AtLeast(0.97)),
-        );
-    }
-}
-
-/// Figure 3's figures: each filter and size against no filter.
-fn fig3_figures(sizes: &[usize], arms: &[RrArm], figs: &mut Vec<Figure>) -> Result<()> {
-    let none = &arms[0].samples;
-    let largest = sizes.iter().copied().max().unwrap_or(0);
-    let med_ratio = |f: Filter| {
-        arms.iter()
-            .find(|a| a.filter == f)
-            .map(|a| median(&ratios(&a.samples, none)))
-            .unwrap_or(f64::NAN)
-    };
-    let ebpf_large = med_ratio(Filter::Ebpf(largest));
-    for &n in sizes {
-        for f in [Filter::Iptables(n), Filter::Nft(n), Filter::Ebpf(n)] {
-            let arm = arms.iter().find(|a| a.filter == f).context("arm")?;
-            let (key, name) = match f {
-                Filter::Iptables(_) => (
-                    "iptables",
-                    format!("iptables chain of {} rules / no filter", crate::group(n)),
-                ),
-                Filter::Nft(_) => (
-                    "nftables",
-                    format!("nftables set of {} elements / no filter", crate::group(n)),
-                ),
-                _ => (
-                    "ebpf",
-                    format!("this program, {} addresses / no filter", crate::group(n)),
-                ),
-            };
-            let mut fig = Figure::measured(
-                3,
-                &format!("filters.{key}.{n}"),
-                &name,
-                "",
-                summarize(&ratios(&arm.samples, none)),
-            )
-            .detail(rr_detail(&arm.samples, none));
-            if n == largest {
-                fig = match f {
-                    Filter::Ebpf(_) => {
-                        fig.target("≥ 0.97 (within 3% of no filter)", Goal::AtLeast(0.97))
-                    }
-                    Filter::Iptables(_) => {
-                        let r = median(&ratios(&arm.samples, none));
-                        fig.target(
-                            "below this program's ratio (the chain falls behind)",
-                            Goal::Holds(r < ebpf_large),
-                        )
-                    }
-                    _ => fig.note_target("none (for comparison)"),
-                };
-            }
-            figs.push(fig);
-        }
-    }
-    Ok(())
-}
-
-/// Rates, and the filter's cost per transaction (two packets, each judged
-/// on egress and on ingress) from the per-round difference of 1/rate.
-fn rr_detail(with: &[f64], without: &[f64]) -> String {
-    let extra: Vec<f64> = with
-        .iter()
-        .zip(without)
-        .map(|(a, b)| (1.0 / a - 1.0 / b) * 1e9)
-        .collect();
-    format!(
-        "{:.0} vs {:.0} transactions/s; {:+.0} ns per transaction",
-        median(with),
-        median(without),
-        median(&extra)
-    )
-}
-
-fn label(f: Filter) -> String {
-    match f {
-        Filter::None => "no filter".into(),
-        Filter::Attached => "attached program".into(),
-        Filter::Ebpf(n) => format!("program with {n} addresses"),
-        Filter::Iptables(n) => format!("iptables chain of {n}"),
-        Filter::Nft(n) => format!("nftables set of {n}"),
-    }
 }
