@@ -140,6 +140,18 @@ pub fn start(lab: &mut Lab, mode: &str, dns: &str) -> PathBuf {
     config
 }
 
+/// Like [`start`] in enforce mode, with `extra` TOML (rules, sections)
+/// after the gateway's tables, written as `file`; returns the config's path.
+pub fn start_enforcing_with(lab: &mut Lab, file: &str, extra: &str) -> PathBuf {
+    serve_all(lab);
+    gateway_dns(lab, 300);
+    let mut config = gateway_config(lab, "enforce", "");
+    config.tables.push_str(extra);
+    let path = lab.write_config(file, &config);
+    lab.start_agent(&path, "enforce", &GATEWAY_HOSTS);
+    path
+}
+
 /// A gateway lab in enforce mode (servers, the gateway's names) where
 /// `name` answers a new address on every query (10.233.N.x for A,
 /// fd00:233:N::x for AAAA, with `ttl`), allowed on `port` by an `[[allow]]`:

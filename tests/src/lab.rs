@@ -62,7 +62,7 @@ mod status;
 use self::servers::Servers;
 pub use self::{
     dns::{Answer, DnsMode, FakeDns},
-    probes::{assert_watches_held, watch_outcomes, BgProbe, Sniffer},
+    probes::{assert_watches_held, set_recv_timeout, watch_outcomes, BgProbe, Sniffer},
     status::{
         denied, denied_bytes, denied_packets, dns_addresses, dns_failures, metric, result, rule,
         rule_packets,

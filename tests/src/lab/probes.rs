@@ -108,21 +108,7 @@ impl Sniffer {
         );
         // SAFETY: a new fd we own.
         let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 50_000,
-        };
-        // SAFETY: setsockopt with a timeval of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", io::Error::last_os_error());
+        set_recv_timeout(&sock, Duration::from_millis(50));
         let counts: Arc<Mutex<HashMap<SocketAddr, u64>>> =
             Arc::new(Mutex::new(dsts.iter().map(|d| (*d, 0)).collect()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -168,4 +154,12 @@ impl Drop for Sniffer {
             let _ = t.join();
         }
     }
+}
+
+/// Sets a socket's receive timeout (SO_RCVTIMEO), failing the test if the
+/// kernel refuses.
+pub fn set_recv_timeout(sock: &std::os::fd::OwnedFd, timeout: Duration) {
+    socket2::SockRef::from(sock)
+        .set_read_timeout(Some(timeout))
+        .unwrap_or_else(|e| panic!("SO_RCVTIMEO: {e}"));
 }
