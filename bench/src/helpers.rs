@@ -7,12 +7,12 @@
 use std::{
     io::{self, BufRead as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
+use sdm_testkit::senders::{Flood, Sent};
 use serde_json::json;
 
 use crate::sys::mono_ns;
@@ -201,54 +201,26 @@ pub fn udp_rr_multi(arms: &[RrArm], rounds: usize, slice_ms: u64, seed: u64) -> 
 /// hook) and half through a raw socket (judged by the packet program).
 /// Prints how many were sent and how many the kernel refused.
 pub fn flood(net: Ipv4Addr, secs: f64) -> Result<()> {
-    let udp = UdpSocket::bind("0.0.0.0:0")?;
-    // SAFETY: plain socket(2); the fd is owned at once.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error()).context("raw socket");
-    }
-    // SAFETY: a new fd we own.
-    let raw = unsafe { OwnedFd::from_raw_fd(raw) };
+    let sender = Flood::new().context("flood sockets")?;
     let base = net.octets();
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let (mut sent, mut refused, mut raw_sent, mut raw_refused) = (0u64, 0u64, 0u64, 0u64);
     let mut i: u64 = 0;
-    let payload = [0u8; 32];
     while Instant::now() < end {
         for _ in 0..64 {
             let host = 100 + (i % 150) as u8;
             let port = 1 + ((i / 150) % 65_000) as u16;
             let dst = Ipv4Addr::new(base[0], base[1], base[2], host);
             i += 1;
-            if i.is_multiple_of(2) {
-                sent += 1;
-                if udp.send_to(&payload, SocketAddrV4::new(dst, port)).is_err() {
-                    refused += 1;
+            match sender.send(i, dst, port) {
+                Sent::Udp(r) => {
+                    sent += 1;
+                    refused += u64::from(r.is_err());
                 }
-            } else {
-                raw_sent += 1;
-                let mut pkt = [0u8; 40];
-                pkt[0..2].copy_from_slice(&40000u16.to_be_bytes());
-                pkt[2..4].copy_from_slice(&port.to_be_bytes());
-                pkt[4..6].copy_from_slice(&40u16.to_be_bytes());
-                // SAFETY: sockaddr_in built field by field; sendto reads
-                // only the buffers given with their lengths.
-                let rc = unsafe {
-                    let mut sa: libc::sockaddr_in = std::mem::zeroed();
-                    sa.sin_family = libc::AF_INET as libc::sa_family_t;
-                    sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
-                    libc::sendto(
-                        raw.as_raw_fd(),
-                        pkt.as_ptr().cast(),
-                        pkt.len(),
-                        0,
-                        (&sa as *const libc::sockaddr_in).cast(),
-                        std::mem::size_of::<libc::sockaddr_in>() as u32,
-                    )
-                };
-                if rc < 0 {
-                    raw_refused += 1;
+                Sent::Raw(r) => {
+                    raw_sent += 1;
+                    raw_refused += u64::from(r.is_err());
                 }
             }
         }

@@ -310,6 +310,7 @@ fn run(
     source: Option<String>,
 ) -> Result<()> {
     guards::require_root()?;
+    guards::use_bench_names()?;
     sys::install_signal_handlers();
     require_tools()?;
     let agent_bin = match agent {
@@ -350,34 +351,7 @@ fn run(
         machine.cpus,
         machine.kernel
     );
-    let mut rng = Rng::new(seed);
-    let mut figs: Vec<Figure> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
-    {
-        let parent = Cgroup::new_top("cg")?;
-        if wants(1) {
-            println!("sdm-bench: [1] cost per verdict (BPF_PROG_TEST_RUN)");
-            verdict::run(&p, &mut rng, &mut figs, &mut notes).context("figure 1")?;
-        }
-        if wants(2) || wants(3) {
-            println!("sdm-bench: [2,3] real traffic over veth: no filter, this program, iptables, nftables");
-            traffic::run(&p, &mut rng, &parent, &mut figs, &mut notes)
-                .context("figures 2 and 3")?;
-        }
-        if wants(5) {
-            println!("sdm-bench: [5] the agent at idle and under a flood of denied packets");
-            agent::run_resources(&p, &agent_bin, &parent, &mut figs, &mut notes)
-                .context("figure 5")?;
-        }
-        if wants(4) {
-            println!(
-                "sdm-bench: [4] DNS answer to first allowed packet ({} answers)",
-                p.dns_answers
-            );
-            agent::run_dns(&p, &agent_bin, &parent, &mut figs, &mut notes).context("figure 4")?;
-        }
-    }
-    figs.sort_by_key(|f| f.section);
+    let (figs, notes) = measure(&p, seed, &agent_bin, &wants)?;
     let results = Results {
         source: source.unwrap_or_else(git_source),
         smoke,
@@ -406,6 +380,44 @@ fn run(
         results.duration_secs
     );
     Ok(())
+}
+
+/// Measures the figures `wants` asks for, each in the benchmark's own
+/// namespaces and below the benchmark's own cgroup (removed on return):
+/// the figures, in section order, and the notes for the report.
+fn measure(
+    p: &Params,
+    seed: u64,
+    agent_bin: &Path,
+    wants: &dyn Fn(u8) -> bool,
+) -> Result<(Vec<Figure>, Vec<String>)> {
+    let mut rng = Rng::new(seed);
+    let mut figs: Vec<Figure> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let parent = Cgroup::try_new("cg")?;
+    if wants(1) {
+        println!("sdm-bench: [1] cost per verdict (BPF_PROG_TEST_RUN)");
+        verdict::run(p, &mut rng, &mut figs, &mut notes).context("figure 1")?;
+    }
+    if wants(2) || wants(3) {
+        println!(
+            "sdm-bench: [2,3] real traffic over veth: no filter, this program, iptables, nftables"
+        );
+        traffic::run(p, &mut rng, &parent, &mut figs, &mut notes).context("figures 2 and 3")?;
+    }
+    if wants(5) {
+        println!("sdm-bench: [5] the agent at idle and under a flood of denied packets");
+        agent::run_resources(p, agent_bin, &parent, &mut figs, &mut notes).context("figure 5")?;
+    }
+    if wants(4) {
+        println!(
+            "sdm-bench: [4] DNS answer to first allowed packet ({} answers)",
+            p.dns_answers
+        );
+        agent::run_dns(p, agent_bin, &parent, &mut figs, &mut notes).context("figure 4")?;
+    }
+    figs.sort_by_key(|f| f.section);
+    Ok((figs, notes))
 }
 
 fn print_summary(r: &Results) {
@@ -468,126 +480,30 @@ fn kernel_matrix_section() -> String {
     o
 }
 
+/// The "How each figure is measured" and "Reproduce" sections of
+/// BENCHMARKS.md: method.md with this run's parameters in its `{name}`s.
 fn method(p: &Params) -> String {
-    format!(
-        r#"## How each figure is measured
-
-**1. Cost per verdict.** The real egress program (`sdm_egress`) is loaded
-with a pin root of its own for each allowlist (nothing is attached) and fed
-crafted UDP packets with `BPF_PROG_TEST_RUN`, which reports the kernel's own
-average time per run, from inside a private network namespace (a veth's
-ifindex in the context, so the packet does not count as loopback). The
-baseline is the smallest possible cgroup_skb program (`r0 = 1; exit`, loaded
-from its two instructions with `bpf(BPF_PROG_LOAD)`) fed the same packets in
-the same rounds; each figure is the ratio within a round. Allowlists: {exact}
-exact addresses, and {cidr} /24 CIDRs, on one UDP rule. Keys are rotated: each call
-sends to the next of up to 4,096 allowlisted addresses spread over the whole
-list.
-*New flow vs established:* `BPF_PROG_TEST_RUN` allocates a fresh socket for
-each call and reuses it for all `repeat` runs of that call. So the first run
-of a call is a new flow (socket-cache miss, hash/LPM lookup, socket storage
-created) and the later runs are an established flow (the socket's cached
-verdict). New flow = median over {nf} calls with `repeat = 1` (per round);
-established = median over {ec} calls with `repeat = {er}`. With `repeat = 1`
-the kernel's time includes its clock reads around the one run; the empty
-program is measured the same way, so the ratio understates the program's own
-cost rather than overstating it. {vr} rounds, arms in a shuffled order each
-round.
-
-**2. Overhead on real traffic.** Namespaces of the benchmark's own: a server
-namespace and client namespaces, each client joined to the server by its own
-veth pair (10.232.k.1 ↔ 10.232.k.2). The sender runs in a child cgroup with
-all the programs attached in enforce mode, allowing its flows (the same
-code path `sdm-agent` uses: `dataplane::load`, `attach`, `Maps::apply`), or
-in a sibling cgroup with nothing attached. TCP: `iperf3 -t {ts}`, attached
-and detached alternating, {tr} pairs; the figure is the median of the pair
-ratios. Small packets: a UDP request/response client of the benchmark's own
-(64-byte datagrams on a connected socket, one in flight) against a UDP echo
-server. One client process holds a socket per configuration (a socket
-belongs to the cgroup and namespace its creator was in when it made it), and
-measures them in {rs} ms slices, every configuration once per round in a
-shuffled order, {rr} rounds: configurations are compared within a second of
-each other and without process start-ups in between. Client, echo server and
-iperf3 all run on one CPU (the benchmark itself stays off it): a transaction
-then costs CPU time only, so the filters' share of it is as large as it gets.
-The same comparison with the client on another CPU than the server is given
-too: there each transaction mostly waits for cross-CPU wake-ups. "ns per
-transaction" is the per-round difference of 1/rate: the CPU time the filter
-adds to one request and its answer (each packet judged on egress and on
-ingress).
-
-**3. Against iptables and nftables.** Each configuration gets its own client
-namespace, so all stay set up and are measured in the same rounds as figure
-2's small packets (one CPU). iptables (`iptables-restore`, the system's
-backend as listed above): `OUTPUT -o <veth> -j SDMB`, a chain of N `-d
-<addr>/32 -p udp --dport 7000 -j ACCEPT` rules whose last one is the allowed
-flow (every packet walks the whole chain, as a denied one would; stateless,
-no conntrack shortcut), then `DROP`. nftables: one `ipv4_addr .
-inet_service` set of N elements and `ip daddr . udp dport @allow counter
-accept`, then `drop`, in an output hook. This program: N exact addresses. The
-figures are the rate divided by the no-filter rate of the same round. Before
-measuring, every filter is checked to block a second echo port that answers
-without a filter; afterwards, that each allowing rule counted the traffic.
-iptables and nftables filter egress only; this program also judges every
-reply on ingress.
-
-**4. DNS to enforcement.** The agent runs with `[dns] servers =
-["127.0.0.1"]` inside a namespace where the benchmark's DNS responder
-answers; an `[[allow]]` rule names `probe.bench.test`, whose every answer
-carries one new address (TTL 0). A probe process in the enforced cgroup
-starts sending UDP to the new address every 20 µs just before the answer
-leaves; the figure is the time from the answer to the first `sendto()` the
-kernel accepts. That is the agent's own resolution path: the probe never
-queries, so only the agent's refresh can allow the address. The in-kernel
-learning path is measured beside it: a client in the enforced cgroup
-resolves a second name (`learn.bench.test`, again a new address per answer)
-through the same resolver and sends to the answer at once, as an
-application does; the time is from the answer leaving the responder to the
-client's first `sendto()` the kernel accepts, which only the egress
-program's learning from that answer can allow in time.
-
-**5. The agent.** The real `sdm-agent run` (release build) with a generated
-config: role `client`, enforce mode, {ae} allowlist entries as {ar}
-`[[allow]]` rules (`MAX_RULES` is 1,024), a pin root, run folder and target
-cgroup of the benchmark's own, and its DNS answered by the benchmark's
-responder. After start-up, {arounds} rounds of an idle window ({is} s) and a
-flood window ({fs} s: a process in the enforced cgroup sends to ever new
-denied destinations, half through a UDP socket, half through a raw socket).
-CPU is `utime + stime` from `/proc/<pid>/stat` over each window; memory is
-`VmRSS` from `/proc/<pid>/status` (the largest sample of the window).
-
-## Reproduce
-
-```sh
-cargo xtask bench            # as root; about 8 minutes; rewrites BENCHMARKS.md
-                             # and target/bench/results.json
-cargo xtask bench --smoke    # seconds per stage; checks every stage works,
-                             # asserts no timing; writes only under target/bench
-cargo xtask bench -- --only 1,3 --dns-answers 200   # options of sdm-bench run
-```
-
-The set-up is the README's (`cargo xtask` installs what is missing, here also
-the Debian packages `iperf3`, `iptables` and `nftables`). The benchmark only
-creates namespaces, cgroups, pins and files named `sdmb<pid>x...` and removes
-them when it ends, fails or is interrupted; a later run sweeps what a killed
-one left. Seed of this run's shuffles: {seed}.
-"#,
-        exact = join(&p.exact_sizes),
-        cidr = join(&p.cidr_sizes),
-        nf = group(p.new_flow_calls),
-        ec = p.est_calls,
-        er = group(p.est_repeat as usize),
-        vr = p.verdict_rounds,
-        ts = p.tcp_secs,
-        tr = p.tcp_rounds,
-        rs = p.rr_slice_ms,
-        rr = p.rr_rounds,
-        ae = group(p.agent_entries),
-        ar = p.agent_rules,
-        arounds = p.agent_rounds,
-        is = p.idle_secs,
-        fs = p.flood_secs,
-        seed = p.seed,
+    let values = [
+        ("exact", join(&p.exact_sizes).to_string()),
+        ("cidr", join(&p.cidr_sizes).to_string()),
+        ("nf", group(p.new_flow_calls).to_string()),
+        ("ec", p.est_calls.to_string()),
+        ("er", group(p.est_repeat as usize).to_string()),
+        ("vr", p.verdict_rounds.to_string()),
+        ("ts", p.tcp_secs.to_string()),
+        ("tr", p.tcp_rounds.to_string()),
+        ("rs", p.rr_slice_ms.to_string()),
+        ("rr", p.rr_rounds.to_string()),
+        ("ae", group(p.agent_entries).to_string()),
+        ("ar", p.agent_rules.to_string()),
+        ("arounds", p.agent_rounds.to_string()),
+        ("is", p.idle_secs.to_string()),
+        ("fs", p.flood_secs.to_string()),
+        ("seed", p.seed.to_string()),
+    ];
+    values.iter().fold(
+        include_str!("method.md").to_owned(),
+        |text, (key, value)| text.replace(&format!("{{{key}}}"), value),
     )
 }
 

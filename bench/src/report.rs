@@ -221,22 +221,9 @@ impl Results {
         fs::write(path, self.markdown(method)).with_context(|| format!("write {}", path.display()))
     }
 
-    pub fn markdown(&self, method: &str) -> String {
-        let mut o = String::new();
+    /// The table of the machine and the run.
+    fn machine_table(&self, o: &mut String) {
         let m = &self.machine;
-        let _ = writeln!(o, "# Benchmarks\n");
-        let _ = writeln!(
-            o,
-            "Written by `cargo xtask bench`{}; rerun it to update this file (see \
-             [Reproduce](#reproduce)). Every figure is the median over repeated, interleaved \
-             runs of one benchmark run; ratios are taken within a round, so that the drift of a \
-             shared machine cancels out.\n",
-            if self.smoke {
-                " **--smoke** (tiny durations: these numbers mean nothing)"
-            } else {
-                ""
-            }
-        );
         let _ = writeln!(o, "| | |\n|---|---|");
         let _ = writeln!(o, "| Date | {} |", self.started);
         let _ = writeln!(o, "| Source | {} |", self.source);
@@ -253,6 +240,24 @@ impl Results {
             self.duration_secs
         );
         let _ = writeln!(o);
+    }
+
+    pub fn markdown(&self, method: &str) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "# Benchmarks\n");
+        let _ = writeln!(
+            o,
+            "Written by `cargo xtask bench`{}; rerun it to update this file (see \
+             [Reproduce](#reproduce)). Every figure is the median over repeated, interleaved \
+             runs of one benchmark run; ratios are taken within a round, so that the drift of a \
+             shared machine cancels out.\n",
+            if self.smoke {
+                " **--smoke** (tiny durations: these numbers mean nothing)"
+            } else {
+                ""
+            }
+        );
+        self.machine_table(&mut o);
         let _ = writeln!(o, "## Results\n");
         let met = self.figures.iter().filter(|f| f.met == Some(true)).count();
         let missed = self.figures.iter().filter(|f| f.met == Some(false)).count();
@@ -267,42 +272,7 @@ impl Results {
         );
         let _ = writeln!(o, "|---|---|---|---|---|---|---|");
         for f in &self.figures {
-            let (median, spread) = match &f.summary {
-                Some(s) => (
-                    format!("{} {}", fmt_num(s.median, f.decimals), f.unit),
-                    format!(
-                        "{}–{} ({}–{}), n={}",
-                        fmt_num(s.min, f.decimals),
-                        fmt_num(s.max, f.decimals),
-                        fmt_num(s.q1, f.decimals),
-                        fmt_num(s.q3, f.decimals),
-                        s.n
-                    ),
-                ),
-                None => (
-                    match f.status {
-                        Status::Skipped => "skipped".into(),
-                        Status::Measured => "n/a".into(),
-                    },
-                    String::new(),
-                ),
-            };
-            let met = match f.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "",
-            };
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                f.section,
-                f.name,
-                median.trim(),
-                spread,
-                f.detail.as_deref().unwrap_or(""),
-                f.target.as_deref().unwrap_or(""),
-                met
-            );
+            figure_row(&mut o, f);
         }
         let _ = writeln!(o);
         let _ = writeln!(o, "Sections: {}.\n", {
@@ -325,6 +295,46 @@ impl Results {
     }
 }
 
+/// One figure's row of the results table.
+fn figure_row(o: &mut String, f: &Figure) {
+    let (median, spread) = match &f.summary {
+        Some(s) => (
+            format!("{} {}", fmt_num(s.median, f.decimals), f.unit),
+            format!(
+                "{}–{} ({}–{}), n={}",
+                fmt_num(s.min, f.decimals),
+                fmt_num(s.max, f.decimals),
+                fmt_num(s.q1, f.decimals),
+                fmt_num(s.q3, f.decimals),
+                s.n
+            ),
+        ),
+        None => (
+            match f.status {
+                Status::Skipped => "skipped".into(),
+                Status::Measured => "n/a".into(),
+            },
+            String::new(),
+        ),
+    };
+    let met = match f.met {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "",
+    };
+    let _ = writeln!(
+        o,
+        "| {} | {} | {} | {} | {} | {} | {} |",
+        f.section,
+        f.name,
+        median.trim(),
+        spread,
+        f.detail.as_deref().unwrap_or(""),
+        f.target.as_deref().unwrap_or(""),
+        met
+    );
+}
+
 /// Now, in UTC, as `YYYY-MM-DDTHH:MM:SSZ` (no date crate needed).
 pub fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
@@ -334,25 +344,12 @@ pub fn utc_now() -> String {
     utc(secs)
 }
 
+/// `2026-05-01T12:00:00Z`: the agent's RFC 3339 formatter, to the second.
 fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    let with_ms = sdm_agent::flows::flow::rfc3339(secs * 1000);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{}Z",
+        with_ms.trim_end_matches('Z').trim_end_matches(".000")
     )
 }
 

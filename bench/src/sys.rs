@@ -11,7 +11,7 @@ use std::{
         unix::process::CommandExt as _,
     },
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc,
@@ -202,51 +202,9 @@ pub fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
-/// Runs a command to completion, failing with its output unless it exits 0.
-pub fn sh(args: &[&str]) -> Result<String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Like [`sh`], feeding `input` on standard input.
-pub fn sh_input(args: &[&str], input: &str) -> Result<String> {
-    use std::io::Write as _;
-    let mut child = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {}", args.join(" ")))?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    let text = input.to_owned();
-    let writer = thread::spawn(move || stdin.write_all(text.as_bytes()));
-    let out = child.wait_with_output()?;
-    let _ = writer.join();
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+/// Runs a command to completion, failing with its output unless it exits 0
+/// (the test kit's).
+pub use sdm_testkit::shell::try_sh as sh;
 
 /// A child process killed (SIGKILL) and reaped on drop.
 pub struct Proc {

@@ -10,6 +10,14 @@
 //! rules, so that every configuration stays set up and the runs of one
 //! round can be interleaved in a shuffled order.
 
+mod figures;
+mod rivals;
+
+use self::{
+    figures::{fig2_figures, fig3_figures, label},
+    rivals::{install_iptables, install_nft, iptables_hits, nft_hits},
+};
+
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -63,12 +71,12 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(clients: usize) -> Result<Self> {
-        let server = Netns::new("s")?;
+        let server = Netns::try_new("s")?;
         let mut v = Vec::with_capacity(clients);
         for k in 0..clients {
-            let c = Netns::new(&format!("c{k}"))?;
+            let c = Netns::try_new(&format!("c{k}"))?;
             let (cdev, sdev) = (format!("c{k}"), format!("s{k}"));
-            c.ip(&[
+            c.try_ip(&[
                 "link",
                 "add",
                 &cdev,
@@ -80,22 +88,22 @@ impl Topology {
                 "netns",
                 &server.name,
             ])?;
-            c.ip(&[
+            c.try_ip(&[
                 "addr",
                 "add",
                 &format!("{}/24", client_addr(k)),
                 "dev",
                 &cdev,
             ])?;
-            c.ip(&["link", "set", &cdev, "up"])?;
-            server.ip(&[
+            c.try_ip(&["link", "set", &cdev, "up"])?;
+            server.try_ip(&[
                 "addr",
                 "add",
                 &format!("{}/24", server_addr(k)),
                 "dev",
                 &sdev,
             ])?;
-            server.ip(&["link", "set", &sdev, "up"])?;
+            server.try_ip(&["link", "set", &sdev, "up"])?;
             v.push(c);
         }
         Ok(Self { clients: v, server })
@@ -291,85 +299,6 @@ fn rule(name: &str, proto: Proto, port: u16, to: Ipv4Addr) -> Rule {
     }
 }
 
-/// An iptables chain of `n` rules in `ns`, the allowed flow in the last one
-/// (every packet walks the whole chain, as a denied one would), then DROP.
-fn install_iptables(ns: &Netns, dev: &str, n: usize, server: Ipv4Addr) -> Result<()> {
-    let mut t = String::from(
-        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:SDMB - [0:0]\n",
-    );
-    t.push_str(&format!("-A OUTPUT -o {dev} -j SDMB\n"));
-    for a in filler(n.saturating_sub(1)) {
-        t.push_str(&format!(
-            "-A SDMB -d {a}/32 -p udp -m udp --dport {ECHO_PORT} -j ACCEPT\n"
-        ));
-    }
-    t.push_str(&format!(
-        "-A SDMB -d {server}/32 -p udp -m udp --dport {ECHO_PORT} -j ACCEPT\n-A SDMB -j DROP\nCOMMIT\n"
-    ));
-    ns.exec_input(&["iptables-restore"], &t)?;
-    let listed = ns.exec(&["iptables", "-S", "SDMB"])?;
-    let rules = listed.lines().filter(|l| l.starts_with("-A SDMB")).count();
-    if rules != n + 1 {
-        bail!("iptables in {}: {rules} rules, expected {}", ns.name, n + 1);
-    }
-    Ok(())
-}
-
-/// Packets that reached the chain's last ACCEPT rule.
-fn iptables_hits(ns: &Netns) -> Result<u64> {
-    let out = ns.exec(&["iptables", "-L", "SDMB", "-v", "-x", "-n"])?;
-    // Header lines, then one line per rule; the allowed flow is second to last.
-    let rules: Vec<&str> = out.lines().skip(2).collect();
-    let line = rules
-        .len()
-        .checked_sub(2)
-        .and_then(|i| rules.get(i))
-        .context("iptables -L SDMB printed no rules")?;
-    line.split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .context("iptables counter")
-}
-
-/// One nftables set of `n` (address . port) elements and a rule that
-/// accepts what is in it and drops the rest.
-fn install_nft(ns: &Netns, dev: &str, n: usize, server: Ipv4Addr) -> Result<()> {
-    let mut elems: Vec<String> = filler(n.saturating_sub(1))
-        .map(|a| format!("{a} . {ECHO_PORT}"))
-        .collect();
-    elems.push(format!("{server} . {ECHO_PORT}"));
-    let t = format!(
-        "table ip sdmb {{\n  set allow {{\n    type ipv4_addr . inet_service\n    size {}\n    elements = {{ {} }}\n  }}\n  chain out {{\n    type filter hook output priority filter; policy accept;\n    oifname \"{dev}\" ip protocol udp ip daddr . udp dport @allow counter accept\n    oifname \"{dev}\" drop\n  }}\n}}\n",
-        (n + 1).next_power_of_two().max(1024),
-        elems.join(", ")
-    );
-    ns.exec_input(&["nft", "-f", "-"], &t)?;
-    Ok(())
-}
-
-fn nft_hits(ns: &Netns) -> Result<u64> {
-    let out = ns.exec(&["nft", "list", "chain", "ip", "sdmb", "out"])?;
-    let line = out
-        .lines()
-        .find(|l| l.contains("@allow"))
-        .context("nft rule not found")?;
-    let mut words = line.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "packets" {
-            return words
-                .next()
-                .and_then(|p| p.parse().ok())
-                .context("nft counter");
-        }
-    }
-    bail!("no counter in {line:?}")
-}
-
-/// Addresses that fill an allowlist without ever being sent to.
-fn filler(n: usize) -> impl Iterator<Item = Ipv4Addr> {
-    (0..n as u32).map(|i| Ipv4Addr::from(u32::from_be_bytes([10, 128, 0, 0]) + i))
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Filter {
     None,
@@ -399,19 +328,9 @@ pub fn run(
     let _iperf = start_iperf_server(&topo.server)?;
     let server0 = server_addr(0);
 
-    let plain = parent.child("plain")?;
-    let attached = parent.child("attached")?;
-    let mut fig2 = Instance::new(
-        "tr",
-        &Policy {
-            rules: vec![
-                rule("bench/iperf", Proto::Tcp, IPERF_PORT, server0),
-                rule("bench/echo", Proto::Udp, ECHO_PORT, server0),
-            ],
-        },
-    )?;
-    fig2.attach(&attached.path)?;
-
+    let plain = parent.try_child("plain")?;
+    let attached = parent.try_child("attached")?;
+    let fig2 = attach_fig2(&attached, server0)?;
     let mut arms = vec![
         RrArm {
             filter: Filter::None,
@@ -426,11 +345,59 @@ pub fn run(
             samples: vec![],
         },
     ];
+    let (ebpf_cgroups, ebpf_instances) = install_filters(sizes, parent, &topo, &plain, &mut arms)?;
+    check_filters_block(&topo, &arms)?;
+    // The benchmark itself stays off the CPU the traffic runs on.
+    let _pinned = if traffic_cpu() > 0 {
+        Some(sys::pin_self(0)?)
+    } else {
+        None
+    };
+    let (tcp_att, tcp_det) = measure_tcp(p, &topo, &attached, &plain)?;
+    let split = measure_rr(p, rng, &topo, &mut arms)?;
+    check_counters(sizes, &topo, &ebpf_instances, notes)?;
+    fig2_figures(&tcp_att, &tcp_det, &arms, split.as_deref(), figs);
+    fig3_figures(sizes, &arms, figs)?;
+    drop(ebpf_instances);
+    drop(ebpf_cgroups);
+    drop(fig2);
+    Ok(())
+}
+
+/// Figure 2's program: the iperf and echo flows allowed, attached to
+/// `attached`.
+fn attach_fig2(attached: &Cgroup, server0: Ipv4Addr) -> Result<Instance> {
+    let mut fig2 = Instance::new(
+        "tr",
+        &Policy {
+            rules: vec![
+                rule("bench/iperf", Proto::Tcp, IPERF_PORT, server0),
+                rule("bench/echo", Proto::Udp, ECHO_PORT, server0),
+            ],
+        },
+    )?;
+    fig2.attach(&attached.path)?;
+
+    Ok(fig2)
+}
+
+/// Figure 3's filters, for each size: this program in a cgroup of its own,
+/// an iptables chain and an nftables set each in a client namespace of its
+/// own; an arm for each. Returns the program's cgroups and instances
+/// (alive as long as they are measured).
+fn install_filters(
+    sizes: &[usize],
+    parent: &Cgroup,
+    topo: &Topology,
+    plain: &Cgroup,
+    arms: &mut Vec<RrArm>,
+) -> Result<(Vec<Cgroup>, Vec<Instance>)> {
+    let server0 = server_addr(0);
     let mut ebpf_cgroups = Vec::new();
     let mut ebpf_instances = Vec::new();
     for (i, &n) in sizes.iter().enumerate() {
         sys::check_interrupted()?;
-        let cg = parent.child(&format!("ebpf{n}"))?;
+        let cg = parent.try_child(&format!("ebpf{n}"))?;
         let server = IpNet::V4(Ipv4Net::new(server0, 32)?);
         let mut inst = Instance::new(
             &format!("te{n}"),
@@ -473,9 +440,13 @@ pub fn run(
         ebpf_instances.push(inst);
     }
 
+    Ok((ebpf_cgroups, ebpf_instances))
+}
+
+fn check_filters_block(topo: &Topology, arms: &[RrArm]) -> Result<()> {
     // Every filter must be in the path: the second echo port is answered
     // without a filter and blocked by each of them.
-    for arm in &arms {
+    for arm in arms {
         let b = blocked(
             &topo.clients[arm.netns],
             &arm.cgroup,
@@ -492,12 +463,17 @@ pub fn run(
     }
     println!("sdm-bench: [2,3] every filter blocks what it should, the unfiltered path does not");
 
-    // The benchmark itself stays off the CPU the traffic runs on.
-    let _pinned = if traffic_cpu() > 0 {
-        Some(sys::pin_self(0)?)
-    } else {
-        None
-    };
+    Ok(())
+}
+
+/// Figure 2, TCP: iperf3 rates (attached, detached), in interleaved pairs.
+fn measure_tcp(
+    p: &Params,
+    topo: &Topology,
+    attached: &Cgroup,
+    plain: &Cgroup,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let server0 = server_addr(0);
     // Figure 2, TCP: interleaved pairs, the order alternating.
     let (mut tcp_att, mut tcp_det) = (Vec::new(), Vec::new());
     for round in 0..p.tcp_rounds {
@@ -531,9 +507,20 @@ pub fn run(
         }
     }
 
+    Ok((tcp_att, tcp_det))
+}
+
+/// Figures 2 (UDP) and 3: the samples into each arm; returns the rounds of
+/// the two-CPU comparison, if the machine has a CPU to spare.
+fn measure_rr(
+    p: &Params,
+    rng: &mut Rng,
+    topo: &Topology,
+    arms: &mut [RrArm],
+) -> Result<Option<Vec<Vec<f64>>>> {
     // Figures 2 (UDP) and 3: every configuration once per round, shuffled,
     // in slices of one process.
-    let rows = udp_rr_multi(&topo, &arms, p, rng.next(), traffic_cpu())?;
+    let rows = udp_rr_multi(topo, arms, p, rng.next(), traffic_cpu())?;
     for row in &rows {
         for (arm, rate) in arms.iter_mut().zip(row) {
             arm.samples.push(*rate);
@@ -548,11 +535,20 @@ pub fn run(
     // transaction then waits for cross-CPU wake-ups, which dwarf the
     // filters' work (and, in a VM, vary a lot).
     let split = if traffic_cpu() > 0 {
-        Some(udp_rr_multi(&topo, &arms[..2], p, rng.next(), 0)?)
+        Some(udp_rr_multi(topo, &arms[..2], p, rng.next(), 0)?)
     } else {
         None
     };
 
+    Ok(split)
+}
+
+fn check_counters(
+    sizes: &[usize],
+    topo: &Topology,
+    ebpf_instances: &[Instance],
+    notes: &mut Vec<String>,
+) -> Result<()> {
     // The traffic went through each filter's allowing rule.
     for (i, &n) in sizes.iter().enumerate() {
         let ipt = iptables_hits(&topo.clients[1 + i])?;
@@ -578,129 +574,5 @@ pub fn run(
         }
     }
 
-    figs.push(
-        Figure::measured(
-            2,
-            "traffic.tcp.ratio",
-            "TCP stream (iperf3): attached / detached",
-            "",
-            summarize(&ratios(&tcp_att, &tcp_det)),
-        )
-        .detail(format!(
-            "{:.2} vs {:.2} Gbit/s",
-            median(&tcp_att),
-            median(&tcp_det)
-        ))
-        .target("≥ 0.97", Goal::AtLeast(0.97)),
-    );
-    let none = arms[0].samples.clone();
-    let att = arms[1].samples.clone();
-    figs.push(
-        Figure::measured(
-            2,
-            "traffic.udp_rr.ratio",
-            "UDP request/response (64 B, one CPU): attached / detached",
-            "",
-            summarize(&ratios(&att, &none)),
-        )
-        .detail(rr_detail(&att, &none))
-        .target("≥ 0.97", Goal::AtLeast(0.97)),
-    );
-    if let Some(rows) = &split {
-        let none2: Vec<f64> = rows.iter().map(|r| r[0]).collect();
-        let att2: Vec<f64> = rows.iter().map(|r| r[1]).collect();
-        figs.push(
-            Figure::measured(
-                2,
-                "traffic.udp_rr_2cpu.ratio",
-                "UDP request/response (64 B, client and server on two CPUs): attached / detached",
-                "",
-                summarize(&ratios(&att2, &none2)),
-            )
-            .detail(rr_detail(&att2, &none2))
-            .target("≥ 0.97", Goal::AtLeast(0.97)),
-        );
-    }
-
-    let largest = sizes.iter().copied().max().unwrap_or(0);
-    let med_ratio = |f: Filter| {
-        arms.iter()
-            .find(|a| a.filter == f)
-            .map(|a| median(&ratios(&a.samples, &none)))
-            .unwrap_or(f64::NAN)
-    };
-    let ebpf_large = med_ratio(Filter::Ebpf(largest));
-    for &n in sizes {
-        for f in [Filter::Iptables(n), Filter::Nft(n), Filter::Ebpf(n)] {
-            let arm = arms.iter().find(|a| a.filter == f).context("arm")?;
-            let (key, name) = match f {
-                Filter::Iptables(_) => (
-                    "iptables",
-                    format!("iptables chain of {} rules / no filter", crate::group(n)),
-                ),
-                Filter::Nft(_) => (
-                    "nftables",
-                    format!("nftables set of {} elements / no filter", crate::group(n)),
-                ),
-                _ => (
-                    "ebpf",
-                    format!("this program, {} addresses / no filter", crate::group(n)),
-                ),
-            };
-            let mut fig = Figure::measured(
-                3,
-                &format!("filters.{key}.{n}"),
-                &name,
-                "",
-                summarize(&ratios(&arm.samples, &none)),
-            )
-            .detail(rr_detail(&arm.samples, &none));
-            if n == largest {
-                fig = match f {
-                    Filter::Ebpf(_) => {
-                        fig.target("≥ 0.97 (within 3% of no filter)", Goal::AtLeast(0.97))
-                    }
-                    Filter::Iptables(_) => {
-                        let r = median(&ratios(&arm.samples, &none));
-                        fig.target(
-                            "below this program's ratio (the chain falls behind)",
-                            Goal::Holds(r < ebpf_large),
-                        )
-                    }
-                    _ => fig.note_target("none (for comparison)"),
-                };
-            }
-            figs.push(fig);
-        }
-    }
-    drop(ebpf_instances);
-    drop(ebpf_cgroups);
-    drop(fig2);
     Ok(())
-}
-
-/// Rates, and the filter's cost per transaction (two packets, each judged
-/// on egress and on ingress) from the per-round difference of 1/rate.
-fn rr_detail(with: &[f64], without: &[f64]) -> String {
-    let extra: Vec<f64> = with
-        .iter()
-        .zip(without)
-        .map(|(a, b)| (1.0 / a - 1.0 / b) * 1e9)
-        .collect();
-    format!(
-        "{:.0} vs {:.0} transactions/s; {:+.0} ns per transaction",
-        median(with),
-        median(without),
-        median(&extra)
-    )
-}
-
-fn label(f: Filter) -> String {
-    match f {
-        Filter::None => "no filter".into(),
-        Filter::Attached => "attached program".into(),
-        Filter::Ebpf(n) => format!("program with {n} addresses"),
-        Filter::Iptables(n) => format!("iptables chain of {n}"),
-        Filter::Nft(n) => format!("nftables set of {n}"),
-    }
 }

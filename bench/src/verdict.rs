@@ -114,7 +114,7 @@ pub struct Instance {
 
 impl Instance {
     pub fn new(tag: &str, policy: &Policy) -> Result<Self> {
-        let pins = Pins::new(tag)?;
+        let pins = Pins::try_new(tag)?;
         let ebpf = dataplane::load(&pins.layout, dataplane::EBPF_OBJECT)
             .context("load the sdm-egress eBPF object")?;
         let mut maps = Maps::open(&pins.layout)?;
@@ -242,12 +242,23 @@ pub fn run(
     figs: &mut Vec<Figure>,
     notes: &mut Vec<String>,
 ) -> Result<()> {
-    let ns = Netns::new("v")?;
-    ns.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"])?;
-    ns.ip(&["link", "set", "va", "up"])?;
-    let ifindex = ns.ifindex("va")?;
+    let ns = Netns::try_new("v")?;
+    ns.try_ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"])?;
+    ns.try_ip(&["link", "set", "va", "up"])?;
+    let ifindex = ns.try_ifindex("va")?;
 
     let empty = sys::load_empty_skb_prog()?;
+    let mut instances = load_instances(p, notes)?;
+    let mut arms = build_arms(p, empty.as_raw_fd(), &mut instances)?;
+    let hot = arms.iter().position(|a| a.label.contains("hot keys"));
+    measure_rounds(p, rng, &ns, ifindex, &mut arms)?;
+    let by = ratio_figures(&arms, figs);
+    growth_figures(p, &arms, hot, &by, figs, notes);
+    Ok(())
+}
+
+/// One [`Instance`] per allowlist size of each kind, loaded.
+fn load_instances(p: &Params, notes: &mut Vec<String>) -> Result<Vec<(Kind, usize, Instance)>> {
     let mut instances: Vec<(Kind, usize, Instance)> = Vec::new();
     for (kind, sizes) in [(Kind::Exact, &p.exact_sizes), (Kind::Cidr, &p.cidr_sizes)] {
         for &n in sizes.iter() {
@@ -271,12 +282,22 @@ pub fn run(
             instances.push((kind, n, inst));
         }
     }
+    Ok(instances)
+}
+
+/// The arms measured: the empty program first, then one per instance (and
+/// the hot-keys diagnostic beside the largest exact list).
+fn build_arms(
+    p: &Params,
+    empty_fd: std::os::fd::RawFd,
+    instances: &mut [(Kind, usize, Instance)],
+) -> Result<Vec<Arm>> {
     let largest_exact = p.exact_sizes.iter().copied().max().unwrap_or(10);
     let smallest_exact = p.exact_sizes.iter().copied().min().unwrap_or(10);
     let mut arms = vec![Arm {
         label: "empty program".into(),
         kind: None,
-        fd: empty.as_raw_fd(),
+        fd: empty_fd,
         // The empty program gets the same packets as the largest list.
         packets: packets(Kind::Exact, largest_exact, MAX_KEYS),
         cursor: 0,
@@ -309,11 +330,21 @@ pub fn run(
             });
         }
     }
-    let hot = arms.iter().position(|a| a.label.contains("hot keys"));
+    Ok(arms)
+}
 
+/// Every arm once per round, in a shuffled order, inside the namespace of
+/// the veth whose ifindex the packets carry.
+fn measure_rounds(
+    p: &Params,
+    rng: &mut Rng,
+    ns: &Netns,
+    ifindex: u32,
+    arms: &mut [Arm],
+) -> Result<()> {
     {
         // test_run resolves the context's ifindex in the caller's namespace.
-        let _inside = ns.enter()?;
+        let _inside = ns.try_enter()?;
         let mut order: Vec<usize> = (0..arms.len()).collect();
         for round in 0..p.verdict_rounds {
             sys::check_interrupted()?;
@@ -331,6 +362,12 @@ pub fn run(
         }
     }
 
+    Ok(())
+}
+
+/// Each arm's cost relative to the empty program, per path; returns the
+/// samples by (kind, size).
+fn ratio_figures<'a>(arms: &[Arm], figs: &mut Vec<Figure>) -> BTreeMap<(&'a str, usize), PerRound> {
     let empty_new = arms[0].new.clone();
     let empty_est = arms[0].est.clone();
     // (kind, size) -> (new-flow samples, established samples).
@@ -372,6 +409,19 @@ pub fn run(
         }
         by.insert((kind.name(), n), (arm.new.clone(), arm.est.clone()));
     }
+    by
+}
+
+/// Growth with the size of the list, within each round, and the hot-keys
+/// diagnostic.
+fn growth_figures(
+    p: &Params,
+    arms: &[Arm],
+    hot: Option<usize>,
+    by: &BTreeMap<(&str, usize), PerRound>,
+    figs: &mut Vec<Figure>,
+    notes: &mut Vec<String>,
+) {
     // Growth with the size of the list, within each round.
     for kind in [Kind::Exact, Kind::Cidr] {
         let sizes = match kind {
@@ -428,5 +478,4 @@ pub fn run(
             ));
         }
     }
-    Ok(())
 }

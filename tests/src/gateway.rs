@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::lab::{denied, result, AgentConfig, Lab};
+use crate::lab::{denied, result, AgentConfig, Lab, Sniffer};
 
 /// Timeout of a connection that should work.
 pub const OK_MS: u64 = 2000;
@@ -140,6 +140,18 @@ pub fn start(lab: &mut Lab, mode: &str, dns: &str) -> PathBuf {
     config
 }
 
+/// Like [`start`] in enforce mode, with `extra` TOML (rules, sections)
+/// after the gateway's tables, written as `file`; returns the config's path.
+pub fn start_enforcing_with(lab: &mut Lab, file: &str, extra: &str) -> PathBuf {
+    serve_all(lab);
+    gateway_dns(lab, 300);
+    let mut config = gateway_config(lab, "enforce", "");
+    config.tables.push_str(extra);
+    let path = lab.write_config(file, &config);
+    lab.start_agent(&path, "enforce", &GATEWAY_HOSTS);
+    path
+}
+
 /// A gateway lab in enforce mode (servers, the gateway's names) where
 /// `name` answers a new address on every query (10.233.N.x for A,
 /// fd00:233:N::x for AAAA, with `ttl`), allowed on `port` by an `[[allow]]`:
@@ -191,4 +203,25 @@ pub fn start_rotating_gateway_with(
 /// `[dns]` table; returns the config's path.
 pub fn start_rotating_gateway(lab: &mut Lab, name: &str, port: u16) -> PathBuf {
     start_rotating_gateway_with(lab, name, port, 3600, "").0
+}
+
+/// The traffic of the restart scenarios: two allowed destinations
+/// (app:443, db:5432) and two denied ones (an unlisted address, and an
+/// allowed address on a port no rule opens), each denied one checked to
+/// answer from outside the cgroup (its server answers), and a sniffer
+/// counting every segment to the denied ones and to the first allowed one.
+pub fn sniffed_allowed_and_denied(lab: &Lab) -> ([SocketAddr; 2], [SocketAddr; 2], Sniffer) {
+    let allowed = [sa(lab.net_ip(APP), 443), sa(lab.net_ip(DB), 5432)];
+    let denied = [sa(lab.net_ip(OTHER), 443), sa(lab.net_ip(APP), 8443)];
+    for d in denied {
+        expect_ok(
+            &format!("{d} from outside the cgroup (its server answers)"),
+            &lab.probe_outside(&["tcp", &d.to_string(), &OK_MS.to_string()]),
+        );
+    }
+    // Let those connections' teardown (FIN, last ACK) finish first: the
+    // sniffer counts every segment to the denied addresses.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sniffer = lab.sniff_tcp(&[denied[0], denied[1], allowed[0]]);
+    (allowed, denied, sniffer)
 }

@@ -15,8 +15,8 @@ use std::{
 };
 
 use sdm_tests::{
-    gateway::{gateway_config, gateway_dns, sa, serve_all, wait_for, GATEWAY_HOSTS, OTHER},
-    lab::{denied_packets, result, rule_packets, Lab},
+    gateway::{gateway_config, sa, start_enforcing_with, wait_for, GATEWAY_HOSTS, OTHER},
+    lab::{denied_packets, result, rule_packets, set_recv_timeout, Lab},
 };
 
 /// A UDP port an `[[allow]]` rule opens to ALLOWED only.
@@ -27,10 +27,7 @@ const EXPERIMENTAL: u16 = 0x88b5;
 
 fn lab(backstop: bool) -> (Lab, std::path::PathBuf) {
     let mut lab = Lab::new(env!("CARGO_BIN_EXE_lab-probe"));
-    serve_all(&lab);
-    gateway_dns(&lab, 300);
-    let mut config = gateway_config(&lab, "enforce", "");
-    config.tables.push_str(&format!(
+    let mut extra = format!(
         "\n[[allow]]\n\
          name = \"udp-out\"\n\
          direction = \"egress\"\n\
@@ -38,14 +35,11 @@ fn lab(backstop: bool) -> (Lab, std::path::PathBuf) {
          port = {PORT}\n\
          to = \"{}/32\"\n",
         lab.net_ip(ALLOWED)
-    ));
+    );
     if backstop {
-        config
-            .tables
-            .push_str("\n[backstop]\ninterfaces = [\"h0\"]\n");
+        extra.push_str("\n[backstop]\ninterfaces = [\"h0\"]\n");
     }
-    let path = lab.write_config("backstop.toml", &config);
-    lab.start_agent(&path, "enforce", &GATEWAY_HOSTS);
+    let path = start_enforcing_with(&mut lab, "backstop.toml", &extra);
     (lab, path)
 }
 
@@ -99,8 +93,8 @@ fn frame_inbox(lab: &Lab, ethertype: u16) -> OwnedFd {
     // SAFETY: a new fd we own.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
     let ifindex = lab.net.ifindex("n0");
-    // SAFETY: sockaddr_ll built field by field; bind and setsockopt read
-    // only what they are given.
+    // SAFETY: sockaddr_ll built field by field; bind reads only what it is
+    // given.
     unsafe {
         let mut sa: libc::sockaddr_ll = std::mem::zeroed();
         sa.sll_family = libc::AF_PACKET as u16;
@@ -112,18 +106,8 @@ fn frame_inbox(lab: &Lab, ethertype: u16) -> OwnedFd {
             std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         );
         assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
     }
+    set_recv_timeout(&sock, Duration::from_millis(100));
     sock
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use sdm_tests::{
     gateway::{
-        gateway_config, gateway_dns, sa, serve_all, start_rotating_gateway, wait_for, APP,
-        GATEWAY_HOSTS, OK_MS, OTHER, VAULT,
+        gateway_config, gateway_dns, sa, serve_all, start_enforcing_with, start_rotating_gateway,
+        wait_for, APP, GATEWAY_HOSTS, OK_MS, OTHER, VAULT,
     },
     lab::{result, DnsMode, Lab},
 };
@@ -27,10 +27,7 @@ const EGRESS_ONLY: u16 = 7100;
 /// VAULT:EGRESS_ONLY.
 fn lab() -> Lab {
     let mut lab = Lab::new(env!("CARGO_BIN_EXE_lab-probe"));
-    serve_all(&lab);
-    gateway_dns(&lab, 300);
-    let mut config = gateway_config(&lab, "enforce", "");
-    config.tables.push_str(&format!(
+    let extra = format!(
         "\n[[allow]]\n\
          name = \"udp-in\"\n\
          direction = \"ingress\"\n\
@@ -44,9 +41,8 @@ fn lab() -> Lab {
          port = {EGRESS_ONLY}\n\
          to = \"{}/32\"\n",
         lab.net_ip(VAULT)
-    ));
-    let path = lab.write_config("containment.toml", &config);
-    lab.start_agent(&path, "enforce", &GATEWAY_HOSTS);
+    );
+    start_enforcing_with(&mut lab, "containment.toml", &extra);
     lab
 }
 

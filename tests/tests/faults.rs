@@ -20,8 +20,8 @@ use std::{
 };
 
 use sdm_tests::gateway::{
-    self, any, expect_denied, expect_ok, sa, serve_all, wait_for, APP, DB, DENY_MS, GATEWAY_HOSTS,
-    OK_MS, OTHER,
+    self, any, expect_denied, expect_ok, sa, serve_all, sniffed_allowed_and_denied, wait_for, APP,
+    DB, DENY_MS, GATEWAY_HOSTS, OK_MS, OTHER,
 };
 use sdm_tests::lab::{
     dns_addresses, dns_failures, metric, rule, AgentConfig, Answer, BgProbe, Lab,
@@ -105,19 +105,7 @@ fn watch(lab: &Lab, addr: SocketAddr, stop: &Path) -> BgProbe {
 fn killed_and_restarted_twenty_times_under_traffic() {
     let mut lab = new_lab();
     let config = gateway::start(&mut lab, "enforce", "");
-    let allowed = [sa(lab.net_ip(APP), 443), sa(lab.net_ip(DB), 5432)];
-    // An unlisted address, and an allowed address on a port no rule opens.
-    let denied = [sa(lab.net_ip(OTHER), 443), sa(lab.net_ip(APP), 8443)];
-    for d in denied {
-        expect_ok(
-            &format!("{d} from outside the cgroup (its server answers)"),
-            &lab.probe_outside(&["tcp", &d.to_string(), &OK_MS.to_string()]),
-        );
-    }
-    // Let those connections' teardown (FIN, last ACK) finish first: the
-    // sniffer counts every segment to the denied addresses.
-    std::thread::sleep(Duration::from_millis(500));
-    let sniffer = lab.sniff_tcp(&[denied[0], denied[1], allowed[0]]);
+    let (allowed, denied, sniffer) = sniffed_allowed_and_denied(&lab);
     let g0 = generation(&lab.status());
     let log_before = lab.agent_log().len();
 

@@ -8,6 +8,11 @@
 //! the verifier test prints `verifier: <program> ...` lines: the kernel
 //! matrix reads them off the guest's console into its table.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a privileged test reads as one scenario, top to bottom"
+)]
+
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     os::unix::fs::MetadataExt as _,

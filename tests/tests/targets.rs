@@ -150,8 +150,11 @@ fn attached_cgroup(lab: &Lab) -> String {
         .to_string()
 }
 
-#[test]
-fn unit_target_waits_polices_only_the_unit_and_follows_restarts() {
+/// A gateway lab (servers, also on 7777, and names) whose agent config
+/// targets `unit:<a unique unit>` in enforce mode, with the lab's cgroup
+/// standing for the cgroup2 root the unit is found under. Returns the unit
+/// and the config's path.
+fn unit_lab() -> (Lab, String, std::path::PathBuf) {
     let mut lab = new_lab();
     serve_all(&lab);
     lab.serve_tcp(&[any(7777)]);
@@ -159,6 +162,12 @@ fn unit_target_waits_polices_only_the_unit_and_follows_restarts() {
     let unit = format!("{}.service", unique("u"));
     let config = config_with_target(&lab, "enforce", &format!("unit:{unit}"));
     lab.unit_root = Some(lab.cgroup.path.clone());
+    (lab, unit, config)
+}
+
+#[test]
+fn unit_target_waits_polices_only_the_unit_and_follows_restarts() {
+    let (mut lab, unit, config) = unit_lab();
     let system = lab.cgroup.child("system.slice");
 
     // The unit has not started: the agent says it waits.
@@ -345,13 +354,7 @@ fn slice_target_polices_every_restart_from_its_first_packet() {
 /// the unit where systemd puts it.
 #[test]
 fn a_decoy_in_a_delegated_subtree_never_captures_a_unit_target() {
-    let mut lab = new_lab();
-    serve_all(&lab);
-    lab.serve_tcp(&[any(7777)]);
-    gateway_dns(&lab, 300);
-    let unit = format!("{}.service", unique("u"));
-    let config = config_with_target(&lab, "enforce", &format!("unit:{unit}"));
-    lab.unit_root = Some(lab.cgroup.path.clone());
+    let (mut lab, unit, config) = unit_lab();
     // A user's delegated subtree with a decoy of the unit's name in it,
     // there before the agent starts, shallower than the real one will be.
     let user = lab.cgroup.child("user.slice");

@@ -18,7 +18,7 @@ use std::{
 };
 
 use sdm_tests::{
-    gateway::{self, expect_ok, sa, wait_for, APP, DB, GATEWAY_HOSTS, OK_MS, OTHER},
+    gateway::{self, sniffed_allowed_and_denied, wait_for, GATEWAY_HOSTS},
     lab::{BgProbe, Lab},
     programs::{is_loaded, pinned_programs, recorded_hash, variant_hash, variant_object, Program},
 };
@@ -125,18 +125,7 @@ fn upgrade_replaces_the_programs_under_traffic_without_a_gap() {
         embedded,
         "the variant object is the embedded one"
     );
-    let allowed = [sa(lab.net_ip(APP), 443), sa(lab.net_ip(DB), 5432)];
-    // An unlisted address, and an allowed address on a port no rule opens.
-    let denied = [sa(lab.net_ip(OTHER), 443), sa(lab.net_ip(APP), 8443)];
-    for d in denied {
-        expect_ok(
-            &format!("{d} from outside the cgroup (its server answers)"),
-            &lab.probe_outside(&["tcp", &d.to_string(), &OK_MS.to_string()]),
-        );
-    }
-    // Let those connections' teardown finish before the sniffer counts.
-    std::thread::sleep(Duration::from_millis(500));
-    let sniffer = lab.sniff_tcp(&[denied[0], denied[1], allowed[0]]);
+    let (allowed, denied, sniffer) = sniffed_allowed_and_denied(&lab);
 
     let stop = lab.dir.path().join("stop-watching");
     let mut probes: Vec<(SocketAddr, bool, BgProbe)> = allowed

@@ -1,0 +1,118 @@
+//! UDP actions: send and await an echo, receive, echo.
+
+use std::{
+    io::{self},
+    net::{SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+use crate::{errname, ms, parse, print, tcp::any_addr};
+
+/// The outcome of `action` if it is one of this module's, else None.
+pub fn run(action: &str, rest: &[String]) -> Option<Value> {
+    let out = match action {
+        "udp" => udp(
+            parse("address", rest.first()),
+            Duration::from_millis(parse("timeout", rest.get(1))),
+        ),
+        "udp-from" => udp_from(
+            parse("port", rest.first()),
+            parse("address", rest.get(1)),
+            Duration::from_millis(parse("timeout", rest.get(2))),
+        ),
+        "udp-echo" => udp_echo(
+            parse("address", rest.first()),
+            parse("seconds", rest.get(1)),
+        ),
+        "udp-recv" => udp_recv(
+            parse("address", rest.first()),
+            parse("seconds", rest.get(1)),
+        ),
+        _ => return None,
+    };
+    Some(out)
+}
+
+/// Binds `addr`, says so, then counts the datagrams that arrive in `secs`.
+fn udp_recv(addr: SocketAddr, secs: u64) -> Value {
+    let s = match UdpSocket::bind(addr) {
+        Ok(s) => s,
+        Err(e) => return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()}),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    print(&json!({"result": "listening", "addr": addr.to_string()}));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut received = 0u64;
+    let mut from = Vec::new();
+    let mut buf = [0u8; 1500];
+    while Instant::now() < end {
+        if let Ok((_, peer)) = s.recv_from(&mut buf) {
+            received += 1;
+            from.push(peer.to_string());
+        }
+    }
+    json!({"result": "done", "received": received, "from": from})
+}
+
+/// Binds `addr`, says so, then echoes every datagram for `secs`; counts
+/// the echoes the kernel refused.
+fn udp_echo(addr: SocketAddr, secs: u64) -> Value {
+    let s = match UdpSocket::bind(addr) {
+        Ok(s) => s,
+        Err(e) => return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()}),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    print(&json!({"result": "listening", "addr": addr.to_string()}));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let (mut echoed, mut refused) = (0u64, 0u64);
+    let mut buf = [0u8; 1500];
+    while Instant::now() < end {
+        if let Ok((n, peer)) = s.recv_from(&mut buf) {
+            match s.send_to(&buf[..n], peer) {
+                Ok(_) => echoed += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    json!({"result": "done", "echoed": echoed, "refused": refused})
+}
+
+fn udp(addr: SocketAddr, timeout: Duration) -> Value {
+    udp_from(0, addr, timeout)
+}
+
+fn udp_from(port: u16, addr: SocketAddr, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let s = match UdpSocket::bind(any_addr(addr, port)) {
+        Ok(s) => s,
+        Err(e) => return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()}),
+    };
+    let payload = format!(
+        "probe-{}-{}",
+        std::process::id(),
+        start.elapsed().as_nanos()
+    );
+    if let Err(e) = s.send_to(payload.as_bytes(), addr) {
+        return json!({"result": errname(&e), "phase": "send", "ms": ms(start), "detail": e.to_string()});
+    }
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return json!({"result": "timeout", "phase": "recv", "ms": ms(start)});
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) if from == addr && &buf[..n] == payload.as_bytes() => {
+                return json!({"result": "ok", "ms": ms(start)})
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return json!({"result": errname(&e), "phase": "recv", "ms": ms(start), "detail": e.to_string()})
+            }
+        }
+    }
+}
