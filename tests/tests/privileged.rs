@@ -24,6 +24,7 @@ mod dns_race;
 mod faults;
 mod flows;
 mod lab;
+mod prometheus;
 mod sockets;
 mod targets;
 mod upgrade;
