@@ -62,15 +62,12 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use sdm_common::{
-    dns_fold, dns_lower, fnv_step, DnsHost, DnsQueryKey, DnsScratch, HostPortKey, KernelConfig,
-    Learned, ResolverKey, DIR_EGRESS, DIR_INGRESS, DNSQ_ALLOWED, DNSQ_COUNT, DNSQ_REFUSED,
-    DNSQ_WOULD_REFUSE, DNS_BUF, DNS_CHAIN, DNS_HOST_QUERY_ONLY, DNS_MAX_LABELS, DNS_NAME_SEED,
-    DNS_NAME_WIRE, DNS_PENDING_ENTRIES, DNS_PENDING_NS, DNS_QUERIES_POLICY, DNS_RESULT_ERROR_RCODE,
-    DNS_RESULT_LEARNED, DNS_RESULT_MALFORMED, DNS_RESULT_NOT_ALLOWED, DNS_RESULT_NOT_RESOLVER,
-    DNS_RESULT_NO_ADDRESS, DNS_RESULT_TRUNCATED, DNS_RESULT_UNASKED, DNS_STATS_SLOTS,
+    dns_fold, dns_lower, fnv_step, DenyReason, DnsHost, DnsQueryKey, DnsQueryVerdict, DnsResult,
+    DnsScratch, HostPortKey, KernelConfig, KernelMode, Learned, ResolverKey, TrafficDir,
+    DNSQ_STATS_SLOTS, DNS_BUF, DNS_CHAIN, DNS_HOST_QUERY_ONLY, DNS_MAX_LABELS, DNS_NAME_SEED,
+    DNS_NAME_WIRE, DNS_PENDING_ENTRIES, DNS_PENDING_NS, DNS_QUERIES_POLICY, DNS_STATS_SLOTS,
     DNS_STAT_LEARN_FULL, DNS_WILDCARD_TAG, FNV_OFFSET, LEARNED_ENTRIES, LEARN_TTL_MAX_S,
-    MAX_DNS_NAMES, MAX_DNS_RESOLVERS, MAX_HOST_PORTS, MODE_ENFORCE, PROTO_TCP, PROTO_UDP,
-    REASON_DNS_QUERY,
+    MAX_DNS_NAMES, MAX_DNS_RESOLVERS, MAX_HOST_PORTS, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -98,7 +95,7 @@ static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "SDM_DNSQ_SCRATCH")]
 static DNSQ_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SDM_DNSQ_STATS")]
-static DNSQ_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNSQ_COUNT, 0);
+static DNSQ_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNSQ_STATS_SLOTS, 0);
 #[map(name = "SDM_DNSQ_PROGS")]
 static DNSQ_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "SDM_LEARNED4")]
@@ -129,8 +126,20 @@ const TYPE_AAAA: u16 = 28;
 const CLASS_IN: u16 = 1;
 
 #[inline(always)]
-fn count(result: u32) {
-    if let Some(c) = DNS_STATS.get_ptr_mut(result) {
+fn count(result: DnsResult) {
+    count_slot(result as u32);
+}
+
+/// Counts an address an allowed answer taught that `SDM_LEARNED4/6` had
+/// no room for (the slot after the results).
+#[inline(always)]
+fn count_learn_full() {
+    count_slot(DNS_STAT_LEARN_FULL);
+}
+
+#[inline(always)]
+fn count_slot(slot: u32) {
+    if let Some(c) = DNS_STATS.get_ptr_mut(slot) {
         atomic_add_u64(c, 1);
     }
 }
@@ -243,25 +252,25 @@ fn parse_next(ctx: &SkBuffContext) {
 /// verification and cost stay as they were.
 #[cgroup_skb(ingress)]
 pub fn sdm_dns_in(ctx: SkBuffContext) -> i32 {
-    let Ok(flow) = parse(&ctx, DIR_INGRESS) else {
+    let Ok(flow) = parse(&ctx, TrafficDir::Ingress) else {
         return PASS;
     };
     if flow.remote_port != DNS_PORT || (flow.proto != PROTO_UDP && flow.proto != PROTO_TCP) {
         return PASS;
     }
     if !is_resolver(&flow) {
-        count(DNS_RESULT_NOT_RESOLVER);
+        count(DnsResult::NotResolver);
         return PASS;
     }
     let Some((start, len)) = message(&ctx, &flow) else {
         return PASS;
     };
     if len < 12 {
-        count(DNS_RESULT_MALFORMED);
+        count(DnsResult::Malformed);
         return PASS;
     }
     if flow.proto == PROTO_TCP && !in_sequence(&ctx, &flow) {
-        count(DNS_RESULT_UNASKED);
+        count(DnsResult::Unasked);
         return PASS;
     }
     let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
@@ -291,7 +300,7 @@ pub fn sdm_dns_in(ctx: SkBuffContext) -> i32 {
             n_bounded as u32,
         );
         if rc != 0 {
-            count(DNS_RESULT_MALFORMED);
+            count(DnsResult::Malformed);
             return PASS;
         }
         (*s).len = n;
@@ -614,7 +623,7 @@ fn learn(s: &DnsScratch, config: &KernelConfig, owner: u32, rtype: u16, ttl: u32
             byte(s, owner + 3),
         ];
         if !unlearnable4(&a) && LEARNED4.insert(&a, &value, 0).is_err() {
-            count(DNS_STAT_LEARN_FULL);
+            count_learn_full();
         }
     } else {
         let mut a = [0u8; 16];
@@ -624,7 +633,7 @@ fn learn(s: &DnsScratch, config: &KernelConfig, owner: u32, rtype: u16, ttl: u32
             i += 1;
         }
         if !unlearnable6(&a) && LEARNED6.insert(&a, &value, 0).is_err() {
-            count(DNS_STAT_LEARN_FULL);
+            count_learn_full();
         }
     }
 }
@@ -641,7 +650,7 @@ pub fn sdm_dns(ctx: SkBuffContext) -> i32 {
 
 /// Runs one stage; `Some(result)` when the answer is done with.
 #[inline(always)]
-fn try_dns(ctx: &SkBuffContext) -> Option<u32> {
+fn try_dns(ctx: &SkBuffContext) -> Option<DnsResult> {
     let sp = DNS_SCRATCH.get_ptr_mut(0)?;
     let config = CONFIG.get(0)?;
     {
@@ -650,15 +659,15 @@ fn try_dns(ctx: &SkBuffContext) -> Option<u32> {
         let s = unsafe { &mut *sp };
         s.calls += 1;
         if s.calls > MAX_CALLS {
-            return Some(DNS_RESULT_TRUNCATED);
+            return Some(DnsResult::Truncated);
         }
         if s.stage == STAGE_VERIFY {
             if !verify_name(s) {
-                return Some(DNS_RESULT_NOT_ALLOWED);
+                return Some(DnsResult::NotAllowed);
             }
             s.stage = STAGE_OWNER;
             parse_next(ctx);
-            return Some(DNS_RESULT_TRUNCATED);
+            return Some(DnsResult::Truncated);
         }
         if s.w_state != WALKING {
             // Checks before the name, and where the name starts.
@@ -688,9 +697,9 @@ fn try_dns(ctx: &SkBuffContext) -> Option<u32> {
         None
     } else if state != WALKED {
         Some(if s.learned > 0 {
-            DNS_RESULT_LEARNED
+            DnsResult::Learned
         } else {
-            DNS_RESULT_MALFORMED
+            DnsResult::Malformed
         })
     } else {
         s.w_state = WALK_IDLE;
@@ -705,19 +714,19 @@ fn try_dns(ctx: &SkBuffContext) -> Option<u32> {
     }
     parse_next(ctx);
     // Only reached when the tail call fails (the chain limit).
-    Some(DNS_RESULT_TRUNCATED)
+    Some(DnsResult::Truncated)
 }
 
 /// The header and the query it answers; `Some(result)` if it teaches nothing.
 #[inline(always)]
-fn before_question(s: &DnsScratch) -> Option<u32> {
+fn before_question(s: &DnsScratch) -> Option<DnsResult> {
     let flags = be16(s, 2);
     // QR set, opcode QUERY (RFC 1035 4.1.1).
     if flags & 0x8000 == 0 || (flags >> 11) & 0xf != 0 {
-        return Some(DNS_RESULT_MALFORMED);
+        return Some(DnsResult::Malformed);
     }
     if be16(s, 4) != 1 {
-        return Some(DNS_RESULT_MALFORMED);
+        return Some(DnsResult::Malformed);
     }
     let key = DnsQueryKey {
         resolver: s.resolver,
@@ -729,32 +738,32 @@ fn before_question(s: &DnsScratch) -> Option<u32> {
     };
     // SAFETY: plain value, copied out; no arguments.
     let Some(asked) = (unsafe { DNS_PENDING.get(&key).copied() }) else {
-        return Some(DNS_RESULT_UNASKED);
+        return Some(DnsResult::Unasked);
     };
     // The first answer consumes the query: a second one, forged or not, is
     // unasked.
     let _ = DNS_PENDING.remove(&key);
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(asked) > DNS_PENDING_NS {
-        return Some(DNS_RESULT_UNASKED);
+        return Some(DnsResult::Unasked);
     }
     if flags & 0xf != 0 {
-        return Some(DNS_RESULT_ERROR_RCODE);
+        return Some(DnsResult::ErrorRcode);
     }
     None
 }
 
 #[inline(always)]
-fn question(s: &mut DnsScratch) -> Option<u32> {
+fn question(s: &mut DnsScratch) -> Option<DnsResult> {
     let end = s.w_end;
     if end + 4 > s.len {
-        return Some(DNS_RESULT_MALFORMED);
+        return Some(DnsResult::Malformed);
     }
     let Some((host, key, start)) = match_host(s, s.w_labels) else {
-        return Some(DNS_RESULT_NOT_ALLOWED);
+        return Some(DnsResult::NotAllowed);
     };
     if host == 0 || host == DNS_HOST_QUERY_ONLY {
-        return Some(DNS_RESULT_NOT_ALLOWED);
+        return Some(DnsResult::NotAllowed);
     }
     s.host = host;
     s.m_key = key;
@@ -781,18 +790,18 @@ fn on_chain(s: &DnsScratch, hash: u64) -> bool {
 
 /// Where the answer ends up when there is nothing more to read.
 #[inline(always)]
-fn finished(s: &DnsScratch) -> u32 {
+fn finished(s: &DnsScratch) -> DnsResult {
     if s.learned > 0 {
-        DNS_RESULT_LEARNED
+        DnsResult::Learned
     } else if s.truncated != 0 {
-        DNS_RESULT_TRUNCATED
+        DnsResult::Truncated
     } else {
-        DNS_RESULT_NO_ADDRESS
+        DnsResult::NoAddress
     }
 }
 
 #[inline(always)]
-fn record(s: &mut DnsScratch, config: &KernelConfig) -> Option<u32> {
+fn record(s: &mut DnsScratch, config: &KernelConfig) -> Option<DnsResult> {
     let at = s.w_end;
     if at + 10 > s.len {
         return Some(finished(s));
@@ -820,7 +829,7 @@ fn record(s: &mut DnsScratch, config: &KernelConfig) -> Option<u32> {
 }
 
 #[inline(always)]
-fn cname(s: &mut DnsScratch) -> Option<u32> {
+fn cname(s: &mut DnsScratch) -> Option<DnsResult> {
     let i = s.chain_len as usize;
     if i < DNS_CHAIN {
         s.chain[i] = s.w_hash;
@@ -835,7 +844,7 @@ fn cname(s: &mut DnsScratch) -> Option<u32> {
 /// The rule a learned address allows for (port, protocol, direction) in
 /// policy `slot`, if it is learned and not expired.
 #[inline(always)]
-pub fn learned_rule(slot: u32, flow: &PacketFlow, dir: u8, port: u16) -> Option<u32> {
+pub fn learned_rule(slot: u32, flow: &PacketFlow, dir: TrafficDir, port: u16) -> Option<u32> {
     // SAFETY: plain values, copied out.
     let learned = unsafe {
         if flow.v6 {
@@ -858,7 +867,7 @@ pub fn learned_rule(slot: u32, flow: &PacketFlow, dir: u8, port: u16) -> Option<
         host: learned.host,
         port,
         proto: flow.proto,
-        dir,
+        dir: dir as u8,
     };
     let map = if slot == 0 {
         &HOST_PORTS_0
@@ -906,8 +915,8 @@ pub enum Query {
 }
 
 #[inline(always)]
-fn count_query(verdict: u32) {
-    if let Some(c) = DNSQ_STATS.get_ptr_mut(verdict) {
+fn count_query(verdict: DnsQueryVerdict) {
+    if let Some(c) = DNSQ_STATS.get_ptr_mut(verdict as u32) {
         atomic_add_u64(c, 1);
     }
 }
@@ -960,11 +969,11 @@ pub fn judge_query(
 /// in enforce mode, counted.
 #[inline(always)]
 pub fn unjudged(config: &KernelConfig) -> i32 {
-    if config.mode == MODE_ENFORCE {
-        count_query(DNSQ_REFUSED);
+    if config.mode == KernelMode::Enforce {
+        count_query(DnsQueryVerdict::Refused);
         DROP
     } else {
-        count_query(DNSQ_WOULD_REFUSE);
+        count_query(DnsQueryVerdict::WouldRefuse);
         PASS
     }
 }
@@ -974,7 +983,7 @@ pub fn unjudged(config: &KernelConfig) -> i32 {
 /// payload (nothing to judge), `Err` to refuse.
 #[inline(always)]
 fn take_message(ctx: &SkBuffContext, sp: *mut DnsScratch) -> Result<bool, ()> {
-    let flow = parse(ctx, DIR_EGRESS).map_err(|_| ())?;
+    let flow = parse(ctx, TrafficDir::Egress).map_err(|_| ())?;
     let Some((start, msg_len)) = whole_message(ctx, &flow) else {
         return if flow.proto == PROTO_TCP && no_payload(ctx, &flow) {
             Ok(false)
@@ -1044,8 +1053,8 @@ fn no_payload(ctx: &SkBuffContext, flow: &PacketFlow) -> bool {
 pub fn sdm_dns_query(ctx: SkBuffContext) -> i32 {
     match try_dns_query(&ctx) {
         Ok(()) => {
-            count_query(DNSQ_ALLOWED);
-            count_rule(cb(&ctx, 1), DIR_EGRESS, ctx.len());
+            count_query(DnsQueryVerdict::Allowed);
+            count_rule(cb(&ctx, 1), TrafficDir::Egress, ctx.len());
             PASS
         }
         Err(()) => refuse_query(&ctx),
@@ -1142,11 +1151,11 @@ fn refuse_query(ctx: &SkBuffContext) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return DROP;
     };
-    let enforce = config.mode == MODE_ENFORCE;
+    let enforce = config.mode == KernelMode::Enforce;
     count_query(if enforce {
-        DNSQ_REFUSED
+        DnsQueryVerdict::Refused
     } else {
-        DNSQ_WOULD_REFUSE
+        DnsQueryVerdict::WouldRefuse
     });
     let mut qname = None;
     if let Some(p) = DNSQ_SCRATCH.get_ptr(0) {
@@ -1167,14 +1176,13 @@ fn refuse_query(ctx: &SkBuffContext) -> i32 {
     // Not an `Option<PacketFlow>` from `.ok()`: LLVM copies the fields of a
     // `None` as well, and the verifier refuses reading them uninitialised.
     let (len, sk) = (ctx.len(), full_socket(ctx));
-    match parse(ctx, DIR_EGRESS) {
+    match parse(ctx, TrafficDir::Egress) {
         Ok(flow) => deny(
             ctx,
             &ctx.skb,
             config,
-            config.mode,
-            DIR_EGRESS,
-            REASON_DNS_QUERY,
+            TrafficDir::Egress,
+            DenyReason::DnsQuery,
             len,
             Some(&flow),
             sk,
@@ -1184,9 +1192,8 @@ fn refuse_query(ctx: &SkBuffContext) -> i32 {
             ctx,
             &ctx.skb,
             config,
-            config.mode,
-            DIR_EGRESS,
-            REASON_DNS_QUERY,
+            TrafficDir::Egress,
+            DenyReason::DnsQuery,
             len,
             None,
             sk,

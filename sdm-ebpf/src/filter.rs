@@ -54,16 +54,13 @@
 
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use aya_log_ebpf::info;
-use sdm_common::{
-    DIR_EGRESS, DIR_INGRESS, LOOPBACK_ENFORCE, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_RULE,
-    REASON_SOURCE_ROUTE, REASON_UNKNOWN_PROTO,
-};
+use sdm_common::{DenyReason, TrafficDir, LOOPBACK_ENFORCE};
 
 use crate::{
     dns,
     events::deny,
     maps::CONFIG,
-    parse::{parse, Unjudgeable},
+    parse::parse,
     policy::{lookup, note_peer, reverse_lookup, NO_RULE},
     sock::{cached_rule, full_socket, remember},
     stats::count_rule,
@@ -82,26 +79,30 @@ pub fn sdm_egress(ctx: SkBuffContext) -> i32 {
     #[cfg(feature = "upgrade-variant")]
     // SAFETY: a helper without arguments, allowed in every program type.
     let _ = core::hint::black_box(unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() });
-    filter::<DIR_EGRESS>(&ctx)
+    filter::<{ TrafficDir::Egress as u8 }>(&ctx)
 }
 
 #[cgroup_skb(ingress)]
 pub fn sdm_ingress(ctx: SkBuffContext) -> i32 {
-    filter::<DIR_INGRESS>(&ctx)
+    filter::<{ TrafficDir::Ingress as u8 }>(&ctx)
 }
 
 #[inline(always)]
-/// The verdict of `DIR`: a constant per program, so that each program
-/// holds only its own direction's code (the egress program's tail call to
-/// the DNS query judge must not reach the ingress program, even where LLVM
-/// keeps part of this function out of line).
+/// The verdict of `DIR` (a [`TrafficDir`] as `u8`: an enum is no const
+/// parameter without an unstable feature): a constant per program, so that
+/// each program holds only its own direction's code (the egress program's
+/// tail call to the DNS query judge must not reach the ingress program,
+/// even where LLVM keeps part of this function out of line).
 pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
-    let dir = DIR;
+    let dir = if DIR == TrafficDir::Egress as u8 {
+        TrafficDir::Egress
+    } else {
+        TrafficDir::Ingress
+    };
     let Some(config) = CONFIG.get(0) else {
         // The map always has its one entry; this only satisfies the verifier.
         return PASS;
     };
-    let mode = config.mode;
     let len = ctx.len();
     // SAFETY: ctx.skb.skb is the program's context pointer.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -110,7 +111,7 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
     // A local resolver's queries (systemd-resolved, a cache) still teach
     // the DNS learning which answers to expect: parsed only when one is
     // configured, and only on the way out.
-    if loopback_pass && (dir != DIR_EGRESS || config.loopback_dns == 0) {
+    if loopback_pass && (dir != TrafficDir::Egress || config.loopback_dns == 0) {
         return PASS;
     }
     // 2, 3 and 4.
@@ -118,21 +119,23 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
         Ok(flow) => flow,
         Err(_) if loopback_pass => return PASS,
         Err(why) => {
-            let reason = match why {
-                Unjudgeable::Malformed => REASON_MALFORMED,
-                Unjudgeable::Fragment => REASON_FRAGMENT,
-                Unjudgeable::UnknownProto => REASON_UNKNOWN_PROTO,
-                Unjudgeable::SourceRoute => REASON_SOURCE_ROUTE,
-            };
             let sk = full_socket(ctx);
             return deny(
-                ctx, &ctx.skb, config, mode, dir, reason, len, None, sk, None,
+                ctx,
+                &ctx.skb,
+                config,
+                dir,
+                why.reason(),
+                len,
+                None,
+                sk,
+                None,
             );
         }
     };
     let slot = config.generation & 1;
     let sk = full_socket(ctx);
-    let port = if dir == DIR_EGRESS {
+    let port = if dir == TrafficDir::Egress {
         flow.remote_port
     } else {
         flow.local_port
@@ -155,7 +158,7 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
             if config.log_verdicts != 0 {
                 info!(
                     ctx,
-                    "allow dir={} proto={} port={} rule={}", dir, flow.proto, port, rule
+                    "allow dir={} proto={} port={} rule={}", dir as u8, flow.proto, port, rule
                 );
             }
         }
@@ -164,7 +167,9 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
         // stub resolver forwards what it is asked, so on loopback too). The
         // judge counts the rule itself. After the socket's peer record: the
         // answer to an allowed query must find it.
-        if dir == DIR_EGRESS && dns::judge_query(ctx, &flow, config, rule) == dns::Query::Unjudged {
+        if dir == TrafficDir::Egress
+            && dns::judge_query(ctx, &flow, config, rule) == dns::Query::Unjudged
+        {
             return dns::unjudged(config);
         }
         count_rule(rule, dir, len);
@@ -182,9 +187,8 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
         ctx,
         &ctx.skb,
         config,
-        mode,
         dir,
-        REASON_NO_RULE,
+        DenyReason::NoRule,
         len,
         Some(&flow),
         sk,

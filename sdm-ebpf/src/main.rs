@@ -28,6 +28,7 @@ mod filter;
 mod maps;
 mod parse;
 mod policy;
+mod runtime;
 mod sock;
 mod sock_addr;
 mod stats;
@@ -36,13 +37,3 @@ mod stats;
 /// through, 0 drops it (EPERM for a call).
 pub(crate) const PASS: i32 = 1;
 pub(crate) const DROP: i32 = 0;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
