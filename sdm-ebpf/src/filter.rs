@@ -52,15 +52,15 @@
 //!   (`BPF_CGROUP_RUN_PROG_INET_EGRESS`,
 //!   https://github.com/torvalds/linux/blob/v6.18/include/linux/bpf-cgroup.h).
 
-use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+use aya_ebpf::{bindings::bpf_sock, macros::cgroup_skb, programs::SkBuffContext};
 use aya_log_ebpf::info;
-use sdm_common::{DenyReason, TrafficDir, LOOPBACK_ENFORCE};
+use sdm_common::{DenyReason, KernelConfig, TrafficDir, LOOPBACK_ENFORCE};
 
 use crate::{
     dns,
     events::deny,
     maps::CONFIG,
-    parse::parse,
+    parse::{parse, PacketFlow},
     policy::{lookup, note_peer, reverse_lookup, NO_RULE},
     sock::{cached_rule, full_socket, remember},
     stats::count_rule,
@@ -94,20 +94,14 @@ pub fn sdm_ingress(ctx: SkBuffContext) -> i32 {
 /// tail call to the DNS query judge must not reach the ingress program,
 /// even where LLVM keeps part of this function out of line).
 pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
-    let dir = if DIR == TrafficDir::Egress as u8 {
-        TrafficDir::Egress
-    } else {
-        TrafficDir::Ingress
-    };
+    let dir = program_dir(DIR);
     let Some(config) = CONFIG.get(0) else {
         // The map always has its one entry; this only satisfies the verifier.
         return PASS;
     };
     let len = ctx.len();
-    // SAFETY: ctx.skb.skb is the program's context pointer.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // 1.
-    let loopback_pass = ifindex == LOOPBACK_IFINDEX && config.loopback != LOOPBACK_ENFORCE;
+    let loopback_pass = loopback_passes(ctx, config);
     // A local resolver's queries (systemd-resolved, a cache) still teach
     // the DNS learning which answers to expect: parsed only when one is
     // configured, and only on the way out.
@@ -153,27 +147,9 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
     };
     if let Some((rule, fresh)) = allowed {
         if fresh {
-            remember(sk, &flow, dir, rule);
-            note_peer(ctx, &flow, rule);
-            if config.log_verdicts != 0 {
-                info!(
-                    ctx,
-                    "allow dir={} proto={} port={} rule={}", dir as u8, flow.proto, port, rule
-                );
-            }
+            remember_allowed::<DIR>(ctx, config, sk, &flow, port, rule);
         }
-        // What leaves for a trusted resolver: noted for the DNS learning,
-        // and with `[dns] queries = "policy"` judged by its question (a local
-        // stub resolver forwards what it is asked, so on loopback too). The
-        // judge counts the rule itself. After the socket's peer record: the
-        // answer to an allowed query must find it.
-        if dir == TrafficDir::Egress
-            && dns::judge_query(ctx, &flow, config, rule) == dns::Query::Unjudged
-        {
-            return dns::unjudged(config);
-        }
-        count_rule(rule, dir, len);
-        return PASS;
+        return pass_allowed(ctx, config, &flow, dir, rule, len);
     }
 
     // 7. Replies.
@@ -194,4 +170,71 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
         sk,
         None,
     )
+}
+
+/// The direction a program's `DIR` names (a constant, so this folds away).
+#[inline(always)]
+const fn program_dir(dir: u8) -> TrafficDir {
+    if dir == TrafficDir::Egress as u8 {
+        TrafficDir::Egress
+    } else {
+        TrafficDir::Ingress
+    }
+}
+
+/// Step 1's test: the loopback interface, with `loopback = pass`.
+#[inline(always)]
+fn loopback_passes(ctx: &SkBuffContext, config: &KernelConfig) -> bool {
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    ifindex == LOOPBACK_IFINDEX && config.loopback != LOOPBACK_ENFORCE
+}
+
+/// Step 6's hit, new to the socket: the verdict cached on it, the
+/// datagram peer noted, the verdict logged when asked. Generic over `DIR`
+/// like [`filter`]: the log's closure is then one per program and inlined
+/// there, not one out-of-line function both programs call (which costs
+/// the verifier a subprogram per call site).
+#[inline(always)]
+fn remember_allowed<const DIR: u8>(
+    ctx: &SkBuffContext,
+    config: &KernelConfig,
+    sk: *mut bpf_sock,
+    flow: &PacketFlow,
+    port: u16,
+    rule: u32,
+) {
+    let dir = program_dir(DIR);
+    remember(sk, flow, dir, rule);
+    note_peer(ctx, flow, rule);
+    if config.log_verdicts != 0 {
+        info!(
+            ctx,
+            "allow dir={} proto={} port={} rule={}", dir as u8, flow.proto, port, rule
+        );
+    }
+}
+
+/// Steps 5 and 6 end here: the packet passes, counted for its rule.
+/// What leaves for a trusted resolver is first noted for the DNS learning
+/// and, with `[dns] queries = "policy"`, judged by its question (a local
+/// stub resolver forwards what it is asked, so on loopback too); the judge
+/// counts the rule itself. After the socket's peer record: the answer to
+/// an allowed query must find it.
+#[inline(always)]
+fn pass_allowed(
+    ctx: &SkBuffContext,
+    config: &KernelConfig,
+    flow: &PacketFlow,
+    dir: TrafficDir,
+    rule: u32,
+    len: u32,
+) -> i32 {
+    if dir == TrafficDir::Egress
+        && dns::judge_query(ctx, flow, config, rule) == dns::Query::Unjudged
+    {
+        return dns::unjudged(config);
+    }
+    count_rule(rule, dir, len);
+    PASS
 }
