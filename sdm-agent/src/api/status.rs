@@ -12,10 +12,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use sdm_common::{
-    CIDR_HEADER_BITS, DIR_EGRESS, DIR_INGRESS, LOOPBACK_ENFORCE, MODE_ENFORCE, REASON_COUNT,
-    REASON_NAMES,
-};
+use sdm_common::{CIDR_HEADER_BITS, LOOPBACK_ENFORCE};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -170,7 +167,7 @@ pub struct Status {
     #[serde(default)]
     pub policy_error: Option<String>,
     /// Answers the kernel's DNS parser handled, by result
-    /// (`sdm_common::DNS_RESULT_NAMES`).
+    /// (`sdm_common::DnsResult::name`).
     #[serde(default)]
     pub dns_answers: BTreeMap<String, u64>,
     /// Addresses of allowed answers not learned because the learned-address
@@ -181,7 +178,7 @@ pub struct Status {
     #[serde(default)]
     pub dns_queries_mode: String,
     /// Queries to the trusted resolvers judged by the kernel under
-    /// `[dns] queries = "policy"`, by verdict (`sdm_common::DNSQ_NAMES`).
+    /// `[dns] queries = "policy"`, by verdict (`sdm_common::DnsQueryVerdict::name`).
     #[serde(default)]
     pub dns_queries: BTreeMap<String, u64>,
     /// Addresses the kernel learned from DNS answers and still allows.
@@ -223,7 +220,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 pub fn mode_name(mode: u32) -> &'static str {
-    if mode == MODE_ENFORCE {
+    if mode == sdm_common::KernelMode::Enforce {
         "enforce"
     } else {
         "audit"
@@ -231,7 +228,7 @@ pub fn mode_name(mode: u32) -> &'static str {
 }
 
 pub fn dir_name(dir: u8) -> &'static str {
-    if dir == DIR_EGRESS {
+    if dir == sdm_common::TrafficDir::Egress {
         "egress"
     } else {
         "ingress"
@@ -376,8 +373,12 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
                 .remove(id)
                 .map(|s| s.into_iter().collect())
                 .unwrap_or_default(),
-            egress: maps.rule_counter(*id, DIR_EGRESS)?.into(),
-            ingress: maps.rule_counter(*id, DIR_INGRESS)?.into(),
+            egress: maps
+                .rule_counter(*id, sdm_common::TrafficDir::Egress)?
+                .into(),
+            ingress: maps
+                .rule_counter(*id, sdm_common::TrafficDir::Ingress)?
+                .into(),
         });
     }
     // Keep the policy's order where the agent recorded it.
@@ -392,13 +393,16 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
     }
     let mut denied = Vec::new();
     for enforce in [false, true] {
-        for dir in [DIR_EGRESS, DIR_INGRESS] {
-            for reason in 0..REASON_COUNT {
+        for dir in [
+            sdm_common::TrafficDir::Egress,
+            sdm_common::TrafficDir::Ingress,
+        ] {
+            for reason in sdm_common::DenyReason::ALL {
                 let c = maps.deny_counter(enforce, dir, reason)?;
                 denied.push(DenyStatus {
                     mode: if enforce { "enforce" } else { "audit" }.into(),
-                    direction: dir_name(dir).into(),
-                    reason: REASON_NAMES[reason as usize].into(),
+                    direction: dir.name().into(),
+                    reason: reason.name().into(),
                     packets: c.packets,
                     bytes: c.bytes,
                 });
@@ -408,7 +412,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
     let dns_queries = maps
         .dns_query_stats()?
         .iter()
-        .zip(sdm_common::DNSQ_NAMES)
+        .zip(sdm_common::DnsQueryVerdict::ALL.map(sdm_common::DnsQueryVerdict::name))
         .map(|(n, name)| (name.to_string(), *n))
         .collect();
     let dns_queries_mode = if cfg.dns_queries == sdm_common::DNS_QUERIES_POLICY {
@@ -420,7 +424,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
     let dns_answers = maps
         .dns_stats()?
         .iter()
-        .zip(sdm_common::DNS_RESULT_NAMES)
+        .zip(sdm_common::DnsResult::ALL.map(sdm_common::DnsResult::name))
         .map(|(n, name)| (name.to_string(), *n))
         .collect();
     // Host ids back to the hostnames of the recorded policy.

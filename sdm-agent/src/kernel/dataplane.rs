@@ -32,13 +32,13 @@ use aya::{
 };
 use sdm_common::{
     deny_index, rule_slot_index, rule_stats_index, Cidr4, Cidr6, Counter, DnsHost, HostPortKey,
-    KernelConfig, Key4, Key6, Learned, ResolverKey, RuleName, RuleRef, RuleState, DIR_EGRESS,
-    DIR_INGRESS, DNSQ_COUNT, DNS_RESULT_COUNT, DNS_STAT_LEARN_FULL, KERNEL_MAPS, LAYOUT_VERSION,
-    MAP_CIDR4, MAP_CIDR6, MAP_CONFIG, MAP_DENY_STATS, MAP_DNSQ_PROGS, MAP_DNSQ_STATS,
-    MAP_DNS_NAMES, MAP_DNS_PROGS, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4, MAP_EXACT6,
-    MAP_HOST_PORTS, MAP_LEARNED4, MAP_LEARNED6, MAP_RULES, MAP_RULE_NAMES, MAP_RULE_STATS,
-    MAP_SOCK_STATE, MAX_RULES, PROG_CONNECT4, PROG_CONNECT6, PROG_DNS, PROG_DNS_IN, PROG_DNS_QUERY,
-    PROG_EGRESS, PROG_INGRESS, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE, REASON_COUNT,
+    KernelConfig, Key4, Key6, Learned, ResolverKey, RuleName, RuleRef, RuleState,
+    DNS_STAT_LEARN_FULL, KERNEL_MAPS, LAYOUT_VERSION, MAP_CIDR4, MAP_CIDR6, MAP_CONFIG,
+    MAP_DENY_STATS, MAP_DNSQ_PROGS, MAP_DNSQ_STATS, MAP_DNS_NAMES, MAP_DNS_PROGS,
+    MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4, MAP_EXACT6, MAP_HOST_PORTS, MAP_LEARNED4,
+    MAP_LEARNED6, MAP_RULES, MAP_RULE_NAMES, MAP_RULE_STATS, MAP_SOCK_STATE, MAX_RULES,
+    PROG_CONNECT4, PROG_CONNECT6, PROG_DNS, PROG_DNS_IN, PROG_DNS_QUERY, PROG_EGRESS, PROG_INGRESS,
+    PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_CREATE,
 };
 use serde::{Deserialize, Serialize};
 
@@ -791,8 +791,8 @@ impl Maps {
     }
 
     /// Switches the mode in place: the programs read it on every packet.
-    pub fn set_mode(&mut self, mode: u32) -> Result<(), DataplaneError> {
-        self.set_config_field(ConfigField::Mode, mode);
+    pub fn set_mode(&mut self, mode: sdm_common::KernelMode) -> Result<(), DataplaneError> {
+        self.set_config_field(ConfigField::Mode, mode.into());
         Ok(())
     }
 
@@ -873,8 +873,8 @@ impl Maps {
     }
 
     /// Answers the DNS parser counted, by `DNS_RESULT_*`, summed over CPUs.
-    pub fn dns_stats(&self) -> Result<[u64; DNS_RESULT_COUNT as usize], DataplaneError> {
-        let mut out = [0; DNS_RESULT_COUNT as usize];
+    pub fn dns_stats(&self) -> Result<[u64; sdm_common::DnsResult::COUNT], DataplaneError> {
+        let mut out = [0; sdm_common::DnsResult::COUNT];
         for (i, slot) in out.iter_mut().enumerate() {
             let v = self
                 .dns_stats
@@ -897,8 +897,10 @@ impl Maps {
 
     /// Queries judged under `[dns] queries = "policy"`, by `DNSQ_*`,
     /// summed over CPUs.
-    pub fn dns_query_stats(&self) -> Result<[u64; DNSQ_COUNT as usize], DataplaneError> {
-        let mut out = [0; DNSQ_COUNT as usize];
+    pub fn dns_query_stats(
+        &self,
+    ) -> Result<[u64; sdm_common::DnsQueryVerdict::COUNT], DataplaneError> {
+        let mut out = [0; sdm_common::DnsQueryVerdict::COUNT];
         for (i, slot) in out.iter_mut().enumerate() {
             let v = self
                 .dnsq_stats
@@ -1014,7 +1016,10 @@ impl Maps {
             path: "/sys/devices/system/cpu/possible".into(),
             source: e,
         })?;
-        for dir in [DIR_EGRESS, DIR_INGRESS] {
+        for dir in [
+            sdm_common::TrafficDir::Egress,
+            sdm_common::TrafficDir::Ingress,
+        ] {
             let zeros = PerCpuValues::try_from(vec![Counter::default(); ncpus]).map_err(|e| {
                 DataplaneError::Io {
                     op: "build per-CPU values for",
@@ -1037,7 +1042,11 @@ impl Maps {
     }
 
     /// Allowed packets and bytes of a rule in one direction, summed over CPUs.
-    pub fn rule_counter(&self, id: u32, dir: u8) -> Result<Counter, DataplaneError> {
+    pub fn rule_counter(
+        &self,
+        id: u32,
+        dir: sdm_common::TrafficDir,
+    ) -> Result<Counter, DataplaneError> {
         let v = self
             .rule_stats
             .get(&rule_stats_index(id, dir), 0)
@@ -1049,13 +1058,17 @@ impl Maps {
     pub fn deny_counter(
         &self,
         enforce: bool,
-        dir: u8,
-        reason: u32,
+        dir: sdm_common::TrafficDir,
+        reason: sdm_common::DenyReason,
     ) -> Result<Counter, DataplaneError> {
-        debug_assert!(reason < REASON_COUNT);
+        let mode = if enforce {
+            sdm_common::KernelMode::Enforce
+        } else {
+            sdm_common::KernelMode::Audit
+        };
         let v = self
             .deny_stats
-            .get(&deny_index(u32::from(enforce), dir, reason), 0)
+            .get(&deny_index(mode, dir, reason), 0)
             .map_err(map_err(MAP_DENY_STATS))?;
         Ok(Self::sum(&v))
     }

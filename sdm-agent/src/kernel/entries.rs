@@ -10,8 +10,8 @@ use std::{
 use ipnet::IpNet;
 use sdm_common::{
     dns_host_id, dns_name_key, dns_wire_name, Cidr4, Cidr6, DnsHost, HostPortKey, Key4, Key6,
-    CIDR_HEADER_BITS, DIR_EGRESS, DIR_INGRESS, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_HOST_PORTS,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    CIDR_HEADER_BITS, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_HOST_PORTS, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::policy::{Direction, Policy, Proto, Rule, Target};
@@ -135,9 +135,10 @@ pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
 
 fn dir_code(d: Direction) -> u8 {
     match d {
-        Direction::Egress => DIR_EGRESS,
-        Direction::Ingress => DIR_INGRESS,
+        Direction::Egress => sdm_common::TrafficDir::Egress,
+        Direction::Ingress => sdm_common::TrafficDir::Ingress,
     }
+    .into()
 }
 
 fn proto_code(p: Proto, v6: bool) -> u8 {
@@ -258,7 +259,7 @@ fn add_net(out: &mut Entries, rule: &Rule, id: u32, net: IpNet) {
     // On loopback both ends are this host: a client connecting to an
     // allowed loopback listener sends from a socket of its own.
     if rule.direction == Direction::Ingress && is_loopback(&net) {
-        dirs.push(DIR_EGRESS);
+        dirs.push(sdm_common::TrafficDir::Egress.into());
     }
     for dir in dirs {
         for proto in &rule.protos {
@@ -410,7 +411,7 @@ mod tests {
             addr: [192, 0, 2, 1],
             port,
             proto,
-            dir: DIR_EGRESS,
+            dir: sdm_common::TrafficDir::Egress as u8,
         };
         assert_eq!(
             e.exact4.get(&k(443, PROTO_TCP)),
@@ -424,7 +425,7 @@ mod tests {
         assert_eq!(e.exact4.len(), 1 + 8 - 1);
         assert_eq!(e.exact6.len(), 8);
         let c = Cidr4 {
-            dir: DIR_EGRESS,
+            dir: sdm_common::TrafficDir::Egress as u8,
             proto: PROTO_TCP,
             port: 8000u16.to_be_bytes(),
             addr: [10, 0, 0, 0],
@@ -432,7 +433,7 @@ mod tests {
         assert_eq!(e.cidr4.get(&(CIDR_HEADER_BITS + 8, c)), Some(&9));
         // host bits of a CIDR are cleared
         let s = Cidr4 {
-            dir: DIR_INGRESS,
+            dir: sdm_common::TrafficDir::Ingress as u8,
             proto: PROTO_TCP,
             port: 22u16.to_be_bytes(),
             addr: [10, 0, 0, 0],
@@ -560,7 +561,10 @@ mod tests {
         let ids: BTreeMap<String, u32> = [("cli".to_string(), 1)].into();
         let e = build(&policy, &ids, |_| &[]);
         assert_eq!(e.cidr4.len(), 2);
-        assert!(e.cidr4.keys().any(|(_, k)| k.dir == DIR_EGRESS));
+        assert!(e
+            .cidr4
+            .keys()
+            .any(|(_, k)| k.dir == sdm_common::TrafficDir::Egress));
         assert_eq!(e.exact6.len(), 2);
     }
 }
