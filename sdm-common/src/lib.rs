@@ -62,3 +62,6 @@ mod pod {
         SockState,
     );
 }
+
+#[cfg(test)]
+mod tests;

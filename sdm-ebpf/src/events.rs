@@ -89,7 +89,7 @@ pub(crate) fn deny<C: EbpfContext>(
     if config.log_verdicts != 0 {
         info!(
             ctx,
-            "deny dir={} reason={} enforce={}", dir as u8, reason as u32, mode as u32
+            "deny dir={} reason={} enforce={}", dir as u8, reason as u32, config.mode
         );
     }
     if enforce {
