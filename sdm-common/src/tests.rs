@@ -69,7 +69,11 @@ fn raw_values_round_trip() {
 fn counter_indexes_are_the_old_layout() {
     // (mode * 2 + dir) * reasons + reason, as before the enums.
     assert_eq!(
-        deny_index(KernelMode::Enforce, TrafficDir::Ingress, DenyReason::DnsQuery),
+        deny_index(
+            KernelMode::Enforce,
+            TrafficDir::Ingress,
+            DenyReason::DnsQuery
+        ),
         (2 + 1) * 7 + 6
     );
     assert_eq!(
