@@ -26,9 +26,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
-use sdm_common::{
-    Counter, KernelConfig, MAP_CONFIG, MAP_DENY_STATS, MAP_EVENT_STATS, MODE_ENFORCE,
-};
+use sdm_common::{Counter, KernelConfig, MAP_CONFIG, MAP_DENY_STATS, MAP_EVENT_STATS};
 use serde_json::Value;
 
 use crate::{
@@ -179,7 +177,7 @@ impl Agent {
         loop {
             self.alive()?;
             if read_config(&self.pins.layout.map_pin(MAP_CONFIG))
-                .is_ok_and(|c| c.mode == MODE_ENFORCE && c.generation > 0)
+                .is_ok_and(|c| c.mode == sdm_common::KernelMode::Enforce && c.generation > 0)
             {
                 return Ok(start.elapsed().as_secs_f64());
             }
@@ -219,10 +217,12 @@ fn denied_total(pins: &Pins) -> Result<u64> {
 fn event_stats(pins: &Pins) -> Result<(u64, u64)> {
     let data = MapData::from_pin(pins.layout.map_pin(MAP_EVENT_STATS))?;
     let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data))?;
-    let sum = |i: u32| -> Result<u64> { Ok(arr.get(&i, 0)?.iter().sum()) };
+    let sum = |stat: sdm_common::EventStat| -> Result<u64> {
+        Ok(arr.get(&u32::from(stat), 0)?.iter().sum())
+    };
     Ok((
-        sum(sdm_common::EVENT_STAT_SENT)?,
-        sum(sdm_common::EVENT_STAT_LOST)?,
+        sum(sdm_common::EventStat::Sent)?,
+        sum(sdm_common::EventStat::Lost)?,
     ))
 }
 

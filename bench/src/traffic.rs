@@ -559,7 +559,7 @@ fn check_counters(
             .map(|rid| {
                 ebpf_instances[i]
                     .maps
-                    .rule_counter(*rid, sdm_common::DIR_EGRESS)
+                    .rule_counter(*rid, sdm_common::TrafficDir::Egress)
                     .map(|c| c.packets)
                     .unwrap_or(0)
             })

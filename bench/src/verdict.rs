@@ -34,7 +34,7 @@ use sdm_agent::{
     kernel::entries,
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
 };
-use sdm_common::{MODE_ENFORCE, PROG_EGRESS};
+use sdm_common::PROG_EGRESS;
 
 use crate::{
     guards::{Netns, Pins},
@@ -125,7 +125,7 @@ impl Instance {
         maps.apply(&want)
             .with_context(|| format!("apply {} allowlist entries", want.len()))?;
         let load_secs = start.elapsed().as_secs_f64();
-        maps.set_mode(MODE_ENFORCE)?;
+        maps.set_mode(sdm_common::KernelMode::Enforce)?;
         Ok(Self {
             ebpf,
             maps,
@@ -139,7 +139,7 @@ impl Instance {
     /// mode already written by `new`, enforce, stays).
     pub fn attach(&mut self, cgroup: &std::path::Path) -> Result<()> {
         let mode = self.maps.config()?.mode;
-        self.maps.set_mode(sdm_common::MODE_AUDIT)?;
+        self.maps.set_mode(sdm_common::KernelMode::Audit)?;
         dataplane::attach(
             &self.pins.layout,
             cgroup,
@@ -147,7 +147,8 @@ impl Instance {
             Some(&mut self.ebpf),
         )
         .with_context(|| format!("attach to {}", cgroup.display()))?;
-        self.maps.set_mode(mode)?;
+        self.maps
+            .set_mode(sdm_common::KernelMode::of_config(mode))?;
         Ok(())
     }
 

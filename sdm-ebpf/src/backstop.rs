@@ -52,15 +52,14 @@ use aya_ebpf::{
     programs::{sk_buff::SkBuff, SockoptContext, TcContext},
 };
 use sdm_common::{
-    deny_index, Backstop, BackstopIf, BACKSTOP_LINK_ETHER, BACKSTOP_LINK_RAW_IP, DIR_EGRESS,
-    MODE_ENFORCE, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_RULE, REASON_PACKET_SOCKET,
-    REASON_SOURCE_ROUTE, REASON_UNKNOWN_PROTO,
+    deny_index, Backstop, BackstopIf, DenyReason, KernelMode, TrafficDir, BACKSTOP_LINK_ETHER,
+    BACKSTOP_LINK_RAW_IP,
 };
 
 use crate::{
     events,
     maps::{CONFIG, DENY_STATS},
-    parse::{parse_at, PacketFlow, Unjudgeable},
+    parse::{parse_at, PacketFlow},
     policy::lookup,
     stats::{add_packet, count_rule},
     PASS,
@@ -128,7 +127,7 @@ fn try_backstop(ctx: &TcContext) -> Verdict {
         BACKSTOP_LINK_RAW_IP => judge_ip::<0>(ctx, None),
         // An interface the agent did not describe: the frame cannot be
         // read, so it is refused rather than guessed at.
-        _ => deny(ctx, REASON_PACKET_SOCKET, None),
+        _ => deny(ctx, DenyReason::PacketSocket, None),
     }
 }
 
@@ -157,12 +156,12 @@ fn non_ip_socket(skb: &SkBuff) -> bool {
 #[inline(always)]
 fn judge_ether(ctx: &TcContext) -> Verdict {
     let Ok(ethertype) = ctx.skb.load::<[u8; 2]>(12) else {
-        return deny(ctx, REASON_MALFORMED, None);
+        return deny(ctx, DenyReason::Malformed, None);
     };
     match u16::from_be_bytes(ethertype) {
         ETH_P_IP => judge_ip::<ETH_HLEN>(ctx, Some(false)),
         ETH_P_IPV6 => judge_ip::<ETH_HLEN>(ctx, Some(true)),
-        _ => deny(ctx, REASON_PACKET_SOCKET, None),
+        _ => deny(ctx, DenyReason::PacketSocket, None),
     }
 }
 
@@ -173,37 +172,29 @@ fn judge_ether(ctx: &TcContext) -> Verdict {
 #[inline(always)]
 fn judge_ip<const B: usize>(ctx: &TcContext, v6: Option<bool>) -> Verdict {
     let skb = &ctx.skb;
-    let flow = match parse_at::<B>(skb, DIR_EGRESS) {
+    let flow = match parse_at::<B>(skb, TrafficDir::Egress) {
         Ok(flow) => flow,
-        Err(why) => {
-            let reason = match why {
-                Unjudgeable::Malformed => REASON_MALFORMED,
-                Unjudgeable::Fragment => REASON_FRAGMENT,
-                Unjudgeable::UnknownProto => REASON_UNKNOWN_PROTO,
-                Unjudgeable::SourceRoute => REASON_SOURCE_ROUTE,
-            };
-            return deny(ctx, reason, None);
-        }
+        Err(why) => return deny(ctx, why.reason(), None),
     };
     if matches!(v6, Some(v) if v != flow.v6) {
-        return deny(ctx, REASON_MALFORMED, None);
+        return deny(ctx, DenyReason::Malformed, None);
     }
     let Some(config) = CONFIG.get(0) else {
         return Verdict::Pass;
     };
     let slot = config.generation & 1;
-    if let Some(rule) = lookup(slot, &flow, DIR_EGRESS, flow.remote_port) {
-        count_rule(rule, DIR_EGRESS, skb.len());
+    if let Some(rule) = lookup(slot, &flow, TrafficDir::Egress, flow.remote_port) {
+        count_rule(rule, TrafficDir::Egress, skb.len());
         return Verdict::Pass;
     }
-    deny(ctx, REASON_NO_RULE, Some(&flow))
+    deny(ctx, DenyReason::NoRule, Some(&flow))
 }
 
 /// The egress deny of events.rs (counters, a rate-limited event, the
 /// verdict log), for a packet socket: no socket storage, so the event
 /// carries no pid or comm (sock_create runs for inet sockets only).
 #[inline(always)]
-fn deny(ctx: &TcContext, reason: u32, flow: Option<&PacketFlow>) -> Verdict {
+fn deny(ctx: &TcContext, reason: DenyReason, flow: Option<&PacketFlow>) -> Verdict {
     let Some(config) = CONFIG.get(0) else {
         return Verdict::Pass;
     };
@@ -211,8 +202,7 @@ fn deny(ctx: &TcContext, reason: u32, flow: Option<&PacketFlow>) -> Verdict {
         ctx,
         &ctx.skb,
         config,
-        config.mode,
-        DIR_EGRESS,
+        TrafficDir::Egress,
         reason,
         ctx.skb.len(),
         flow,
@@ -244,12 +234,12 @@ fn try_setsockopt(ctx: &SockoptContext) -> i32 {
     let bypass = (level == SOL_PACKET && optname == PACKET_QDISC_BYPASS) || level == SOL_XDP;
     if bypass && BACKSTOP.get(0).is_some_and(|b| b.on != 0) {
         if let Some(config) = CONFIG.get(0) {
-            let enforce = config.mode == MODE_ENFORCE;
+            let mode = KernelMode::of_config(config.mode);
             add_packet(
                 &DENY_STATS,
-                deny_index(u32::from(enforce), DIR_EGRESS, REASON_PACKET_SOCKET),
+                deny_index(mode, TrafficDir::Egress, DenyReason::PacketSocket),
             );
-            if enforce {
+            if mode == KernelMode::Enforce {
                 return 0;
             }
         }

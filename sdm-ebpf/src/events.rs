@@ -12,9 +12,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use sdm_common::{
-    deny_index, DenyEvent, EventSeenKey, FlowSeen, KernelConfig, DIR_INGRESS, DNS_NAME_WIRE,
-    EVENT_BUDGET_PER_SEC, EVENT_INTERVAL_NS, EVENT_STAT_LOST, EVENT_STAT_SENT,
-    EVENT_STAT_SUPPRESSED, EVENT_STAT_THROTTLED, MODE_ENFORCE,
+    deny_index, DenyEvent, DenyReason, EventSeenKey, EventStat, FlowSeen, KernelConfig, KernelMode,
+    TrafficDir, DNS_NAME_WIRE, EVENT_BUDGET_PER_SEC, EVENT_INTERVAL_NS,
 };
 
 use crate::{
@@ -31,20 +30,16 @@ pub(crate) fn deny<C: EbpfContext>(
     ctx: &C,
     skb: &SkBuff,
     config: &KernelConfig,
-    mode: u32,
-    dir: u8,
-    reason: u32,
+    dir: TrafficDir,
+    reason: DenyReason,
     len: u32,
     flow: Option<&PacketFlow>,
     sk: *mut bpf_sock,
     qname: Option<&[u8; DNS_NAME_WIRE]>,
 ) -> i32 {
-    let enforce = mode == MODE_ENFORCE;
-    add(
-        &DENY_STATS,
-        deny_index(if enforce { 1 } else { 0 }, dir, reason),
-        len,
-    );
+    let mode = KernelMode::of_config(config.mode);
+    let enforce = mode == KernelMode::Enforce;
+    add(&DENY_STATS, deny_index(mode, dir, reason), len);
     // SAFETY: a helper on the program's own context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb.skb) };
     let (remote, remote_port, local_port, proto) = match flow {
@@ -67,8 +62,8 @@ pub(crate) fn deny<C: EbpfContext>(
             (*ev).cgroup_id = cgroup_id;
             (*ev).uid = bpf_get_socket_uid(skb.skb);
             (*ev).len = len;
-            (*ev).reason = reason;
-            (*ev).dir = dir;
+            (*ev).reason = reason as u32;
+            (*ev).dir = dir as u8;
             (*ev).dropped = u8::from(enforce);
             (*ev).remote = remote;
             (*ev).remote_port = remote_port;
@@ -92,7 +87,10 @@ pub(crate) fn deny<C: EbpfContext>(
         submit_event(ev);
     }
     if config.log_verdicts != 0 {
-        info!(ctx, "deny dir={} reason={} enforce={}", dir, reason, mode);
+        info!(
+            ctx,
+            "deny dir={} reason={} enforce={}", dir as u8, reason as u32, config.mode
+        );
     }
     if enforce {
         DROP
@@ -107,17 +105,21 @@ pub(crate) fn flow_key(
     remote_port: u16,
     local_port: u16,
     proto: u8,
-    dir: u8,
-    reason: u32,
+    dir: TrafficDir,
+    reason: DenyReason,
     cgroup_id: u64,
 ) -> EventSeenKey {
     EventSeenKey {
         remote: *remote,
         remote_port,
         // Egress flows differ by destination, not by ephemeral source port.
-        local_port: if dir == DIR_INGRESS { local_port } else { 0 },
+        local_port: if dir == TrafficDir::Ingress {
+            local_port
+        } else {
+            0
+        },
         proto,
-        dir,
+        dir: dir as u8,
         reason: reason as u8,
         _pad: 0,
         cgroup_id,
@@ -145,7 +147,7 @@ pub(crate) fn reserve_event(key: &EventSeenKey) -> Option<(u64, *mut DenyEvent)>
         unsafe {
             if now.wrapping_sub((*seen).last_ns) < EVENT_INTERVAL_NS {
                 atomic_add_u64(ptr::addr_of_mut!((*seen).pending), 1);
-                bump(EVENT_STAT_SUPPRESSED);
+                bump(EventStat::Suppressed);
                 return None;
             }
             pending = (*seen).pending;
@@ -168,7 +170,7 @@ pub(crate) fn reserve_event(key: &EventSeenKey) -> Option<(u64, *mut DenyEvent)>
                 );
             }
         }
-        bump(EVENT_STAT_THROTTLED);
+        bump(EventStat::Throttled);
         return None;
     }
     let _ = EVENT_SEEN.insert(
@@ -180,7 +182,7 @@ pub(crate) fn reserve_event(key: &EventSeenKey) -> Option<(u64, *mut DenyEvent)>
         0,
     );
     let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) else {
-        bump(EVENT_STAT_LOST);
+        bump(EventStat::Lost);
         return None;
     };
     let ev = entry.as_mut_ptr();
@@ -243,12 +245,12 @@ pub(crate) fn take_budget(now: u64) -> bool {
 pub(crate) fn submit_event(ev: *mut DenyEvent) {
     // SAFETY: a record from reserve_event, submitted once.
     unsafe { aya_ebpf::helpers::generated::bpf_ringbuf_submit(ev.cast::<c_void>(), 0) };
-    bump(EVENT_STAT_SENT);
+    bump(EventStat::Sent);
 }
 
 #[inline(always)]
-pub(crate) fn bump(index: u32) {
-    if let Some(c) = EVENT_STATS.get_ptr_mut(index) {
+pub(crate) fn bump(stat: EventStat) {
+    if let Some(c) = EVENT_STATS.get_ptr_mut(stat as u32) {
         atomic_add_u64(c, 1);
     }
 }

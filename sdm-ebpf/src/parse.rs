@@ -5,7 +5,7 @@
 use core::ptr;
 
 use aya_ebpf::programs::{sk_buff::SkBuff, SkBuffContext};
-use sdm_common::{DIR_EGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use sdm_common::{DenyReason, TrafficDir, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 /// IPv6 extension headers walked before the transport header.
 pub(crate) const MAX_IPV6_EXT_HEADERS: usize = 8;
@@ -33,6 +33,19 @@ pub(crate) enum Unjudgeable {
     Fragment,
     UnknownProto,
     SourceRoute,
+}
+
+impl Unjudgeable {
+    /// The deny reason it is counted and reported under.
+    #[inline(always)]
+    pub(crate) fn reason(self) -> DenyReason {
+        match self {
+            Self::Malformed => DenyReason::Malformed,
+            Self::Fragment => DenyReason::Fragment,
+            Self::UnknownProto => DenyReason::UnknownProto,
+            Self::SourceRoute => DenyReason::SourceRoute,
+        }
+    }
 }
 
 /// Reads `N` 32-bit words at `off` bytes past the network header, which
@@ -93,13 +106,16 @@ pub(crate) fn read_at<const B: usize, T: Copy>(skb: &SkBuff, off: usize) -> Resu
 }
 
 #[inline(always)]
-pub(crate) fn parse(ctx: &SkBuffContext, dir: u8) -> Result<PacketFlow, Unjudgeable> {
+pub(crate) fn parse(ctx: &SkBuffContext, dir: TrafficDir) -> Result<PacketFlow, Unjudgeable> {
     parse_at::<0>(&ctx.skb, dir)
 }
 
 /// Parses the IP packet whose network header is `B` bytes into the data.
 #[inline(always)]
-pub(crate) fn parse_at<const B: usize>(skb: &SkBuff, dir: u8) -> Result<PacketFlow, Unjudgeable> {
+pub(crate) fn parse_at<const B: usize>(
+    skb: &SkBuff,
+    dir: TrafficDir,
+) -> Result<PacketFlow, Unjudgeable> {
     // Every IPv4 or IPv6 packet holds at least 20 bytes of header. (A
     // one-byte read would compile to `data_end > data`, which the verifier
     // grants no range: find_good_pkt_pointers in kernel/bpf/verifier.c.)
@@ -114,7 +130,7 @@ pub(crate) fn parse_at<const B: usize>(skb: &SkBuff, dir: u8) -> Result<PacketFl
 #[inline(always)]
 pub(crate) fn parse_v4<const B: usize>(
     skb: &SkBuff,
-    dir: u8,
+    dir: TrafficDir,
     hdr: &[u32; 5],
 ) -> Result<PacketFlow, Unjudgeable> {
     let first = hdr[0].to_ne_bytes();
@@ -129,7 +145,11 @@ pub(crate) fn parse_v4<const B: usize>(
     }
     let proto = hdr[2].to_ne_bytes()[1];
     // Source is word 3, destination word 4.
-    let (at, lat) = if dir == DIR_EGRESS { (4, 3) } else { (3, 4) };
+    let (at, lat) = if dir == TrafficDir::Egress {
+        (4, 3)
+    } else {
+        (3, 4)
+    };
     let remote = addr_bytes(hdr, at, 1);
     let local = addr_bytes(hdr, lat, 1);
     if ihl > 5 {
@@ -189,11 +209,18 @@ pub(crate) fn refuse_source_route_v4<const B: usize>(
 }
 
 #[inline(always)]
-pub(crate) fn parse_v6<const B: usize>(skb: &SkBuff, dir: u8) -> Result<PacketFlow, Unjudgeable> {
+pub(crate) fn parse_v6<const B: usize>(
+    skb: &SkBuff,
+    dir: TrafficDir,
+) -> Result<PacketFlow, Unjudgeable> {
     let hdr: [u32; 10] = read_words::<B, 10>(skb, 0)?;
     let mut next = hdr[1].to_ne_bytes()[2];
     // Source is words 2-5, destination words 6-9.
-    let (at, lat) = if dir == DIR_EGRESS { (6, 2) } else { (2, 6) };
+    let (at, lat) = if dir == TrafficDir::Egress {
+        (6, 2)
+    } else {
+        (2, 6)
+    };
     let remote = addr_bytes(&hdr, at, 4);
     let local = addr_bytes(&hdr, lat, 4);
     let mut off: usize = 40;
@@ -237,7 +264,7 @@ pub(crate) fn parse_v6<const B: usize>(skb: &SkBuff, dir: u8) -> Result<PacketFl
 #[inline(always)]
 pub(crate) fn transport<const B: usize>(
     skb: &SkBuff,
-    dir: u8,
+    dir: TrafficDir,
     v6: bool,
     proto: u8,
     off: usize,
@@ -266,7 +293,7 @@ pub(crate) fn transport<const B: usize>(
             u16::from_be_bytes([l4[2], l4[3]]),
         )
     };
-    let (remote_port, local_port) = if dir == DIR_EGRESS {
+    let (remote_port, local_port) = if dir == TrafficDir::Egress {
         (dst, src)
     } else {
         (src, dst)

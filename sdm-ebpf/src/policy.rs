@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use sdm_common::{
-    rule_slot_index, Cidr4, Cidr6, Key4, Key6, PeerKey, CIDR_HEADER_BITS, DIR_EGRESS, DIR_INGRESS,
-    MAX_RULES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    rule_slot_index, Cidr4, Cidr6, Key4, Key6, PeerKey, TrafficDir, CIDR_HEADER_BITS, MAX_RULES,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -36,13 +36,13 @@ pub(crate) fn rule_active(slot: u32, rule: u32) -> bool {
 /// The allowlist of `dir` for (protocol, port, remote): exact entries first,
 /// then CIDRs; a constant number of lookups whatever the policy size.
 #[inline(always)]
-pub(crate) fn lookup(slot: u32, flow: &PacketFlow, dir: u8, port: u16) -> Option<u32> {
+pub(crate) fn lookup(slot: u32, flow: &PacketFlow, dir: TrafficDir, port: u16) -> Option<u32> {
     if flow.v6 {
         let key = Key6 {
             addr: flow.remote,
             port,
             proto: flow.proto,
-            dir,
+            dir: dir as u8,
         };
         let exact = if slot == 0 { &EXACT6_0 } else { &EXACT6_1 };
         // SAFETY: values are plain integers; copied out at once.
@@ -53,7 +53,7 @@ pub(crate) fn lookup(slot: u32, flow: &PacketFlow, dir: u8, port: u16) -> Option
         let key = LpmKey::new(
             CIDR_HEADER_BITS + 128,
             Cidr6 {
-                dir,
+                dir: dir as u8,
                 proto: flow.proto,
                 port: port.to_be_bytes(),
                 addr: flow.remote,
@@ -74,7 +74,7 @@ pub(crate) fn lookup(slot: u32, flow: &PacketFlow, dir: u8, port: u16) -> Option
             addr,
             port,
             proto: flow.proto,
-            dir,
+            dir: dir as u8,
         };
         let exact = if slot == 0 { &EXACT4_0 } else { &EXACT4_1 };
         // SAFETY: as above.
@@ -85,7 +85,7 @@ pub(crate) fn lookup(slot: u32, flow: &PacketFlow, dir: u8, port: u16) -> Option
         let key = LpmKey::new(
             CIDR_HEADER_BITS + 32,
             Cidr4 {
-                dir,
+                dir: dir as u8,
                 proto: flow.proto,
                 port: port.to_be_bytes(),
                 addr,
@@ -162,16 +162,16 @@ pub(crate) fn reverse_lookup(
     ctx: &SkBuffContext,
     slot: u32,
     flow: &PacketFlow,
-    dir: u8,
+    dir: TrafficDir,
     sk: *mut bpf_sock,
 ) -> Option<u32> {
     if !is_reply(ctx, flow, dir, sk) {
         return None;
     }
-    let (other, port) = if dir == DIR_INGRESS {
-        (DIR_EGRESS, flow.remote_port)
+    let (other, port) = if dir == TrafficDir::Ingress {
+        (TrafficDir::Egress, flow.remote_port)
     } else {
-        (DIR_INGRESS, flow.local_port)
+        (TrafficDir::Ingress, flow.local_port)
     };
     let port = match (flow.proto, port) {
         // An echo reply answers an echo request.
@@ -184,9 +184,14 @@ pub(crate) fn reverse_lookup(
 
 /// Whether the packet can be a reply at all (see `reverse_lookup`).
 #[inline(always)]
-pub(crate) fn is_reply(ctx: &SkBuffContext, flow: &PacketFlow, dir: u8, sk: *mut bpf_sock) -> bool {
+pub(crate) fn is_reply(
+    ctx: &SkBuffContext,
+    flow: &PacketFlow,
+    dir: TrafficDir,
+    sk: *mut bpf_sock,
+) -> bool {
     match flow.proto {
-        PROTO_TCP if dir == DIR_INGRESS => {
+        PROTO_TCP if dir == TrafficDir::Ingress => {
             // SAFETY: sk is a full socket, whose `state` the verifier lets us read.
             sk.is_null() || unsafe { (*sk).state } != TCP_LISTEN
         }

@@ -13,6 +13,10 @@ use core::hint::black_box;
 
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 
+// The panic handler and license, shared with the real object.
+#[path = "runtime.rs"]
+mod runtime;
+
 /// Bytes of stack each of the two frames takes: 2 x 320 > 512, while each
 /// alone stays under LLVM's own per-function limit.
 const FRAME_BYTES: usize = 320;
@@ -32,13 +36,3 @@ fn inner(len: u32) -> i32 {
     let frame = black_box(frame);
     i32::from(frame[usize::from(frame[2]) % FRAME_BYTES] & 1)
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -13,7 +13,7 @@ use aya_ebpf::{
     macros::cgroup_sock,
     programs::{SkBuffContext, SockContext},
 };
-use sdm_common::{SockState, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
+use sdm_common::{SockState, TrafficDir, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
 
 use crate::{
     maps::SOCK_STATE,
@@ -59,7 +59,7 @@ pub(crate) fn record_process(st: &mut SockState) {
 pub(crate) fn cached_rule(
     ctx: &SkBuffContext,
     flow: &PacketFlow,
-    dir: u8,
+    dir: TrafficDir,
     slot: u32,
     sk: *mut bpf_sock,
 ) -> Option<u32> {
@@ -89,7 +89,7 @@ pub(crate) fn cached_rule(
 pub(crate) fn cache_serves(
     ctx: &SkBuffContext,
     flow: &PacketFlow,
-    dir: u8,
+    dir: TrafficDir,
     cached: u8,
     sk: *mut bpf_sock,
 ) -> bool {
@@ -151,14 +151,14 @@ pub(crate) fn sock_state(sk: *mut bpf_sock, create: bool) -> Option<*mut SockSta
 }
 
 #[inline(always)]
-pub(crate) fn remember(sk: *mut bpf_sock, flow: &PacketFlow, dir: u8, rule: u32) {
+pub(crate) fn remember(sk: *mut bpf_sock, flow: &PacketFlow, dir: TrafficDir, rule: u32) {
     if let Some(state) = sock_state(sk, true) {
         // SAFETY: a non-null pointer from bpf_sk_storage_get.
         unsafe {
             (*state).remote = flow.remote;
             (*state).remote_port = cache_port(flow);
             (*state).proto = flow.proto;
-            (*state).dir = dir;
+            (*state).dir = dir as u8;
             (*state).rule = rule;
             (*state).valid = 1;
         }

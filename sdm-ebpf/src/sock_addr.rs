@@ -33,8 +33,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use sdm_common::{
-    deny_index, DIR_EGRESS, DIR_INGRESS, LOOPBACK_ENFORCE, MODE_ENFORCE, PROTO_TCP, PROTO_UDP,
-    REASON_NO_RULE,
+    deny_index, DenyReason, KernelMode, TrafficDir, LOOPBACK_ENFORCE, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -86,7 +85,7 @@ pub(crate) fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return PASS;
     };
-    if config.mode != MODE_ENFORCE {
+    if config.mode != KernelMode::Enforce {
         return PASS;
     }
     let remote_port = u16::from_be(port_be as u16);
@@ -121,13 +120,13 @@ pub(crate) fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     };
     // 5.
     let slot = config.generation & 1;
-    if lookup(slot, &flow, DIR_EGRESS, remote_port).is_some() {
+    if lookup(slot, &flow, TrafficDir::Egress, remote_port).is_some() {
         return PASS;
     }
     // 6. (see `policy::is_reply` for the packet programs' side)
     if proto == PROTO_UDP
         && local_port != 0
-        && lookup(slot, &flow, DIR_INGRESS, local_port).is_some()
+        && lookup(slot, &flow, TrafficDir::Ingress, local_port).is_some()
     {
         // SAFETY: a helper on the program's own context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
@@ -180,7 +179,10 @@ fn destination(ctx: &SockAddrContext, v6: bool) -> ([u8; 16], bool) {
 /// (this hook runs in its context, unlike the packet programs).
 #[inline(always)]
 fn refuse(flow: &PacketFlow) -> i32 {
-    add_packet(&DENY_STATS, deny_index(1, DIR_EGRESS, REASON_NO_RULE));
+    add_packet(
+        &DENY_STATS,
+        deny_index(KernelMode::Enforce, TrafficDir::Egress, DenyReason::NoRule),
+    );
     // SAFETY: a helper without arguments, in the process's context.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let key = flow_key(
@@ -188,8 +190,8 @@ fn refuse(flow: &PacketFlow) -> i32 {
         flow.remote_port,
         flow.local_port,
         flow.proto,
-        DIR_EGRESS,
-        REASON_NO_RULE,
+        TrafficDir::Egress,
+        DenyReason::NoRule,
         cgroup_id,
     );
     if let Some((packets, ev)) = reserve_event(&key) {
@@ -198,8 +200,8 @@ fn refuse(flow: &PacketFlow) -> i32 {
             (*ev).packets = packets;
             (*ev).cgroup_id = cgroup_id;
             (*ev).uid = bpf_get_current_uid_gid() as u32;
-            (*ev).reason = REASON_NO_RULE;
-            (*ev).dir = DIR_EGRESS;
+            (*ev).reason = DenyReason::NoRule as u32;
+            (*ev).dir = TrafficDir::Egress as u8;
             (*ev).dropped = 1;
             (*ev).remote = flow.remote;
             (*ev).remote_port = flow.remote_port;

@@ -6,7 +6,7 @@ use core::{
 };
 
 use aya_ebpf::maps::PerCpuArray;
-use sdm_common::{rule_stats_index, Counter, MAX_RULES};
+use sdm_common::{rule_stats_index, Counter, TrafficDir, MAX_RULES};
 
 use crate::maps::RULE_STATS;
 
@@ -18,7 +18,7 @@ pub(crate) fn atomic_add_u64(p: *mut u64, v: u64) {
 }
 
 #[inline(always)]
-pub(crate) fn count_rule(rule: u32, dir: u8, len: u32) {
+pub(crate) fn count_rule(rule: u32, dir: TrafficDir, len: u32) {
     if rule < MAX_RULES {
         add(&RULE_STATS, rule_stats_index(rule, dir), len);
     }

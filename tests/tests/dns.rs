@@ -18,8 +18,7 @@ use sdm_agent::{
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
 };
 use sdm_common::{
-    dns_host_id, dns_name_key, Learned, DNS_RESULT_NAMES, LEARNED_ENTRIES, MAP_LEARNED4,
-    MODE_ENFORCE, PROG_DNS_IN, PROG_EGRESS,
+    dns_host_id, dns_name_key, Learned, LEARNED_ENTRIES, MAP_LEARNED4, PROG_DNS_IN, PROG_EGRESS,
 };
 use sdm_tests::{
     guards::{Netns, Pins},
@@ -103,7 +102,8 @@ impl Fixture {
         )
         .expect("apply dns");
         maps.set_learn_ttl_min(ttl_floor).expect("ttl floor");
-        maps.set_mode(MODE_ENFORCE).expect("enforce");
+        maps.set_mode(sdm_common::KernelMode::Enforce)
+            .expect("enforce");
         Fixture {
             ebpf,
             maps,
@@ -168,7 +168,7 @@ impl Fixture {
             .dns_stats()
             .expect("dns stats")
             .iter()
-            .zip(DNS_RESULT_NAMES)
+            .zip(sdm_common::DnsResult::ALL.map(sdm_common::DnsResult::name))
             .filter(|(n, _)| **n > 0)
             .map(|(n, name)| (name, *n))
             .collect()

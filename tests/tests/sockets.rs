@@ -24,7 +24,6 @@ use sdm_agent::{
     kernel::entries,
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
 };
-use sdm_common::{MODE_AUDIT, MODE_ENFORCE};
 use sdm_tests::{
     gateway::{self, expect_ok, sa, wait_for, DB, DENY_MS, OK_MS, OTHER},
     guards::{Cgroup, Netns, Pins},
@@ -159,7 +158,8 @@ fn denied_connect_fails_fast_with_eperm_and_names_the_process() {
     let ids: BTreeMap<String, u32> = maps.assign_rule_ids(&["web"]).expect("ids");
     maps.apply(&entries::build(&policy, &ids, |_| &[]))
         .expect("apply");
-    maps.set_mode(MODE_ENFORCE).expect("enforce");
+    maps.set_mode(sdm_common::KernelMode::Enforce)
+        .expect("enforce");
 
     let (ok, err, _, _) = connect_from(&cg, &net.host, ok_addr);
     assert!(ok, "allowed connect failed: {err}");
@@ -209,7 +209,7 @@ fn denied_connect_fails_fast_with_eperm_and_names_the_process() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    maps.set_mode(MODE_AUDIT).expect("audit");
+    maps.set_mode(sdm_common::KernelMode::Audit).expect("audit");
     let (ok, err, _, _) = connect_from(&cg, &net.host, denied_addr);
     assert!(ok, "audit mode must refuse nothing: {err}");
     drop(ebpf);

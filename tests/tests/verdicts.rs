@@ -15,11 +15,7 @@ use sdm_agent::{
     kernel::entries,
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
 };
-use sdm_common::{
-    DIR_EGRESS, DIR_INGRESS, LOOPBACK_ENFORCE, LOOPBACK_PASS, MODE_AUDIT, MODE_ENFORCE,
-    PROG_EGRESS, PROG_INGRESS, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_RULE,
-    REASON_SOURCE_ROUTE, REASON_UNKNOWN_PROTO,
-};
+use sdm_common::{LOOPBACK_ENFORCE, LOOPBACK_PASS, PROG_EGRESS, PROG_INGRESS};
 use sdm_tests::{
     guards::{Netns, Pins},
     packets::{ipv4, ipv6, l4, Ext, V4Opts, ICMP, ICMPV6, TCP, UDP},
@@ -127,7 +123,8 @@ impl Fixture {
             ifindex,
             _pins: pins,
         };
-        maps.set_mode(MODE_ENFORCE).expect("enforce");
+        maps.set_mode(sdm_common::KernelMode::Enforce)
+            .expect("enforce");
         f.apply(policy);
         f
     }
@@ -151,8 +148,8 @@ impl Fixture {
         })
     }
 
-    fn run(&mut self, dir: u8, pkt: &[u8], ifindex: u32, repeat: u32) -> u32 {
-        let name = if dir == DIR_EGRESS {
+    fn run(&mut self, dir: sdm_common::TrafficDir, pkt: &[u8], ifindex: u32, repeat: u32) -> u32 {
+        let name = if dir == sdm_common::TrafficDir::Egress {
             PROG_EGRESS
         } else {
             PROG_INGRESS
@@ -165,21 +162,26 @@ impl Fixture {
     }
 
     fn egress(&mut self, pkt: &[u8]) -> u32 {
-        self.run(DIR_EGRESS, pkt, self.ifindex, 1)
+        self.run(sdm_common::TrafficDir::Egress, pkt, self.ifindex, 1)
     }
 
     fn ingress(&mut self, pkt: &[u8]) -> u32 {
-        self.run(DIR_INGRESS, pkt, self.ifindex, 1)
+        self.run(sdm_common::TrafficDir::Ingress, pkt, self.ifindex, 1)
     }
 
-    fn denied(&self, enforce: bool, dir: u8, reason: u32) -> u64 {
+    fn denied(
+        &self,
+        enforce: bool,
+        dir: sdm_common::TrafficDir,
+        reason: sdm_common::DenyReason,
+    ) -> u64 {
         self.maps
             .deny_counter(enforce, dir, reason)
             .expect("deny counter")
             .packets
     }
 
-    fn rule_packets(&self, name: &str, dir: u8) -> u64 {
+    fn rule_packets(&self, name: &str, dir: sdm_common::TrafficDir) -> u64 {
         let id = self.ids[name];
         self.maps
             .rule_counter(id, dir)
@@ -255,9 +257,16 @@ fn ipv4_egress_exact_cidr_range_and_public_addresses() {
         DROP,
         "a public address"
     );
-    assert_eq!(f.rule_packets("app", DIR_EGRESS), 1);
-    assert_eq!(f.rule_packets("range", DIR_EGRESS), 2);
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_NO_RULE), 7);
+    assert_eq!(f.rule_packets("app", sdm_common::TrafficDir::Egress), 1);
+    assert_eq!(f.rule_packets("range", sdm_common::TrafficDir::Egress), 2);
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::NoRule
+        ),
+        7
+    );
 }
 
 #[test]
@@ -317,7 +326,7 @@ fn ipv6_exact_and_cidr_ingress() {
         PASS
     );
     assert_eq!(f.ingress(&ssh_from("2001:db8:2::5".parse().unwrap())), DROP);
-    assert_eq!(f.rule_packets("ssh6", DIR_INGRESS), 1);
+    assert_eq!(f.rule_packets("ssh6", sdm_common::TrafficDir::Ingress), 1);
 }
 
 #[test]
@@ -367,7 +376,14 @@ fn source_routes_are_refused() {
         DROP,
         "IPv6 routing header with a segment left"
     );
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_SOURCE_ROUTE), 2);
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::SourceRoute
+        ),
+        2
+    );
     // More options than the program walks: refused as a possible source
     // route (five NOPs, then the end of the list).
     let mut many = ipv4(
@@ -382,7 +398,14 @@ fn source_routes_are_refused() {
     );
     many[20..28].copy_from_slice(&[1, 1, 1, 1, 1, 0, 0, 0]);
     assert_eq!(f.egress(&many), DROP, "five NOPs");
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_SOURCE_ROUTE), 3);
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::SourceRoute
+        ),
+        3
+    );
     // A routing header whose segments are used up is only walked.
     let p = ipv6(ME6, APP6, TCP, &[Ext::Routing], &l4(TCP, 40000, 443));
     assert_eq!(f.egress(&p), PASS);
@@ -412,7 +435,14 @@ fn ipv6_extension_headers_are_walked() {
         DROP,
         "more headers than walked"
     );
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_MALFORMED), 1);
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::Malformed
+        ),
+        1
+    );
 }
 
 #[test]
@@ -432,8 +462,22 @@ fn fragments_have_their_own_verdict() {
     assert_eq!(f.egress(&p), DROP, "non-first IPv4 fragment");
     let p = ipv6(ME6, APP6, TCP, &[Ext::Fragment(100)], &[0u8; 32]);
     assert_eq!(f.egress(&p), DROP, "non-first IPv6 fragment");
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_FRAGMENT), 2);
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_NO_RULE), 0);
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::Fragment
+        ),
+        2
+    );
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::NoRule
+        ),
+        0
+    );
 }
 
 #[test]
@@ -460,14 +504,28 @@ fn truncated_malformed_and_unknown_protocols() {
         DROP,
         "IPv6 extension header cut short"
     );
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_MALFORMED), 5);
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::Malformed
+        ),
+        5
+    );
     let sctp = ipv4(ME, APP_ADDR, 132, &[0u8; 12], V4Opts::default());
     assert_eq!(f.egress(&sctp), DROP);
     let gre6 = ipv6(ME6, APP6, 47, &[], &[0u8; 8]);
     assert_eq!(f.egress(&gre6), DROP);
     let icmp_in_v6 = ipv6(ME6, APP6, ICMP, &[], &l4(ICMP, 0, 8));
     assert_eq!(f.egress(&icmp_in_v6), DROP, "ICMPv4 inside IPv6");
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_UNKNOWN_PROTO), 3);
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::UnknownProto
+        ),
+        3
+    );
 }
 
 #[test]
@@ -475,23 +533,42 @@ fn audit_mode_passes_and_counts_and_switching_is_immediate() {
     let mut f = Fixture::new(&base_policy());
     let denied = v4(Ipv4Addr::new(8, 8, 8, 8), TCP, 443);
     assert_eq!(f.egress(&denied), DROP);
-    f.maps.set_mode(MODE_AUDIT).expect("audit");
+    f.maps
+        .set_mode(sdm_common::KernelMode::Audit)
+        .expect("audit");
     assert_eq!(f.egress(&denied), PASS, "audit passes a would-be drop");
     let mut v5 = denied.clone();
     v5[0] = 0x55;
     assert_eq!(f.egress(&v5), PASS, "audit passes even malformed packets");
     assert_eq!(
-        f.denied(false, DIR_EGRESS, REASON_NO_RULE),
+        f.denied(
+            false,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::NoRule
+        ),
         1,
         "counted under audit"
     );
-    assert_eq!(f.denied(false, DIR_EGRESS, REASON_MALFORMED), 1);
     assert_eq!(
-        f.denied(true, DIR_EGRESS, REASON_NO_RULE),
+        f.denied(
+            false,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::Malformed
+        ),
+        1
+    );
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::NoRule
+        ),
         1,
         "the enforce-mode drop"
     );
-    f.maps.set_mode(MODE_ENFORCE).expect("enforce");
+    f.maps
+        .set_mode(sdm_common::KernelMode::Enforce)
+        .expect("enforce");
     assert_eq!(f.egress(&denied), DROP, "back to enforce, same program");
 }
 
@@ -500,25 +577,41 @@ fn counters_are_exact_per_rule_and_direction() {
     let mut f = Fixture::new(&base_policy());
     let p = v4(APP_ADDR, TCP, 443);
     let ifindex = f.ifindex;
-    assert_eq!(f.run(DIR_EGRESS, &p, ifindex, 1000), PASS);
+    assert_eq!(
+        f.run(sdm_common::TrafficDir::Egress, &p, ifindex, 1000),
+        PASS
+    );
     let id = f.ids["app"];
-    let c = f.maps.rule_counter(id, DIR_EGRESS).expect("counter");
+    let c = f
+        .maps
+        .rule_counter(id, sdm_common::TrafficDir::Egress)
+        .expect("counter");
     assert_eq!(c.packets, 1000);
     assert_eq!(c.bytes, 1000 * p.len() as u64);
     let reply = ipv4(APP_ADDR, ME, TCP, &l4(TCP, 443, 40000), V4Opts::default());
     assert_eq!(
-        f.run(DIR_INGRESS, &reply, ifindex, 10),
+        f.run(sdm_common::TrafficDir::Ingress, &reply, ifindex, 10),
         PASS,
         "replies pass"
     );
     assert_eq!(
-        f.rule_packets("app", DIR_INGRESS),
+        f.rule_packets("app", sdm_common::TrafficDir::Ingress),
         10,
         "and count under ingress"
     );
     let denied = v4(Ipv4Addr::new(8, 8, 8, 8), UDP, 53);
-    assert_eq!(f.run(DIR_EGRESS, &denied, ifindex, 777), DROP);
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_NO_RULE), 777);
+    assert_eq!(
+        f.run(sdm_common::TrafficDir::Egress, &denied, ifindex, 777),
+        DROP
+    );
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::NoRule
+        ),
+        777
+    );
 }
 
 #[test]
@@ -563,7 +656,10 @@ fn replies_and_unsolicited_inbound() {
         V4Opts::default(),
     );
     assert_eq!(f.egress(&answer), PASS, "reply to an allowed inbound flow");
-    assert_eq!(f.rule_packets("advertised", DIR_EGRESS), 1);
+    assert_eq!(
+        f.rule_packets("advertised", sdm_common::TrafficDir::Egress),
+        1
+    );
     // A bare SYN from the advertised port opens a connection: never a reply.
     let dial_out = ipv4(
         ME,
@@ -577,8 +673,22 @@ fn replies_and_unsolicited_inbound() {
         DROP,
         "a SYN from an ingress rule's port"
     );
-    assert_eq!(f.denied(true, DIR_EGRESS, REASON_NO_RULE), 1);
-    assert_eq!(f.denied(true, DIR_INGRESS, REASON_NO_RULE), 3);
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::NoRule
+        ),
+        1
+    );
+    assert_eq!(
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Ingress,
+            sdm_common::DenyReason::NoRule
+        ),
+        3
+    );
 }
 
 #[test]
@@ -592,16 +702,20 @@ fn loopback_passes_unless_enforced() {
         &l4(TCP, 40000, 6000),
         V4Opts::default(),
     );
-    assert_eq!(f.run(DIR_EGRESS, &p, lo, 1), PASS);
+    assert_eq!(f.run(sdm_common::TrafficDir::Egress, &p, lo, 1), PASS);
     assert_eq!(
-        f.denied(true, DIR_EGRESS, REASON_NO_RULE),
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::NoRule
+        ),
         0,
         "loopback is not even counted"
     );
     f.maps
         .set_loopback(LOOPBACK_ENFORCE)
         .expect("loopback enforce");
-    assert_eq!(f.run(DIR_EGRESS, &p, lo, 1), DROP);
+    assert_eq!(f.run(sdm_common::TrafficDir::Egress, &p, lo, 1), DROP);
     let mut policy = base_policy();
     policy.rules.push(rule(
         "cli",
@@ -612,7 +726,7 @@ fn loopback_passes_unless_enforced() {
     ));
     f.apply(&policy);
     assert_eq!(
-        f.run(DIR_EGRESS, &p, lo, 1),
+        f.run(sdm_common::TrafficDir::Egress, &p, lo, 1),
         PASS,
         "an allowed loopback port, client side"
     );
@@ -624,7 +738,7 @@ fn loopback_passes_unless_enforced() {
         V4Opts::default(),
     );
     assert_eq!(
-        f.run(DIR_INGRESS, &inbound, lo, 1),
+        f.run(sdm_common::TrafficDir::Ingress, &inbound, lo, 1),
         PASS,
         "and listener side"
     );
@@ -688,7 +802,11 @@ fn mode_changes_are_never_lost_to_a_policy_apply() {
             let mut cli = Maps::open(&layout).expect("open pinned maps as the CLI does");
             let mut lost = Vec::new();
             for i in 0..20u32 {
-                let mode = if i % 2 == 0 { MODE_AUDIT } else { MODE_ENFORCE };
+                let mode = if i % 2 == 0 {
+                    sdm_common::KernelMode::Audit
+                } else {
+                    sdm_common::KernelMode::Enforce
+                };
                 cli.set_mode(mode).expect("set mode");
                 // Wait until two applies have finished since: the one in
                 // flight when the mode was written, and a whole one after.
@@ -821,12 +939,12 @@ fn drain_events(f: &Fixture) -> Vec<sdm_common::DenyEvent> {
     out
 }
 
-fn event_stat(f: &Fixture, index: u32) -> u64 {
+fn event_stat(f: &Fixture, stat: sdm_common::EventStat) -> u64 {
     let path = f._pins.layout.map_pin(sdm_common::MAP_EVENT_STATS);
     let data = aya::maps::MapData::from_pin(&path).expect("event stats pin");
     let arr: aya::maps::PerCpuArray<aya::maps::MapData, u64> =
         aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).expect("per-CPU array");
-    arr.get(&index, 0).expect("read").iter().sum()
+    arr.get(&u32::from(stat), 0).expect("read").iter().sum()
 }
 
 #[test]
@@ -834,7 +952,10 @@ fn denies_are_reported_once_per_flow_per_interval() {
     let mut f = Fixture::new(&base_policy());
     let ifindex = f.ifindex;
     let denied = v4(Ipv4Addr::new(8, 8, 8, 8), TCP, 443);
-    assert_eq!(f.run(DIR_EGRESS, &denied, ifindex, 1000), DROP);
+    assert_eq!(
+        f.run(sdm_common::TrafficDir::Egress, &denied, ifindex, 1000),
+        DROP
+    );
     let other = v4(Ipv4Addr::new(9, 9, 9, 9), UDP, 53);
     assert_eq!(f.egress(&other), DROP);
     assert_eq!(
@@ -854,17 +975,21 @@ fn denies_are_reported_once_per_flow_per_interval() {
         .expect("the 8.8.8.8 event");
     assert_eq!(
         (e.proto, e.remote_port, e.local_port, e.dir, e.dropped),
-        (TCP, 443, 40000, DIR_EGRESS, 1)
+        (TCP, 443, 40000, sdm_common::TrafficDir::Egress as u8, 1)
     );
     assert_eq!(e.local[..4], ME.octets());
-    assert_eq!(e.reason, REASON_NO_RULE);
+    assert_eq!(e.reason, sdm_common::DenyReason::NoRule);
     assert_eq!(e.v6, 0);
     assert_eq!(e.packets, 1);
-    assert_eq!(event_stat(&f, sdm_common::EVENT_STAT_SENT), 2);
-    assert_eq!(event_stat(&f, sdm_common::EVENT_STAT_SUPPRESSED), 999);
-    assert_eq!(event_stat(&f, sdm_common::EVENT_STAT_LOST), 0);
+    assert_eq!(event_stat(&f, sdm_common::EventStat::Sent), 2);
+    assert_eq!(event_stat(&f, sdm_common::EventStat::Suppressed), 999);
+    assert_eq!(event_stat(&f, sdm_common::EventStat::Lost), 0);
     assert_eq!(
-        f.denied(true, DIR_EGRESS, REASON_NO_RULE),
+        f.denied(
+            true,
+            sdm_common::TrafficDir::Egress,
+            sdm_common::DenyReason::NoRule
+        ),
         1001,
         "counters still count every packet"
     );
@@ -880,7 +1005,9 @@ fn denies_are_reported_once_per_flow_per_interval() {
 #[test]
 fn audit_mode_reports_would_be_drops_and_malformed_packets() {
     let mut f = Fixture::new(&base_policy());
-    f.maps.set_mode(MODE_AUDIT).expect("audit");
+    f.maps
+        .set_mode(sdm_common::KernelMode::Audit)
+        .expect("audit");
     let p6 = v6("2001:db8:9::1".parse().unwrap(), UDP, 1234);
     assert_eq!(f.egress(&p6), PASS);
     let mut bad = v4(APP_ADDR, TCP, 443);
@@ -896,5 +1023,5 @@ fn audit_mode_reports_would_be_drops_and_malformed_packets() {
     );
     assert!(events
         .iter()
-        .any(|e| e.reason == REASON_MALFORMED && e.dropped == 0));
+        .any(|e| e.reason == sdm_common::DenyReason::Malformed && e.dropped == 0));
 }

@@ -342,9 +342,10 @@ struct AgentCollector {
 impl Collector for AgentCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let kernel = kernel_event_stats(&self.layout);
-        let lost = kernel[sdm_common::EVENT_STAT_LOST as usize]
+        let lost = kernel[sdm_common::EventStat::Lost as usize]
             .saturating_add(self.stats.events_lost.load(Ordering::Relaxed));
-        let rows: Vec<_> = sdm_common::EVENT_STAT_NAMES
+        let rows: Vec<_> = sdm_common::EventStat::ALL
+            .map(sdm_common::EventStat::name)
             .iter()
             .zip(kernel)
             .map(|(name, n)| (vec![("result", name.to_string())], n))

@@ -5,7 +5,6 @@
 
 use std::{collections::BTreeMap, fs, net::IpAddr, path::PathBuf};
 
-use sdm_common::{DIR_EGRESS, MODE_ENFORCE};
 use serde::{Deserialize, Serialize};
 
 use crate::{dns::resolver::HostReport, kernel::dataplane::Layout, policy::Rule};
@@ -165,7 +164,7 @@ pub struct Status {
     #[serde(default)]
     pub policy_error: Option<String>,
     /// Answers the kernel's DNS parser handled, by result
-    /// (`sdm_common::DNS_RESULT_NAMES`).
+    /// (`sdm_common::DnsResult::name`).
     #[serde(default)]
     pub dns_answers: BTreeMap<String, u64>,
     /// Addresses of allowed answers not learned because the learned-address
@@ -176,7 +175,7 @@ pub struct Status {
     #[serde(default)]
     pub dns_queries_mode: String,
     /// Queries to the trusted resolvers judged by the kernel under
-    /// `[dns] queries = "policy"`, by verdict (`sdm_common::DNSQ_NAMES`).
+    /// `[dns] queries = "policy"`, by verdict (`sdm_common::DnsQueryVerdict::name`).
     #[serde(default)]
     pub dns_queries: BTreeMap<String, u64>,
     /// Addresses the kernel learned from DNS answers and still allows.
@@ -218,7 +217,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 pub fn mode_name(mode: u32) -> &'static str {
-    if mode == MODE_ENFORCE {
+    if mode == sdm_common::KernelMode::Enforce {
         "enforce"
     } else {
         "audit"
@@ -226,7 +225,7 @@ pub fn mode_name(mode: u32) -> &'static str {
 }
 
 pub fn dir_name(dir: u8) -> &'static str {
-    if dir == DIR_EGRESS {
+    if dir == sdm_common::TrafficDir::Egress {
         "egress"
     } else {
         "ingress"

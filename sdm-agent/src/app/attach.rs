@@ -6,7 +6,7 @@
 use std::{borrow::Cow, path::Path, sync::Mutex};
 
 use anyhow::{Context as _, Result};
-use sdm_common::{LOOPBACK_ENFORCE, LOOPBACK_PASS, MODE_AUDIT, MODE_ENFORCE};
+use sdm_common::{LOOPBACK_ENFORCE, LOOPBACK_PASS};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -56,8 +56,8 @@ pub(super) fn set_mode(maps: &Mutex<Maps>, config: &Config) -> Result<()> {
         LoopbackMode::Pass => LOOPBACK_PASS,
     })?;
     m.set_mode(match config.mode {
-        Mode::Enforce => MODE_ENFORCE,
-        Mode::Audit => MODE_AUDIT,
+        Mode::Enforce => sdm_common::KernelMode::Enforce,
+        Mode::Audit => sdm_common::KernelMode::Audit,
     })?;
     Ok(())
 }

@@ -5,24 +5,20 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use sdm_agent::{
-    api::status,
-    kernel::dataplane::{Layout, Maps},
-};
-use sdm_common::{MODE_AUDIT, MODE_ENFORCE};
+use sdm_agent::kernel::dataplane::{Layout, Maps};
 
 use super::{ModeArg, OnOff};
 
 pub fn set_mode(layout: &Layout, mode: ModeArg) -> Result<ExitCode> {
     let mut maps = Maps::open(layout)?;
     let m = match mode {
-        ModeArg::Audit => MODE_AUDIT,
-        ModeArg::Enforce => MODE_ENFORCE,
+        ModeArg::Audit => sdm_common::KernelMode::Audit,
+        ModeArg::Enforce => sdm_common::KernelMode::Enforce,
     };
     maps.set_mode(m)?;
     println!(
         "mode: {} (a running agent keeps it; a restarted agent applies its config's mode)",
-        status::mode_name(m)
+        m.name()
     );
     Ok(ExitCode::SUCCESS)
 }

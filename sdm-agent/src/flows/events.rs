@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use sdm_common::{DenyEvent, MAP_EVENTS, REASON_NAMES};
+use sdm_common::{DenyEvent, MAP_EVENTS};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
@@ -77,7 +77,8 @@ impl Event {
             remote: addr(&e.remote, v6),
             remote_port: e.remote_port,
             verdict: if e.dropped != 0 { "dropped" } else { "audit" },
-            reason: REASON_NAMES
+            reason: sdm_common::DenyReason::ALL
+                .map(sdm_common::DenyReason::name)
                 .get(e.reason as usize)
                 .copied()
                 .unwrap_or("unknown"),
@@ -89,7 +90,7 @@ impl Event {
             len: e.len,
             // Only a query's refusal carries a name (the kernel leaves the
             // field unwritten, past its first byte, in other events).
-            qname: (e.reason == sdm_common::REASON_DNS_QUERY)
+            qname: (e.reason == sdm_common::DenyReason::DnsQuery)
                 .then(|| wire_name(&e.qname))
                 .flatten(),
         }

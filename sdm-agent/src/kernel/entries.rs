@@ -10,8 +10,8 @@ use std::{
 use ipnet::IpNet;
 use sdm_common::{
     dns_host_id, dns_name_key, dns_wire_name, Cidr4, Cidr6, DnsHost, HostPortKey, Key4, Key6,
-    CIDR_HEADER_BITS, DIR_EGRESS, DIR_INGRESS, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_HOST_PORTS,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    CIDR_HEADER_BITS, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_HOST_PORTS, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::policy::{Direction, Policy, Proto, Rule, Target};
@@ -135,9 +135,10 @@ pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
 
 fn dir_code(d: Direction) -> u8 {
     match d {
-        Direction::Egress => DIR_EGRESS,
-        Direction::Ingress => DIR_INGRESS,
+        Direction::Egress => sdm_common::TrafficDir::Egress,
+        Direction::Ingress => sdm_common::TrafficDir::Ingress,
     }
+    .into()
 }
 
 fn proto_code(p: Proto, v6: bool) -> u8 {
@@ -258,7 +259,7 @@ fn add_net(out: &mut Entries, rule: &Rule, id: u32, net: IpNet) {
     // On loopback both ends are this host: a client connecting to an
     // allowed loopback listener sends from a socket of its own.
     if rule.direction == Direction::Ingress && is_loopback(&net) {
-        dirs.push(DIR_EGRESS);
+        dirs.push(sdm_common::TrafficDir::Egress.into());
     }
     for dir in dirs {
         for proto in &rule.protos {

@@ -90,7 +90,7 @@ pub fn check(
         return Err(NotPoliced::NoPolicy);
     }
     let mode = status::mode_name(cfg.mode);
-    if require_enforce && cfg.mode != sdm_common::MODE_ENFORCE {
+    if require_enforce && cfg.mode != sdm_common::KernelMode::Enforce {
         return Err(NotPoliced::NotEnforcing(mode));
     }
     Ok(Policed {

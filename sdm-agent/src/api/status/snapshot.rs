@@ -7,13 +7,9 @@ use std::{
 };
 
 use ipnet::IpNet;
-use sdm_common::{
-    CIDR_HEADER_BITS, DIR_EGRESS, DIR_INGRESS, LOOPBACK_ENFORCE, REASON_COUNT, REASON_NAMES,
-};
+use sdm_common::{CIDR_HEADER_BITS, LOOPBACK_ENFORCE};
 
-use super::{
-    dir_name, mode_name, monotonic_ns, DenyStatus, LearnedStatus, RuleStatus, StateFile, Status,
-};
+use super::{mode_name, monotonic_ns, DenyStatus, LearnedStatus, RuleStatus, StateFile, Status};
 use crate::{
     kernel::dataplane::{AttachRecord, DataplaneError, Layout, Maps},
     kernel::entries::Entries,
@@ -34,7 +30,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
     let dns_queries = maps
         .dns_query_stats()?
         .iter()
-        .zip(sdm_common::DNSQ_NAMES)
+        .zip(sdm_common::DnsQueryVerdict::ALL.map(sdm_common::DnsQueryVerdict::name))
         .map(|(n, name)| (name.to_string(), *n))
         .collect();
     let dns_queries_mode = if cfg.dns_queries == sdm_common::DNS_QUERIES_POLICY {
@@ -46,7 +42,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
     let dns_answers = maps
         .dns_stats()?
         .iter()
-        .zip(sdm_common::DNS_RESULT_NAMES)
+        .zip(sdm_common::DnsResult::ALL.map(sdm_common::DnsResult::name))
         .map(|(n, name)| (name.to_string(), *n))
         .collect();
     let learned = learned_statuses(maps, state.as_ref())?;
@@ -160,8 +156,12 @@ fn rule_statuses(
                 .remove(id)
                 .map(|s| s.into_iter().collect())
                 .unwrap_or_default(),
-            egress: maps.rule_counter(*id, DIR_EGRESS)?.into(),
-            ingress: maps.rule_counter(*id, DIR_INGRESS)?.into(),
+            egress: maps
+                .rule_counter(*id, sdm_common::TrafficDir::Egress)?
+                .into(),
+            ingress: maps
+                .rule_counter(*id, sdm_common::TrafficDir::Ingress)?
+                .into(),
         });
     }
     // Keep the policy's order where the agent recorded it.
@@ -181,13 +181,13 @@ fn rule_statuses(
 fn deny_statuses(maps: &mut Maps) -> Result<Vec<DenyStatus>, DataplaneError> {
     let mut denied = Vec::new();
     for enforce in [false, true] {
-        for dir in [DIR_EGRESS, DIR_INGRESS] {
-            for reason in 0..REASON_COUNT {
+        for dir in sdm_common::TrafficDir::ALL {
+            for reason in sdm_common::DenyReason::ALL {
                 let c = maps.deny_counter(enforce, dir, reason)?;
                 denied.push(DenyStatus {
                     mode: if enforce { "enforce" } else { "audit" }.into(),
-                    direction: dir_name(dir).into(),
-                    reason: REASON_NAMES[reason as usize].into(),
+                    direction: dir.name().into(),
+                    reason: reason.name().into(),
                     packets: c.packets,
                     bytes: c.bytes,
                 });

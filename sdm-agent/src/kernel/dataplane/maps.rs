@@ -135,8 +135,8 @@ impl Maps {
     }
 
     /// Switches the mode in place: the programs read it on every packet.
-    pub fn set_mode(&mut self, mode: u32) -> Result<(), DataplaneError> {
-        self.set_config_field(ConfigField::Mode, mode);
+    pub fn set_mode(&mut self, mode: sdm_common::KernelMode) -> Result<(), DataplaneError> {
+        self.set_config_field(ConfigField::Mode, mode.into());
         Ok(())
     }
 

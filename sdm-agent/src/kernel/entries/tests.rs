@@ -95,7 +95,7 @@ fn hosts_cidrs_ranges_and_first_rule_wins() {
         addr: [192, 0, 2, 1],
         port,
         proto,
-        dir: DIR_EGRESS,
+        dir: sdm_common::TrafficDir::Egress as u8,
     };
     assert_eq!(
         e.exact4.get(&k(443, PROTO_TCP)),
@@ -109,7 +109,7 @@ fn hosts_cidrs_ranges_and_first_rule_wins() {
     assert_eq!(e.exact4.len(), 1 + 8 - 1);
     assert_eq!(e.exact6.len(), 8);
     let c = Cidr4 {
-        dir: DIR_EGRESS,
+        dir: sdm_common::TrafficDir::Egress as u8,
         proto: PROTO_TCP,
         port: 8000u16.to_be_bytes(),
         addr: [10, 0, 0, 0],
@@ -117,7 +117,7 @@ fn hosts_cidrs_ranges_and_first_rule_wins() {
     assert_eq!(e.cidr4.get(&(CIDR_HEADER_BITS + 8, c)), Some(&9));
     // host bits of a CIDR are cleared
     let s = Cidr4 {
-        dir: DIR_INGRESS,
+        dir: sdm_common::TrafficDir::Ingress as u8,
         proto: PROTO_TCP,
         port: 22u16.to_be_bytes(),
         addr: [10, 0, 0, 0],
@@ -245,6 +245,9 @@ fn loopback_ingress_rules_open_both_ends() {
     let ids: BTreeMap<String, u32> = [("cli".to_string(), 1)].into();
     let e = build(&policy, &ids, |_| &[]);
     assert_eq!(e.cidr4.len(), 2);
-    assert!(e.cidr4.keys().any(|(_, k)| k.dir == DIR_EGRESS));
+    assert!(e
+        .cidr4
+        .keys()
+        .any(|(_, k)| k.dir == sdm_common::TrafficDir::Egress));
     assert_eq!(e.exact6.len(), 2);
 }

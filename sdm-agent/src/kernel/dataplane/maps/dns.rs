@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use sdm_common::{
-    DnsHost, ResolverKey, DNSQ_COUNT, DNS_RESULT_COUNT, DNS_STAT_LEARN_FULL, MAP_DNSQ_STATS,
-    MAP_DNS_NAMES, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_LEARNED4, MAP_LEARNED6,
+    DnsHost, ResolverKey, DNS_STAT_LEARN_FULL, MAP_DNSQ_STATS, MAP_DNS_NAMES, MAP_DNS_RESOLVERS,
+    MAP_DNS_STATS, MAP_LEARNED4, MAP_LEARNED6,
 };
 
 use super::Maps;
@@ -96,7 +96,7 @@ impl Maps {
     }
 
     /// Answers the DNS parser counted, by `DNS_RESULT_*`, summed over CPUs.
-    pub fn dns_stats(&self) -> Result<[u64; DNS_RESULT_COUNT as usize], DataplaneError> {
+    pub fn dns_stats(&self) -> Result<[u64; sdm_common::DnsResult::COUNT], DataplaneError> {
         first_totals(&self.dns_stats, MAP_DNS_STATS)
     }
 
@@ -112,7 +112,9 @@ impl Maps {
 
     /// Queries judged under `[dns] queries = "policy"`, by `DNSQ_*`,
     /// summed over CPUs.
-    pub fn dns_query_stats(&self) -> Result<[u64; DNSQ_COUNT as usize], DataplaneError> {
+    pub fn dns_query_stats(
+        &self,
+    ) -> Result<[u64; sdm_common::DnsQueryVerdict::COUNT], DataplaneError> {
         first_totals(&self.dnsq_stats, MAP_DNSQ_STATS)
     }
 

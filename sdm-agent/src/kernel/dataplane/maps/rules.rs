@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::PerCpuValues;
 use sdm_common::{
-    deny_index, rule_stats_index, Counter, RuleName, DIR_EGRESS, DIR_INGRESS, MAP_DENY_STATS,
-    MAP_RULE_NAMES, MAP_RULE_STATS, MAX_RULES, REASON_COUNT,
+    deny_index, rule_stats_index, Counter, RuleName, MAP_DENY_STATS, MAP_RULE_NAMES,
+    MAP_RULE_STATS, MAX_RULES,
 };
 
 use super::Maps;
@@ -142,7 +142,7 @@ impl Maps {
             path: "/sys/devices/system/cpu/possible".into(),
             source: e,
         })?;
-        for dir in [DIR_EGRESS, DIR_INGRESS] {
+        for dir in sdm_common::TrafficDir::ALL {
             let zeros = PerCpuValues::try_from(vec![Counter::default(); ncpus]).map_err(|e| {
                 DataplaneError::Io {
                     op: "build per-CPU values for",
@@ -158,7 +158,11 @@ impl Maps {
     }
 
     /// Allowed packets and bytes of a rule in one direction, summed over CPUs.
-    pub fn rule_counter(&self, id: u32, dir: u8) -> Result<Counter, DataplaneError> {
+    pub fn rule_counter(
+        &self,
+        id: u32,
+        dir: sdm_common::TrafficDir,
+    ) -> Result<Counter, DataplaneError> {
         let v = self
             .rule_stats
             .get(&rule_stats_index(id, dir), 0)
@@ -170,13 +174,17 @@ impl Maps {
     pub fn deny_counter(
         &self,
         enforce: bool,
-        dir: u8,
-        reason: u32,
+        dir: sdm_common::TrafficDir,
+        reason: sdm_common::DenyReason,
     ) -> Result<Counter, DataplaneError> {
-        debug_assert!(reason < REASON_COUNT);
+        let mode = if enforce {
+            sdm_common::KernelMode::Enforce
+        } else {
+            sdm_common::KernelMode::Audit
+        };
         let v = self
             .deny_stats
-            .get(&deny_index(u32::from(enforce), dir, reason), 0)
+            .get(&deny_index(mode, dir, reason), 0)
             .map_err(map_err(MAP_DENY_STATS))?;
         Ok(sum_counters(&v))
     }
