@@ -259,10 +259,10 @@ fn zero_line(dom: &str) -> f64 {
 
 /// Replies that arrive on ephemeral ports are one flow each (an ingress
 /// flow's port is the local one); the top destinations list them as one
-/// entry per remote, naming the local ports, not as one `remote:port`
-/// destination each.
+/// entry per remote and service port (the port the replies come from),
+/// naming the local ports, not as one `remote:port` destination each.
 #[test]
-fn dashboard_groups_ingress_replies_by_remote() {
+fn dashboard_groups_ingress_replies_by_remote_and_service_port() {
     let mut lab = new_lab();
     // Audit mode: the UDP requests to a port no rule allows go out, and
     // their echoes come back to the probes' ephemeral ports, unasked for
@@ -284,6 +284,9 @@ fn dashboard_groups_ingress_replies_by_remote() {
         (replies.len() >= 3).then_some(replies)
     })
     .unwrap_or_else(|| panic!("no three reply flows from {other} in /api/flows"));
+    for f in &replies {
+        assert_eq!(f["remote_port"], 9001, "a reply's service port: {f}");
+    }
     let mut ports: Vec<u64> = replies.iter().filter_map(|f| f["port"].as_u64()).collect();
     ports.sort_unstable();
     let count: u64 = replies.iter().filter_map(|f| f["count"].as_u64()).sum();
@@ -305,8 +308,11 @@ fn dashboard_groups_ingress_replies_by_remote() {
     assert_eq!(group["data-count"], count.to_string(), "{group:?}");
     let text = text_content(&dom);
     assert!(
-        text.contains(&format!("← {other}/udp to {} local ports", ports.len())),
-        "the replies' entry names its local ports:\n{text}"
+        text.contains(&format!(
+            "← {other}:9001/udp to {} local ports",
+            ports.len()
+        )),
+        "the replies' entry names their service port and local ports:\n{text}"
     );
 }
 

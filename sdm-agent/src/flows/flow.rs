@@ -127,6 +127,12 @@ pub struct Flow {
     pub reason: String,
     /// The local address of the last event.
     pub local: Option<IpAddr>,
+    /// The remote's port in the last event of an ingress TCP or UDP flow
+    /// (the key's port is the local one): for a reply to this host's own
+    /// request, the service it asked. None for egress (the key's port is
+    /// the remote's) and for flows stored before the agent kept it.
+    #[serde(default)]
+    pub remote_port: Option<u16>,
     /// The last process seen (0: unknown).
     pub pid: u32,
     pub uid: u32,
@@ -149,6 +155,8 @@ impl Flow {
             hostname,
             reason: e.reason.to_string(),
             local: Some(e.local.to_canonical()),
+            remote_port: (e.direction == "ingress" && matches!(e.proto.as_str(), "tcp" | "udp"))
+                .then_some(e.remote_port),
             pid: e.pid,
             uid: e.uid,
             cgroup_id: e.cgroup_id,
@@ -163,6 +171,7 @@ impl Flow {
         if other.last_seen >= self.last_seen {
             self.reason.clone_from(&other.reason);
             self.local = other.local.or(self.local);
+            self.remote_port = other.remote_port.or(self.remote_port);
             self.pid = other.pid;
             self.uid = other.uid;
             self.cgroup_id = other.cgroup_id;

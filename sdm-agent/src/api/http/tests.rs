@@ -33,6 +33,7 @@ fn flow(remote: &str, comm: &str, verdict: &str, t: u64) -> Flow {
         hostname: Some("api.example.com".into()),
         reason: "no_rule".into(),
         local: None,
+        remote_port: None,
         pid: 77,
         uid: 0,
         cgroup_id: 1,

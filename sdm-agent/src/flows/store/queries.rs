@@ -23,12 +23,13 @@ impl Store {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT INTO flows (direction, proto, remote, port, comm, verdict, hostname, reason, local,
-                                        pid, uid, cgroup_id, first_seen, last_seen, count)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                                        pid, uid, cgroup_id, first_seen, last_seen, count, remote_port)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                      ON CONFLICT (direction, proto, remote, port, comm, verdict) DO UPDATE SET
                          hostname = coalesce(excluded.hostname, flows.hostname),
                          reason = CASE WHEN excluded.last_seen >= flows.last_seen THEN excluded.reason ELSE flows.reason END,
                          local = CASE WHEN excluded.last_seen >= flows.last_seen THEN coalesce(excluded.local, flows.local) ELSE flows.local END,
+                         remote_port = CASE WHEN excluded.last_seen >= flows.last_seen THEN coalesce(excluded.remote_port, flows.remote_port) ELSE flows.remote_port END,
                          pid = CASE WHEN excluded.last_seen >= flows.last_seen THEN excluded.pid ELSE flows.pid END,
                          uid = CASE WHEN excluded.last_seen >= flows.last_seen THEN excluded.uid ELSE flows.uid END,
                          cgroup_id = CASE WHEN excluded.last_seen >= flows.last_seen THEN excluded.cgroup_id ELSE flows.cgroup_id END,
@@ -54,6 +55,7 @@ impl Store {
                     to_i64(f.first_seen),
                     to_i64(f.last_seen),
                     to_i64(f.count),
+                    f.remote_port,
                 ])
                 .map_err(err)?;
                 n += 1;
@@ -69,7 +71,7 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT direction, proto, remote, port, comm, verdict, hostname, reason, local,
-                        pid, uid, cgroup_id, first_seen, last_seen, count
+                        pid, uid, cgroup_id, first_seen, last_seen, count, remote_port
                  FROM flows
                  WHERE last_seen >= ?1 AND (?2 IS NULL OR direction = ?2) AND (?3 IS NULL OR verdict = ?3)
                  ORDER BY last_seen DESC, id
@@ -105,6 +107,7 @@ impl Store {
                         hostname: r.get(6)?,
                         reason: r.get(7)?,
                         local: local.and_then(|l| l.parse().ok()),
+                        remote_port: r.get(15)?,
                         pid: r.get(9)?,
                         uid: r.get(10)?,
                         cgroup_id: cgroup_id as u64,

@@ -35,6 +35,9 @@ pub const MIGRATIONS: &[&str] = &[
          UNIQUE (direction, proto, remote, port, comm, verdict)
      );
      CREATE INDEX flows_last_seen ON flows (last_seen);",
+    // 2: the remote's port of an ingress flow (the service a reply came
+    // from); NULL in rows written before.
+    "ALTER TABLE flows ADD COLUMN remote_port INTEGER;",
 ];
 
 /// The schema version this agent writes and reads.

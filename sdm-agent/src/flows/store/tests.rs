@@ -45,6 +45,7 @@ fn flow(remote: &str, port: u16, comm: &str, t: u64, count: u64) -> Flow {
         hostname: None,
         reason: "no_rule".into(),
         local: Some("10.0.0.1".parse().unwrap()),
+        remote_port: None,
         pid: 10,
         uid: 0,
         cgroup_id: u64::MAX - 1,
@@ -458,4 +459,59 @@ fn service_applies_retention() {
             .unwrap_or(false)
     });
     assert_eq!(stats.stored.load(Ordering::Relaxed), 1);
+}
+
+/// A store written by an agent before schema 2 keeps its flows: the column
+/// for the remote's port is added empty, and new flows fill it.
+#[test]
+fn schema_1_store_migrates_and_keeps_its_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flows.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.execute_batch(
+            "INSERT INTO meta VALUES ('schema_version', '1');
+             INSERT INTO flows (direction, proto, remote, port, comm, verdict, hostname, reason,
+                                local, pid, uid, cgroup_id, first_seen, last_seen, count)
+             VALUES ('ingress', 'udp', '192.0.2.53', 41000, 'dig', 'audit', NULL, 'no_rule',
+                     '10.0.0.1', 7, 0, 1, 1000, 1000, 4);",
+        )
+        .unwrap();
+    }
+    assert!(matches!(
+        Store::open_existing(&path).unwrap_err(),
+        StoreError::Outdated { found: 1, .. }
+    ));
+    let mut s = Store::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    let old = s.query(&all()).unwrap();
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert_eq!((old[0].key.port, old[0].count), (41000, 4));
+    assert_eq!(old[0].remote_port, None);
+
+    // The same flow seen again with its remote's port, and a new one.
+    let mut again = old[0].clone();
+    again.remote_port = Some(53);
+    again.last_seen = 2_000;
+    again.count = 1;
+    let mut reply = flow("192.0.2.53", 41001, "dig", 2_000, 1);
+    reply.key.direction = "ingress".into();
+    reply.remote_port = Some(53);
+    s.upsert([&again, &reply]).unwrap();
+    let mut got: Vec<(u16, Option<u16>, u64)> = s
+        .query(&all())
+        .unwrap()
+        .iter()
+        .map(|f| (f.key.port, f.remote_port, f.count))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![(41000, Some(53), 5), (41001, Some(53), 1)]);
+    // An older observation without the port does not erase it.
+    let mut older = again.clone();
+    older.remote_port = None;
+    older.last_seen = 1_500;
+    s.upsert([&older]).unwrap();
+    let kept = s.query(&all()).unwrap();
+    assert!(kept.iter().all(|f| f.remote_port == Some(53)), "{kept:?}");
 }

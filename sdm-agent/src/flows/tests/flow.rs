@@ -34,3 +34,28 @@ fn rfc3339_times() {
     assert_eq!(rfc3339(1_767_225_599_999), "2025-12-31T23:59:59.999Z");
     assert_eq!(rfc3339(4_107_542_400_000), "2100-03-01T00:00:00.000Z");
 }
+
+/// An ingress flow's key holds the local port; the remote's port (the
+/// service a reply came from) rides along for TCP and UDP, and the latest
+/// observation wins.
+#[test]
+fn ingress_flows_keep_the_remote_port() {
+    let reply = event("ingress", "udp", "192.0.2.53", 41000, "dig", "audit", 1_000);
+    let mut f = Flow::from_event(&reply, None);
+    assert_eq!((f.key.port, f.remote_port), (41000, Some(50000)));
+    let out = event("egress", "udp", "192.0.2.53", 53, "dig", "audit", 1_000);
+    assert_eq!(Flow::from_event(&out, None).remote_port, None);
+    let ping = event("ingress", "icmp", "192.0.2.53", 0, "", "audit", 1_000);
+    assert_eq!(Flow::from_event(&ping, None).remote_port, None);
+
+    let mut later = reply.clone();
+    later.time += Duration::from_secs(1);
+    later.remote_port = 53;
+    f.merge(&Flow::from_event(&later, None));
+    assert_eq!(f.remote_port, Some(53));
+    let mut earlier = reply;
+    earlier.time -= Duration::from_millis(500);
+    earlier.remote_port = 123;
+    f.merge(&Flow::from_event(&earlier, None));
+    assert_eq!(f.remote_port, Some(53), "an older event does not win");
+}

@@ -15,6 +15,7 @@ fn flow(dir: &str, proto: &str, remote: &str, port: u16, comm: &str, host: Optio
         hostname: host.map(String::from),
         reason: "no_rule".into(),
         local: None,
+        remote_port: None,
         pid: 99,
         uid: 0,
         cgroup_id: 1,
