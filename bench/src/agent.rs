@@ -55,7 +55,7 @@ const KERNEL_BASE: u32 = u32::from_be_bytes([10, 232, 160, 0]);
 /// with one fixed address, as a healthy resolver would.
 const OTHER_ANSWER: Ipv4Addr = Ipv4Addr::new(10, 232, 200, 1);
 
-/// The agent's [state]/[audit] sections exist only in some versions: use
+/// The agent's `[state]`/`[audit]` sections exist only in some versions: use
 /// them (pointed into the benchmark's folder) when `default-config` has them.
 fn supported_sections(agent: &Path) -> Result<Vec<&'static str>> {
     let text = sys::sh(&[&agent.to_string_lossy(), "default-config"])?;
@@ -71,7 +71,7 @@ fn supported_sections(agent: &Path) -> Result<Vec<&'static str>> {
 struct AgentConfig<'a> {
     cgroup: &'a Path,
     listen_port: u16,
-    /// [[allow]] rules: (name, proto, port, targets).
+    /// `[[allow]]` rules: (name, proto, port, targets).
     allow: Vec<(String, &'static str, u16, Vec<String>)>,
     dns_timing: Option<(&'static str, &'static str, &'static str)>,
 }
@@ -251,7 +251,7 @@ fn memory_mb(pid: u32) -> Result<(f64, f64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// Clock ticks per second of /proc/<pid>/stat.
+/// Clock ticks per second of `/proc/<pid>/stat`.
 fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64

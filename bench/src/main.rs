@@ -60,7 +60,7 @@ enum Cmd {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
         /// Where BENCHMARKS.md goes. Default: ./BENCHMARKS.md for a full run,
-        /// <out>/BENCHMARKS.md for --smoke or --only.
+        /// OUT/BENCHMARKS.md for --smoke or --only.
         #[arg(long)]
         report: Option<PathBuf>,
         /// The sdm-agent binary to measure (default: next to sdm-bench).

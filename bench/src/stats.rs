@@ -50,7 +50,7 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
     quantile(&s, p / 100.0)
 }
 
-/// Element-wise ratios a[i] / b[i] (pairs from the same round).
+/// Element-wise ratios `a[i] / b[i]` (pairs from the same round).
 pub fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| x / y).collect()
 }

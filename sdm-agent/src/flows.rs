@@ -1,4 +1,4 @@
-//! Denied flows: the kernel's deny events ([`Event`]) aggregated by
+//! Denied flows: the kernel's deny events ([`Event`](events::Event)) aggregated by
 //! (direction, protocol, remote address, port, process, verdict), named by
 //! the hostname the agent resolved the address from, written once as a JSON
 //! line to the audit log when new, and handed in batches to the store
@@ -6,7 +6,7 @@
 //! bounded ([`DEFAULT_CAPACITY`]) and only serves the dashboard when the
 //! store is unavailable, and decides which flows are new.
 //!
-//! Also here: [`suggest`], which turns flows seen in audit mode into
+//! Also here: [`suggest`](mod@suggest), which turns flows seen in audit mode into
 //! `[[allow]]` / `[[resource]]` config.
 
 pub mod audit;

@@ -123,7 +123,7 @@ pub struct Rule {
     /// Roles whose guide rows produced this rule (empty for config rules).
     pub roles: Vec<String>,
     /// Where the rule comes from, for people: the guide row's text, or
-    /// "config [[allow]] ssh-in", or "resolv.conf".
+    /// `config [[allow]] ssh-in`, or "resolv.conf".
     pub origin: String,
 }
 

@@ -97,7 +97,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A binary of the workspace next to the running test executable
-/// (target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>).
+/// (`target/<profile>/deps/<test>-<hash>` -> `target/<profile>/<name>`).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let mut dir = exe.parent().expect("the test executable's directory");
@@ -342,13 +342,13 @@ impl Lab {
         Ipv4Addr::new(10, 231, self.n, 1).into()
     }
 
-    /// 10.231.N.<last> (2..=9), the net side.
+    /// `10.231.N.<last>` (2..=9), the net side.
     pub fn net_ip(&self, last: u8) -> IpAddr {
         assert!((2..=9).contains(&last), "the net side has .2 to .9");
         Ipv4Addr::new(10, 231, self.n, last).into()
     }
 
-    /// fd00:231:N::<last> (2..=9), the net side.
+    /// `fd00:231:N::<last>` (2..=9), the net side.
     pub fn net_ip6(&self, last: u8) -> IpAddr {
         assert!((2..=9).contains(&last), "the net side has ::2 to ::9");
         Ipv6Addr::new(

@@ -78,12 +78,12 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
-    /// rustfmt --check and clippy -D warnings, also of fuzz/ (skips the eBPF build).
+    /// rustfmt --check, clippy -D warnings and rustdoc -D warnings, also of fuzz/ (skips the eBPF build).
     Check,
     /// Validate deploy/: Kubernetes manifests (schemas), the Dockerfile
     /// (hadolint) and the agent configs there; part of `test`, no root needed.
     DeployCheck,
-    /// Build the Debian package target/debian/sdm-agent_<version>_<arch>.deb.
+    /// Build the Debian package target/debian/sdm-agent_VERSION_ARCH.deb.
     Package {
         /// Then install it with dpkg, check what it installed and purge it
         /// again, as `cargo xtask test` does (needs root).

@@ -1,5 +1,5 @@
 //! `cargo xtask package`: the Debian package of the agent,
-//! target/debian/sdm-agent_<version>_<arch>.deb, and the check that installs
+//! `target/debian/sdm-agent_<version>_<arch>.deb`, and the check that installs
 //! it on this machine, looks at what it installed and purges it again.
 //!
 //! The package is a staged tree handed to `dpkg-deb --build
@@ -78,7 +78,7 @@ pub fn run(ctx: &Ctx, install: bool) -> Result<()> {
 }
 
 /// Runs the build set-up, builds sdm-agent in release mode and writes
-/// target/debian/sdm-agent_<version>_<arch>.deb.
+/// `target/debian/sdm-agent_<version>_<arch>.deb`.
 pub fn package(ctx: &Ctx) -> Result<Built> {
     package_with_suffix(ctx, "")
 }

@@ -169,7 +169,8 @@ pub fn deploy_check(ctx: &Ctx) -> Result<()> {
     deploy_check::check(ctx, &ctx.target_dir().join(profile(false)).join(AGENT))
 }
 
-/// rustfmt and clippy over the host crates and the fuzz targets, without
+/// rustfmt, clippy and rustdoc (warnings denied) over the host crates, and
+/// rustfmt and clippy over the fuzz targets, without
 /// building the eBPF object (AYA_BUILD_SKIP), so it needs neither nightly
 /// nor bpf-linker.
 pub fn check(ctx: &Ctx) -> Result<()> {
@@ -179,6 +180,11 @@ pub fn check(ctx: &Ctx) -> Result<()> {
         .args(["--all-targets", "--", "-D", "warnings"])
         .env("AYA_BUILD_SKIP", "1");
     context::run(&mut clippy)?;
+    // Doc comments that link to nothing, or read as HTML, fail too.
+    let mut doc = ctx.cargo(["doc", "--workspace", "--exclude", EBPF_PACKAGE, "--no-deps"]);
+    doc.env("AYA_BUILD_SKIP", "1")
+        .env("RUSTDOCFLAGS", "-D warnings");
+    context::run(&mut doc)?;
     // The fuzz targets are a workspace of their own (see fuzz.rs); plain
     // stable builds of them lint fine.
     context::run(&mut ctx.cargo(["fmt", "--manifest-path", FUZZ_MANIFEST, "--", "--check"]))?;

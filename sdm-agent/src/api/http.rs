@@ -12,7 +12,7 @@
 //!
 //! Connections are served within the timeouts and cap of
 //! [`crate::api::http_server`]; reads of the kernel maps run one at a time
-//! ([`read_kernel`]).
+//! (`read_kernel`).
 
 use std::{io, sync::Arc};
 
@@ -58,7 +58,7 @@ pub struct HttpState {
     pub token: Option<String>,
     /// The server's connection counters.
     pub stats: HttpStats,
-    /// One read of the kernel maps at a time (see [`read_kernel`]).
+    /// One read of the kernel maps at a time (see `read_kernel`).
     pub kernel_reads: Arc<Semaphore>,
 }
 

@@ -11,7 +11,7 @@
 //! priority and handle, so a restarted agent replaces it in one netlink
 //! request (`cls_bpf_change` swaps the program of an existing handle with
 //! `list_replace_rcu`:
-//! https://github.com/torvalds/linux/blob/v6.18/net/sched/cls_bpf.c):
+//! <https://github.com/torvalds/linux/blob/v6.18/net/sched/cls_bpf.c>):
 //! never two copies, never a gap.
 
 use std::{

@@ -7,7 +7,7 @@
 //! write of a new policy generation would be undone by the agent writing
 //! back the mode it had read. Field stores never overwrite another field.
 //! The programs read each field with one load, so they see every store as
-//! a whole (https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/arraymap.c,
+//! a whole (<https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/arraymap.c>,
 //! `array_map_mmap`).
 
 use std::{

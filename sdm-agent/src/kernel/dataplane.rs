@@ -13,8 +13,8 @@
 //! they are attached to and which object they run.
 
 //!
-//! By concern: [`load`](self::load) the object and its maps, [`attach`]
-//! to a cgroup (and the [`AttachRecord`]), [`pins`] (the [`Layout`],
+//! By concern: `load` the object and its maps, [`attach`]
+//! to a cgroup (and the [`AttachRecord`]), `pins` (the [`Layout`],
 //! bpffs, `detach`), [`Maps`] (every pinned map, typed) and
 //! [`test_run`] (a program on a crafted packet). Here: the embedded
 //! object, its fingerprint, and the error type they share.

@@ -14,11 +14,11 @@
 //! Validation stops at the first error found.
 //!
 //! This file holds the resolved config and its defaults; the modules hold
-//! the vocabulary and the steps: [`names`] (the named values: roles,
-//! region, modes), [`hosts`] (control-plane names and gateway addresses),
-//! [`sections`] (the tables `[gateway]` to `[backstop]`), [`raw`] (the file
-//! as read, with spans), [`validate`] (raw into resolved, one method per
-//! section), [`values`] (value parsers) and [`errors`].
+//! the vocabulary and the steps: `names` (the named values: roles,
+//! region, modes), `hosts` (control-plane names and gateway addresses),
+//! `sections` (the tables `[gateway]` to `[backstop]`), `raw` (the file
+//! as read, with spans), `validate` (raw into resolved, one method per
+//! section), `values` (value parsers) and `errors`.
 
 mod errors;
 mod hosts;

@@ -56,7 +56,7 @@ impl Cgroup {
     /// from its parents) at `attach_type` (`BPF_CGROUP_INET_EGRESS`, ...):
     /// `BPF_PROG_QUERY` without flags or an id buffer returns just the
     /// count (`__cgroup_bpf_query`, kernel/bpf/cgroup.c:
-    /// https://github.com/torvalds/linux/blob/v6.1/kernel/bpf/cgroup.c).
+    /// <https://github.com/torvalds/linux/blob/v6.1/kernel/bpf/cgroup.c>).
     pub fn programs_attached(&self, attach_type: u32) -> u32 {
         const BPF_PROG_QUERY: libc::c_long = 16;
         let dir = fs::File::open(&self.path)

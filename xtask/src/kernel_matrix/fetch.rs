@@ -113,7 +113,7 @@ fn fetch_kernel(ctx: &Ctx, k: &GuestKernel, apt: &mut Option<PrivateApt>) -> Res
     })
 }
 
-/// The one folder under `dir` (lib/modules/<release>).
+/// The one folder under `dir` (`lib/modules/<release>`).
 pub(super) fn single_entry(dir: &Path) -> Result<String> {
     let names: Vec<String> = fs::read_dir(dir)
         .with_context(|| format!("list {}", dir.display()))?

@@ -71,7 +71,7 @@ pub(super) const FILES: &[Entry] = &[
     },
 ];
 
-/// As [`package`], with `suffix` appended to the Debian version ("+1":
+/// As [`package`](super::package), with `suffix` appended to the Debian version ("+1":
 /// 0.1.0+1 sorts after 0.1.0), for an upgrade to a rebuilt package of the
 /// same agent (the same binary and eBPF object; nothing is recompiled).
 pub fn package_with_suffix(ctx: &Ctx, suffix: &str) -> Result<Built> {

@@ -13,7 +13,7 @@ pub enum CgroupTarget {
     Path(PathBuf),
     /// `unit:NAME`: the unit's cgroup (e.g. `sdm-proxy.service`), where
     /// systemd's layout puts it: under a slice, never inside another unit's
-    /// (delegated) cgroup. See [`find_unit`].
+    /// (delegated) cgroup. See [`find_unit`](super::systemd::find_unit).
     Unit(String),
     /// `pid:N`: the cgroup process N is in, resolved when the agent starts;
     /// from then on the agent follows that cgroup's path.

@@ -50,7 +50,7 @@ pub(super) fn into_io(e: ProgramError) -> io::Error {
 /// BPF_PROG_TEST_RUN, through aya's [`TestRun`](aya::programs::TestRun),
 /// and returns its verdict (1 pass, 0 drop) and the kernel's average
 /// duration in ns. `packet` starts at the IP header (see
-/// [`skb_test_input`]). `ifindex` must name a non-loopback device of the
+/// `skb_test_input`). `ifindex` must name a non-loopback device of the
 /// calling thread's network namespace for the packet not to count as
 /// loopback.
 pub fn test_run(

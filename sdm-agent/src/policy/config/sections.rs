@@ -184,7 +184,7 @@ pub struct BackstopInterface {
 
 /// Linux interface names: at most IFNAMSIZ - 1 bytes, no '/', ':' or
 /// whitespace, not "." or ".." (`dev_valid_name`,
-/// https://github.com/torvalds/linux/blob/v6.18/net/core/dev.c).
+/// <https://github.com/torvalds/linux/blob/v6.18/net/core/dev.c>).
 pub fn valid_interface_name(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("empty interface name".into());

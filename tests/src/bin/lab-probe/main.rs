@@ -48,7 +48,7 @@
 //! ```
 //!
 //! `result` is "ok" on success, else "timeout", "refused", "eperm", "reset",
-//! "eacces", "unreachable" or "errno<N>". Exit status 0 unless the arguments
+//! "eacces", "unreachable" or `errno<N>`. Exit status 0 unless the arguments
 //! are wrong or the namespace or cgroup cannot be joined (status 2).
 
 mod dns;
