@@ -340,7 +340,7 @@ fn substitute(expr: &str, vars: &[(String, String)], range_secs: u64) -> String 
 
 /// Traffic for every panel: audit-mode denials (a refused port, a UDP port
 /// no rule allows), allowed connections under rules, and a DNS outage of a
-/// few seconds so that failures are counted.
+/// few seconds so that failures are counted across several scrapes.
 fn lab_traffic(lab: &Lab, rounds: u32) {
     let other = lab.net_ip(OTHER);
     let db = lab.net_ip(DB);
@@ -352,7 +352,10 @@ fn lab_traffic(lab: &Lab, rounds: u32) {
         if round == rounds / 3 {
             lab.dns().set_mode(DnsMode::ServFail);
         }
-        if round == rounds / 3 + 4 {
+        // Eight rounds (about 7 s) of failures at a 1 s refresh: the
+        // counter rises across many 4 s windows, so one slow scrape cannot
+        // leave every window of the DNS panel without an increase.
+        if round == rounds / 3 + 8 {
             lab.dns().set_mode(DnsMode::Answer);
         }
         std::thread::sleep(Duration::from_millis(700));
