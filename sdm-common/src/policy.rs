@@ -48,9 +48,11 @@ pub const fn rule_slot_index(slot: u32, rule: u32) -> u32 {
 }
 
 /// The rule capacity the maps are created with for a policy of `rules`
-/// rules: room for twice as many (new rules in later restarts keep their
-/// ids), at least [`MIN_RULE_CAPACITY`], rounded up to a power of two and
-/// cut to [`RULE_CEILING`]. `None` when `rules` is above the ceiling.
+/// rules: room for twice as many (a reload cannot grow the maps, a restart
+/// can), at least [`MIN_RULE_CAPACITY`], rounded up to a multiple of it
+/// (not to a power of two: the per-CPU counters cost every CPU that much
+/// more) and cut to [`RULE_CEILING`]. `None` when `rules` is above the
+/// ceiling.
 pub const fn rule_capacity_for(rules: u32) -> Option<u32> {
     if rules > RULE_CEILING {
         return None;
@@ -60,7 +62,7 @@ pub const fn rule_capacity_for(rules: u32) -> Option<u32> {
     } else {
         MIN_RULE_CAPACITY
     };
-    let cap = want.next_power_of_two();
+    let cap = want.div_ceil(MIN_RULE_CAPACITY) * MIN_RULE_CAPACITY;
     Some(if cap > RULE_CEILING {
         RULE_CEILING
     } else {

@@ -88,11 +88,12 @@ fn rule_capacity_has_headroom_a_floor_and_a_ceiling() {
     // Small policies get the least capacity.
     assert_eq!(rule_capacity_for(0), Some(MIN_RULE_CAPACITY));
     assert_eq!(rule_capacity_for(512), Some(1024));
-    // Room for twice the rules, rounded up to a power of two.
+    // Room for twice the rules, rounded up to a multiple of 1024.
     assert_eq!(rule_capacity_for(513), Some(2048));
     assert_eq!(rule_capacity_for(2006), Some(4096));
-    assert_eq!(rule_capacity_for(10_000), Some(32_768));
-    assert_eq!(rule_capacity_for(12_000), Some(32_768));
+    assert_eq!(rule_capacity_for(3000), Some(6144));
+    assert_eq!(rule_capacity_for(10_000), Some(20_480));
+    assert_eq!(rule_capacity_for(12_000), Some(24_576));
     // Near the ceiling the headroom is cut, never the rules.
     assert_eq!(rule_capacity_for(70_000), Some(RULE_CEILING));
     assert_eq!(rule_capacity_for(RULE_CEILING), Some(RULE_CEILING));

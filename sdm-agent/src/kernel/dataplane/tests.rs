@@ -240,7 +240,7 @@ fn error_messages_say_what_to_do() {
 fn rule_maps_are_sized_from_the_policy_and_grow_only_when_short() {
     // Nothing pinned: sized for the policy, with headroom.
     assert_eq!(sizing(None, 10).unwrap(), Sizing::Create(1024));
-    assert_eq!(sizing(None, 12_006).unwrap(), Sizing::Create(32_768));
+    assert_eq!(sizing(None, 12_006).unwrap(), Sizing::Create(24_576));
     // Pinned maps that hold the policy are kept, whatever their size.
     assert_eq!(sizing(Some(1024), 1024).unwrap(), Sizing::Keep(1024));
     assert_eq!(sizing(Some(32_768), 10).unwrap(), Sizing::Keep(32_768));
@@ -250,10 +250,10 @@ fn rule_maps_are_sized_from_the_policy_and_grow_only_when_short() {
         g,
         Sizing::Grow {
             from: 1024,
-            to: 4096
+            to: 3072
         }
     );
-    assert_eq!(g.capacity(), 4096);
+    assert_eq!(g.capacity(), 3072);
     // Past the ceiling: refused, with the numbers.
     let ceiling = sdm_common::RULE_CEILING as usize;
     let e = sizing(None, ceiling + 1).unwrap_err().to_string();
