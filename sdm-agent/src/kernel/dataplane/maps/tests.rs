@@ -118,3 +118,23 @@ fn the_generation_s_low_bit_names_the_live_slot() {
         assert_ne!(live_slot(g), live_slot(g.wrapping_add(1)));
     }
 }
+
+#[test]
+fn ids_go_up_to_the_maps_capacity_and_no_further() {
+    let known: BTreeMap<u32, String> = (0..12_000).map(|i| (i, format!("r{i}"))).collect();
+    let names: Vec<String> = (0..12_000)
+        .map(|i| format!("r{i}"))
+        .chain(["new".into()])
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut ids = IdAllocator::new(&known, &names, 24_576);
+    assert_eq!(ids.id_for("r11999"), Some((11_999, IdSource::Kept)));
+    assert_eq!(ids.id_for("new"), Some((12_000, IdSource::Free)));
+    // Maps of 1,024 have no id past 1,023 to give.
+    let none = BTreeMap::new();
+    let mut small = IdAllocator::new(&none, &names, MIN_RULE_CAPACITY);
+    for (i, n) in names.iter().take(1024).enumerate() {
+        assert_eq!(small.id_for(n), Some((i as u32, IdSource::Free)));
+    }
+    assert_eq!(small.id_for("new"), None);
+}
