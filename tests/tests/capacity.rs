@@ -17,10 +17,10 @@ use sdm_agent::{
     kernel::entries,
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
 };
-use sdm_common::{TrafficDir, PROG_EGRESS};
+use sdm_common::{TrafficDir, PROG_DNS_IN, PROG_EGRESS};
 use sdm_tests::{
     guards::{Cgroup, Netns, Pins},
-    packets::{ipv4, l4, V4Opts, TCP},
+    packets::{dns_ptr, ipv4, l4, udp, DnsMsg, Rr, V4Opts, DNS_A, TCP, UDP},
     programs::{is_loaded, pinned_programs},
     require_root,
 };
@@ -75,9 +75,13 @@ fn test_netns() -> (Netns, u32) {
 /// The egress program's verdict on a TCP SYN to `dst`:443.
 fn egress(ebpf: &mut Ebpf, ns: &Netns, ifindex: u32, dst: Ipv4Addr) -> u32 {
     let pkt = ipv4(ME, dst, TCP, &l4(TCP, 40000, 443), V4Opts::default());
-    let prog = dataplane::program(ebpf, PROG_EGRESS).expect("program");
+    run(ebpf, ns, ifindex, PROG_EGRESS, &pkt)
+}
+
+fn run(ebpf: &mut Ebpf, ns: &Netns, ifindex: u32, prog: &'static str, pkt: &[u8]) -> u32 {
+    let prog = dataplane::program(ebpf, prog).expect("program");
     let _in = ns.enter();
-    dataplane::test_run(prog, &pkt, ifindex, 1)
+    dataplane::test_run(prog, pkt, ifindex, 1)
         .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"))
         .0
 }
@@ -231,4 +235,91 @@ fn a_restart_with_more_rules_grows_the_pinned_maps() {
         });
         assert!(gone, "program {} of the old links is still loaded", p.id);
     }
+}
+
+const RESOLVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
+
+/// 10,500 hostname rules (`h<i>.example`, tcp/443) and the resolver's: the
+/// kernel's DNS learning holds every name (the names map took 4,096
+/// before), and an answer for the 10,400th name teaches its address, which
+/// its rule (id past 10,000) then allows and counts. The agent resolves
+/// nothing here: only learning can allow the address.
+#[test]
+fn ten_thousand_hostnames_are_learned_from_answers() {
+    require_root();
+    let pins = Pins::new("c");
+    let mut p = policy(0);
+    p.rules = (0..10_500)
+        .map(|i| Rule {
+            name: format!("resource/h{i}"),
+            direction: Direction::Egress,
+            protos: vec![Proto::Tcp],
+            ports: vec![PortRange::single(443)],
+            targets: vec![Target::Host(format!("h{i}.example"))],
+            required: true,
+            roles: vec![],
+            origin: "test".into(),
+        })
+        .chain([Rule {
+            name: "resolver".into(),
+            direction: Direction::Egress,
+            protos: vec![Proto::Udp],
+            ports: vec![PortRange::single(53)],
+            targets: vec![Target::Cidr(ipnet::IpNet::from(IpAddr::V4(RESOLVER)))],
+            required: true,
+            roles: vec![],
+            origin: "test".into(),
+        }])
+        .collect();
+    let mut ebpf = dataplane::load(&pins.layout, dataplane::EBPF_OBJECT, p.rules.len())
+        .unwrap_or_else(|e| panic!("load the eBPF object: {e}"));
+    let mut maps = Maps::open(&pins.layout).expect("open pinned maps");
+    let ids = apply(&mut maps, &p);
+    let names = entries::dns_names(&p);
+    assert_eq!(names.len(), 10_500);
+    maps.apply_dns(&names, &[IpAddr::V4(RESOLVER)])
+        .unwrap_or_else(|e| panic!("10,500 names in the DNS learning maps: {e}"));
+    let (ns, ifindex) = test_netns();
+    let addr = Ipv4Addr::new(203, 0, 113, 77);
+    assert_eq!(
+        egress(&mut ebpf, &ns, ifindex, addr),
+        DROP,
+        "not learned yet"
+    );
+    let q = DnsMsg::query(7, "h10400.example", DNS_A).bytes();
+    let pkt = ipv4(ME, RESOLVER, UDP, &udp(40053, 53, &q), V4Opts::default());
+    assert_eq!(
+        run(&mut ebpf, &ns, ifindex, PROG_EGRESS, &pkt),
+        PASS,
+        "the query"
+    );
+    let a = DnsMsg::answer(
+        7,
+        "h10400.example",
+        DNS_A,
+        vec![Rr::a(dns_ptr(12), 300, addr)],
+    );
+    let pkt = ipv4(
+        RESOLVER,
+        ME,
+        UDP,
+        &udp(53, 40053, &a.bytes()),
+        V4Opts::default(),
+    );
+    assert_eq!(
+        run(&mut ebpf, &ns, ifindex, PROG_DNS_IN, &pkt),
+        PASS,
+        "the answer"
+    );
+    let learned: Vec<IpAddr> = maps
+        .learned()
+        .expect("learned")
+        .into_iter()
+        .map(|(a, _, _)| a)
+        .collect();
+    assert_eq!(learned, vec![IpAddr::V4(addr)]);
+    assert_eq!(egress(&mut ebpf, &ns, ifindex, addr), PASS, "learned");
+    let id = ids["resource/h10400"];
+    assert!(id > 10_000, "id {id}");
+    assert_eq!(packets(&maps, id), 1);
 }
