@@ -42,8 +42,7 @@ pub use hosts::{ControlPlaneHost, ControlPlaneHosts, HostPort};
 pub use names::{DnsQueries, FailMode, LoopbackMode, Mode, Region, Role, UnknownName};
 pub use sections::{
     valid_interface_name, AllowConfig, AuditConfig, BackstopConfig, BackstopInterface,
-    ClientConfig, DnsConfig, GatewayConfig, HttpConfig, MetricsConfig, ResourceConfig,
-    StateConfig,
+    ClientConfig, DnsConfig, GatewayConfig, HttpConfig, MetricsConfig, ResourceConfig, StateConfig,
 };
 pub use values::{
     format_duration, is_loopback, normalize_hostname, normalize_ports, parse_cidr, parse_duration,

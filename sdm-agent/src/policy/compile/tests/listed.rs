@@ -19,8 +19,7 @@ fn listed_rules_and_only_those_name_their_guide_row() {
     );
     let mut listed = Vec::new();
     for r in &p.rules {
-        let from_entry =
-            r.origin.contains("[[resource]]") || r.origin.contains("[[secret_store]]");
+        let from_entry = r.origin.contains("[[resource]]") || r.origin.contains("[[secret_store]]");
         assert_eq!(
             listed_row(&r.name).is_some(),
             from_entry,
@@ -38,7 +37,10 @@ fn listed_rules_and_only_those_name_their_guide_row() {
         [
             ("relay/egress/resource/db", "relay/egress/resource"),
             ("relay/egress/resource/web", "relay/egress/resource"),
-            ("relay/egress/secret-store/vault", "relay/egress/secret-store"),
+            (
+                "relay/egress/secret-store/vault",
+                "relay/egress/secret-store"
+            ),
         ]
     );
     for name in [
