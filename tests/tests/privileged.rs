@@ -25,6 +25,7 @@ mod faults;
 mod flows;
 mod lab;
 mod prometheus;
+mod reload;
 mod sockets;
 mod targets;
 mod upgrade;
