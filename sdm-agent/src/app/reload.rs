@@ -155,14 +155,16 @@ impl Running {
         }
         let restart = restart_needed(&self.config, &config);
         if !restart.is_empty() {
+            let keys: Vec<String> = restart.iter().map(|k| format!("`{k}`")).collect();
+            let (it, takes) = if keys.len() == 1 {
+                ("it", "takes")
+            } else {
+                ("them", "take")
+            };
             bail!(
-                "config {}: changed {} (set only at start-up): restart the agent to apply them (systemctl restart sdm-agent), or set them back to reload the rest",
+                "config {}: {} changed, and {takes} effect only at start-up: a restart applies {it} (systemctl restart sdm-agent); set {it} back to reload the rest",
                 path.display(),
-                restart
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                keys.join(", ")
             );
         }
         if config == self.config && resolvers == self.agent.resolvers {
