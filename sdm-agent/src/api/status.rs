@@ -57,6 +57,9 @@ pub struct ReloadStatus {
     pub ok: bool,
     /// The policy generation live after it.
     pub generation: u32,
+    /// How long it took (reading, resolving the new names, writing).
+    #[serde(default)]
+    pub duration_ms: u64,
     /// Why it was refused.
     pub error: Option<String>,
     /// Reloads that succeeded since the agent started.

@@ -134,6 +134,7 @@ impl Running {
             at: unix_now(),
             ok: error.is_none(),
             generation,
+            duration_ms: ms,
             error,
             applied: self.agent.reloads.load(Ordering::Relaxed),
             refused: self.agent.reload_errors.load(Ordering::Relaxed),
