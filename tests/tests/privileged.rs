@@ -26,6 +26,7 @@ mod faults;
 mod flows;
 mod lab;
 mod prometheus;
+mod reload;
 mod sockets;
 mod targets;
 mod upgrade;

@@ -72,6 +72,7 @@ impl Status {
             rule_capacity: 1024,
             backstop: vec![],
             policy_error: None,
+            last_reload: None,
         }
     }
 }
