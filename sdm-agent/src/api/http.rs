@@ -40,6 +40,8 @@ use crate::{
 };
 
 mod auth;
+#[doc(hidden)]
+pub mod fixture;
 mod routes;
 #[cfg(test)]
 mod tests;
