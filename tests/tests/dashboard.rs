@@ -489,3 +489,114 @@ fn dashboard_pages_10000_rules_in_chromium() {
     drop(b);
     drop(server);
 }
+
+/// A running agent's own lists, paged on the server: 150 `[[allow]]` rules
+/// besides the gateway's, more than a page; the API and `status` cut,
+/// search and sort them, and `status --json` alone still prints them all.
+#[test]
+fn a_running_agent_pages_its_rules_in_the_api_and_status() {
+    let mut lab = new_lab();
+    let extra: String = (0..150)
+        .map(|i| {
+            format!(
+                "\n[[allow]]\nname = \"bulk-{i:03}\"\ndirection = \"egress\"\nport = 6000\nto = \"10.240.{}.{}/32\"\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    gateway::start_enforcing_with(&mut lab, "bulk.toml", &extra);
+    // Packets for the db resource's rule, so that it sorts first by hits.
+    let v = lab.probe(&["tcp", &sa(lab.net_ip(DB), 5432).to_string(), "2000"]);
+    assert_eq!(result(&v), "ok", "an allowed connect: {v}");
+
+    let get = |path: &str| -> Value {
+        serde_json::from_str(&lab.http_get(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let all = lab.status();
+    let total = all["rules"].as_array().map_or(0, Vec::len);
+    assert!(total > 150, "status --json prints every rule: {total}");
+    assert!(
+        all.get("rules_page").is_none(),
+        "unpaged: {}",
+        all["rules_page"]
+    );
+
+    let s = get("/api/status");
+    assert_eq!(s["rules"].as_array().map(Vec::len), Some(100), "one page");
+    assert_eq!(s["rules_page"]["total"], total);
+    assert_eq!(s["rules_active"], total);
+
+    let page = get("/api/rules?q=BULK-14&sort=name&order=desc&limit=3");
+    let names: Vec<&str> = page["rules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rules: {page}"))
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(
+        names.len() == 3 && names[0].ends_with("bulk-149") && names[2].ends_with("bulk-147"),
+        "{page}"
+    );
+    assert_eq!(
+        (page["total"].as_u64(), page["matched"].as_u64()),
+        (Some(total as u64), Some(10))
+    );
+    let db = get("/api/rules?q=db.lab.test&sort=hits");
+    let db_rule = db["rules"][0]["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no rule to db.lab.test: {db}"))
+        .to_string();
+    assert!(
+        db["rules"][0]["egress"]["packets"].as_u64() > Some(0),
+        "{db}"
+    );
+    let (code, body) = lab.http_get_with("/api/rules?sort=size", &[]);
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("\"sort: \\\"size\\\" is not one of"),
+        "{body}"
+    );
+
+    // The text view: the top rules by hits, and how many more.
+    let text = lab.agent_ok(&["status", "--limit", "3"]);
+    assert!(
+        text.contains(&format!("RULES (3 of {total}, by hits desc)")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("... and {} more: use --all", total - 3)),
+        "{text}"
+    );
+    let first = text
+        .lines()
+        .skip_while(|l| !l.starts_with("RULES"))
+        .nth(2)
+        .unwrap_or_default();
+    assert!(
+        first.starts_with(&db_rule),
+        "the rule with packets first: {first}\n{text}"
+    );
+    let text = lab.agent_ok(&["status", "--all"]);
+    assert!(
+        text.contains("bulk-149") && !text.contains("more: use"),
+        "{text}"
+    );
+
+    let json: Value =
+        serde_json::from_str(&lab.agent_ok(&["status", "--json", "--filter", "bulk-149"]))
+            .expect("status --json --filter");
+    assert_eq!(
+        json["rules"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        json["rules_page"]
+    );
+    assert_eq!(json["rules_page"]["matched"], 1);
+    let out = lab.agent_cmd(&["status", "--sort", "size"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--sort: \"size\" is not one of"),
+        "{err}"
+    );
+}
