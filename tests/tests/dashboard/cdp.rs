@@ -38,12 +38,21 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 }
 
 impl Browser {
-    /// Starts `chromium` headless with its profile in `profile`.
-    pub fn start(chromium: &Path, profile: &Path) -> Self {
+    /// Starts `chromium` headless with its profile in `profile`, in the
+    /// network namespace `netns` if one is given (through nsenter --net:
+    /// only the network namespace, so /sys and /dev stay as they are).
+    pub fn start(chromium: &Path, profile: &Path, netns: Option<&Path>) -> Self {
         let (cmd_read, cmd_write) = pipe();
         let (ans_read, ans_write) = pipe();
         let (cr, aw) = (cmd_read.as_raw_fd(), ans_write.as_raw_fd());
-        let mut command = Command::new(chromium);
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg(chromium);
+                c
+            }
+            None => Command::new(chromium),
+        };
         command
             .args([
                 "--headless",
