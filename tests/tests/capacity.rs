@@ -136,6 +136,11 @@ fn twelve_thousand_rules_load_judge_and_count() {
         DROP,
         "an address of no rule"
     );
+    // `status --json` shows the capacity beside the rules.
+    let status = sdm_agent::api::status::snapshot(&pins.layout, &mut maps).expect("status");
+    let json = serde_json::to_value(&status).expect("status as JSON");
+    assert_eq!(json["rule_capacity"], 24_576);
+    assert_eq!(json["rules"].as_array().map(Vec::len), Some(12_000));
     // More rules than the maps hold: refused before anything is written,
     // saying what to do.
     let err = maps

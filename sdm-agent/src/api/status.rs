@@ -211,6 +211,10 @@ pub struct Status {
     /// Set when `learned` is a page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learned_page: Option<PageInfo>,
+    /// Rules the pinned rule maps hold (`Maps::rule_capacity`), sized from
+    /// the policy at load time; a policy past it needs a restart.
+    #[serde(default)]
+    pub rule_capacity: u32,
 }
 
 /// The pages of a [`Status`]'s three long lists.
