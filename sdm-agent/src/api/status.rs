@@ -9,12 +9,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{dns::resolver::HostReport, kernel::dataplane::Layout, policy::Rule};
 
+mod page;
 mod render;
 mod sample;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
+pub use page::{
+    Order, PageError, PageInfo, PageParams, PageQuery, Pageable, DEFAULT_PAGE_LIMIT,
+    MAX_PAGE_LIMIT, MAX_QUERY_LEN, PARAMS,
+};
 pub use render::render;
 pub use snapshot::snapshot;
 
@@ -219,6 +224,19 @@ pub struct Status {
     /// policed cgroup's packet sockets (empty: off).
     #[serde(default)]
     pub backstop: Vec<String>,
+    /// Rules in the live policy, of all of `rules` (before any paging).
+    #[serde(default)]
+    pub rules_active: usize,
+    /// Set when `rules` is a page (see [`Status::paginate`]): the totals
+    /// and the filter, sort and window it is of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_page: Option<PageInfo>,
+    /// Set when `dns` is a page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_page: Option<PageInfo>,
+    /// Set when `learned` is a page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned_page: Option<PageInfo>,
     /// Rules the pinned rule maps hold (`Maps::rule_capacity`), sized from
     /// the policy at load time; a policy past it needs a restart.
     #[serde(default)]
@@ -226,6 +244,31 @@ pub struct Status {
     /// The agent's last config reload (SIGHUP), from its state file.
     #[serde(default)]
     pub last_reload: Option<ReloadStatus>,
+}
+
+/// The pages of a [`Status`]'s three long lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusPages {
+    pub rules: PageQuery,
+    pub dns: PageQuery,
+    pub learned: PageQuery,
+}
+
+impl Status {
+    /// Cuts `rules`, `dns` and `learned` to the pages `pages` asks for and
+    /// records what they are pages of (`*_page`).
+    pub fn paginate(&mut self, pages: &StatusPages) {
+        self.rules_active = self.rules.iter().filter(|r| r.active).count();
+        let (rules, info) = pages.rules.apply(std::mem::take(&mut self.rules));
+        self.rules = rules;
+        self.rules_page = Some(info);
+        let (dns, info) = pages.dns.apply(std::mem::take(&mut self.dns));
+        self.dns = dns;
+        self.dns_page = Some(info);
+        let (learned, info) = pages.learned.apply(std::mem::take(&mut self.learned));
+        self.learned = learned;
+        self.learned_page = Some(info);
+    }
 }
 
 /// An address learned in the kernel from a DNS answer.

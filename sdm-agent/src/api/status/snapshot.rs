@@ -56,6 +56,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         .map(|r| r.backstop.clone())
         .unwrap_or_default();
     let cgroup = record.map(|r| r.cgroup);
+    let rules_active = rules.iter().filter(|r| r.active).count();
     Ok(Status {
         mode: mode_name(cfg.mode).into(),
         loopback: if cfg.loopback == LOOPBACK_ENFORCE {
@@ -85,6 +86,10 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         // /proc is not for every metrics scrape.
         bypass_capable: Vec::new(),
         backstop,
+        rules_active,
+        rules_page: None,
+        dns_page: None,
+        learned_page: None,
     })
 }
 
