@@ -311,6 +311,10 @@ pub struct AgentStats {
     pub flows_evicted: Arc<AtomicU64>,
     /// The HTTP server's connections.
     pub http: HttpStats,
+    /// DNS queries the agent's own resolver sent (A and AAAA counted
+    /// apart), for `sdm_resolver_queries_total`: its rate is the load on
+    /// the resolvers, at most `[dns] max_qps`.
+    pub resolver_queries: Arc<AtomicU64>,
 }
 
 /// The kernel's event counters (`EVENT_STAT_*`), summed over the CPUs;
