@@ -205,8 +205,9 @@ impl Resolver {
     }
 
     /// When something is next due: a refresh or an expiry. A refresh of a
-    /// name resolved before may wait [`COALESCE`] for others to fall due
-    /// with it; a name never asked is due at once.
+    /// name resolved before may wait up to a second (a tenth of ttl_min
+    /// when shorter) for others to fall due with it; a name never asked is
+    /// due at once.
     pub fn next_due(&self) -> Option<Instant> {
         let late = self.coalesce();
         self.hosts
