@@ -21,6 +21,7 @@ mod dashboard;
 mod dns;
 mod dns_queries;
 mod dns_race;
+mod dns_scale;
 mod faults;
 mod flows;
 mod lab;

@@ -99,6 +99,15 @@ pub struct Resolver {
     queries: Arc<AtomicU64>,
 }
 
+/// How long one call of [`Resolver::refresh_due`] starts queries for (the
+/// agent's loop gets back to its other work in between).
+const BATCH_TIME: Duration = Duration::from_secs(2);
+/// At start, how much longer than the pacing needs the agent waits for
+/// every name's first answer before it applies what it has (a resolver
+/// that drops every query would cost each name the full timeout, in
+/// turn); the rest are asked on.
+const START_SLACK: Duration = Duration::from_secs(10);
+
 /// Refreshes due within this long of the first one are made with it: the
 /// agent wakes for refreshes about once a second, not once per name, when
 /// they are spread out. A tenth of `ttl_min` when that is shorter.
@@ -231,24 +240,35 @@ impl Resolver {
     /// Returns whether any allowed set changed.
     pub async fn refresh_due(&mut self) -> bool {
         let batch = (self.timing.max_qps as usize / 2).max(1);
-        self.refresh_batch(Instant::now(), batch).await
+        let now = Instant::now();
+        self.refresh_batch(now, batch, now + BATCH_TIME).await
     }
 
     /// Resolves every name due now, in paced batches (at start: the policy
-    /// is applied once every name has its first answer). Returns whether
-    /// any allowed set changed.
+    /// is applied once every name has its first answer), for at most the
+    /// time the pacing needs plus [`START_SLACK`]; names not asked by then
+    /// stay due. Returns whether any allowed set changed.
     pub async fn refresh_all_due(&mut self) -> bool {
         let start = Instant::now();
+        let due = self
+            .hosts
+            .values()
+            .filter(|h| h.next_refresh <= start)
+            .count();
+        let pacing =
+            Duration::from_secs_f64(2.0 * due as f64 / f64::from(self.timing.max_qps.max(1)));
+        let until = start + pacing.mul_f64(1.5) + START_SLACK;
         let mut changed = false;
         let batch = (self.timing.max_qps as usize / 2).max(1);
-        while self.hosts.values().any(|h| h.next_refresh <= start) {
-            changed |= self.refresh_batch(start, batch).await;
+        while Instant::now() < until && self.hosts.values().any(|h| h.next_refresh <= start) {
+            changed |= self.refresh_batch(start, batch, until).await;
         }
         changed
     }
 
-    /// Resolves at most `batch` names due by `now` (the earliest first).
-    async fn refresh_batch(&mut self, now: Instant, batch: usize) -> bool {
+    /// Resolves at most `batch` names due by `now` (the earliest first),
+    /// starting no query after `until`.
+    async fn refresh_batch(&mut self, now: Instant, batch: usize, until: Instant) -> bool {
         let mut due: Vec<(&String, Instant)> = self
             .hosts
             .iter()
@@ -258,11 +278,11 @@ impl Resolver {
         due.sort_by_key(|(_, at)| *at);
         due.truncate(batch);
         let due: Vec<String> = due.into_iter().map(|(h, _)| h.clone()).collect();
-        let results = self.lookup_all(&due).await;
+        let results = self.lookup_all(&due, until).await;
         let now = Instant::now();
         let mut changed = false;
         for (host, result) in due.iter().zip(results) {
-            let Some(state) = self.hosts.get_mut(host) else {
+            let (Some(state), Some(result)) = (self.hosts.get_mut(host), result) else {
                 continue;
             };
             match result {
@@ -286,9 +306,14 @@ impl Resolver {
         changed
     }
 
-    /// Looks `names` up (A and AAAA, paced), in their order: the
-    /// addresses and TTL of each, or why it failed.
-    async fn lookup_all(&self, names: &[String]) -> Vec<Result<(Vec<IpAddr>, Duration), String>> {
+    /// Looks `names` up (A and AAAA, paced, none started after `until`),
+    /// in their order: the addresses and TTL of each, or why it failed;
+    /// `None` for a name not asked in time.
+    async fn lookup_all(
+        &self,
+        names: &[String],
+        until: Instant,
+    ) -> Vec<Option<Result<(Vec<IpAddr>, Duration), String>>> {
         // A trailing dot: the names are absolute, no search domains.
         let fqdns: Vec<String> = names.iter().map(|h| format!("{h}.")).collect();
         let jobs: Vec<(usize, Family)> = (0..names.len())
@@ -298,6 +323,7 @@ impl Resolver {
             pacer: &self.pacer,
             sent: &self.queries,
             concurrency: self.timing.concurrency as usize,
+            until,
         };
         let inner = &self.inner;
         let fqdns = &fqdns;

@@ -35,6 +35,8 @@ pub enum Outcome {
     NoRecords(String),
     /// No answer: a timeout, SERVFAIL, a refused connection.
     Failed(String),
+    /// Not asked: the gate's time ran out first.
+    Skipped,
 }
 
 /// The gate every query passes: the pacer's slot, then the count.
@@ -43,6 +45,10 @@ pub struct Gate<'a> {
     /// Queries sent (`sdm_resolver_queries_total`).
     pub sent: &'a AtomicU64,
     pub concurrency: usize,
+    /// No query starts after this: what is left stays due. A resolver that
+    /// drops every query costs each one the full timeout (about 6 s), and
+    /// the agent must not wait for thousands of them in turn.
+    pub until: Instant,
 }
 
 /// How late after its slot a query may still go. One that wakes later (the
@@ -64,16 +70,24 @@ impl Gate<'_> {
         }
     }
 
-    /// Waits until a query may be sent, and counts it.
-    async fn pass(&self) {
+    /// Waits until a query may be sent, and counts it; false when the
+    /// gate's time ran out.
+    async fn pass(&self) -> bool {
         for _ in 0..RESLOTS {
+            if Instant::now() >= self.until {
+                return false;
+            }
             let slot = self.slot();
             tokio::time::sleep_until(slot.into()).await;
             if Instant::now() <= slot + LATE {
                 break;
             }
         }
+        if Instant::now() >= self.until {
+            return false;
+        }
         self.sent.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -94,7 +108,9 @@ where
         .map(|(i, family)| {
             let query = lookup(i, family);
             async move {
-                gate.pass().await;
+                if !gate.pass().await {
+                    return (i, family, Outcome::Skipped);
+                }
                 (i, family, query.await)
             }
         })
@@ -107,8 +123,22 @@ where
 /// for the shorter TTL; an error only when neither family has an address
 /// (the failure rather than the "no records" message, if one failed). A
 /// family that failed while the other answered is left out, as hickory's
-/// dual-stack lookup does.
-pub fn merge(a: Option<Outcome>, b: Option<Outcome>) -> Result<(Vec<IpAddr>, Duration), String> {
+/// dual-stack lookup does. `None` when a family was not asked (the name
+/// stays due).
+pub fn merge(
+    a: Option<Outcome>,
+    b: Option<Outcome>,
+) -> Option<Result<(Vec<IpAddr>, Duration), String>> {
+    if [&a, &b]
+        .iter()
+        .any(|o| matches!(o, None | Some(Outcome::Skipped)))
+    {
+        return None;
+    }
+    Some(merge_asked(a, b))
+}
+
+fn merge_asked(a: Option<Outcome>, b: Option<Outcome>) -> Result<(Vec<IpAddr>, Duration), String> {
     let mut addrs = Vec::new();
     let mut ttl: Option<Duration> = None;
     let mut failed = None;
@@ -121,6 +151,7 @@ pub fn merge(a: Option<Outcome>, b: Option<Outcome>) -> Result<(Vec<IpAddr>, Dur
             }
             Outcome::NoRecords(e) => no_records = Some(e),
             Outcome::Failed(e) => failed = Some(e),
+            Outcome::Skipped => {}
         }
     }
     match ttl {

@@ -165,30 +165,42 @@ fn the_two_families_merge_into_one_answer() {
     let none = || Some(Outcome::NoRecords("no records".into()));
     let failed = || Some(Outcome::Failed("timed out".into()));
     assert_eq!(
-        lookups::merge(a("192.0.2.1", 300), a("2001:db8::1", 60)),
+        lookups::merge(a("192.0.2.1", 300), a("2001:db8::1", 60)).unwrap(),
         Ok((
             vec![ip("192.0.2.1"), ip("2001:db8::1")],
             Duration::from_secs(60)
         ))
     );
     assert_eq!(
-        lookups::merge(none(), a("2001:db8::1", 60)),
+        lookups::merge(none(), a("2001:db8::1", 60)).unwrap(),
         Ok((vec![ip("2001:db8::1")], Duration::from_secs(60)))
     );
     // One family failing while the other answers: the answer stands.
     assert_eq!(
-        lookups::merge(a("192.0.2.1", 30), failed()),
+        lookups::merge(a("192.0.2.1", 30), failed()).unwrap(),
         Ok((vec![ip("192.0.2.1")], Duration::from_secs(30)))
     );
     // Neither: the failure is the reason given, not "no records".
-    assert_eq!(lookups::merge(none(), failed()), Err("timed out".into()));
-    assert_eq!(lookups::merge(none(), none()), Err("no records".into()));
+    assert_eq!(
+        lookups::merge(none(), failed()),
+        Some(Err("timed out".into()))
+    );
+    assert_eq!(
+        lookups::merge(none(), none()),
+        Some(Err("no records".into()))
+    );
+    // A family not asked (time ran out): the name is left as it was.
+    assert_eq!(
+        lookups::merge(a("192.0.2.1", 30), Some(Outcome::Skipped)),
+        None
+    );
+    assert_eq!(lookups::merge(None, none()), None);
     assert_eq!(
         lookups::merge(
             Some(Outcome::Answer(vec![], Duration::from_secs(9))),
             none()
         ),
-        Err("no records".into())
+        Some(Err("no records".into()))
     );
 }
 
@@ -387,4 +399,39 @@ async fn refreshes_close_together_are_made_together() {
         r.seed(n, s);
     }
     assert_eq!(r.next_due(), Some(t0 + Duration::from_secs(61)));
+}
+
+/// A resolver that drops every query costs each one the full timeout: no
+/// query starts after the gate's time, the rest are skipped (left due),
+/// not waited for in turn.
+#[tokio::test]
+async fn no_query_starts_after_the_gate_closes() {
+    let pacer = Mutex::new(Pacer::new(20));
+    let sent = AtomicU64::new(0);
+    let started = Instant::now();
+    let gate = Gate {
+        pacer: &pacer,
+        sent: &sent,
+        concurrency: 4,
+        until: started + Duration::from_millis(120),
+    };
+    let jobs: Vec<(usize, Family)> = (0..50).map(|i| (i, Family::V4)).collect();
+    let out = lookups::run(jobs, &gate, |_, _| async {
+        // A query nobody answers, until the resolver's timeout.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Outcome::Failed("timed out".into())
+    })
+    .await;
+    let asked = out
+        .iter()
+        .filter(|(_, _, o)| *o != Outcome::Skipped)
+        .count();
+    // At 20 a second, 120 ms hold the slots at 0, 50 and 100 ms (fewer
+    // if this thread wakes late).
+    assert!((1..=3).contains(&asked), "{out:?}");
+    assert_eq!(
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        asked as u64
+    );
+    assert!(started.elapsed() < Duration::from_millis(1_000));
 }
