@@ -14,6 +14,7 @@ use sdm_tests::gateway::{
     self, expect_denied, expect_ok, sa, serve_all, DB, DENY_MS, GATEWAY_HOSTS, OK_MS, OTHER,
 };
 use sdm_tests::lab::{dns_addresses, Lab};
+use serde_json::Value;
 
 const NAMES: usize = 1_000;
 const MAX_QPS: u64 = 600;
@@ -48,7 +49,9 @@ fn a_thousand_hostnames_resolve_paced_and_apply_within_seconds() {
     let mut samples: Vec<(Instant, u64)> = Vec::new();
     let ready = loop {
         samples.push((Instant::now(), lab.dns().queries() - before));
-        let st = lab.status();
+        // Not `lab.status()`: nothing is pinned until the agent attaches.
+        let out = lab.agent_cmd(&["status", "--json"]);
+        let st: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         let resolved = (0..NAMES)
             .filter(|i| !dns_addresses(&st, &name(*i)).is_empty())
             .count();
