@@ -33,7 +33,7 @@ use crate::dns::pacing::Pacer;
 use crate::policy::config::DnsConfig;
 
 mod host;
-pub mod lookups;
+mod lookups;
 
 pub use host::HostState;
 use lookups::{Family, Gate, Outcome};
@@ -245,9 +245,9 @@ impl Resolver {
     }
 
     /// Resolves every name due now, in paced batches (at start: the policy
-    /// is applied once every name has its first answer), for at most the
-    /// time the pacing needs plus [`START_SLACK`]; names not asked by then
-    /// stay due. Returns whether any allowed set changed.
+    /// is applied once every name has its first answer), for at most 1.5
+    /// times what the pacing needs plus 10 s; names not asked by then stay
+    /// due. Returns whether any allowed set changed.
     pub async fn refresh_all_due(&mut self) -> bool {
         let start = Instant::now();
         let due = self
