@@ -16,6 +16,7 @@
 
 mod backstop;
 mod capabilities;
+mod capacity;
 mod containment;
 mod dashboard;
 mod dns;

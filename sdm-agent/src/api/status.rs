@@ -193,6 +193,10 @@ pub struct Status {
     /// policed cgroup's packet sockets (empty: off).
     #[serde(default)]
     pub backstop: Vec<String>,
+    /// Rules the pinned rule maps hold (`Maps::rule_capacity`), sized from
+    /// the policy at load time; a policy past it needs a restart.
+    #[serde(default)]
+    pub rule_capacity: u32,
 }
 
 /// An address learned in the kernel from a DNS answer.

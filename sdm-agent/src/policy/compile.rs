@@ -42,7 +42,7 @@ pub const RESOLVERS_RULE: &str = "dns/egress/resolvers";
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
-    #[error("the policy has {count} rules, more than the {max} the dataplane holds")]
+    #[error("the policy has {count} rules, more than the {max} the dataplane can ever hold")]
     TooManyRules { count: usize, max: usize },
     #[error("rule {rule} expands to {count} (protocol, port) pairs, more than {max}")]
     TooManyPorts { rule: String, count: u64, max: u64 },
@@ -131,7 +131,8 @@ fn allow_rule(a: &AllowConfig) -> Rule {
 /// What the dataplane holds: rules, (protocol, port) pairs per rule, and
 /// names unique.
 fn check_limits(rules: &[Rule]) -> Result<(), CompileError> {
-    let max = sdm_common::MAX_RULES as usize;
+    // The hard ceiling: below it the agent sizes the rule maps to the policy.
+    let max = sdm_common::RULE_CEILING as usize;
     if rules.len() > max {
         return Err(CompileError::TooManyRules {
             count: rules.len(),
@@ -154,6 +155,32 @@ fn check_limits(rules: &[Rule]) -> Result<(), CompileError> {
         }
     }
     Ok(())
+}
+
+/// The guide row a rule of a `[[resource]]` or `[[secret_store]]` entry was
+/// listed under: `gateway/egress/resource` for `gateway/egress/resource/db`.
+/// Read from the name alone (see the table above), so that it answers for
+/// any rule the kernel holds, recorded in the agent's state file or not.
+/// `None` for every other rule: a guide row's own rules (gateways
+/// included), the resolvers, `[[allow]]`.
+pub fn listed_row(name: &str) -> Option<&str> {
+    let (row, entry) = name.rsplit_once('/')?;
+    let mut parts = row.split('/');
+    let (Some(role), Some(direction), Some(key), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let role: Role = role.parse().ok()?;
+    let listed = catalogue::rows_for(role).any(|r| {
+        r.key == key
+            && r.direction.to_string() == direction
+            && matches!(
+                r.target,
+                catalogue::RowTarget::Resources | catalogue::RowTarget::SecretStores
+            )
+    });
+    (listed && !entry.is_empty()).then_some(row)
 }
 
 /// The `nameserver` addresses of a resolv.conf, in order, duplicates

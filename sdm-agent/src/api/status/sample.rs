@@ -69,6 +69,7 @@ impl Status {
             }],
             bypass_capable: vec![],
             flow_store_evictions: 0,
+            rule_capacity: 1024,
             backstop: vec![],
             policy_error: None,
         }

@@ -35,14 +35,23 @@ pub fn run(action: &str, rest: &[String]) -> Option<Value> {
     Some(out)
 }
 
-/// Binds `addr`, says so, then counts the datagrams that arrive in `secs`.
-fn udp_recv(addr: SocketAddr, secs: u64) -> Value {
-    let s = match UdpSocket::bind(addr) {
-        Ok(s) => s,
-        Err(e) => return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()}),
-    };
+/// Binds `addr` with a short read timeout (so a receive loop sees its
+/// deadline) and prints that it listens; the bind failure as the action's
+/// outcome otherwise.
+fn bind_announced(addr: SocketAddr) -> Result<UdpSocket, Value> {
+    let s = UdpSocket::bind(addr)
+        .map_err(|e| json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()}))?;
     let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
     print(&json!({"result": "listening", "addr": addr.to_string()}));
+    Ok(s)
+}
+
+/// Binds `addr`, says so, then counts the datagrams that arrive in `secs`.
+fn udp_recv(addr: SocketAddr, secs: u64) -> Value {
+    let s = match bind_announced(addr) {
+        Ok(s) => s,
+        Err(failure) => return failure,
+    };
     let end = Instant::now() + Duration::from_secs(secs);
     let mut received = 0u64;
     let mut from = Vec::new();
@@ -59,12 +68,10 @@ fn udp_recv(addr: SocketAddr, secs: u64) -> Value {
 /// Binds `addr`, says so, then echoes every datagram for `secs`; counts
 /// the echoes the kernel refused.
 fn udp_echo(addr: SocketAddr, secs: u64) -> Value {
-    let s = match UdpSocket::bind(addr) {
+    let s = match bind_announced(addr) {
         Ok(s) => s,
-        Err(e) => return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()}),
+        Err(failure) => return failure,
     };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
-    print(&json!({"result": "listening", "addr": addr.to_string()}));
     let end = Instant::now() + Duration::from_secs(secs);
     let (mut echoed, mut refused) = (0u64, 0u64);
     let mut buf = [0u8; 1500];
