@@ -260,9 +260,22 @@ impl Resolver {
         let until = start + pacing.mul_f64(1.5) + START_SLACK;
         let mut changed = false;
         let batch = (self.timing.max_qps as usize / 2).max(1);
+        let queries = self.queries_sent();
         while Instant::now() < until && self.hosts.values().any(|h| h.next_refresh <= start) {
             changed |= self.refresh_batch(start, batch, until).await;
         }
+        let left = self
+            .hosts
+            .values()
+            .filter(|h| h.next_refresh <= start)
+            .count();
+        tracing::info!(
+            names = due,
+            left,
+            queries = self.queries_sent() - queries,
+            ms = start.elapsed().as_millis() as u64,
+            "hostnames asked"
+        );
         changed
     }
 
