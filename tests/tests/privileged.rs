@@ -22,6 +22,7 @@ mod dashboard;
 mod dns;
 mod dns_queries;
 mod dns_race;
+mod dns_scale;
 mod faults;
 mod flows;
 mod lab;

@@ -288,6 +288,7 @@ impl Agent {
         resolvers: &[IpAddr],
     ) -> Result<Resolver> {
         let mut resolver = Resolver::new(resolvers, dns_timing(&config.dns))?;
+        resolver.count_queries_in(self.resolver.query_counter());
         let hosts = hostnames(policy);
         resolver.set_names(hosts.iter().map(String::as_str), Instant::now());
         if status::dns_fingerprint(&self.resolvers, &[]) == status::dns_fingerprint(resolvers, &[])
@@ -298,7 +299,7 @@ impl Agent {
         } else {
             tracing::info!(from = ?self.resolvers, to = ?resolvers, "the resolvers changed: every name is resolved again, by the new ones");
         }
-        resolver.refresh_due().await;
+        resolver.refresh_all_due().await;
         Ok(resolver)
     }
 
