@@ -404,6 +404,13 @@ fn scale_figures(
         .decimals(0)
         .note_target("none (the series bound is the README's)"),
     );
+    dns_and_reload_figures(n, s, feat, figs);
+}
+
+/// Figure 6's resolver-load and reload rows for one size.
+fn dns_and_reload_figures(n: usize, s: &[Sample], feat: &Features, figs: &mut Vec<Figure>) {
+    let size = crate::group(n);
+    let col = |f: fn(&Sample) -> f64| -> Vec<f64> { s.iter().map(f).collect() };
     let qps = Figure::measured(
         6,
         &format!("gateway.{n}.dns_qps"),
