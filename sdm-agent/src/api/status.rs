@@ -40,6 +40,29 @@ pub struct StateFile {
     /// max_bytes`, since the agent started.
     #[serde(default)]
     pub flow_store_evictions: u64,
+    /// The agent's last config reload (SIGHUP), if there was one.
+    #[serde(default)]
+    pub last_reload: Option<ReloadStatus>,
+}
+
+/// The outcome of the agent's last config reload (SIGHUP), and the counts
+/// since it started (also `sdm_config_reloads_total` and
+/// `sdm_config_reload_errors_total`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Unix seconds when it finished.
+    pub at: u64,
+    /// Whether the file's config is the running one now (applied, or the
+    /// same as before); `false`: refused, the previous config runs on.
+    pub ok: bool,
+    /// The policy generation live after it.
+    pub generation: u32,
+    /// Why it was refused.
+    pub error: Option<String>,
+    /// Reloads that succeeded since the agent started.
+    pub applied: u64,
+    /// Reloads refused since the agent started.
+    pub refused: u64,
 }
 
 /// A fingerprint of the resolvers asked and the names resolved: answers
@@ -193,6 +216,9 @@ pub struct Status {
     /// policed cgroup's packet sockets (empty: off).
     #[serde(default)]
     pub backstop: Vec<String>,
+    /// The agent's last config reload (SIGHUP), from its state file.
+    #[serde(default)]
+    pub last_reload: Option<ReloadStatus>,
 }
 
 /// An address learned in the kernel from a DNS answer.

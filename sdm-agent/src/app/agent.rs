@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     api::metrics::AgentStats,
-    api::status::{self, StateFile},
+    api::status::{self, ReloadStatus, StateFile},
     dns::resolver::{DnsTiming, HostState, Resolver},
     flows,
     kernel::dataplane::{Layout, Maps},
@@ -29,22 +29,29 @@ use super::{
 
 pub(super) struct Agent {
     layout: Layout,
-    config_path: Option<PathBuf>,
+    pub(super) config_path: Option<PathBuf>,
     pub(super) policy: Policy,
     pub(super) maps: Arc<Mutex<Maps>>,
     pub(super) resolver: Resolver,
-    ids: std::collections::BTreeMap<String, u32>,
+    /// The resolvers the resolver asks and the policy allows.
+    pub(super) resolvers: Vec<IpAddr>,
+    pub(super) ids: std::collections::BTreeMap<String, u32>,
     /// Address -> hostnames, for naming the destinations of denied flows.
     pub(super) hostnames: flows::HostnameIndex,
     /// Why the last attempt to apply the policy failed, while the previous
     /// policy stays in force; cleared by the next success.
-    policy_error: Option<String>,
+    pub(super) policy_error: Option<String>,
     /// Failed attempts (`sdm_policy_apply_errors_total`).
     apply_errors: Arc<AtomicU64>,
     /// The resolvers and names the answers in the state file belong to.
-    dns_fingerprint: String,
+    pub(super) dns_fingerprint: String,
     /// `sdm_flow_store_evictions_total`, recorded for `status`.
     store_evictions: Arc<AtomicU64>,
+    /// `sdm_config_reloads_total` and `sdm_config_reload_errors_total`.
+    pub(super) reloads: Arc<AtomicU64>,
+    pub(super) reload_errors: Arc<AtomicU64>,
+    /// The last reload's outcome, for `status`.
+    pub(super) last_reload: Option<ReloadStatus>,
 }
 
 /// What the first application of the policy left to do: retry it (it was
@@ -64,7 +71,7 @@ pub(super) fn dns_timing(dns: &DnsConfig) -> DnsTiming {
     }
 }
 
-fn lock(maps: &Mutex<Maps>) -> Result<std::sync::MutexGuard<'_, Maps>> {
+pub(super) fn lock(maps: &Mutex<Maps>) -> Result<std::sync::MutexGuard<'_, Maps>> {
     maps.lock()
         .map_err(|_| anyhow::anyhow!("maps lock poisoned"))
 }
@@ -99,12 +106,16 @@ impl Agent {
             policy,
             maps,
             resolver,
+            resolvers: resolvers.to_vec(),
             ids,
             hostnames: flows::HostnameIndex::default(),
             policy_error: None,
             apply_errors: stats.policy_apply_errors.clone(),
             dns_fingerprint,
             store_evictions: stats.store.evictions.clone(),
+            reloads: stats.config_reloads.clone(),
+            reload_errors: stats.config_reload_errors.clone(),
+            last_reload: None,
         })
     }
 
@@ -181,6 +192,13 @@ impl Agent {
                 return Err(anyhow::Error::new(e).context("apply the policy to the maps"));
             }
         };
+        self.update_hostname_index();
+        self.write_state()?;
+        Ok(writes)
+    }
+
+    /// Address -> hostnames, from the resolver's current answers.
+    pub(super) fn update_hostname_index(&self) {
         let index = flows::index_from(
             self.resolver
                 .hosts()
@@ -190,8 +208,6 @@ impl Agent {
         if let Ok(mut w) = self.hostnames.write() {
             *w = index;
         }
-        self.write_state()?;
-        Ok(writes)
     }
 
     pub(super) fn write_state(&self) -> Result<()> {
@@ -207,6 +223,7 @@ impl Agent {
                 .unwrap_or(0),
             dns_fingerprint: Some(self.dns_fingerprint.clone()),
             flow_store_evictions: self.store_evictions.load(Ordering::Relaxed),
+            last_reload: self.last_reload.clone(),
         }
         .write(&self.layout)
         .with_context(|| format!("write {}", StateFile::path(&self.layout).display()))

@@ -50,13 +50,18 @@ pub(super) struct Running {
     pub(super) pending: Pending,
     pub(super) clock: Clock,
     pub(super) sigterm: Signal,
+    /// SIGHUP: reload the config (`reload`).
+    pub(super) sighup: Signal,
+    /// `run --cgroup`, which overrides the file's `cgroup` at a reload too.
+    pub(super) cgroup_override: Option<crate::kernel::cgroup::CgroupTarget>,
     pub(super) server: JoinHandle<std::io::Result<()>>,
     pub(super) flows: FlowTasks,
     pub(super) _lock: InstanceLock,
 }
 
 impl Running {
-    /// Runs until SIGINT or SIGTERM; an error if the metrics server stops.
+    /// Runs until SIGINT or SIGTERM, reloading the config on SIGHUP; an
+    /// error if the metrics server stops.
     pub(super) async fn run_until_stopped(&mut self) -> Result<()> {
         loop {
             let wake = self.next_wake();
@@ -66,6 +71,7 @@ impl Running {
                 _ = self.clock.follow_tick.tick() => self.on_follow_tick(),
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = self.sigterm.recv() => return Ok(()),
+                _ = self.sighup.recv() => self.on_reload().await,
                 r = &mut self.server => {
                     bail!("the metrics server stopped: {r:?}");
                 }

@@ -51,6 +51,17 @@ fn header(o: &mut String, s: &Status) {
     };
     let _ = writeln!(o, "agent:      {agent}");
     let _ = writeln!(o, "generation: {}", s.generation);
+    if let Some(r) = &s.last_reload {
+        let what = match &r.error {
+            None => format!("applied (generation {})", r.generation),
+            Some(e) => format!("REFUSED, the previous config runs on: {e}"),
+        };
+        let _ = writeln!(
+            o,
+            "reload:     {what}; at unix time {} ({} applied, {} refused since start)",
+            r.at, r.applied, r.refused
+        );
+    }
 }
 
 /// What needs a reader's attention, only when there is something: flow

@@ -71,6 +71,7 @@ impl Status {
             flow_store_evictions: 0,
             backstop: vec![],
             policy_error: None,
+            last_reload: None,
         }
     }
 }

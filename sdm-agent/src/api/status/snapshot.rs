@@ -73,6 +73,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         denied,
         policy_error: state.as_ref().and_then(|s| s.policy_error.clone()),
         flow_store_evictions: state.as_ref().map_or(0, |s| s.flow_store_evictions),
+        last_reload: state.as_ref().and_then(|s| s.last_reload.clone()),
         dns: state.map(|s| s.dns).unwrap_or_default(),
         dns_answers,
         dns_learn_table_full: maps.learn_table_full()?,
