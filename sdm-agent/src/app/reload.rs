@@ -257,7 +257,7 @@ impl Agent {
         let mut m = lock(&self.maps)?;
         let mut ids = match m.assign_rule_ids(&both.iter().copied().collect::<Vec<_>>()) {
             Ok(ids) => ids,
-            Err(DataplaneError::RuleIdsExhausted) => {
+            Err(DataplaneError::RuleCapacity { .. }) => {
                 tracing::warn!(
                     rules = new.len(),
                     live = self.policy.rules.len(),

@@ -17,7 +17,7 @@ use sdm_tests::lab::{dns_addresses, result, rule_packets, Lab};
 use serde_json::Value;
 
 /// Hostname resources of the gateway.
-const RESOURCES: usize = 1_000;
+const RESOURCES: usize = 10_000;
 /// The resource whose name resolves to a lab server (`net_ip(OTHER)`).
 const REACHABLE: usize = RESOURCES / 2;
 /// How long start-up may take before the test gives up: the target
