@@ -317,6 +317,10 @@ pub struct AgentStats {
     /// Config reloads refused (a bad file, a setting that needs a restart,
     /// a policy the maps cannot hold); the running config stays.
     pub config_reload_errors: Arc<AtomicU64>,
+    /// DNS queries the agent's own resolver sent (A and AAAA counted
+    /// apart), for `sdm_resolver_queries_total`: its rate is the load on
+    /// the resolvers, at most `[dns] max_qps`.
+    pub resolver_queries: Arc<AtomicU64>,
 }
 
 /// The kernel's event counters (`EVENT_STAT_*`), summed over the CPUs;

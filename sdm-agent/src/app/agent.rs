@@ -64,11 +64,7 @@ pub(super) struct Pending {
 
 /// The resolver's timing, as `[dns]` sets it.
 pub(super) fn dns_timing(dns: &DnsConfig) -> DnsTiming {
-    DnsTiming {
-        ttl_min: dns.ttl_min,
-        ttl_max: dns.ttl_max,
-        grace: dns.grace,
-    }
+    DnsTiming::from(dns)
 }
 
 pub(super) fn lock(maps: &Mutex<Maps>) -> Result<std::sync::MutexGuard<'_, Maps>> {
@@ -95,6 +91,7 @@ impl Agent {
             .assign_rule_ids(&names)
             .context("assign rule ids")?;
         let mut resolver = Resolver::new(resolvers, dns_timing(&config.dns))?;
+        resolver.count_queries_in(stats.resolver_queries.clone());
         let hosts = hostnames(&policy);
         resolver.set_names(hosts.iter().map(String::as_str), Instant::now());
         let dns_fingerprint = status::dns_fingerprint(resolvers, &hosts);
@@ -132,7 +129,7 @@ impl Agent {
         config: &Config,
         resolvers: &[IpAddr],
     ) -> Result<Pending> {
-        self.resolver.refresh_due().await;
+        self.resolver.refresh_all_due().await;
         let mut pending = Pending::default();
         match self.sync() {
             Ok(writes) => {
