@@ -35,7 +35,24 @@ const PROMETHEUS_SERIES: &[&str] = &["up"];
 /// Series name -> label names, as exposed.
 type Exposed = BTreeMap<String, BTreeSet<String>>;
 
-/// What the agent's `/metrics` serves for [`Status::sample`].
+/// [`Status::sample`] with a `[[resource]]` entry, whose rule and
+/// hostname the default `[metrics]` sums into the `sdm_resource_*` families.
+fn sample_with_a_resource() -> Status {
+    let mut s = Status::sample();
+    let mut rule = s.rules[0].clone();
+    rule.name = "gateway/egress/resource/db".into();
+    rule.targets = vec!["db.internal".into()];
+    s.rules.push(rule);
+    let mut host = s.dns[0].clone();
+    host.hostname = "db.internal".into();
+    s.dns.push(host);
+    let mut learned = s.learned[0].clone();
+    learned.hostname = Some("db.internal".into());
+    s.learned.push(learned);
+    s
+}
+
+/// What the agent's `/metrics` serves for [`sample_with_a_resource`].
 fn served_metrics() -> String {
     let stats = AgentStats::default();
     stats.events_lost.store(1, Ordering::Relaxed);
@@ -43,7 +60,7 @@ fn served_metrics() -> String {
         pin_root: "/nonexistent/sdm-grafana-test".into(),
         run_dir: "/nonexistent/sdm-grafana-test-run".into(),
     };
-    metrics::render_snapshot(Status::sample(), layout, stats)
+    metrics::render_snapshot(sample_with_a_resource(), layout, stats)
 }
 
 /// Parses the text exposition: sample names with their label names. Fails

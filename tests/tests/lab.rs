@@ -307,9 +307,33 @@ fn gateway_enforce_allows_exactly_its_flows() {
         Some(2.0),
         "{m}"
     );
+    // The resource's name and rule are summed under their guide row by
+    // default ([metrics] per_resource = false).
     assert_eq!(
         metric(&m, "sdm_dns_failures_total", &[("hostname", "db.lab.test")]),
+        None,
+        "{m}"
+    );
+    let row = [("rule", "gateway/egress/resource")];
+    assert_eq!(
+        metric(&m, "sdm_resource_dns_failures_total", &row),
         Some(0.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "sdm_resource_rules", &row), Some(1.0), "{m}");
+    assert_eq!(
+        metric(&m, "sdm_resource_hostnames_unresolved", &row),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "sdm_rule_packets_total",
+            &[("rule", "gateway/egress/resource")]
+        )
+        .is_some()
+            && !m.contains("gateway/egress/resource/db"),
         "{m}"
     );
 }

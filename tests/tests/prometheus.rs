@@ -18,7 +18,7 @@ use std::{
 use sdm_tests::{
     gateway::{self, sa, wait_for, DB, DENY_MS, GATEWAY_HOSTS, OK_MS, OTHER},
     guards::{Proc, TempDir},
-    lab::{DnsMode, Lab, AGENT_LISTEN},
+    lab::{metric, DnsMode, Lab, AGENT_LISTEN},
 };
 use serde_json::Value;
 
@@ -102,6 +102,55 @@ fn promtool_accepts_a_live_scrape() {
         "promtool check metrics: {}\n---- all it said ----\n{report}\n---- the scrape ----\n{text}",
         problems.join("\n")
     );
+}
+
+/// `[metrics] per_resource = true` reaches the running agent's `/metrics`:
+/// the resource's rule and hostname have series of their own, which the
+/// default sums under the guide row (the lab test checks that side), and
+/// the scrape stays clean for promtool.
+#[test]
+fn per_resource_gives_a_resource_its_own_series() {
+    let mut lab = new_lab();
+    gateway::serve_all(&lab);
+    gateway::gateway_dns(&lab, 300);
+    let mut config = gateway::gateway_config(&lab, "audit", "");
+    config.tables.push_str("\n[metrics]\nper_resource = true\n");
+    let path = lab.write_config("per-resource.toml", &config);
+    lab.start_agent(&path, "audit", &GATEWAY_HOSTS);
+    let _ = lab.tcp(sa(lab.net_ip(DB), 5432), OK_MS);
+    let m = lab.metrics();
+    let db = [
+        ("rule", "gateway/egress/resource/db"),
+        ("direction", "egress"),
+    ];
+    assert!(
+        metric(&m, "sdm_rule_packets_total", &db).is_some_and(|v| v > 0.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "sdm_hostname_addresses", &[("hostname", "db.lab.test")]),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        !m.contains("rule=\"gateway/egress/resource\",direction"),
+        "the row's sum beside the resource's own series:\n{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sdm_resource_rules",
+            &[("rule", "gateway/egress/resource")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let (_, report) = promtool_check(&m);
+    let problems: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !is_openmetrics_counter_help(&m, l))
+        .collect();
+    assert!(problems.is_empty(), "promtool: {problems:?}\n{m}");
 }
 
 /// Whether a promtool message is `<name>_total no help text` for a counter

@@ -2,9 +2,8 @@
 //! is copied or cached in between, so a scrape is always the truth), plus
 //! the agent's own counters ([`AgentStats`]). `crate::api::http` serves them.
 
-use std::collections::BTreeMap;
 use std::sync::{
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
     Arc, Mutex,
 };
 
@@ -23,7 +22,37 @@ use crate::{
     api::status::{self, Status},
     flows::store::StoreStats,
     kernel::dataplane::{Layout, Maps},
+    policy::config::MetricsConfig,
 };
+
+mod series;
+
+pub use series::{SERIES_PER_HOSTNAME, SERIES_PER_LISTED_ROW, SERIES_PER_RULE};
+
+/// `[metrics]` as the collector reads it at every scrape: shared, so that
+/// the running agent can change it without a new registry.
+#[derive(Clone, Debug, Default)]
+pub struct SeriesOptions {
+    per_resource: Arc<AtomicBool>,
+}
+
+impl SeriesOptions {
+    pub fn new(config: &MetricsConfig) -> Self {
+        let options = Self::default();
+        options.set(config);
+        options
+    }
+
+    /// Takes `config` from the next scrape on.
+    pub fn set(&self, config: &MetricsConfig) {
+        self.per_resource
+            .store(config.per_resource, Ordering::Relaxed);
+    }
+
+    pub fn per_resource(&self) -> bool {
+        self.per_resource.load(Ordering::Relaxed)
+    }
+}
 
 /// The maps and layout the collector reads.
 #[derive(Clone)]
@@ -54,7 +83,10 @@ impl Source {
 }
 
 #[derive(Debug)]
-struct SdmCollector(Source);
+struct SdmCollector {
+    source: Source,
+    options: SeriesOptions,
+}
 
 /// Labelled rows of one family: label pairs and the value.
 type Rows<V> = [(Vec<(&'static str, String)>, V)];
@@ -137,20 +169,26 @@ fn gauge_value(
 
 impl Collector for SdmCollector {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(s) = self.0.snapshot() else {
+        let Some(s) = self.source.snapshot() else {
             return Ok(());
         };
-        encode_status(&s, encoder)
+        encode_status(&s, self.options.per_resource(), encoder)
     }
 }
 
 /// The kernel's metrics for one snapshot of the maps. A free function so
 /// that [`render_snapshot`] renders a given status through exactly the code
 /// that serves `/metrics`.
-fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    encode_rules(s, &mut encoder)?;
+fn encode_status(
+    s: &Status,
+    per_resource: bool,
+    mut encoder: DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let shape = series::Shape::new(s, per_resource);
+    series::encode_rules(s, &shape, &mut encoder)?;
     encode_denied(s, &mut encoder)?;
-    encode_hostnames(s, &mut encoder)?;
+    series::encode_hostnames(s, &shape, &mut encoder)?;
+    series::encode_listed(s, &shape, &mut encoder)?;
     let modes: Vec<_> = ["audit", "enforce"]
         .iter()
         .map(|m| (vec![("mode", m.to_string())], i64::from(s.mode == *m)))
@@ -162,35 +200,12 @@ fn encode_status(s: &Status, mut encoder: DescriptorEncoder) -> Result<(), std::
         &modes,
     )?;
     encode_dns_kernel(s, &mut encoder)?;
+    series::encode_learned(s, &shape, &mut encoder)?;
     gauge_value(
         &mut encoder,
         "sdm_policy_generation",
         "Policy generation; increases with every applied change.",
         i64::from(s.generation),
-    )
-}
-
-/// Packets and bytes allowed by each rule, by direction.
-fn encode_rules(s: &Status, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let mut packets = Vec::new();
-    let mut bytes = Vec::new();
-    for r in &s.rules {
-        for (dir, c) in [("egress", r.egress), ("ingress", r.ingress)] {
-            let labels = vec![
-                ("rule", r.name.clone()),
-                ("direction", dir.to_string()),
-                ("verdict", "allow".to_string()),
-            ];
-            packets.push((labels.clone(), c.packets));
-            bytes.push((labels, c.bytes));
-        }
-    }
-    counter_family(encoder, "sdm_rule_packets", "Packets allowed by each rule, by direction (replies to an egress rule count under ingress).", &packets)?;
-    counter_family(
-        encoder,
-        "sdm_rule_bytes",
-        "Bytes allowed by each rule, by direction.",
-        &bytes,
     )
 }
 
@@ -222,34 +237,8 @@ fn encode_denied(s: &Status, encoder: &mut DescriptorEncoder) -> Result<(), std:
     )
 }
 
-/// The agent's resolution of each hostname: addresses allowed, failures.
-fn encode_hostnames(s: &Status, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let addrs: Vec<_> = s
-        .dns
-        .iter()
-        .map(|h| {
-            (
-                vec![("hostname", h.hostname.clone())],
-                h.addresses.len() as i64,
-            )
-        })
-        .collect();
-    gauge_family(encoder, "sdm_hostname_addresses", "Addresses currently allowed for each hostname (latest answer plus those in their grace period).", &addrs)?;
-    let failures: Vec<_> = s
-        .dns
-        .iter()
-        .map(|h| (vec![("hostname", h.hostname.clone())], h.failures))
-        .collect();
-    counter_family(
-        encoder,
-        "sdm_dns_failures",
-        "Failed DNS lookups per hostname (the last good answer is kept).",
-        &failures,
-    )
-}
-
 /// What the kernel's DNS path counted: answers parsed, addresses not
-/// learned, queries judged, addresses learned.
+/// learned, queries judged.
 fn encode_dns_kernel(s: &Status, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let answers: Vec<_> = s
         .dns_answers
@@ -278,22 +267,6 @@ fn encode_dns_kernel(s: &Status, encoder: &mut DescriptorEncoder) -> Result<(), 
         "sdm_dns_queries",
         "DNS queries to the trusted resolvers judged by the kernel under [dns] queries = \"policy\", by verdict: allowed (a policy hostname or a name under [dns] search), refused (dropped, the send failed with EPERM), would_refuse (audit mode: counted, passed).",
         &queries,
-    )?;
-    let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
-    for l in &s.learned {
-        *per_host
-            .entry(l.hostname.clone().unwrap_or_else(|| "unknown".into()))
-            .or_default() += 1;
-    }
-    let learned: Vec<_> = per_host
-        .into_iter()
-        .map(|(h, n)| (vec![("hostname", h)], n))
-        .collect();
-    gauge_family(
-        encoder,
-        "sdm_dns_learned_addresses",
-        "Addresses learned in the kernel from DNS answers and not expired, per hostname.",
-        &learned,
     )
 }
 
@@ -457,10 +430,10 @@ fn encode_http(http: &HttpStats, encoder: &mut DescriptorEncoder) -> Result<(), 
     )
 }
 
-/// The kernel's metrics only.
-pub fn registry(source: Source) -> Registry {
+/// The kernel's metrics only, shaped by `options`.
+pub fn registry(source: Source, options: SeriesOptions) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(SdmCollector(source)));
+    r.register_collector(Box::new(SdmCollector { source, options }));
     r
 }
 
@@ -471,32 +444,48 @@ pub fn registry(source: Source) -> Registry {
 /// `sdm_policy_apply_errors_total`, `sdm_http_connections`,
 /// `sdm_http_connections_refused_total`,
 /// `sdm_http_connections_closed_total`).
-pub fn registry_with(source: Source, stats: AgentStats) -> Registry {
+pub fn registry_with(source: Source, stats: AgentStats, options: SeriesOptions) -> Registry {
     let layout = source.layout.clone();
-    let mut r = registry(source);
+    let mut r = registry(source, options);
     r.register_collector(Box::new(AgentCollector { layout, stats }));
     r
 }
 
 /// A status given rather than read from the maps.
 #[derive(Debug)]
-struct FixedStatus(Status);
+struct FixedStatus {
+    status: Status,
+    per_resource: bool,
+}
 
 impl Collector for FixedStatus {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        encode_status(&self.0, encoder)
+        encode_status(&self.status, self.per_resource, encoder)
     }
 }
 
-/// What `/metrics` serves when the maps hold `status`: the registry of
-/// [`registry_with`] with the kernel read replaced by `status`, so the text
-/// (family names, `_total` suffixes, labels) is exactly the served one. The
-/// Grafana dashboard's check uses it to know which series exist without a
-/// kernel. `layout` is read only for the kernel's lost-event counter (0 when
-/// nothing is pinned there).
+/// What `/metrics` serves, with the default `[metrics]`, when the maps hold
+/// `status`: the registry of [`registry_with`] with the kernel read
+/// replaced by `status`, so the text (family names, `_total` suffixes,
+/// labels) is exactly the served one. The Grafana dashboard's check uses it
+/// to know which series exist without a kernel. `layout` is read only for
+/// the kernel's lost-event counter (0 when nothing is pinned there).
 pub fn render_snapshot(status: Status, layout: Layout, stats: AgentStats) -> String {
+    render_snapshot_with(status, layout, stats, &MetricsConfig::default())
+}
+
+/// [`render_snapshot`] under the given `[metrics]`.
+pub fn render_snapshot_with(
+    status: Status,
+    layout: Layout,
+    stats: AgentStats,
+    config: &MetricsConfig,
+) -> String {
     let mut r = Registry::default();
-    r.register_collector(Box::new(FixedStatus(status)));
+    r.register_collector(Box::new(FixedStatus {
+        status,
+        per_resource: config.per_resource,
+    }));
     r.register_collector(Box::new(AgentCollector { layout, stats }));
     render(&r)
 }

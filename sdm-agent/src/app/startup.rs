@@ -103,6 +103,7 @@ pub(super) async fn start(
     )?;
     let followed = Followed::new(config.cgroup.clone(), cgroup, &layout);
     let stats = metrics::AgentStats::default();
+    let series = metrics::SeriesOptions::new(&config.metrics);
     let mut agent = Agent::start(&layout, config_path, &config, policy, &resolvers, &stats)?;
     let pending = agent.first_apply(&config, &resolvers).await?;
     let (flows, flow_table) = start_flows(&layout, &config, &stats, &agent)?;
@@ -110,6 +111,7 @@ pub(super) async fn start(
         Arc::new(metrics::registry_with(
             source(&layout, &agent),
             stats.clone(),
+            series,
         )),
         source(&layout, &agent),
         flow_table,

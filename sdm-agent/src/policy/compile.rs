@@ -157,6 +157,32 @@ fn check_limits(rules: &[Rule]) -> Result<(), CompileError> {
     Ok(())
 }
 
+/// The guide row a rule of a `[[resource]]` or `[[secret_store]]` entry was
+/// listed under: `gateway/egress/resource` for `gateway/egress/resource/db`.
+/// Read from the name alone (see the table above), so that it answers for
+/// any rule the kernel holds, recorded in the agent's state file or not.
+/// `None` for every other rule: a guide row's own rules (gateways
+/// included), the resolvers, `[[allow]]`.
+pub fn listed_row(name: &str) -> Option<&str> {
+    let (row, entry) = name.rsplit_once('/')?;
+    let mut parts = row.split('/');
+    let (Some(role), Some(direction), Some(key), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let role: Role = role.parse().ok()?;
+    let listed = catalogue::rows_for(role).any(|r| {
+        r.key == key
+            && r.direction.to_string() == direction
+            && matches!(
+                r.target,
+                catalogue::RowTarget::Resources | catalogue::RowTarget::SecretStores
+            )
+    });
+    (listed && !entry.is_empty()).then_some(row)
+}
+
 /// The `nameserver` addresses of a resolv.conf, in order, duplicates
 /// removed. Comments (`#` or `;` to the end of the line) are ignored, a
 /// `%scope` suffix (`fe80::1%eth0`) is stripped, and lines that do not

@@ -16,7 +16,7 @@
 //! This file holds the resolved config and its defaults; the modules hold
 //! the vocabulary and the steps: `names` (the named values: roles,
 //! region, modes), `hosts` (control-plane names and gateway addresses),
-//! `sections` (the tables `[gateway]` to `[backstop]`), `raw` (the file
+//! `sections` (the tables `[gateway]` to `[metrics]`), `raw` (the file
 //! as read, with spans), `validate` (raw into resolved, one method per
 //! section), `values` (value parsers) and `errors`.
 
@@ -42,7 +42,7 @@ pub use hosts::{ControlPlaneHost, ControlPlaneHosts, HostPort};
 pub use names::{DnsQueries, FailMode, LoopbackMode, Mode, Region, Role, UnknownName};
 pub use sections::{
     valid_interface_name, AllowConfig, AuditConfig, BackstopConfig, BackstopInterface,
-    ClientConfig, DnsConfig, GatewayConfig, HttpConfig, ResourceConfig, StateConfig,
+    ClientConfig, DnsConfig, GatewayConfig, HttpConfig, MetricsConfig, ResourceConfig, StateConfig,
 };
 pub use values::{
     format_duration, is_loopback, normalize_hostname, normalize_ports, parse_cidr, parse_duration,
@@ -114,6 +114,7 @@ pub struct Config {
     pub state: StateConfig,
     pub audit: AuditConfig,
     pub backstop: BackstopConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -138,6 +139,7 @@ impl Default for Config {
             state: StateConfig::default(),
             audit: AuditConfig::default(),
             backstop: BackstopConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -266,6 +268,13 @@ max_bytes = "64MiB"
 # per-packet cost. Interfaces not listed are not watched.
 # [backstop]
 # interfaces = ["eth0"]
+
+[metrics]
+# Series of their own for each [[resource]] and [[secret_store]] rule and
+# hostname. Off: they are summed by their Ports Guide row (the rule label
+# "gateway/egress/resource"), so a host's series count does not grow with
+# its resources; status, the API and the dashboard keep the detail.
+per_resource = false
 "#;
 
 impl Config {

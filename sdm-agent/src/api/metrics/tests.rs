@@ -78,3 +78,5 @@ fn agent_metrics_have_help_and_values() {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
 }
+
+mod series;

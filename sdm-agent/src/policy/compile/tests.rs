@@ -559,4 +559,5 @@ fn host_matching() {
     assert!(!host_matches("app.strongdm.com", "app.uk.strongdm.com"));
 }
 
+mod listed;
 mod warnings;

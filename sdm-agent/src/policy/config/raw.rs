@@ -33,6 +33,7 @@ pub(super) struct RawConfig {
     pub(super) state: Option<RawState>,
     pub(super) audit: Option<RawAudit>,
     pub(super) backstop: Option<RawBackstop>,
+    pub(super) metrics: Option<RawMetrics>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +120,12 @@ pub(super) struct RawAudit {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackstop {
     pub(super) interfaces: Option<Spanned<OneOrMany>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) per_resource: Option<bool>,
 }
 
 /// A string, or an array of strings (each with its own span).

@@ -1,4 +1,4 @@
-//! The config's tables, `[gateway]` to `[backstop]`, and its array
+//! The config's tables, `[gateway]` to `[metrics]`, and its array
 //! entries `[[resource]]`, `[[secret_store]]` and `[[allow]]`, resolved.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -187,6 +187,15 @@ pub struct BackstopInterface {
     pub name: String,
     #[serde(skip)]
     pub line: usize,
+}
+
+/// `[metrics]`: the shape of `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MetricsConfig {
+    /// Series of their own for every `[[resource]]` and `[[secret_store]]`
+    /// rule and hostname. Off by default: those are summed by their guide
+    /// row, so that a host's series do not grow with its resources.
+    pub per_resource: bool,
 }
 
 /// Linux interface names: at most IFNAMSIZ - 1 bytes, no '/', ':' or

@@ -4,7 +4,7 @@
 //! readers the sections share, and [`Validator::resolve`]; the sections are
 //! in [`top`] (top-level keys, `[hosts]`, `[gateway]`, `[client]`),
 //! [`entries`] (`[[resource]]`, `[[secret_store]]`, `[[allow]]`), [`dns`]
-//! and [`agent`] (`[http]`, `[state]`, `[audit]`, `[backstop]`).
+//! and [`agent`] (`[http]`, `[state]`, `[audit]`, `[backstop]`, `[metrics]`).
 
 mod agent;
 mod dns;
@@ -249,6 +249,9 @@ impl Validator<'_> {
         }
         if let Some(v) = raw.backstop.as_ref().and_then(|b| b.interfaces.as_ref()) {
             cfg.backstop.interfaces = self.backstop_interfaces(v)?;
+        }
+        if let Some(m) = &raw.metrics {
+            cfg.metrics = Self::metrics(m);
         }
         Ok(cfg)
     }

@@ -1,4 +1,5 @@
-//! The agent's own sections: `[http]`, `[state]`, `[audit]`, `[backstop]`.
+//! The agent's own sections: `[http]`, `[state]`, `[audit]`, `[backstop]`,
+//! `[metrics]`.
 
 use super::*;
 
@@ -215,5 +216,25 @@ fn store_max_bytes() {
         2,
         "max_bytes",
         &["invalid size"],
+    );
+}
+
+#[test]
+fn metrics_per_resource_is_a_boolean_off_by_default() {
+    assert!(!ok("").metrics.per_resource);
+    assert!(!ok("[metrics]\n").metrics.per_resource);
+    assert!(ok("[metrics]\nper_resource = true\n").metrics.per_resource);
+    assert!(!ok("[metrics]\nper_resource = false\n").metrics.per_resource);
+    fails(
+        "role = \"gateway\"\n[metrics]\nper_resource = \"yes\"\n",
+        3,
+        "per_resource",
+        &["[metrics]", "boolean"],
+    );
+    fails(
+        "[metrics]\n\nper_rule = true\n",
+        3,
+        "per_rule",
+        &["unknown field", "per_resource"],
     );
 }

@@ -1,13 +1,14 @@
-//! The agent's own sections: `[http]`, `[state]`, `[audit]`, `[backstop]`.
+//! The agent's own sections: `[http]`, `[state]`, `[audit]`, `[backstop]`,
+//! `[metrics]`.
 
 use toml::Spanned;
 
 use super::super::{
     errors::{line_col, ConfigError},
-    raw::{items, DurationValue, OneOrMany, RawAudit, RawHttp, RawState},
+    raw::{items, DurationValue, OneOrMany, RawAudit, RawHttp, RawMetrics, RawState},
     valid_interface_name,
     values::{is_loopback, parse_size},
-    AuditConfig, BackstopInterface, HttpConfig, StateConfig, DEFAULT_RETENTION,
+    AuditConfig, BackstopInterface, HttpConfig, MetricsConfig, StateConfig, DEFAULT_RETENTION,
     MIN_STORE_MAX_BYTES,
 };
 use super::{Here, Validator};
@@ -138,5 +139,13 @@ impl Validator<'_> {
             });
         }
         Ok(out)
+    }
+
+    /// `[metrics]`: a boolean, which the file's types already checked
+    /// (a string there is an error at its line).
+    pub(super) fn metrics(m: &RawMetrics) -> MetricsConfig {
+        MetricsConfig {
+            per_resource: m.per_resource.unwrap_or(false),
+        }
     }
 }
