@@ -210,11 +210,12 @@ impl Params {
                 vec![100]
             },
             scale_rounds: if full { 3 } else { 1 },
-            scale_ttl_secs: if full { 10 } else { 2 },
-            // Past the first refresh of every name, then two TTLs: the
-            // steady state whether refreshes come spread or in bursts.
-            scale_settle_secs: pick(12.0, 2.5),
-            scale_window_secs: pick(20.0, 4.0),
+            scale_ttl_secs: if full { 5 } else { 2 },
+            // Past the first refresh of every name, then eight refresh
+            // periods (two in smoke runs): a window that starts mid-wave
+            // misses at most one wave of bursts, an eighth of the count.
+            scale_settle_secs: pick(6.0, 2.5),
+            scale_window_secs: pick(40.0, 4.0),
             scale_start_limit_secs: 300,
         }
     }
