@@ -52,7 +52,17 @@ pub(super) struct Agent {
     pub(super) reload_errors: Arc<AtomicU64>,
     /// The last reload's outcome, for `status`.
     pub(super) last_reload: Option<ReloadStatus>,
+    /// When the state file was last written, and the resolver's
+    /// [`Resolver::report_digest`] then: a refresh that changed nothing is
+    /// not written again for [`STATE_REWRITE`].
+    state_written: std::sync::Mutex<(Instant, u64)>,
 }
+
+/// How long a state file whose DNS outcomes did not change stays unwritten
+/// (its countdowns go stale meanwhile). Each write serializes every rule and
+/// hostname: megabytes at 10,000 resources, and a refresh is due several
+/// times a second there.
+const STATE_REWRITE: Duration = Duration::from_secs(30);
 
 /// What the first application of the policy left to do: retry it (it was
 /// refused while a previous agent's policy is live), then write the mode.
@@ -113,6 +123,7 @@ impl Agent {
             reloads: stats.config_reloads.clone(),
             reload_errors: stats.config_reload_errors.clone(),
             last_reload: None,
+            state_written: std::sync::Mutex::new((Instant::now(), 0)),
         })
     }
 
@@ -207,7 +218,25 @@ impl Agent {
         }
     }
 
+    /// Writes the state file unless only its countdowns would change (the
+    /// same DNS outcomes, written less than [`STATE_REWRITE`] ago).
+    pub(super) fn write_state_if_changed(&self) -> Result<()> {
+        let digest = self.resolver.report_digest();
+        let unchanged = self
+            .state_written
+            .lock()
+            .map(|w| w.1 == digest && w.0.elapsed() < STATE_REWRITE)
+            .unwrap_or(false);
+        if unchanged {
+            return Ok(());
+        }
+        self.write_state()
+    }
+
     pub(super) fn write_state(&self) -> Result<()> {
+        if let Ok(mut w) = self.state_written.lock() {
+            *w = (Instant::now(), self.resolver.report_digest());
+        }
         StateFile {
             pid: std::process::id(),
             config: self.config_path.clone(),

@@ -105,7 +105,7 @@ impl Running {
         let result = if changed {
             self.agent.sync().map(Some)
         } else {
-            self.agent.write_state().map(|()| None)
+            self.agent.write_state_if_changed().map(|()| None)
         };
         if retry_sync {
             self.pending.retry_at = None;

@@ -210,6 +210,18 @@ impl Resolver {
         self.hosts.get(host).map(|h| h.addresses()).unwrap_or(&[])
     }
 
+    /// A digest of what [`Resolver::report`] shows beyond the addresses
+    /// (failures, errors, names resolved): equal digests, the report
+    /// changed only in its countdowns.
+    pub fn report_digest(&self) -> u64 {
+        self.hosts.values().fold(0u64, |acc, s| {
+            acc.wrapping_mul(31)
+                .wrapping_add(s.failures)
+                .wrapping_add(u64::from(s.last_error.is_some()) << 40)
+                .wrapping_add(u64::from(s.last_success.is_some()) << 41)
+        })
+    }
+
     pub fn hosts(&self) -> &BTreeMap<String, HostState> {
         &self.hosts
     }
