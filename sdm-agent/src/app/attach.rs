@@ -10,10 +10,10 @@ use sdm_common::{LOOPBACK_ENFORCE, LOOPBACK_PASS};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    kernel::backstop,
     kernel::cgroup,
     kernel::dataplane::{self, AttachOutcome, DataplaneError, Layout, Maps},
     kernel::entries,
+    kernel::{backstop, xdp},
     policy::config::{Config, DnsQueries, FailMode, LoopbackMode, Mode},
     policy::Policy,
 };
@@ -122,6 +122,8 @@ pub(super) struct Programs {
     object: Cow<'static, [u8]>,
     ebpf: Option<aya::Ebpf>,
     backstop_ifaces: Vec<backstop::Interface>,
+    /// `[xdp] interfaces`.
+    xdp_ifaces: Vec<String>,
 }
 
 impl Programs {
@@ -161,6 +163,12 @@ impl Programs {
             object,
             ebpf: loaded.or(preloaded),
             backstop_ifaces,
+            xdp_ifaces: config
+                .xdp
+                .interfaces
+                .iter()
+                .map(|i| i.name.clone())
+                .collect(),
         };
         programs.log_outcome(cgroup, &outcome);
         programs.load_for_recreation(cgroup)?;
@@ -168,6 +176,7 @@ impl Programs {
             spawn_ebpf_logger(e);
         }
         programs.sync_backstop(cgroup)?;
+        programs.sync_xdp()?;
         Ok(programs)
     }
 
@@ -243,6 +252,24 @@ impl Programs {
         } else {
             tracing::info!(interfaces = ?previous, "backstop off: removed from these interfaces");
         }
+        Ok(())
+    }
+
+    /// Puts the XDP shield on the `[xdp] interfaces` (see [`xdp::sync`]),
+    /// loading the object if the programs were adopted without it; removes
+    /// it from interfaces no longer listed.
+    pub(super) fn sync_xdp(&mut self) -> Result<()> {
+        let ifaces = &self.xdp_ifaces;
+        if ifaces.is_empty() && xdp::attached(&self.layout).is_empty() {
+            return Ok(());
+        }
+        if !ifaces.is_empty() && self.ebpf.is_none() {
+            self.ebpf = Some(
+                dataplane::load(&self.layout, &self.object)
+                    .context("load the programs for the XDP shield")?,
+            );
+        }
+        xdp::sync(&self.layout, self.ebpf.as_mut(), ifaces).context("set up the XDP shield")?;
         Ok(())
     }
 }

@@ -70,6 +70,7 @@ impl Status {
             bypass_capable: vec![],
             flow_store_evictions: 0,
             backstop: vec![],
+            xdp: None,
             policy_error: None,
         }
     }

@@ -10,7 +10,7 @@ use aya::{
 };
 use sdm_common::{
     KernelConfig, KERNEL_MAPS, LAYOUT_VERSION, MAP_CONFIG, MAP_DNSQ_PROGS, MAP_DNS_PROGS,
-    MAP_SOCK_STATE, PROG_DNS, PROG_DNS_QUERY,
+    MAP_SOCK_STATE, PROG_DNS, PROG_DNS_QUERY, XDP_MAPS,
 };
 
 use super::{
@@ -51,6 +51,7 @@ pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
     let names: Vec<(&str, PathBuf)> = KERNEL_MAPS
         .iter()
         .chain([MAP_SOCK_STATE].iter())
+        .chain(XDP_MAPS.iter())
         .map(|n| (*n, layout.map_pin(n)))
         .collect();
     for (name, path) in &names {
@@ -70,6 +71,7 @@ pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
     // Loaded whether or not the config turns the backstop on, so that a
     // kernel that refuses them fails the start like any other program.
     crate::kernel::backstop::load_programs(&mut ebpf)?;
+    crate::kernel::xdp::load_program(&mut ebpf)?;
     // A config created just now is all zeros: audit mode, generation 0.
     let mut maps = Maps::open(layout)?;
     if maps.config()?.layout == 0 {

@@ -43,3 +43,77 @@ fn other_targets_are_refused_with_the_reason() {
         }
     }
 }
+
+#[test]
+fn pin_names_round_trip_with_dots_in_the_interface() {
+    for (mode, name) in [
+        (AttachMode::Native, "eth0"),
+        (AttachMode::Generic, "eth0.100"),
+        (AttachMode::Native, "veth_a-b"),
+    ] {
+        let pin = attach::pin_name(mode, name);
+        assert!(!pin.contains('.'), "{pin}");
+        assert_eq!(
+            attach::parse_pin_name(&pin),
+            Some(Shielded {
+                interface: name.to_owned(),
+                mode
+            })
+        );
+    }
+    assert_eq!(attach::parse_pin_name("egress"), None);
+    assert_eq!(attach::parse_pin_name("xdp_turbo_6574"), None);
+}
+
+#[test]
+fn seeds_connections_not_listeners_and_unmaps_ipv4() {
+    use sdm_common::{PROTO_TCP, PROTO_UDP};
+    // Captured from a host: a listener, an established connection to
+    // 10.0.0.2:443 from port 40000, a TIME_WAIT one.
+    let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0\n\
+   1: 0100000A:9C40 0200000A:01BB 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1\n\
+   2: 0100000A:9C41 0300000A:0050 06 00000000:00000000 03:00000000 00000000     0        0 0 3 0000000000000000\n";
+    let keys = seed::flows(tcp, PROTO_TCP, false);
+    let got: Vec<([u8; 4], u16, u16)> = keys
+        .iter()
+        .map(|k| {
+            (
+                [k.remote[0], k.remote[1], k.remote[2], k.remote[3]],
+                k.remote_port,
+                k.local_port,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [([10, 0, 0, 2], 443, 40000), ([10, 0, 0, 3], 80, 40001)]
+    );
+    assert!(keys
+        .iter()
+        .all(|k| k.proto == PROTO_TCP && k.v6 == 0 && k.remote[4..] == [0; 12]));
+
+    // udp6: an unconnected socket (skipped), one connected to
+    // [2001:db8::1]:53, one to ::ffff:192.0.2.7:123 (an IPv4 flow).
+    let udp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  1: 00000000000000000000000000000000:0044 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 0\n\
+  2: 00000000000000000000000000000000:A000 B80D0120000000000000000001000000:0035 01 00000000:00000000 00:00000000 00000000     0        0 2 2 0000000000000000 0\n\
+  3: 00000000000000000000000000000000:A001 0000000000000000FFFF0000070200C0:007B 01 00000000:00000000 00:00000000 00000000     0        0 3 2 0000000000000000 0\n";
+    let keys = seed::flows(udp6, PROTO_UDP, true);
+    assert_eq!(keys.len(), 2);
+    let v6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+    assert_eq!(
+        (
+            keys[0].remote,
+            keys[0].v6,
+            keys[0].remote_port,
+            keys[0].local_port
+        ),
+        (v6.octets(), 1, 53, 0xa000)
+    );
+    assert_eq!(keys[1].remote[..4], [192, 0, 2, 7]);
+    assert_eq!(
+        (keys[1].v6, keys[1].remote_port, keys[1].proto),
+        (0, 123, PROTO_UDP)
+    );
+}
