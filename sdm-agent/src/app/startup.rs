@@ -79,6 +79,7 @@ pub(super) async fn start(
             &cgroup::cgroup2_mount()?,
             &crate::app::config_label(config_path.as_deref()),
         )?;
+        crate::kernel::xdp::check_interfaces(&config, config_path.as_deref())?;
     }
     let lock = lock_instance(&layout)?;
     for w in compile::lockout_warnings(&config, &policy) {

@@ -28,6 +28,7 @@ pub fn run(
     // whole host as target.
     if !cfg.xdp.interfaces.is_empty() {
         xdp::check_target(&cfg, &cgroup::cgroup2_mount()?, &app::config_label(config))?;
+        xdp::check_interfaces(&cfg, config)?;
     }
     let mut warnings = compile::lockout_warnings(&cfg, &policy);
     match app::target_cgroup(&cfg, config)? {

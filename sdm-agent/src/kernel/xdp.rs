@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     kernel::{cgroup::CgroupTarget, dataplane::Layout},
-    policy::config::Config,
+    policy::config::{Config, ConfigError},
 };
 
 mod attach;
@@ -225,6 +225,30 @@ pub fn check_target(config: &Config, mount: &Path, file: &str) -> Result<(), Xdp
         target,
         mount: mount.to_path_buf(),
     })
+}
+
+/// Every `[xdp] interfaces` entry must name an interface of this network
+/// namespace: one the host lacks is an error at its line of the config.
+pub fn check_interfaces(config: &Config, path: Option<&Path>) -> Result<(), ConfigError> {
+    for i in &config.xdp.interfaces {
+        let index = std::ffi::CString::new(i.name.as_str())
+            // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
+            .map_or(0, |c| unsafe { libc::if_nametoindex(c.as_ptr()) });
+        if index == 0 {
+            return Err(ConfigError::Invalid {
+                path: path.map_or_else(|| PathBuf::from("(built-in)"), Path::to_path_buf),
+                line: i.line,
+                column: None,
+                section: Some("[xdp]".into()),
+                key: Some("interfaces".into()),
+                message: format!(
+                    "no interface named {:?} in this network namespace (see `ip link`)",
+                    i.name
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Two spellings of one directory (`/sys/fs/cgroup/` and `/sys/fs/cgroup`,

@@ -117,3 +117,21 @@ fn seeds_connections_not_listeners_and_unmaps_ipv4() {
         (0, 123, PROTO_UDP)
     );
 }
+
+#[test]
+fn interfaces_the_host_lacks_are_config_errors_at_their_line() {
+    let c = config("[xdp]\ninterfaces = [\n  \"lo\",\n  \"nosuchif0\",\n]\n");
+    let e = check_interfaces(&c, Some(Path::new("agent.toml")))
+        .expect_err("nosuchif0 is no interface")
+        .to_string();
+    for want in [
+        "agent.toml",
+        "line 4",
+        "[xdp]",
+        "`interfaces`",
+        "no interface named \"nosuchif0\"",
+    ] {
+        assert!(e.contains(want), "{want:?} missing from {e}");
+    }
+    check_interfaces(&config("[xdp]\ninterfaces = [\"lo\"]\n"), None).expect("lo exists");
+}
