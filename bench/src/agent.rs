@@ -1,4 +1,4 @@
-//! Figures 4 and 5: the real `sdm-agent run`, with a pin root, run folder,
+//! Figures 4, 5 and 6: the real `sdm-agent run`, with a pin root, run folder,
 //! target cgroup, network namespace and DNS responder of the benchmark's
 //! own.
 //!
@@ -9,8 +9,9 @@
 
 mod dns_latency;
 mod resources;
+mod scale;
 
-pub use self::{dns_latency::run_dns, resources::run_resources};
+pub use self::{dns_latency::run_dns, resources::run_resources, scale::run_scale};
 
 use std::{
     collections::HashMap,

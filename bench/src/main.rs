@@ -167,6 +167,14 @@ pub struct Params {
     pub agent_settle: f64,
     pub idle_secs: f64,
     pub flood_secs: f64,
+    /// Figure 6: `[[resource]]` hostnames per gateway, runs per size, the
+    /// names' TTL, the wait after "applied" and the steady window.
+    pub scale_sizes: Vec<usize>,
+    pub scale_rounds: usize,
+    pub scale_ttl_secs: u32,
+    pub scale_settle_secs: f64,
+    pub scale_window_secs: f64,
+    pub scale_start_limit_secs: u64,
 }
 
 impl Params {
@@ -196,6 +204,19 @@ impl Params {
             agent_settle: pick(2.0, 0.2),
             idle_secs: pick(8.0, 0.5),
             flood_secs: pick(3.0, 0.5),
+            scale_sizes: if full {
+                vec![100, 1_000, 10_000]
+            } else {
+                vec![100]
+            },
+            scale_rounds: if full { 3 } else { 1 },
+            scale_ttl_secs: if full { 5 } else { 2 },
+            // Past the first refresh of every name, then eight refresh
+            // periods (two in smoke runs): a window that starts mid-wave
+            // misses at most one wave of bursts, an eighth of the count.
+            scale_settle_secs: pick(6.0, 2.5),
+            scale_window_secs: pick(40.0, 4.0),
+            scale_start_limit_secs: 300,
         }
     }
 }
@@ -321,7 +342,7 @@ fn run(
             .join("sdm-agent"),
     };
     let wants = |fig: u8| only.is_empty() || only.contains(&fig);
-    if (wants(4) || wants(5)) && !agent_bin.exists() {
+    if (wants(4) || wants(5) || wants(6)) && !agent_bin.exists() {
         bail!(
             "{} not found: build it first (`cargo build --release -p sdm-agent`) or pass --agent",
             agent_bin.display()
@@ -408,6 +429,13 @@ fn measure(
     if wants(5) {
         println!("sdm-bench: [5] the agent at idle and under a flood of denied packets");
         agent::run_resources(p, agent_bin, &parent, &mut figs, &mut notes).context("figure 5")?;
+    }
+    if wants(6) {
+        println!(
+            "sdm-bench: [6] a gateway with {} hostname resources",
+            join(&p.scale_sizes)
+        );
+        agent::run_scale(p, agent_bin, &parent, &mut figs, &mut notes).context("figure 6")?;
     }
     if wants(4) {
         println!(
@@ -499,6 +527,11 @@ fn method(p: &Params) -> String {
         ("arounds", p.agent_rounds.to_string()),
         ("is", p.idle_secs.to_string()),
         ("fs", p.flood_secs.to_string()),
+        ("ss", join(&p.scale_sizes)),
+        ("sr", p.scale_rounds.to_string()),
+        ("st", p.scale_ttl_secs.to_string()),
+        ("sse", p.scale_settle_secs.to_string()),
+        ("sw", p.scale_window_secs.to_string()),
         ("seed", p.seed.to_string()),
     ];
     values.iter().fold(
@@ -547,5 +580,11 @@ mod tests {
         let f = Params::new(false, 1);
         assert!(s.rr_slice_ms < f.rr_slice_ms && s.verdict_rounds < f.verdict_rounds);
         assert!(f.agent_entries == 10_000 && f.exact_sizes.contains(&100_000));
+        assert_eq!(
+            s.scale_sizes,
+            [100],
+            "the smoke run starts one small gateway"
+        );
+        assert_eq!(f.scale_sizes, [100, 1_000, 10_000]);
     }
 }

@@ -115,7 +115,7 @@ pub struct Instance {
 impl Instance {
     pub fn new(tag: &str, policy: &Policy) -> Result<Self> {
         let pins = Pins::try_new(tag)?;
-        let ebpf = dataplane::load(&pins.layout, dataplane::EBPF_OBJECT)
+        let ebpf = dataplane::load(&pins.layout, dataplane::EBPF_OBJECT, 0)
             .context("load the sdm-egress eBPF object")?;
         let mut maps = Maps::open(&pins.layout)?;
         let names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
@@ -145,6 +145,7 @@ impl Instance {
             cgroup,
             dataplane::EBPF_OBJECT,
             Some(&mut self.ebpf),
+            0,
         )
         .with_context(|| format!("attach to {}", cgroup.display()))?;
         self.maps

@@ -11,7 +11,8 @@
 //!   (`agent`), then start the flow pipeline and the HTTP server;
 //! - `event_loop`: one method per event (DNS refresh due, learned
 //!   addresses to expire, the target cgroup re-created, a signal, the
-//!   server stopping);
+//!   server stopping), and `reload` (SIGHUP: the config read again and
+//!   the difference applied);
 //! - `shutdown`: hand the last deny events to the store and leave the
 //!   programs enforcing from the pinned maps.
 
@@ -25,6 +26,7 @@ mod agent;
 mod attach;
 mod event_loop;
 mod prepare;
+mod reload;
 mod shutdown;
 mod startup;
 mod systemd;

@@ -97,10 +97,7 @@ pub enum Command {
     },
     /// Mode, cgroup, rules with addresses and counters, DNS state; read from
     /// the pinned maps, so it works while the agent is down.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status(status::StatusArgs),
     /// Switch between audit and enforce at once, without reloading.
     Mode {
         #[arg(value_enum)]
@@ -197,7 +194,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             object,
         } => check::run(config.as_deref(), cgroup, kernel, json, object.as_deref()),
         Command::Policy { config, json } => policy::run(config.as_deref(), json),
-        Command::Status { json } => status::run(&layout, json),
+        Command::Status(args) => status::run(&layout, &args),
         Command::Mode { mode } => mode::set_mode(&layout, mode),
         Command::Trace { state } => mode::set_trace(&layout, state),
         Command::Detach => detach::run(&layout),

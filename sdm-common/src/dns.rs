@@ -4,8 +4,10 @@
 
 use crate::vocabulary::vocabulary;
 
-/// DNS learning capacities and limits.
-pub const MAX_DNS_NAMES: u32 = 4096;
+/// DNS learning capacities and limits. Names: 10,000 hostname resources,
+/// the catalogue and the `[dns] search` suffixes, with room to spare (a
+/// preallocated hash of 264-byte values: about 5 MiB).
+pub const MAX_DNS_NAMES: u32 = 16_384;
 pub const MAX_DNS_RESOLVERS: u32 = 64;
 pub const DNS_PENDING_ENTRIES: u32 = 16_384;
 /// Addresses learned per family and alive at once. A plain hash, not an

@@ -22,8 +22,16 @@ pub const MAX_EXACT_ENTRIES: u32 = 131_072;
 /// LPM tries are never preallocated, so a large capacity costs memory only
 /// for the entries in use.
 pub const MAX_CIDR_ENTRIES: u32 = 131_072;
-/// Rule ids are indexes into `SDM_RULES`, `SDM_RULE_STATS` and `SDM_RULE_NAMES`.
-pub const MAX_RULES: u32 = 1024;
+/// Rule ids are indexes into `SDM_RULES`, `SDM_RULE_STATS` and
+/// `SDM_RULE_NAMES`, whose size the agent sets at load time from the policy
+/// (see [`rule_capacity_for`]); the object's own size is this least one.
+pub const MIN_RULE_CAPACITY: u32 = 1024;
+/// The hard ceiling on rules (and so rule ids): 131,072. At that capacity
+/// the per-CPU rule counters take 16 B x 2 directions x 131,072 = 4 MiB per
+/// CPU (256 MiB on 64 CPUs). The kernel ignores larger ids, so an id can
+/// never index past what `rule_slot_index` and `rule_stats_index` can
+/// express.
+pub const RULE_CEILING: u32 = 131_072;
 /// Datagram peers remembered (LRU: the oldest pair is forgotten first, and
 /// a socket's next allowed send to that remote records it again).
 pub const PEER_ENTRIES: u32 = 65_536;
@@ -31,10 +39,35 @@ pub const PEER_ENTRIES: u32 = 65_536;
 /// Bits of the trie key before the address.
 pub const CIDR_HEADER_BITS: u32 = 32;
 
-/// Index of a rule's active flag in `SDM_RULES` for a policy slot.
+/// Index of a rule's active flag in `SDM_RULES` for a policy slot: the two
+/// slots side by side, so the index needs no capacity and an id past the
+/// map's end simply finds nothing (an array lookup out of range fails).
 #[inline(always)]
 pub const fn rule_slot_index(slot: u32, rule: u32) -> u32 {
-    slot * MAX_RULES + rule
+    rule * 2 + slot
+}
+
+/// The rule capacity the maps are created with for a policy of `rules`
+/// rules: room for twice as many (a reload cannot grow the maps, a restart
+/// can), at least [`MIN_RULE_CAPACITY`], rounded up to a multiple of it
+/// (not to a power of two: the per-CPU counters cost every CPU that much
+/// more) and cut to [`RULE_CEILING`]. `None` when `rules` is above the
+/// ceiling.
+pub const fn rule_capacity_for(rules: u32) -> Option<u32> {
+    if rules > RULE_CEILING {
+        return None;
+    }
+    let want = if rules * 2 > MIN_RULE_CAPACITY {
+        rules * 2
+    } else {
+        MIN_RULE_CAPACITY
+    };
+    let cap = want.div_ceil(MIN_RULE_CAPACITY) * MIN_RULE_CAPACITY;
+    Some(if cap > RULE_CEILING {
+        RULE_CEILING
+    } else {
+        cap
+    })
 }
 
 /// Exact IPv4 key: (direction, protocol, port, remote address). For egress

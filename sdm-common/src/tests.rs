@@ -100,3 +100,33 @@ fn xdp_verdict_names_are_the_documented_ones() {
     assert_eq!(XDP_STAT_ENTRIES, 6);
     assert!(XDP_MAPS.iter().all(|n| n.len() <= 15));
 }
+
+#[test]
+fn rule_capacity_has_headroom_a_floor_and_a_ceiling() {
+    // Small policies get the least capacity.
+    assert_eq!(rule_capacity_for(0), Some(MIN_RULE_CAPACITY));
+    assert_eq!(rule_capacity_for(512), Some(1024));
+    // Room for twice the rules, rounded up to a multiple of 1024.
+    assert_eq!(rule_capacity_for(513), Some(2048));
+    assert_eq!(rule_capacity_for(2006), Some(4096));
+    assert_eq!(rule_capacity_for(3000), Some(6144));
+    assert_eq!(rule_capacity_for(10_000), Some(20_480));
+    assert_eq!(rule_capacity_for(12_000), Some(24_576));
+    // Near the ceiling the headroom is cut, never the rules.
+    assert_eq!(rule_capacity_for(70_000), Some(RULE_CEILING));
+    assert_eq!(rule_capacity_for(RULE_CEILING), Some(RULE_CEILING));
+    assert_eq!(rule_capacity_for(RULE_CEILING + 1), None);
+    for rules in [0, 1, 1000, 10_000, 65_536, RULE_CEILING] {
+        let cap = rule_capacity_for(rules).unwrap();
+        assert!(cap >= rules && cap <= RULE_CEILING, "{rules} -> {cap}");
+    }
+}
+
+#[test]
+fn rule_slots_sit_side_by_side() {
+    // No capacity in the index: slot 0 and 1 of a rule are neighbours.
+    assert_eq!(rule_slot_index(0, 0), 0);
+    assert_eq!(rule_slot_index(1, 0), 1);
+    assert_eq!(rule_slot_index(0, 10_999), 21_998);
+    assert_eq!(rule_slot_index(1, RULE_CEILING - 1), 2 * RULE_CEILING - 1);
+}

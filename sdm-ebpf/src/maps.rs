@@ -11,7 +11,7 @@ use aya_ebpf::{
 use sdm_common::{
     Cidr4, Cidr6, Counter, EventBudget, EventSeenKey, FlowSeen, KernelConfig, Key4, Key6, PeerKey,
     RuleRef, RuleState, SockState, DENY_STATS_ENTRIES, EVENTS_RING_BYTES, EVENT_SEEN_ENTRIES,
-    EVENT_STAT_ENTRIES, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_RULES, PEER_ENTRIES,
+    EVENT_STAT_ENTRIES, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MIN_RULE_CAPACITY, PEER_ENTRIES,
 };
 
 /// Mmapable: the agent and `sdm-agent mode` each store only their own
@@ -40,13 +40,15 @@ pub(crate) static CIDR6_0: LpmTrie<Cidr6, RuleRef> = LpmTrie::with_max_entries(M
 #[map(name = "SDM_CIDR6_1")]
 pub(crate) static CIDR6_1: LpmTrie<Cidr6, RuleRef> = LpmTrie::with_max_entries(MAX_CIDR_ENTRIES, 0);
 
-/// Rule active flags, `2 * MAX_RULES` entries: one run per policy slot.
+/// Rule active flags, two per rule (`rule_slot_index`: one per policy
+/// slot). The agent sets the size at load time from the policy; nothing
+/// here depends on it, as a lookup past the end finds nothing.
 #[map(name = "SDM_RULES")]
-pub(crate) static RULES: Array<RuleState> = Array::with_max_entries(2 * MAX_RULES, 0);
-/// Allowed packets and bytes per (rule, direction).
+pub(crate) static RULES: Array<RuleState> = Array::with_max_entries(2 * MIN_RULE_CAPACITY, 0);
+/// Allowed packets and bytes per (rule, direction); sized as `RULES`.
 #[map(name = "SDM_RULE_STATS")]
 pub(crate) static RULE_STATS: PerCpuArray<Counter> =
-    PerCpuArray::with_max_entries(2 * MAX_RULES, 0);
+    PerCpuArray::with_max_entries(2 * MIN_RULE_CAPACITY, 0);
 /// Denied (or, in audit mode, would-be denied) packets per (mode, direction, reason).
 #[map(name = "SDM_DENY_STATS")]
 pub(crate) static DENY_STATS: PerCpuArray<Counter> =

@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use sdm_common::{
-    rule_slot_index, Cidr4, Cidr6, Key4, Key6, PeerKey, TrafficDir, CIDR_HEADER_BITS, MAX_RULES,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    rule_slot_index, Cidr4, Cidr6, Key4, Key6, PeerKey, TrafficDir, CIDR_HEADER_BITS, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RULE_CEILING,
 };
 
 use crate::{
@@ -27,7 +27,9 @@ pub(crate) const NO_RULE: u32 = u32::MAX;
 
 #[inline(always)]
 pub(crate) fn rule_active(slot: u32, rule: u32) -> bool {
-    if rule >= MAX_RULES {
+    // As in `count_rule`: the ceiling keeps the index from wrapping; an id
+    // past the map's end is inactive.
+    if rule >= RULE_CEILING {
         return false;
     }
     matches!(RULES.get(rule_slot_index(slot, rule)), Some(s) if s.active != 0)

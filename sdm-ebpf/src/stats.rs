@@ -6,7 +6,7 @@ use core::{
 };
 
 use aya_ebpf::maps::PerCpuArray;
-use sdm_common::{rule_stats_index, Counter, TrafficDir, MAX_RULES};
+use sdm_common::{rule_stats_index, Counter, TrafficDir, RULE_CEILING};
 
 use crate::maps::RULE_STATS;
 
@@ -19,7 +19,9 @@ pub(crate) fn atomic_add_u64(p: *mut u64, v: u64) {
 
 #[inline(always)]
 pub(crate) fn count_rule(rule: u32, dir: TrafficDir, len: u32) {
-    if rule < MAX_RULES {
+    // The ceiling, not the map's size (the agent sets that): it keeps the
+    // index from wrapping (NO_RULE); an id past the map's end counts nothing.
+    if rule < RULE_CEILING {
         add(&RULE_STATS, rule_stats_index(rule, dir), len);
     }
 }

@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: denied flows generated in the lab must
 //! show up, with their process names and hostnames, in the page's flow
 //! table and chart as headless Chromium renders it (Debian's `chromium`,
-//! installed by `cargo xtask test`).
+//! installed by `cargo xtask test`); and a gateway's 10,000 rules and
+//! hostnames page, filter and sort on the server with the page responsive.
 
 #![allow(clippy::too_many_lines, reason = "a test reads as one scenario")]
 
@@ -12,6 +13,9 @@ use sdm_tests::{
     lab::{result, Lab, AGENT_LISTEN},
 };
 use serde_json::Value;
+
+mod cdp;
+mod scale;
 
 fn new_lab() -> Lab {
     Lab::new(env!("CARGO_BIN_EXE_lab-probe"))

@@ -82,7 +82,7 @@ impl Fixture {
     fn new(ttl_floor: u32) -> Self {
         require_root();
         let pins = Pins::new("d");
-        let ebpf = dataplane::load(&pins.layout, dataplane::EBPF_OBJECT)
+        let ebpf = dataplane::load(&pins.layout, dataplane::EBPF_OBJECT, 0)
             .unwrap_or_else(|e| panic!("load the eBPF object: {e}"));
         let mut maps = Maps::open(&pins.layout).expect("open pinned maps");
         let ns = Netns::new("d");

@@ -24,6 +24,9 @@ use sdm_tests::lab::{
 };
 use serde_json::Value;
 
+/// Thousands of resources on one gateway (issue 14).
+mod scale;
+
 fn new_lab() -> Lab {
     Lab::new(env!("CARGO_BIN_EXE_lab-probe"))
 }

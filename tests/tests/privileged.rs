@@ -16,15 +16,18 @@
 
 mod backstop;
 mod capabilities;
+mod capacity;
 mod containment;
 mod dashboard;
 mod dns;
 mod dns_queries;
 mod dns_race;
+mod dns_scale;
 mod faults;
 mod flows;
 mod lab;
 mod prometheus;
+mod reload;
 mod sockets;
 mod targets;
 mod upgrade;

@@ -140,7 +140,7 @@ fn denied_connect_fails_fast_with_eperm_and_names_the_process() {
     let _servers = Servers::start(&net.net, &[ok_addr, denied_addr]);
     let pins = Pins::new("s");
     let cg = Cgroup::new("s");
-    let (_, ebpf) = dataplane::attach(&pins.layout, &cg.path, dataplane::EBPF_OBJECT, None)
+    let (_, ebpf) = dataplane::attach(&pins.layout, &cg.path, dataplane::EBPF_OBJECT, None, 1)
         .unwrap_or_else(|e| panic!("attach to {}: {e}", cg.path.display()));
     let mut maps = Maps::open(&pins.layout).expect("maps");
     let policy = Policy {

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sdm_agent::kernel::dataplane::{pinned_rule_capacity, Maps};
 use sdm_tests::{
     gateway::{self, sniffed_allowed_and_denied, wait_for, GATEWAY_HOSTS},
     lab::{BgProbe, Lab},
@@ -182,4 +183,95 @@ fn upgrade_replaces_the_programs_under_traffic_without_a_gap() {
         "the sniffer saw nothing of the allowed connections: it does not work"
     );
     eprintln!("{SWITCHES} upgrades in {took:?}");
+}
+
+/// `n` `[[allow]]` rules, tcp/443 to /32s of 198.18.0.0/15 (RFC 2544's
+/// benchmark range): rules only, nothing is ever sent there.
+fn many_allow_rules(n: u32) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "\n[[allow]]\nname = \"bulk-{i}\"\ndirection = \"egress\"\nproto = \"tcp\"\nport = 443\nto = \"198.18.{}.{}/32\"\n",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect()
+}
+
+/// A restart whose policy outgrows the pinned rule maps (README,
+/// "Capacity"): the gateway starts with its few rules (maps for 1,024),
+/// then, under the traffic of the upgrade test above, an agent with 1,500
+/// more `[[allow]]` rules replaces it. The pinned links are replaced, not
+/// adopted, and the larger maps take the pins: the log says both, the
+/// pinned maps hold more than 1,024 rules and every rule has an id. Not one allowed
+/// connection fails, not one denied one succeeds, and the sniffer sees
+/// nothing reach a denied destination.
+#[test]
+fn a_restart_with_more_rules_than_the_pins_hold_grows_them_without_a_gap() {
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_lab-probe"));
+    gateway::start(&mut lab, "enforce", "");
+    assert_eq!(
+        pinned_rule_capacity(&lab.pins.layout).expect("capacity"),
+        Some(1024)
+    );
+    let mut big = gateway::gateway_config(&lab, "enforce", "");
+    big.tables.push_str(&many_allow_rules(1500));
+    let big = lab.write_config("big.toml", &big);
+    let (allowed, denied, sniffer) = sniffed_allowed_and_denied(&lab);
+    let stop = lab.dir.path().join("stop-watching");
+    let mut probes: Vec<(SocketAddr, bool, BgProbe)> = allowed
+        .iter()
+        .map(|a| (*a, true, watch(&lab, *a, 20, &stop)))
+        .chain(
+            denied
+                .iter()
+                .map(|a| (*a, false, watch(&lab, *a, 2, &stop))),
+        )
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    lab.stop_agent();
+    let log_before = lab.agent_log().len();
+    lab.start_agent_with(&big, &[], "enforce", &GATEWAY_HOSTS);
+    let log = lab.agent_log();
+    let log = &log[log_before..];
+    assert!(
+        log.contains("the rule maps grow")
+            && log.contains("the grown rule maps replaced the pinned ones")
+            && log.contains("replaced=true"),
+        "the agent with 1,500 more rules should grow the maps and replace the links:\n{log}"
+    );
+    let maps = Maps::open(&lab.pins.layout).expect("maps");
+    let names = maps.rule_names().expect("rule names");
+    let cap = maps.rule_capacity();
+    assert!(
+        cap > 1024 && cap as usize >= names.len(),
+        "the pinned maps hold {cap} rules for {}",
+        names.len()
+    );
+    assert!(
+        names
+            .values()
+            .filter(|n| n.starts_with("allow/bulk-"))
+            .count()
+            == 1500
+            && names.keys().any(|id| *id > 1024),
+        "the 1,500 rules have ids, some past 1,024: {} names",
+        names.len()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    fs::write(&stop, "").expect("write the stop file");
+    sdm_tests::lab::assert_watches_held(&mut probes, "a restart that grows the rule maps");
+    for d in denied {
+        assert_eq!(
+            sniffer.count(d),
+            0,
+            "TCP segments to the denied {d} reached the net side"
+        );
+    }
+    assert!(
+        sniffer.count(allowed[0]) > 0,
+        "the sniffer saw nothing of the allowed connections: it does not work"
+    );
 }

@@ -42,6 +42,7 @@ const SCENARIOS: &[&str] = &[
     "install",
     "first-connect",
     "restart",
+    "reload",
     "reboot",
     "upgrade",
     "journal-security",

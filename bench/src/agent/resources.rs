@@ -230,7 +230,7 @@ fn resource_figures(
         .note_target("none"),
     );
     notes.push(format!(
-        "Figure 5: MAX_RULES is 1,024 (sdm-common), so the {} allowlist entries are {rules} `[[allow]]` rules of up to {per_rule} addresses each (tcp/443), on top of the client role's catalogue rules; the agent's DNS is a responder of the benchmark's own that answers every control-plane name at once.",
+        "Figure 5: the {} allowlist entries are {rules} `[[allow]]` rules of up to {per_rule} addresses each (tcp/443), on top of the client role's catalogue rules; the agent's DNS is a responder of the benchmark's own that answers every control-plane name at once.",
         crate::group(p.agent_entries)
     ));
 }

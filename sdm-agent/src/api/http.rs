@@ -1,7 +1,18 @@
 //! The agent's HTTP server on `[http] listen`: `/metrics`, `/healthz`, the
 //! dashboard (`/`, one self-contained page embedded in the binary) and the
-//! JSON API behind it: `/api/status`, `/api/rules`,
+//! JSON API behind it: `/api/status`, `/api/rules`, `/api/dns`,
+//! `/api/learned`,
 //! `/api/flows?since=1h&direction=egress&verdict=dropped&limit=500`.
+//!
+//! The long lists (rules, hostnames, learned addresses: 10,000 each on a
+//! large gateway) are paged, filtered and sorted here, not in the client:
+//! `/api/rules?offset=0&limit=100&q=db&sort=hits&order=desc` answers
+//! `{"total":..,"matched":..,"offset":..,"limit":..,"sort":..,"order":..,
+//! "q":..,"rules":[...]}`; `/api/status` carries the first
+//! [`DEFAULT_PAGE_LIMIT`] of each, with `rules_page`, `dns_page` and
+//! `learned_page` saying of what, and takes the same parameters prefixed
+//! (`rules_q`, `dns_offset`, ...). A parameter that is not valid, or not
+//! known, is a 400 whose message names it.
 //!
 //! Read-only: GET routes only, nothing changes the mode or the policy.
 //! With `[http] token` set, every request must carry
@@ -29,10 +40,13 @@ use crate::{
 };
 
 mod auth;
+#[doc(hidden)]
+pub mod fixture;
 mod routes;
 #[cfg(test)]
 mod tests;
 
+pub use crate::api::status::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
 pub use auth::{authorized, loopback_host};
 pub use routes::{FlowParams, FlowsResponse};
 
@@ -123,6 +137,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(routes::api_status))
         .route("/api/rules", get(routes::api_rules))
+        .route("/api/dns", get(routes::api_dns))
+        .route("/api/learned", get(routes::api_learned))
         .route("/api/flows", get(routes::api_flows))
         .layer(middleware::from_fn_with_state(st.clone(), auth::auth))
         .with_state(st)

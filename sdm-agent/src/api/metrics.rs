@@ -304,6 +304,16 @@ pub struct AgentStats {
     pub flows_evicted: Arc<AtomicU64>,
     /// The HTTP server's connections.
     pub http: HttpStats,
+    /// Config reloads (SIGHUP) that succeeded: applied, or the file was
+    /// the running config already.
+    pub config_reloads: Arc<AtomicU64>,
+    /// Config reloads refused (a bad file, a setting that needs a restart,
+    /// a policy the maps cannot hold); the running config stays.
+    pub config_reload_errors: Arc<AtomicU64>,
+    /// DNS queries the agent's own resolver sent (A and AAAA counted
+    /// apart), for `sdm_resolver_queries_total`: its rate is the load on
+    /// the resolvers, at most `[dns] max_qps`.
+    pub resolver_queries: Arc<AtomicU64>,
 }
 
 /// The kernel's event counters (`EVENT_STAT_*`), summed over the CPUs;
@@ -389,6 +399,21 @@ impl Collector for AgentCollector {
                 "sdm_policy_apply_errors",
                 "Failed attempts to apply the policy to the kernel maps (e.g. a DNS answer that does not fit); the previous policy stays in force and the attempt is retried.",
                 &self.stats.policy_apply_errors,
+            ),
+            (
+                "sdm_config_reloads",
+                "Config reloads (SIGHUP, systemctl reload) that succeeded: the file's config is the running one.",
+                &self.stats.config_reloads,
+            ),
+            (
+                "sdm_config_reload_errors",
+                "Config reloads refused (a bad file, a setting that needs a restart, a policy the maps cannot hold); the running config and policy stay in force.",
+                &self.stats.config_reload_errors,
+            ),
+            (
+                "sdm_resolver_queries",
+                "DNS queries the agent's own resolver sent (A and AAAA counted apart): its rate is the agent's load on the resolvers, at most [dns] max_qps.",
+                &self.stats.resolver_queries,
             ),
         ] {
             counter_value(&mut encoder, name, help, value.load(Ordering::Relaxed))?;

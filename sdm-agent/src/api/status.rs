@@ -9,12 +9,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{dns::resolver::HostReport, kernel::dataplane::Layout, policy::Rule};
 
+mod page;
 mod render;
 mod sample;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
+pub use page::{
+    Order, PageError, PageInfo, PageParams, PageQuery, Pageable, DEFAULT_PAGE_LIMIT,
+    MAX_PAGE_LIMIT, MAX_QUERY_LEN, PARAMS,
+};
 pub use render::render;
 pub use snapshot::snapshot;
 
@@ -40,6 +45,32 @@ pub struct StateFile {
     /// max_bytes`, since the agent started.
     #[serde(default)]
     pub flow_store_evictions: u64,
+    /// The agent's last config reload (SIGHUP), if there was one.
+    #[serde(default)]
+    pub last_reload: Option<ReloadStatus>,
+}
+
+/// The outcome of the agent's last config reload (SIGHUP), and the counts
+/// since it started (also `sdm_config_reloads_total` and
+/// `sdm_config_reload_errors_total`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Unix seconds when it finished.
+    pub at: u64,
+    /// Whether the file's config is the running one now (applied, or the
+    /// same as before); `false`: refused, the previous config runs on.
+    pub ok: bool,
+    /// The policy generation live after it.
+    pub generation: u32,
+    /// How long it took (reading, resolving the new names, writing).
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// Why it was refused.
+    pub error: Option<String>,
+    /// Reloads that succeeded since the agent started.
+    pub applied: u64,
+    /// Reloads refused since the agent started.
+    pub refused: u64,
 }
 
 /// A fingerprint of the resolvers asked and the names resolved: answers
@@ -96,10 +127,12 @@ impl StateFile {
         fs::create_dir_all(&layout.run_dir)?;
         let path = Self::path(layout);
         let tmp = path.with_extension("json.tmp");
-        fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
+        // Streamed and compact: at 10,000 rules the pretty text was 8 MB
+        // held in memory at once (and the agent's peak RSS with it).
+        let mut out = std::io::BufWriter::new(fs::File::create(&tmp)?);
+        serde_json::to_writer(&mut out, self).map_err(std::io::Error::other)?;
+        std::io::Write::flush(&mut out)?;
+        drop(out);
         fs::rename(&tmp, &path)
     }
 }
@@ -193,6 +226,7 @@ pub struct Status {
     /// policed cgroup's packet sockets (empty: off).
     #[serde(default)]
     pub backstop: Vec<String>,
+<<<<<<< HEAD
     /// The XDP shield: its interfaces and counters (`None`: off).
     #[serde(default)]
     pub xdp: Option<XdpStatus>,
@@ -207,6 +241,53 @@ pub struct XdpStatus {
     /// Packets by verdict (`sdm_common::XdpVerdict::name`): "passed", or
     /// the reason of a drop (counted, not dropped, in audit mode).
     pub packets: BTreeMap<String, u64>,
+=======
+    /// Rules in the live policy, of all of `rules` (before any paging).
+    #[serde(default)]
+    pub rules_active: usize,
+    /// Set when `rules` is a page (see [`Status::paginate`]): the totals
+    /// and the filter, sort and window it is of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_page: Option<PageInfo>,
+    /// Set when `dns` is a page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_page: Option<PageInfo>,
+    /// Set when `learned` is a page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned_page: Option<PageInfo>,
+    /// Rules the pinned rule maps hold (`Maps::rule_capacity`), sized from
+    /// the policy at load time; a policy past it needs a restart.
+    #[serde(default)]
+    pub rule_capacity: u32,
+    /// The agent's last config reload (SIGHUP), from its state file.
+    #[serde(default)]
+    pub last_reload: Option<ReloadStatus>,
+}
+
+/// The pages of a [`Status`]'s three long lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusPages {
+    pub rules: PageQuery,
+    pub dns: PageQuery,
+    pub learned: PageQuery,
+}
+
+impl Status {
+    /// Cuts `rules`, `dns` and `learned` to the pages `pages` asks for and
+    /// records what they are pages of (`*_page`).
+    pub fn paginate(&mut self, pages: &StatusPages) {
+        self.rules_active = self.rules.iter().filter(|r| r.active).count();
+        let (rules, info) = pages.rules.apply(std::mem::take(&mut self.rules));
+        self.rules = rules;
+        self.rules_page = Some(info);
+        let (dns, info) = pages.dns.apply(std::mem::take(&mut self.dns));
+        self.dns = dns;
+        self.dns_page = Some(info);
+        let (learned, info) = pages.learned.apply(std::mem::take(&mut self.learned));
+        self.learned = learned;
+        self.learned_page = Some(info);
+    }
+>>>>>>> main
 }
 
 /// An address learned in the kernel from a DNS answer.

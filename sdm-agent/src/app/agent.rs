@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     api::metrics::AgentStats,
-    api::status::{self, StateFile},
+    api::status::{self, ReloadStatus, StateFile},
     dns::resolver::{DnsTiming, HostState, Resolver},
     flows,
     kernel::dataplane::{Layout, Maps},
@@ -29,23 +29,40 @@ use super::{
 
 pub(super) struct Agent {
     layout: Layout,
-    config_path: Option<PathBuf>,
+    pub(super) config_path: Option<PathBuf>,
     pub(super) policy: Policy,
     pub(super) maps: Arc<Mutex<Maps>>,
     pub(super) resolver: Resolver,
-    ids: std::collections::BTreeMap<String, u32>,
+    /// The resolvers the resolver asks and the policy allows.
+    pub(super) resolvers: Vec<IpAddr>,
+    pub(super) ids: std::collections::BTreeMap<String, u32>,
     /// Address -> hostnames, for naming the destinations of denied flows.
     pub(super) hostnames: flows::HostnameIndex,
     /// Why the last attempt to apply the policy failed, while the previous
     /// policy stays in force; cleared by the next success.
-    policy_error: Option<String>,
+    pub(super) policy_error: Option<String>,
     /// Failed attempts (`sdm_policy_apply_errors_total`).
     apply_errors: Arc<AtomicU64>,
     /// The resolvers and names the answers in the state file belong to.
-    dns_fingerprint: String,
+    pub(super) dns_fingerprint: String,
     /// `sdm_flow_store_evictions_total`, recorded for `status`.
     store_evictions: Arc<AtomicU64>,
+    /// `sdm_config_reloads_total` and `sdm_config_reload_errors_total`.
+    pub(super) reloads: Arc<AtomicU64>,
+    pub(super) reload_errors: Arc<AtomicU64>,
+    /// The last reload's outcome, for `status`.
+    pub(super) last_reload: Option<ReloadStatus>,
+    /// When the state file was last written, and the resolver's
+    /// [`Resolver::report_digest`] then: a refresh that changed nothing is
+    /// not written again for [`STATE_REWRITE`].
+    state_written: std::sync::Mutex<(Instant, u64)>,
 }
+
+/// How long a state file whose DNS outcomes did not change stays unwritten
+/// (its countdowns go stale meanwhile). Each write serializes every rule and
+/// hostname: megabytes at 10,000 resources, and a refresh is due several
+/// times a second there.
+const STATE_REWRITE: Duration = Duration::from_secs(30);
 
 /// What the first application of the policy left to do: retry it (it was
 /// refused while a previous agent's policy is live), then write the mode.
@@ -57,14 +74,10 @@ pub(super) struct Pending {
 
 /// The resolver's timing, as `[dns]` sets it.
 pub(super) fn dns_timing(dns: &DnsConfig) -> DnsTiming {
-    DnsTiming {
-        ttl_min: dns.ttl_min,
-        ttl_max: dns.ttl_max,
-        grace: dns.grace,
-    }
+    DnsTiming::from(dns)
 }
 
-fn lock(maps: &Mutex<Maps>) -> Result<std::sync::MutexGuard<'_, Maps>> {
+pub(super) fn lock(maps: &Mutex<Maps>) -> Result<std::sync::MutexGuard<'_, Maps>> {
     maps.lock()
         .map_err(|_| anyhow::anyhow!("maps lock poisoned"))
 }
@@ -88,6 +101,7 @@ impl Agent {
             .assign_rule_ids(&names)
             .context("assign rule ids")?;
         let mut resolver = Resolver::new(resolvers, dns_timing(&config.dns))?;
+        resolver.count_queries_in(stats.resolver_queries.clone());
         let hosts = hostnames(&policy);
         resolver.set_names(hosts.iter().map(String::as_str), Instant::now());
         let dns_fingerprint = status::dns_fingerprint(resolvers, &hosts);
@@ -99,12 +113,17 @@ impl Agent {
             policy,
             maps,
             resolver,
+            resolvers: resolvers.to_vec(),
             ids,
             hostnames: flows::HostnameIndex::default(),
             policy_error: None,
             apply_errors: stats.policy_apply_errors.clone(),
             dns_fingerprint,
             store_evictions: stats.store.evictions.clone(),
+            reloads: stats.config_reloads.clone(),
+            reload_errors: stats.config_reload_errors.clone(),
+            last_reload: None,
+            state_written: std::sync::Mutex::new((Instant::now(), 0)),
         })
     }
 
@@ -121,7 +140,7 @@ impl Agent {
         config: &Config,
         resolvers: &[IpAddr],
     ) -> Result<Pending> {
-        self.resolver.refresh_due().await;
+        self.resolver.refresh_all_due().await;
         let mut pending = Pending::default();
         match self.sync() {
             Ok(writes) => {
@@ -181,6 +200,13 @@ impl Agent {
                 return Err(anyhow::Error::new(e).context("apply the policy to the maps"));
             }
         };
+        self.update_hostname_index();
+        self.write_state()?;
+        Ok(writes)
+    }
+
+    /// Address -> hostnames, from the resolver's current answers.
+    pub(super) fn update_hostname_index(&self) {
         let index = flows::index_from(
             self.resolver
                 .hosts()
@@ -190,11 +216,27 @@ impl Agent {
         if let Ok(mut w) = self.hostnames.write() {
             *w = index;
         }
-        self.write_state()?;
-        Ok(writes)
+    }
+
+    /// Writes the state file unless only its countdowns would change (the
+    /// same DNS outcomes, written less than [`STATE_REWRITE`] ago).
+    pub(super) fn write_state_if_changed(&self) -> Result<()> {
+        let digest = self.resolver.report_digest();
+        let unchanged = self
+            .state_written
+            .lock()
+            .map(|w| w.1 == digest && w.0.elapsed() < STATE_REWRITE)
+            .unwrap_or(false);
+        if unchanged {
+            return Ok(());
+        }
+        self.write_state()
     }
 
     pub(super) fn write_state(&self) -> Result<()> {
+        if let Ok(mut w) = self.state_written.lock() {
+            *w = (Instant::now(), self.resolver.report_digest());
+        }
         StateFile {
             pid: std::process::id(),
             config: self.config_path.clone(),
@@ -207,6 +249,7 @@ impl Agent {
                 .unwrap_or(0),
             dns_fingerprint: Some(self.dns_fingerprint.clone()),
             flow_store_evictions: self.store_evictions.load(Ordering::Relaxed),
+            last_reload: self.last_reload.clone(),
         }
         .write(&self.layout)
         .with_context(|| format!("write {}", StateFile::path(&self.layout).display()))

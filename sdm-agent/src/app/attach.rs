@@ -96,7 +96,7 @@ fn preload_fixed_policy(
     policy: &Policy,
     resolvers: &[std::net::IpAddr],
 ) -> Result<aya::Ebpf> {
-    let ebpf = dataplane::load(layout, object).context("load the programs")?;
+    let ebpf = dataplane::load(layout, object, policy.rules.len()).context("load the programs")?;
     let mut maps = Maps::open(layout).context("open the pinned maps")?;
     let names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
     let ids = maps.assign_rule_ids(&names).context("assign rule ids")?;
@@ -122,8 +122,13 @@ pub(super) struct Programs {
     object: Cow<'static, [u8]>,
     ebpf: Option<aya::Ebpf>,
     backstop_ifaces: Vec<backstop::Interface>,
+<<<<<<< HEAD
     /// `[xdp] interfaces`.
     xdp_ifaces: Vec<String>,
+=======
+    /// The policy's rule count, which sizes the rule maps of a load.
+    rules: usize,
+>>>>>>> main
 }
 
 impl Programs {
@@ -156,19 +161,25 @@ impl Programs {
         };
         // With pinned links in place attach() adopts or replaces them, loading
         // the object only when it must.
-        let (outcome, loaded) = dataplane::attach(&layout, cgroup, &object, preloaded.as_mut())
-            .context("attach the programs")?;
+        let rules = policy.rules.len();
+        let (outcome, loaded) =
+            dataplane::attach(&layout, cgroup, &object, preloaded.as_mut(), rules)
+                .context("attach the programs")?;
         let mut programs = Programs {
             layout,
             object,
             ebpf: loaded.or(preloaded),
             backstop_ifaces,
+<<<<<<< HEAD
             xdp_ifaces: config
                 .xdp
                 .interfaces
                 .iter()
                 .map(|i| i.name.clone())
                 .collect(),
+=======
+            rules,
+>>>>>>> main
         };
         programs.log_outcome(cgroup, &outcome);
         programs.load_for_recreation(cgroup)?;
@@ -200,7 +211,7 @@ impl Programs {
     /// re-created; a failure leaves that to the re-attach, as before.
     fn load_for_recreation(&mut self, cgroup: &Path) -> Result<()> {
         if self.ebpf.is_none() && cgroup != cgroup::cgroup2_mount()? {
-            match dataplane::load(&self.layout, &self.object) {
+            match dataplane::load(&self.layout, &self.object, self.rules) {
                 Ok(e) => self.ebpf = Some(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "loading the programs for a re-created target cgroup failed; they are loaded when it is re-created")
@@ -213,8 +224,13 @@ impl Programs {
     /// Attaches the programs to `cgroup` (a re-created target), loading the
     /// object if it must.
     pub(super) fn reattach(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
-        let (_, loaded) =
-            dataplane::attach(&self.layout, cgroup, &self.object, self.ebpf.as_mut())?;
+        let (_, loaded) = dataplane::attach(
+            &self.layout,
+            cgroup,
+            &self.object,
+            self.ebpf.as_mut(),
+            self.rules,
+        )?;
         if loaded.is_some() {
             self.ebpf = loaded;
             if let Some(e) = self.ebpf.as_mut() {
@@ -238,7 +254,7 @@ impl Programs {
         }
         if !ifaces.is_empty() && self.ebpf.is_none() {
             self.ebpf = Some(
-                dataplane::load(layout, &self.object)
+                dataplane::load(layout, &self.object, self.rules)
                     .context("load the programs for the backstop")?,
             );
         }

@@ -50,13 +50,20 @@ pub(super) struct Running {
     pub(super) pending: Pending,
     pub(super) clock: Clock,
     pub(super) sigterm: Signal,
+    /// SIGHUP: reload the config (`reload`).
+    pub(super) sighup: Signal,
+    /// `run --cgroup`, which overrides the file's `cgroup` at a reload too.
+    pub(super) cgroup_override: Option<crate::kernel::cgroup::CgroupTarget>,
+    /// `[metrics]`, read by every scrape: a reload sets it live.
+    pub(super) series: crate::api::metrics::SeriesOptions,
     pub(super) server: JoinHandle<std::io::Result<()>>,
     pub(super) flows: FlowTasks,
     pub(super) _lock: InstanceLock,
 }
 
 impl Running {
-    /// Runs until SIGINT or SIGTERM; an error if the metrics server stops.
+    /// Runs until SIGINT or SIGTERM, reloading the config on SIGHUP; an
+    /// error if the metrics server stops.
     pub(super) async fn run_until_stopped(&mut self) -> Result<()> {
         loop {
             let wake = self.next_wake();
@@ -66,6 +73,7 @@ impl Running {
                 _ = self.clock.follow_tick.tick() => self.on_follow_tick(),
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = self.sigterm.recv() => return Ok(()),
+                _ = self.sighup.recv() => self.on_reload().await,
                 r = &mut self.server => {
                     bail!("the metrics server stopped: {r:?}");
                 }
@@ -97,7 +105,7 @@ impl Running {
         let result = if changed {
             self.agent.sync().map(Some)
         } else {
-            self.agent.write_state().map(|()| None)
+            self.agent.write_state_if_changed().map(|()| None)
         };
         if retry_sync {
             self.pending.retry_at = None;

@@ -65,9 +65,14 @@ pub(super) async fn start(
     cgroup_override: Option<cgroup::CgroupTarget>,
     object: Option<Vec<u8>>,
 ) -> Result<Option<Running>> {
+    // First of all: SIGHUP's default action ends the process, and systemd
+    // may send it (`systemctl reload`) as soon as the agent reports ready.
+    // One received before the loop runs is a reload when it does.
+    let sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("handle SIGHUP")?;
     let (mut config, policy, resolvers) = prepare(config_path.as_deref())?;
-    if let Some(t) = cgroup_override {
-        config.cgroup = Some(t);
+    if let Some(t) = &cgroup_override {
+        config.cgroup = Some(t.clone());
     }
     let found = target_cgroup(&config, config_path.as_deref())?;
     // Before touching the kernel: an interface the host lacks is a config
@@ -114,7 +119,7 @@ pub(super) async fn start(
         Arc::new(metrics::registry_with(
             source(&layout, &agent),
             stats.clone(),
-            series,
+            series.clone(),
         )),
         source(&layout, &agent),
         flow_table,
@@ -131,6 +136,9 @@ pub(super) async fn start(
         pending,
         clock: Clock::new(),
         sigterm: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+        sighup,
+        cgroup_override,
+        series,
         server,
         flows,
         _lock: lock,

@@ -1,132 +1,73 @@
 //! Keeping hostnames' addresses current: each name is resolved (A and
-//! AAAA) with hickory-resolver and refreshed when its answer's TTL runs out,
-//! clamped to [ttl_min, ttl_max]. An address that leaves the answer set
-//! stays allowed for a grace period (round-robin answers rotate; clients
-//! connect to what they resolved a moment ago). On a failure the last good
-//! answer is kept, retried after ttl_min, and the failure is counted:
-//! never an empty allowlist because DNS had a bad minute.
+//! AAAA, two queries) with hickory-resolver and refreshed when its answer's
+//! TTL runs out, clamped to [ttl_min, ttl_max]. An address that leaves the
+//! answer set stays allowed for a grace period (round-robin answers rotate;
+//! clients connect to what they resolved a moment ago). On a failure the
+//! last good answer is kept, retried after ttl_min, and the failure is
+//! counted: never an empty allowlist because DNS had a bad minute.
+//!
+//! At scale (a gateway with 10,000 hostnames) the resolvers never see a
+//! burst: queries are paced to `[dns] max_qps` with at most
+//! `[dns] concurrency` in flight, and refreshes are spread over the tenth
+//! after each TTL ([`crate::dns::pacing`]).
 //!
 //! The bookkeeping ([`HostState`]) takes the time as an argument, so it is
 //! tested on a fake clock.
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
+    sync::{atomic::AtomicU64, Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use hickory_resolver::{
-    config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts},
+    config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts},
     net::runtime::TokioRuntimeProvider,
+    proto::rr::RecordType,
     TokioResolver,
 };
 use serde::Serialize;
 
-/// How long answers are kept: the `[dns]` section's `ttl_min`, `ttl_max`
-/// and `grace`.
+use crate::dns::pacing::Pacer;
+use crate::policy::config::DnsConfig;
+
+mod host;
+mod lookups;
+
+pub use host::HostState;
+use lookups::{Family, Gate, Outcome};
+
+/// How long answers are kept and how fast names are asked: the `[dns]`
+/// section's `ttl_min`, `ttl_max`, `grace`, `max_qps` and `concurrency`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsTiming {
     pub ttl_min: Duration,
     pub ttl_max: Duration,
     pub grace: Duration,
+    /// Queries per second to the resolvers, A and AAAA counted apart.
+    pub max_qps: u32,
+    /// Queries in flight at once.
+    pub concurrency: u32,
 }
 
 impl Default for DnsTiming {
     /// The `[dns]` defaults: refreshed between 30 s and 1 h, a left address
-    /// allowed 10 min more.
+    /// allowed 10 min more, 10,000 queries per second, 256 in flight.
     fn default() -> Self {
-        use crate::policy::config::{DEFAULT_GRACE, DEFAULT_TTL_MAX, DEFAULT_TTL_MIN};
-        Self {
-            ttl_min: DEFAULT_TTL_MIN,
-            ttl_max: DEFAULT_TTL_MAX,
-            grace: DEFAULT_GRACE,
-        }
+        Self::from(&DnsConfig::default())
     }
 }
 
-/// One hostname's addresses and history.
-#[derive(Clone, Debug)]
-pub struct HostState {
-    /// Every address still allowed: `None` while it is in the latest answer,
-    /// `Some(t)` once it left the answer set at `t`.
-    seen: BTreeMap<IpAddr, Option<Instant>>,
-    /// The allowed addresses, sorted (derived from `seen`, kept for cheap reads).
-    current: Vec<IpAddr>,
-    pub next_refresh: Instant,
-    pub failures: u64,
-    pub last_error: Option<String>,
-    pub last_success: Option<Instant>,
-}
-
-impl HostState {
-    pub fn new(now: Instant) -> Self {
+impl From<&DnsConfig> for DnsTiming {
+    fn from(dns: &DnsConfig) -> Self {
         Self {
-            seen: BTreeMap::new(),
-            current: Vec::new(),
-            next_refresh: now,
-            failures: 0,
-            last_error: None,
-            last_success: None,
+            ttl_min: dns.ttl_min,
+            ttl_max: dns.ttl_max,
+            grace: dns.grace,
+            max_qps: dns.max_qps,
+            concurrency: dns.concurrency,
         }
-    }
-
-    /// The addresses allowed now.
-    pub fn addresses(&self) -> &[IpAddr] {
-        &self.current
-    }
-
-    /// Records an answer. Returns whether the allowed set changed.
-    pub fn on_answer(
-        &mut self,
-        now: Instant,
-        answer: &[IpAddr],
-        ttl: Duration,
-        t: &DnsTiming,
-    ) -> bool {
-        if answer.is_empty() {
-            // An empty answer (NOERROR, no records) is treated as a failure:
-            // keep what worked.
-            return self.on_failure(now, "empty answer".into(), t);
-        }
-        for v in self.seen.values_mut() {
-            if v.is_none() {
-                *v = Some(now);
-            }
-        }
-        for a in answer {
-            self.seen.insert(*a, None);
-        }
-        self.last_success = Some(now);
-        self.last_error = None;
-        self.next_refresh = now + ttl.clamp(t.ttl_min, t.ttl_max);
-        self.expire(now, t)
-    }
-
-    /// Records a failed lookup: nothing is forgotten, a retry is due after
-    /// ttl_min. Returns whether the allowed set changed (only by expiry).
-    pub fn on_failure(&mut self, now: Instant, error: String, t: &DnsTiming) -> bool {
-        self.failures += 1;
-        self.last_error = Some(error);
-        self.next_refresh = now + t.ttl_min;
-        self.expire(now, t)
-    }
-
-    /// Forgets addresses that left the answer set more than `grace` ago.
-    /// Returns whether the allowed set changed.
-    pub fn expire(&mut self, now: Instant, t: &DnsTiming) -> bool {
-        self.seen.retain(|_, left| match left {
-            None => true,
-            Some(at) => now.saturating_duration_since(*at) < t.grace,
-        });
-        let current: Vec<IpAddr> = self.seen.keys().copied().collect();
-        let changed = current != self.current;
-        self.current = current;
-        changed
-    }
-
-    /// When the next address leaves its grace period, if any does.
-    pub fn next_expiry(&self, t: &DnsTiming) -> Option<Instant> {
-        self.seen.values().flatten().map(|at| *at + t.grace).min()
     }
 }
 
@@ -153,24 +94,56 @@ pub struct Resolver {
     inner: TokioResolver,
     timing: DnsTiming,
     hosts: BTreeMap<String, HostState>,
+    pacer: Mutex<Pacer>,
+    /// Queries sent, A and AAAA apart (`sdm_resolver_queries_total`).
+    queries: Arc<AtomicU64>,
 }
+
+/// How long one call of [`Resolver::refresh_due`] starts queries for (the
+/// agent's loop gets back to its other work in between).
+const BATCH_TIME: Duration = Duration::from_secs(2);
+/// At start, how much longer than the pacing needs the agent waits for
+/// every name's first answer before it applies what it has (a resolver
+/// that drops every query would cost each name the full timeout, in
+/// turn); the rest are asked on.
+const START_SLACK: Duration = Duration::from_secs(10);
+
+/// Refreshes due within this long of the first one are made with it: the
+/// agent wakes for refreshes about once a second, not once per name, when
+/// they are spread out. A tenth of `ttl_min` when that is shorter.
+const COALESCE: Duration = Duration::from_secs(1);
 
 impl Resolver {
     /// A resolver that asks exactly `servers` (port 53, UDP then TCP), the
     /// resolvers the policy allows.
     pub fn new(servers: &[IpAddr], timing: DnsTiming) -> Result<Self, ResolverError> {
+        let servers: Vec<SocketAddr> = servers.iter().map(|ip| SocketAddr::new(*ip, 53)).collect();
+        Self::with_servers(&servers, timing)
+    }
+
+    /// A resolver that asks exactly `servers` (UDP then TCP), on their
+    /// ports.
+    pub fn with_servers(servers: &[SocketAddr], timing: DnsTiming) -> Result<Self, ResolverError> {
         let config = ResolverConfig::from_name_servers(
             servers
                 .iter()
-                .map(|ip| NameServerConfig::udp_and_tcp(*ip))
+                .map(|s| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = s.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = s.port();
+                    NameServerConfig::new(s.ip(), true, vec![udp, tcp])
+                })
                 .collect(),
         );
         let mut opts = ResolverOpts::default();
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         opts.timeout = Duration::from_secs(3);
         opts.attempts = 2;
-        // Refreshes decide their own timing; an answer cached past our
-        // ceiling would hide rotations.
+        // No cache: every name is asked when its own refresh is due, which
+        // already follows the TTL; hickory's cache (8,192 answers by
+        // default) would only hold a second copy of 10,000 names' answers
+        // in memory, and answer a due refresh with what it kept.
+        opts.cache_size = 0;
         opts.positive_max_ttl = Some(timing.ttl_max);
         opts.negative_max_ttl = Some(timing.ttl_min);
         let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
@@ -179,9 +152,27 @@ impl Resolver {
             .map_err(|e| ResolverError::Build(e.to_string()))?;
         Ok(Self {
             inner,
+            pacer: Mutex::new(Pacer::new(timing.max_qps)),
             timing,
             hosts: BTreeMap::new(),
+            queries: Arc::default(),
         })
+    }
+
+    /// Counts the queries sent in `counter` (the agent's stats) from now on.
+    pub fn count_queries_in(&mut self, counter: Arc<AtomicU64>) {
+        self.queries = counter;
+    }
+
+    /// The counter the queries are counted in, for a resolver that takes
+    /// this one's place (a reload): the metric keeps counting.
+    pub fn query_counter(&self) -> Arc<AtomicU64> {
+        self.queries.clone()
+    }
+
+    /// Queries sent so far, A and AAAA apart.
+    pub fn queries_sent(&self) -> u64 {
+        self.queries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn timing(&self) -> &DnsTiming {
@@ -200,9 +191,9 @@ impl Resolver {
         self.hosts.retain(|h, _| wanted.contains(h.as_str()));
         let dropped = self.hosts.len() != before;
         for n in wanted {
-            self.hosts
-                .entry(n.to_owned())
-                .or_insert_with(|| HostState::new(now));
+            if !self.hosts.contains_key(n) {
+                self.hosts.insert(n.to_owned(), HostState::new(now));
+            }
         }
         dropped
     }
@@ -219,55 +210,124 @@ impl Resolver {
         self.hosts.get(host).map(|h| h.addresses()).unwrap_or(&[])
     }
 
+    /// A digest of what [`Resolver::report`] shows beyond the addresses
+    /// (failures, errors, names resolved): equal digests, the report
+    /// changed only in its countdowns.
+    pub fn report_digest(&self) -> u64 {
+        self.hosts.values().fold(0u64, |acc, s| {
+            acc.wrapping_mul(31)
+                .wrapping_add(s.failures)
+                .wrapping_add(u64::from(s.last_error.is_some()) << 40)
+                .wrapping_add(u64::from(s.last_success.is_some()) << 41)
+        })
+    }
+
     pub fn hosts(&self) -> &BTreeMap<String, HostState> {
         &self.hosts
     }
 
-    /// When something is next due: a refresh or an expiry.
+    /// How late a refresh may be made to take others with it.
+    fn coalesce(&self) -> Duration {
+        COALESCE.min(self.timing.ttl_min / 10)
+    }
+
+    /// When something is next due: a refresh or an expiry. A refresh of a
+    /// name resolved before may wait up to a second (a tenth of ttl_min
+    /// when shorter) for others to fall due with it; a name never asked is
+    /// due at once.
     pub fn next_due(&self) -> Option<Instant> {
+        let late = self.coalesce();
         self.hosts
             .values()
-            .flat_map(|h| [Some(h.next_refresh), h.next_expiry(&self.timing)])
+            .flat_map(|h| {
+                let asked = h.last_success.is_some() || h.failures > 0;
+                let refresh = if asked {
+                    h.next_refresh + late
+                } else {
+                    h.next_refresh
+                };
+                [Some(refresh), h.next_expiry(&self.timing)]
+            })
             .flatten()
             .min()
     }
 
-    /// Resolves every name that is due (concurrently), and expires old
-    /// addresses. Returns whether any allowed set changed.
+    /// Resolves the names that are due, the earliest first, as many as
+    /// about one second of queries at `max_qps` (the agent's loop gets back
+    /// to its other work between batches), and expires old addresses.
+    /// Returns whether any allowed set changed.
     pub async fn refresh_due(&mut self) -> bool {
+        let batch = (self.timing.max_qps as usize / 2).max(1);
         let now = Instant::now();
-        let due: Vec<String> = self
+        self.refresh_batch(now, batch, now + BATCH_TIME).await
+    }
+
+    /// Resolves every name due now, in paced batches (at start: the policy
+    /// is applied once every name has its first answer), for at most 1.5
+    /// times what the pacing needs plus 10 s; names not asked by then stay
+    /// due. Returns whether any allowed set changed.
+    pub async fn refresh_all_due(&mut self) -> bool {
+        let start = Instant::now();
+        let due = self
+            .hosts
+            .values()
+            .filter(|h| h.next_refresh <= start)
+            .count();
+        let pacing =
+            Duration::from_secs_f64(2.0 * due as f64 / f64::from(self.timing.max_qps.max(1)));
+        let until = start + pacing.mul_f64(1.5) + START_SLACK;
+        let mut changed = false;
+        let batch = (self.timing.max_qps as usize / 2).max(1);
+        let queries = self.queries_sent();
+        while Instant::now() < until && self.hosts.values().any(|h| h.next_refresh <= start) {
+            changed |= self.refresh_batch(start, batch, until).await;
+        }
+        let left = self
+            .hosts
+            .values()
+            .filter(|h| h.next_refresh <= start)
+            .count();
+        tracing::info!(
+            names = due,
+            left,
+            queries = self.queries_sent() - queries,
+            ms = start.elapsed().as_millis() as u64,
+            "hostnames asked"
+        );
+        changed
+    }
+
+    /// Resolves at most `batch` names due by `now` (the earliest first),
+    /// starting no query after `until`.
+    async fn refresh_batch(&mut self, now: Instant, batch: usize, until: Instant) -> bool {
+        let mut due: Vec<(&String, Instant)> = self
             .hosts
             .iter()
             .filter(|(_, s)| s.next_refresh <= now)
-            .map(|(h, _)| h.clone())
+            .map(|(h, s)| (h, s.next_refresh))
             .collect();
-        let lookups = due.iter().map(|h| {
-            let inner = &self.inner;
-            // A trailing dot: the name is absolute, no search domains.
-            let fqdn = format!("{h}.");
-            async move { (h.clone(), inner.lookup_ip(fqdn).await) }
-        });
-        let results = futures_util::future::join_all(lookups).await;
+        due.sort_by_key(|(_, at)| *at);
+        due.truncate(batch);
+        let due: Vec<String> = due.into_iter().map(|(h, _)| h.clone()).collect();
+        let results = self.lookup_all(&due, until).await;
         let now = Instant::now();
         let mut changed = false;
-        for (host, result) in results {
-            let Some(state) = self.hosts.get_mut(&host) else {
+        for (host, result) in due.iter().zip(results) {
+            let (Some(state), Some(result)) = (self.hosts.get_mut(host), result) else {
                 continue;
             };
             match result {
-                Ok(lookup) => {
-                    let addrs: Vec<IpAddr> = lookup.iter().collect();
-                    let ttl = lookup.valid_until().saturating_duration_since(now);
-                    let before = state.addresses().to_vec();
-                    changed |= state.on_answer(now, &addrs, ttl, &self.timing);
-                    if before != state.addresses() {
-                        tracing::info!(%host, addresses = ?state.addresses(), "DNS answer changed the allowed addresses");
+                Ok((addrs, ttl)) => {
+                    let before = state.addresses().len();
+                    let c = state.on_answer(now, &addrs, ttl, &self.timing);
+                    if c {
+                        tracing::info!(%host, before, addresses = ?state.addresses(), "DNS answer changed the allowed addresses");
                     }
+                    changed |= c;
                 }
                 Err(e) => {
                     tracing::warn!(%host, error = %e, failures = state.failures + 1, kept = ?state.addresses(), "DNS lookup failed; keeping the last good answer");
-                    changed |= state.on_failure(now, e.to_string(), &self.timing);
+                    changed |= state.on_failure(now, e, &self.timing);
                 }
             }
         }
@@ -275,6 +335,55 @@ impl Resolver {
             changed |= state.expire(now, &self.timing);
         }
         changed
+    }
+
+    /// Looks `names` up (A and AAAA, paced, none started after `until`),
+    /// in their order: the addresses and TTL of each, or why it failed;
+    /// `None` for a name not asked in time.
+    async fn lookup_all(
+        &self,
+        names: &[String],
+        until: Instant,
+    ) -> Vec<Option<Result<(Vec<IpAddr>, Duration), String>>> {
+        // A trailing dot: the names are absolute, no search domains.
+        let fqdns: Vec<String> = names.iter().map(|h| format!("{h}.")).collect();
+        let jobs: Vec<(usize, Family)> = (0..names.len())
+            .flat_map(|i| [(i, Family::V4), (i, Family::V6)])
+            .collect();
+        let gate = Gate {
+            pacer: &self.pacer,
+            sent: &self.queries,
+            concurrency: self.timing.concurrency as usize,
+            until,
+        };
+        let inner = &self.inner;
+        let fqdns = &fqdns;
+        let outcomes = lookups::run(jobs, &gate, |i, family| async move {
+            let rtype = match family {
+                Family::V4 => RecordType::A,
+                Family::V6 => RecordType::AAAA,
+            };
+            match inner.lookup(fqdns[i].as_str(), rtype).await {
+                Ok(l) => Outcome::Answer(
+                    l.answers()
+                        .iter()
+                        .filter_map(|r| r.data.ip_addr())
+                        .collect(),
+                    l.valid_until().saturating_duration_since(Instant::now()),
+                ),
+                Err(e) if e.is_no_records_found() => Outcome::NoRecords(e.to_string()),
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        })
+        .await;
+        let mut per_name: Vec<[Option<Outcome>; 2]> = vec![[None, None]; names.len()];
+        for (i, family, o) in outcomes {
+            per_name[i][family as usize] = Some(o);
+        }
+        per_name
+            .into_iter()
+            .map(|[a, b]| lookups::merge(a, b))
+            .collect()
     }
 
     pub fn report(&self) -> Vec<HostReport> {
@@ -294,119 +403,4 @@ impl Resolver {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The resolver tests below assume these numbers.
-    #[test]
-    fn default_timing_is_the_config_defaults() {
-        assert_eq!(
-            DnsTiming::default(),
-            DnsTiming {
-                ttl_min: Duration::from_secs(30),
-                ttl_max: Duration::from_secs(3600),
-                grace: Duration::from_secs(600),
-            }
-        );
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn ttl_is_clamped_to_floor_and_ceiling() {
-        let t = DnsTiming::default();
-        let t0 = Instant::now();
-        let mut h = HostState::new(t0);
-        h.on_answer(t0, &[ip("192.0.2.1")], Duration::from_secs(5), &t);
-        assert_eq!(h.next_refresh, t0 + Duration::from_secs(30));
-        h.on_answer(t0, &[ip("192.0.2.1")], Duration::from_secs(86_400), &t);
-        assert_eq!(h.next_refresh, t0 + Duration::from_secs(3600));
-        h.on_answer(t0, &[ip("192.0.2.1")], Duration::from_secs(300), &t);
-        assert_eq!(h.next_refresh, t0 + Duration::from_secs(300));
-    }
-
-    #[test]
-    fn addresses_leaving_the_answer_stay_for_the_grace_period() {
-        let t = DnsTiming::default();
-        let t0 = Instant::now();
-        let mut h = HostState::new(t0);
-        assert!(h.on_answer(
-            t0,
-            &[ip("192.0.2.1"), ip("2001:db8::1")],
-            Duration::from_secs(60),
-            &t
-        ));
-        let t1 = t0 + Duration::from_secs(60);
-        assert!(h.on_answer(t1, &[ip("192.0.2.2")], Duration::from_secs(60), &t));
-        assert_eq!(
-            h.addresses(),
-            &[ip("192.0.2.1"), ip("192.0.2.2"), ip("2001:db8::1")]
-        );
-        assert_eq!(h.next_expiry(&t), Some(t1 + t.grace));
-        assert!(
-            !h.expire(t1 + t.grace - Duration::from_secs(1), &t),
-            "still in grace"
-        );
-        assert!(h.expire(t1 + t.grace, &t), "grace over");
-        assert_eq!(h.addresses(), &[ip("192.0.2.2")]);
-    }
-
-    #[test]
-    fn an_address_that_comes_back_is_current_again() {
-        let t = DnsTiming::default();
-        let t0 = Instant::now();
-        let mut h = HostState::new(t0);
-        h.on_answer(t0, &[ip("192.0.2.1")], Duration::from_secs(60), &t);
-        h.on_answer(
-            t0 + Duration::from_secs(60),
-            &[ip("192.0.2.2")],
-            Duration::from_secs(60),
-            &t,
-        );
-        h.on_answer(
-            t0 + Duration::from_secs(120),
-            &[ip("192.0.2.1")],
-            Duration::from_secs(60),
-            &t,
-        );
-        // .1 is back in the answer: it must not expire with .2's grace.
-        h.expire(t0 + Duration::from_secs(120) + t.grace, &t);
-        assert_eq!(h.addresses(), &[ip("192.0.2.1")]);
-    }
-
-    #[test]
-    fn failures_keep_the_last_good_answer_and_are_counted() {
-        let t = DnsTiming::default();
-        let t0 = Instant::now();
-        let mut h = HostState::new(t0);
-        h.on_answer(t0, &[ip("192.0.2.1")], Duration::from_secs(60), &t);
-        let t1 = t0 + Duration::from_secs(60);
-        assert!(!h.on_failure(t1, "SERVFAIL".into(), &t));
-        assert!(
-            !h.on_answer(t1, &[], Duration::from_secs(60), &t),
-            "empty answers count as failures"
-        );
-        // Even long after the grace period: a failure never empties the set.
-        assert!(!h.on_failure(t1 + Duration::from_secs(100_000), "timeout".into(), &t));
-        assert_eq!(h.addresses(), &[ip("192.0.2.1")]);
-        assert_eq!(h.failures, 3);
-        assert_eq!(
-            h.next_refresh,
-            t1 + Duration::from_secs(100_000) + t.ttl_min
-        );
-        assert_eq!(h.last_error.as_deref(), Some("timeout"));
-    }
-
-    #[tokio::test]
-    async fn names_are_tracked_and_dropped() {
-        let mut r = Resolver::new(&[ip("127.0.0.1")], DnsTiming::default()).expect("resolver");
-        let now = Instant::now();
-        assert!(!r.set_names(["a.example", "b.example"], now));
-        assert_eq!(r.hosts().len(), 2);
-        assert!(r.set_names(["b.example"], now));
-        assert_eq!(r.next_due(), Some(now));
-        assert!(r.addresses("a.example").is_empty());
-    }
-}
+mod tests;

@@ -20,6 +20,7 @@
 //! object, its fingerprint, and the error type they share.
 
 mod attach;
+mod capacity;
 mod load;
 mod maps;
 mod pins;
@@ -30,11 +31,10 @@ mod tests;
 
 use std::{io, path::Path, path::PathBuf};
 
-use sdm_common::MAX_RULES;
-
 pub(crate) use self::pins::detach_link_now;
 pub use self::{
     attach::{attach, AttachOutcome, AttachRecord, Attachment, ATTACHMENTS},
+    capacity::pinned_rule_capacity,
     load::{load, program},
     maps::Maps,
     pins::{detach, ensure_bpffs, Layout, DEFAULT_PIN_ROOT, DEFAULT_RUN_DIR},
@@ -88,8 +88,10 @@ pub enum DataplaneError {
         found: u32,
         expected: u32,
     },
-    #[error("more than {MAX_RULES} distinct rules have been seen; run `sdm-agent detach` to reset rule ids")]
-    RuleIdsExhausted,
+    #[error("the policy has {rules} rules, more than the {capacity} the pinned rule maps hold: restart the agent (`systemctl restart sdm-agent`), which replaces them with larger ones without a gap")]
+    RuleCapacity { rules: usize, capacity: u32 },
+    #[error("the policy has {rules} rules, more than the {max} the dataplane can ever hold")]
+    RuleCeiling { rules: usize, max: u32 },
     /// Not a `#[source]`: the message already says it all, once.
     #[error("{0}; nothing was written")]
     Capacity(crate::kernel::entries::Overflow),

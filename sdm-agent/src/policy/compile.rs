@@ -42,7 +42,7 @@ pub const RESOLVERS_RULE: &str = "dns/egress/resolvers";
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
-    #[error("the policy has {count} rules, more than the {max} the dataplane holds")]
+    #[error("the policy has {count} rules, more than the {max} the dataplane can ever hold")]
     TooManyRules { count: usize, max: usize },
     #[error("rule {rule} expands to {count} (protocol, port) pairs, more than {max}")]
     TooManyPorts { rule: String, count: u64, max: u64 },
@@ -131,7 +131,8 @@ fn allow_rule(a: &AllowConfig) -> Rule {
 /// What the dataplane holds: rules, (protocol, port) pairs per rule, and
 /// names unique.
 fn check_limits(rules: &[Rule]) -> Result<(), CompileError> {
-    let max = sdm_common::MAX_RULES as usize;
+    // The hard ceiling: below it the agent sizes the rule maps to the policy.
+    let max = sdm_common::RULE_CEILING as usize;
     if rules.len() > max {
         return Err(CompileError::TooManyRules {
             count: rules.len(),

@@ -64,6 +64,17 @@ pub const DEFAULT_TTL_MIN: Duration = Duration::from_secs(30);
 pub const DEFAULT_TTL_MAX: Duration = Duration::from_secs(3600);
 /// Default `[dns] grace`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(600);
+/// Default `[dns] max_qps`: 10,000 hostnames (20,000 queries, A and AAAA
+/// counted apart) resolve in 2 s at start; a local caching resolver
+/// (systemd-resolved, unbound, dnsmasq) answers that many.
+pub const DEFAULT_MAX_QPS: u32 = 10_000;
+/// Highest `[dns] max_qps`.
+pub const MAX_MAX_QPS: u32 = 1_000_000;
+/// Default `[dns] concurrency`: lookups in flight at once. At 1 ms per
+/// answer the default ceiling needs 10; at 25 ms (a miss upstream), 250.
+pub const DEFAULT_DNS_CONCURRENCY: u32 = 256;
+/// Highest `[dns] concurrency`: each query in flight holds a socket.
+pub const MAX_DNS_CONCURRENCY: u32 = 4_096;
 /// Longest `name` of a `[[resource]]`, `[[secret_store]]` or `[[allow]]`.
 pub const MAX_NAME_LEN: usize = 64;
 /// Default `[state] dir`.
@@ -224,6 +235,12 @@ ttl_min = "30s"
 ttl_max = "1h"
 # How long an address that left a name's answers stays allowed.
 grace = "10m"
+# The agent's own lookups: at most this many queries per second to the
+# resolvers (A and AAAA count apart), and this many in flight. An AWS VPC
+# resolver takes 1,024 packets per second per network interface: there,
+# set max_qps = 500 or so, leaving room for the host's other queries.
+max_qps = 10000
+concurrency = 256
 
 [http]
 # Metrics, the dashboard and its JSON API. Listening on anything but a

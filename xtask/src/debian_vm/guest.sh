@@ -235,6 +235,45 @@ restart_agent() {
     INFO="$tried connects during the restart, all refused"
 }
 
+agent_main_pid() { systemctl show -p MainPID --value sdm-agent.service; }
+
+reloaded_rule_live() {
+    [ "$(status_value "any(r['name'] == 'allow/reloaded' and r['active'] for r in s['rules'])")" = True ]
+}
+
+reloads_refused() { status_value "(s.get('last_reload') or {}).get('refused', 0)"; }
+
+# systemctl reload: a rule added to the config goes live in the same agent
+# process; then a bad key is refused and the agent runs on. The config is
+# put back as it was for the scenarios after this one.
+reload_agent() {
+    local pid agent mark
+    pid=$(proxy_pid)
+    agent=$(agent_main_pid)
+    mark=$(lines)
+    cp "$CONFIG" "$STATE/config.before-reload"
+    printf '\n[[allow]]\nname = "reloaded"\ndirection = "egress"\nto = "10.77.0.2/32"\nport = 8443\nproto = "tcp"\n' >>"$CONFIG"
+    systemctl reload sdm-agent.service || no "systemctl reload sdm-agent failed" || return 1
+    until_true 20 reloaded_rule_live ||
+        no "allow/reloaded is not live after systemctl reload: $(journalctl --no-pager -o cat -u sdm-agent.service | tail -n 3 | tr '\n' ' ')" ||
+        return 1
+    echo 'colour = "blue"' >>"$CONFIG"
+    systemctl reload sdm-agent.service || no "systemctl reload (bad key) failed" || return 1
+    until_true 20 '[ "$(reloads_refused)" -ge 1 ]' || no "the bad config's reload was not refused" || return 1
+    journalctl --no-pager -o cat -u sdm-agent.service | grep 'reloading the config failed' | grep -q 'colour' ||
+        no "the journal does not name the bad key" || return 1
+    [ "$(agent_main_pid)" = "$agent" ] || no "the agent was restarted: pid $agent -> $(agent_main_pid)" || return 1
+    reloaded_rule_live || no "the previous policy lost allow/reloaded after the refused reload" || return 1
+    cp "$STATE/config.before-reload" "$CONFIG"
+    systemctl reload sdm-agent.service || no "systemctl reload (the config put back) failed" || return 1
+    until_true 20 '! reloaded_rule_live' || no "allow/reloaded is still live with the config put back" || return 1
+    [ "$(proxy_pid)" = "$pid" ] || no "sdm-proxy was restarted by a reload" || return 1
+    local tried
+    tried=$(none_got_through "$mark" "$pid" 3) || return 1
+    agent_enforcing || return 1
+    INFO="a rule added and removed in agent pid $agent, a bad key refused; $tried connects meanwhile, all refused"
+}
+
 before_reboot() {
     cat /proc/sys/kernel/random/boot_id >"$STATE/boot_id"
     echo rebooted >"$STATE/phase"
@@ -383,6 +422,7 @@ if [ "$(cat "$STATE/phase" 2>/dev/null)" != rebooted ]; then
     scenario install install_pkg
     scenario first-connect first_connect
     scenario restart restart_agent
+    scenario reload reload_agent
     before_reboot
     exit 0
 fi

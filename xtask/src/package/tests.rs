@@ -112,6 +112,25 @@ fn unit_runs_the_packaged_binary_on_the_shipped_config() {
 }
 
 #[test]
+fn unit_reloads_the_agent_with_sighup() {
+    assert_eq!(
+        one(UNIT_FILE, "Service", "ExecReload"),
+        "/bin/kill -HUP $MAINPID"
+    );
+    // The agent reports the reload's start and end (RELOADING=1, READY=1)
+    // to a notify service.
+    assert_eq!(one(UNIT_FILE, "Service", "Type"), "notify");
+    // And handles SIGHUP: unhandled, it would end the agent.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdm-agent/src");
+    assert!(
+        rust_files(&src)
+            .iter()
+            .any(|f| fs::read_to_string(f).is_ok_and(|t| t.contains("SignalKind::hangup()"))),
+        "no SIGHUP handler in the agent's source"
+    );
+}
+
+#[test]
 fn unit_orders_itself_before_sdm_proxy_and_is_wanted_at_boot() {
     assert!(directive(UNIT_FILE, "Unit", "Before").contains(&"sdm-proxy.service"));
     assert_eq!(one(UNIT_FILE, "Install", "WantedBy"), "multi-user.target");

@@ -13,7 +13,11 @@ use serde::{Deserialize, Serialize};
 use super::{read_kernel, HttpState, DASHBOARD, DEFAULT_FLOW_LIMIT, MAX_FLOW_LIMIT};
 use crate::{
     api::metrics as prom,
-    api::status::Status,
+    api::status::{
+        LearnedStatus, PageError, PageParams, PageQuery, Pageable, RuleStatus, Status, StatusPages,
+        PARAMS,
+    },
+    dns::resolver::HostReport,
     flows::{Flow, FlowQuery},
     policy::config::parse_duration,
 };
@@ -78,12 +82,60 @@ async fn snapshot(st: &HttpState) -> Option<Status> {
 const NO_STATUS: &str =
     "cannot read the kernel state (are the programs attached and the pins readable?)";
 
-pub(super) async fn api_status(State(st): State<Arc<HttpState>>) -> Response {
+/// The query parameters, by name; a name given twice is refused (which
+/// one would count?).
+type Params = std::collections::BTreeMap<String, String>;
+
+type RawQuery = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
+
+/// The parameters, checked against the lists' names; `Err`: the 400's
+/// message.
+fn params(raw: RawQuery, lists: &[&str]) -> Result<Params, String> {
+    let Query(pairs) = raw.map_err(|e| e.body_text())?;
+    let known: Vec<String> = lists
+        .iter()
+        .flat_map(|prefix| PARAMS.iter().map(move |p| format!("{prefix}{p}")))
+        .collect();
+    let mut out = Params::new();
+    for (k, v) in pairs {
+        // The token may come as a parameter (see `auth`).
+        if k == "token" {
+            continue;
+        }
+        if !known.contains(&k) {
+            let e = PageError::Unknown {
+                param: k,
+                known: known.join(", "),
+            };
+            return Err(e.to_string());
+        }
+        if out.contains_key(&k) {
+            return Err(format!("{k}: given more than once"));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+fn page_query<T: Pageable>(p: &Params, prefix: &str) -> Result<PageQuery, String> {
+    let raw = PageParams::from_fn(prefix, |k| p.get(k).map(String::as_str));
+    PageQuery::parse::<T>(prefix, &raw).map_err(|e| e.to_string())
+}
+
+/// `/api/status`: the summary, with a page of each long list: `rules_*`,
+/// `dns_*` and `learned_*` parameters (`rules_q=db&rules_sort=hits`) page
+/// them as `/api/rules`, `/api/dns` and `/api/learned` do.
+pub(super) async fn api_status(State(st): State<Arc<HttpState>>, raw: RawQuery) -> Response {
+    let pages = match status_pages(raw) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     // The processes' capabilities come from /proc, not the maps: read
     // outside the one-at-a-time kernel read.
     let full = match snapshot(&st).await {
         Some(mut s) => tokio::task::spawn_blocking(move || {
             crate::api::status::add_bypass_capable(&mut s);
+            s.paginate(&pages);
             s
         })
         .await
@@ -96,11 +148,51 @@ pub(super) async fn api_status(State(st): State<Arc<HttpState>>) -> Response {
     }
 }
 
-pub(super) async fn api_rules(State(st): State<Arc<HttpState>>) -> Response {
-    match snapshot(&st).await {
-        Some(s) => json(StatusCode::OK, &s.rules),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, NO_STATUS),
+fn status_pages(raw: RawQuery) -> Result<StatusPages, String> {
+    let p = params(raw, &["rules_", "dns_", "learned_"])?;
+    Ok(StatusPages {
+        rules: page_query::<RuleStatus>(&p, "rules_")?,
+        dns: page_query::<HostReport>(&p, "dns_")?,
+        learned: page_query::<LearnedStatus>(&p, "learned_")?,
+    })
+}
+
+/// One list's page as `{"total":..,"matched":..,..,"<name>":[...]}`.
+async fn list_page<T: Pageable + Serialize + Send + 'static>(
+    st: &HttpState,
+    raw: RawQuery,
+    name: &str,
+    take: fn(Status) -> Vec<T>,
+) -> Response {
+    let query = match params(raw, &[""]).and_then(|p| page_query::<T>(&p, "")) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(s) = snapshot(st).await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, NO_STATUS);
+    };
+    let (rows, info) = query.apply(take(s));
+    let mut v = match serde_json::to_value(&info) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match serde_json::to_value(&rows) {
+        Ok(rows) => v[name] = rows,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+    json(StatusCode::OK, &v)
+}
+
+pub(super) async fn api_rules(State(st): State<Arc<HttpState>>, raw: RawQuery) -> Response {
+    list_page(&st, raw, "rules", |s| s.rules).await
+}
+
+pub(super) async fn api_dns(State(st): State<Arc<HttpState>>, raw: RawQuery) -> Response {
+    list_page(&st, raw, "dns", |s| s.dns).await
+}
+
+pub(super) async fn api_learned(State(st): State<Arc<HttpState>>, raw: RawQuery) -> Response {
+    list_page(&st, raw, "learned", |s| s.learned).await
 }
 
 /// `/api/flows` parameters.

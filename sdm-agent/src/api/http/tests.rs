@@ -120,6 +120,8 @@ async fn token_is_checked_on_every_route() {
         "/healthz",
         "/api/status",
         "/api/rules",
+        "/api/dns",
+        "/api/learned",
         "/api/flows",
     ] {
         let (s, h, _) = get(&app, uri, None).await;
@@ -220,11 +222,18 @@ async fn status_rules_and_page() {
     assert_eq!(v["mode"], "audit");
     assert_eq!(v["cgroup"], "/sys/fs/cgroup/test");
     assert_eq!(v["rules"][0]["addresses"][0], "192.0.2.10");
+    assert_eq!(v["rules_active"], 1);
+    assert_eq!(v["rules_page"]["total"], 1);
+    assert_eq!(v["dns_page"]["total"], 1);
     let (s, _, body) = get(&app, "/api/rules", None).await;
     assert_eq!(s, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v[0]["name"], "gateway/egress/app");
-    assert_eq!(v[0]["egress"]["packets"], 5);
+    assert_eq!(v["rules"][0]["name"], "gateway/egress/app");
+    assert_eq!(v["rules"][0]["egress"]["packets"], 5);
+    assert_eq!(
+        (v["total"].as_u64(), v["matched"].as_u64()),
+        (Some(1), Some(1))
+    );
 
     let down = router(state(None, None, false));
     let (s, _, body) = get(&down, "/api/status", None).await;
@@ -382,3 +391,5 @@ async fn serves_on_a_real_listener() {
     }
     server.abort();
 }
+
+mod paging;

@@ -329,8 +329,9 @@ async fn at_the_cap_with_every_connection_busy_a_new_one_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_never_reads_is_cut_off_and_holds_no_lock() {
     // Larger than the socket buffers on both ends (4 MiB at most for the
-    // sender by default).
-    let big = status_with_rules(40_000, 12);
+    // sender by default): the largest page of rules (1,000), each with many
+    // addresses.
+    let big = status_with_rules(crate::api::http::MAX_PAGE_LIMIT, 1200);
     let full = serde_json::to_vec(&big.rules).unwrap().len();
     assert!(full > 16 << 20, "{full}");
     let maps = Arc::new(Mutex::new(()));
@@ -350,7 +351,7 @@ async fn a_reader_that_never_reads_is_cut_off_and_holds_no_lock() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut c = socket.connect(server.addr).await.unwrap();
-    c.write_all(request("/api/rules", true).as_bytes())
+    c.write_all(request("/api/rules?limit=1000", true).as_bytes())
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

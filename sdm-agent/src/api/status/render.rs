@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::Status;
+use super::{PageInfo, Status};
 
 /// The human view of [`Status`].
 pub fn render(s: &Status) -> String {
@@ -80,6 +80,17 @@ fn header(o: &mut String, s: &Status) {
     };
     let _ = writeln!(o, "agent:      {agent}");
     let _ = writeln!(o, "generation: {}", s.generation);
+    if let Some(r) = &s.last_reload {
+        let what = match &r.error {
+            None => format!("applied (generation {})", r.generation),
+            Some(e) => format!("REFUSED, the previous config runs on: {e}"),
+        };
+        let _ = writeln!(
+            o,
+            "reload:     {what}; at unix time {} ({} applied, {} refused since start)",
+            r.at, r.applied, r.refused
+        );
+    }
 }
 
 /// What needs a reader's attention, only when there is something: flow
@@ -104,8 +115,75 @@ fn notes(o: &mut String, s: &Status) {
     }
 }
 
+/// `1,234,567`: the counts of a large policy read at a glance.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// ` (20 of 10,000 by hits, matching "db")`: what a paged list shows, after
+/// its title; nothing when it is whole.
+fn page_title(page: Option<&PageInfo>, shown: usize) -> String {
+    let Some(p) = page else {
+        return String::new();
+    };
+    if shown == p.total && p.q.is_empty() && p.offset == 0 {
+        return format!(
+            " ({}, by {} {})",
+            thousands(p.total),
+            p.sort,
+            p.order.name()
+        );
+    }
+    let of = if p.q.is_empty() {
+        thousands(p.total)
+    } else {
+        format!(
+            "{} matching {:?} (of {})",
+            thousands(p.matched),
+            p.q,
+            thousands(p.total)
+        )
+    };
+    let from = if p.offset > 0 {
+        format!(" from {}", thousands(p.offset + 1))
+    } else {
+        String::new()
+    };
+    format!(
+        " ({} of {of}{from}, by {} {})",
+        thousands(shown),
+        p.sort,
+        p.order.name()
+    )
+}
+
+/// `  ... and 9,980 more: ...`, when the page leaves rows out.
+fn page_rest(o: &mut String, page: Option<&PageInfo>, shown: usize, api: &str) {
+    let Some(p) = page else { return };
+    let rest = p.matched.saturating_sub(p.offset.min(p.matched) + shown);
+    if rest > 0 {
+        let _ = writeln!(
+            o,
+            "  ... and {} more: use --all, --filter, --offset, or the API ({api})",
+            thousands(rest)
+        );
+    }
+}
+
 fn rules(o: &mut String, s: &Status) {
-    let _ = writeln!(o, "\nRULES");
+    let _ = writeln!(
+        o,
+        "\nRULES{}",
+        page_title(s.rules_page.as_ref(), s.rules.len())
+    );
     let _ = writeln!(
         o,
         "{:<44} {:<8} {:<10} {:>12} {:>12}  addresses",
@@ -132,6 +210,10 @@ fn rules(o: &mut String, s: &Status) {
             }
         );
     }
+    if s.rules.is_empty() && s.rules_page.as_ref().is_some_and(|p| p.total > 0) {
+        let _ = writeln!(o, "  no rule matches");
+    }
+    page_rest(o, s.rules_page.as_ref(), s.rules.len(), "/api/rules");
 }
 
 fn denied(o: &mut String, s: &Status) {
@@ -149,7 +231,7 @@ fn denied(o: &mut String, s: &Status) {
 }
 
 fn dns(o: &mut String, s: &Status) {
-    let _ = writeln!(o, "\nDNS");
+    let _ = writeln!(o, "\nDNS{}", page_title(s.dns_page.as_ref(), s.dns.len()));
     for h in &s.dns {
         let addrs: Vec<String> = h.addresses.iter().map(|a| a.to_string()).collect();
         let _ = writeln!(
@@ -168,7 +250,12 @@ fn dns(o: &mut String, s: &Status) {
                 .unwrap_or_default()
         );
     }
+    page_rest(o, s.dns_page.as_ref(), s.dns.len(), "/api/dns");
     if s.dns.is_empty() {
-        let _ = writeln!(o, "  no state from the agent");
+        let none = match &s.dns_page {
+            Some(p) if p.total > 0 => "no hostname matches",
+            _ => "no state from the agent",
+        };
+        let _ = writeln!(o, "  {none}");
     }
 }

@@ -69,9 +69,70 @@ impl Status {
             }],
             bypass_capable: vec![],
             flow_store_evictions: 0,
+            rule_capacity: 1024,
             backstop: vec![],
             xdp: None,
             policy_error: None,
+            last_reload: None,
+            rules_active: 1,
+            rules_page: None,
+            dns_page: None,
+            learned_page: None,
+        }
+    }
+
+    /// A gateway's status with `n` resource rules and as many hostnames,
+    /// for the tests of paging at scale (the HTTP API, the dashboard in
+    /// Chromium). Rule `i` (from 1) is `resource/db-<i, 5 digits>`, to
+    /// `db-<i>.corp.example:5432`, with `i * 7 % 1000` egress packets;
+    /// every 100th hostname has failures. Not used by the agent itself.
+    #[doc(hidden)]
+    pub fn sample_large(n: usize) -> Status {
+        let rules = (1..=n)
+            .map(|i| {
+                let host = format!("db-{i:05}.corp.example");
+                let addr = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+                let hits = (i as u64 * 7) % 1000;
+                RuleStatus {
+                    name: format!("resource/db-{i:05}"),
+                    id: i as u32,
+                    direction: Some("egress".into()),
+                    protos: vec!["tcp".into()],
+                    ports: vec!["5432".into()],
+                    targets: vec![host],
+                    required: Some(false),
+                    origin: Some("resource".into()),
+                    active: true,
+                    addresses: vec![addr],
+                    egress: Count {
+                        packets: hits,
+                        bytes: hits * 100,
+                    },
+                    ingress: Count {
+                        packets: hits / 2,
+                        bytes: hits * 50,
+                    },
+                }
+            })
+            .collect::<Vec<_>>();
+        let dns = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| HostReport {
+                hostname: r.targets[0].clone(),
+                addresses: r.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                failures: if (i + 1) % 100 == 0 { 3 } else { 0 },
+                last_error: ((i + 1) % 100 == 0).then(|| "timed out".to_string()),
+                next_refresh_secs: 30,
+                resolved: true,
+            })
+            .collect();
+        Status {
+            rules_active: rules.len(),
+            rules,
+            dns,
+            learned: vec![],
+            ..Status::sample()
         }
     }
 }

@@ -56,6 +56,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         .map(|r| r.backstop.clone())
         .unwrap_or_default();
     let cgroup = record.map(|r| r.cgroup);
+    let rules_active = rules.iter().filter(|r| r.active).count();
     Ok(Status {
         mode: mode_name(cfg.mode).into(),
         loopback: if cfg.loopback == LOOPBACK_ENFORCE {
@@ -73,6 +74,8 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         denied,
         policy_error: state.as_ref().and_then(|s| s.policy_error.clone()),
         flow_store_evictions: state.as_ref().map_or(0, |s| s.flow_store_evictions),
+        rule_capacity: maps.rule_capacity(),
+        last_reload: state.as_ref().and_then(|s| s.last_reload.clone()),
         dns: state.map(|s| s.dns).unwrap_or_default(),
         dns_answers,
         dns_learn_table_full: maps.learn_table_full()?,
@@ -83,6 +86,7 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         // /proc is not for every metrics scrape.
         bypass_capable: Vec::new(),
         backstop,
+<<<<<<< HEAD
         xdp: xdp_status(layout),
     })
 }
@@ -102,6 +106,12 @@ fn xdp_status(layout: &Layout) -> Option<super::XdpStatus> {
     Some(super::XdpStatus {
         interfaces,
         packets,
+=======
+        rules_active,
+        rules_page: None,
+        dns_page: None,
+        learned_page: None,
+>>>>>>> main
     })
 }
 

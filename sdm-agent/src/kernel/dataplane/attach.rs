@@ -22,8 +22,8 @@ use sdm_common::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    embedded_object_hash, io_err, load, missing, object_hash, prog_err, DataplaneError, Layout,
-    Maps, EBPF_OBJECT,
+    capacity, embedded_object_hash, io_err, load, missing, object_hash, prog_err, DataplaneError,
+    Layout, Maps, EBPF_OBJECT,
 };
 
 /// The kind of program, which says how it is loaded and attached.
@@ -188,12 +188,16 @@ pub enum AttachOutcome {
 ///
 /// Replacing earlier links attaches the new ones first (multi-attach: both
 /// run and both must pass) and only then unpins the old, so there is never
-/// a moment without a filter.
+/// a moment without a filter. Pinned rule maps that hold fewer than
+/// `rules` rules are never adopted: the object is loaded with larger ones
+/// (see `capacity`), which replace the pinned ones once the new links are
+/// in place.
 pub fn attach(
     layout: &Layout,
     cgroup: &Path,
     object: &[u8],
     ebpf: Option<&mut Ebpf>,
+    rules: usize,
 ) -> Result<(AttachOutcome, Option<Ebpf>), DataplaneError> {
     let hash = if std::ptr::eq(object, EBPF_OBJECT) {
         embedded_object_hash()
@@ -201,13 +205,14 @@ pub fn attach(
         object_hash(object)
     };
     let record = AttachRecord::read(layout);
-    if adopt_pinned(layout, cgroup, hash, record.as_ref())? {
+    let holds = capacity::pinned_rule_capacity(layout)?.is_some_and(|c| c as usize >= rules);
+    if holds && adopt_pinned(layout, cgroup, hash, record.as_ref())? {
         return Ok((AttachOutcome::Adopted, None));
     }
     let mut owned = None;
     let ebpf = match ebpf {
         Some(e) => e,
-        None => owned.insert(load(layout, object)?),
+        None => owned.insert(load(layout, object, rules)?),
     };
     let links_dir = layout.pin_root.join("links");
     fs::create_dir_all(&links_dir).map_err(io_err("create", &links_dir))?;
@@ -222,6 +227,11 @@ pub fn attach(
     let mut replaced = false;
     for a in &ATTACHMENTS {
         replaced |= attach_and_pin(layout, ebpf, a, &cg)?;
+    }
+    // The new links run on grown rule maps (if load made any): they now
+    // take the pins, and the old maps go with the old programs.
+    if capacity::commit(layout)? {
+        tracing::info!("the grown rule maps replaced the pinned ones");
     }
     Maps::open(layout)?.store_object_hash(hash);
     AttachRecord {

@@ -10,12 +10,17 @@ use aya::{
 };
 use sdm_common::{
     KernelConfig, KERNEL_MAPS, LAYOUT_VERSION, MAP_CONFIG, MAP_DNSQ_PROGS, MAP_DNS_PROGS,
+<<<<<<< HEAD
     MAP_SOCK_STATE, PROG_DNS, PROG_DNS_QUERY, XDP_MAPS,
+=======
+    MAP_RULES, MAP_RULE_STATS, MAP_SOCK_STATE, PROG_DNS, PROG_DNS_QUERY,
+>>>>>>> main
 };
 
 use super::{
-    attach::Kind, io_err, map_err, missing, prog_err, Attachment, DataplaneError, Layout, Maps,
-    ATTACHMENTS,
+    attach::Kind,
+    capacity::{self, Sizing},
+    io_err, map_err, missing, prog_err, Attachment, DataplaneError, Layout, Maps, ATTACHMENTS,
 };
 use crate::kernel::config_map::ConfigField;
 
@@ -40,26 +45,60 @@ fn load_program(ebpf: &mut Ebpf, a: &Attachment) -> Result<(), DataplaneError> {
 
 /// Loads the programs, creating the maps under the pin root or reusing the
 /// ones pinned there (so policy and counters carry over). Attaches nothing.
-pub fn load(layout: &Layout, object: &[u8]) -> Result<Ebpf, DataplaneError> {
+///
+/// The rule maps are sized for a policy of `rules` rules (see
+/// `capacity`): created at that size, kept when the pinned ones hold it,
+/// grown otherwise (the larger maps replace the pinned ones at once when
+/// nothing is attached, else once `attach` has attached the new links).
+pub fn load(layout: &Layout, object: &[u8], rules: usize) -> Result<Ebpf, DataplaneError> {
     if object.is_empty() {
         return Err(DataplaneError::NoObject);
     }
     let maps_dir = layout.pin_root.join("maps");
     fs::create_dir_all(&maps_dir).map_err(io_err("create", &maps_dir))?;
     check_layout(layout)?;
+    capacity::remove_stale(layout)?;
+    let sizing = capacity::sizing(capacity::pinned_rule_capacity(layout)?, rules)?;
     let mut loader = EbpfLoader::new();
+    let grow = matches!(sizing, Sizing::Grow { .. });
     let names: Vec<(&str, PathBuf)> = KERNEL_MAPS
         .iter()
         .chain([MAP_SOCK_STATE].iter())
+<<<<<<< HEAD
         .chain(XDP_MAPS.iter())
         .map(|n| (*n, layout.map_pin(n)))
+=======
+        .map(|n| {
+            let path = if grow && capacity::SIZED.contains(n) {
+                capacity::grown_pin(layout, n)
+            } else {
+                layout.map_pin(n)
+            };
+            (*n, path)
+        })
+>>>>>>> main
         .collect();
     for (name, path) in &names {
         loader.map_pin_path(name, path.as_path());
     }
+    // Ignored for a map reused from its pin.
+    let entries = 2 * sizing.capacity();
+    loader.map_max_entries(MAP_RULES, entries);
+    loader.map_max_entries(MAP_RULE_STATS, entries);
     let mut ebpf = loader
         .load(object)
         .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+    if let Sizing::Grow { from, to } = sizing {
+        capacity::copy_into_grown(layout, from, to)?;
+        if !layout.is_attached() {
+            capacity::commit(layout)?;
+        }
+        tracing::info!(
+            from,
+            to,
+            "the rule maps grow: the policy has more rules than the pinned ones hold"
+        );
+    }
     for a in &ATTACHMENTS {
         load_program(&mut ebpf, a)?;
     }

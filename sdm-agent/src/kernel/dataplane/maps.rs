@@ -17,7 +17,7 @@ use sdm_common::{
     Cidr4, Cidr6, Counter, DnsHost, HostPortKey, KernelConfig, Key4, Key6, Learned, ResolverKey,
     RuleName, RuleRef, RuleState, MAP_CIDR4, MAP_CIDR6, MAP_CONFIG, MAP_DENY_STATS, MAP_DNSQ_STATS,
     MAP_DNS_NAMES, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4, MAP_EXACT6, MAP_HOST_PORTS,
-    MAP_LEARNED4, MAP_LEARNED6, MAP_RULES, MAP_RULE_NAMES, MAP_RULE_STATS, MAX_RULES,
+    MAP_LEARNED4, MAP_LEARNED6, MAP_RULES, MAP_RULE_NAMES, MAP_RULE_STATS,
 };
 
 use super::{io_err, map_err, DataplaneError, Layout};
@@ -79,7 +79,9 @@ impl Maps {
             if !layout.map_pin(MAP_CONFIG).exists() {
                 return Err(DataplaneError::NotAttached(layout.pin_root.clone()));
             }
-            let arr = Array::<MapData, RuleName>::create(MAX_RULES, 0)
+            // As many names as the rules map has rules.
+            let rules: Array<MapData, RuleState> = typed!(layout, MAP_RULES);
+            let arr = Array::<MapData, RuleName>::create(rules.len() / 2, 0)
                 .map_err(map_err(MAP_RULE_NAMES))?;
             // pin() consumes the handle; the map lives on in bpffs.
             arr.pin(&names_path).map_err(|e| DataplaneError::Pin {

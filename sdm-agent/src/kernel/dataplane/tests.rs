@@ -7,6 +7,7 @@ use std::{io, path::Path};
 
 use super::{
     attach::Kind,
+    capacity::{sizing, Sizing},
     object_hash,
     pins::bpffs_mounted,
     test_run::{duration_ns, into_io, skb_test_input},
@@ -200,8 +201,16 @@ fn error_messages_say_what_to_do() {
         m.contains("nothing is pinned under /p") && m.contains("sdm-agent run"),
         "{m}"
     );
-    let m = DataplaneError::RuleIdsExhausted.to_string();
-    assert!(m.contains("more than 1024 distinct rules"), "{m}");
+    let m = DataplaneError::RuleCapacity {
+        rules: 5000,
+        capacity: 4096,
+    }
+    .to_string();
+    assert!(
+        m.contains("5000 rules, more than the 4096 the pinned rule maps hold")
+            && m.contains("restart the agent"),
+        "{m}"
+    );
     let m = DataplaneError::NoObject.to_string();
     assert!(
         m.contains("AYA_BUILD_SKIP=1") && m.contains("cargo xtask build"),
@@ -225,4 +234,32 @@ fn error_messages_say_what_to_do() {
     }
     .to_string();
     assert!(m.starts_with("create /x: "), "{m}");
+}
+
+#[test]
+fn rule_maps_are_sized_from_the_policy_and_grow_only_when_short() {
+    // Nothing pinned: sized for the policy, with headroom.
+    assert_eq!(sizing(None, 10).unwrap(), Sizing::Create(1024));
+    assert_eq!(sizing(None, 12_006).unwrap(), Sizing::Create(24_576));
+    // Pinned maps that hold the policy are kept, whatever their size.
+    assert_eq!(sizing(Some(1024), 1024).unwrap(), Sizing::Keep(1024));
+    assert_eq!(sizing(Some(32_768), 10).unwrap(), Sizing::Keep(32_768));
+    // Short ones grow to the policy's size.
+    let g = sizing(Some(1024), 1025).unwrap();
+    assert_eq!(
+        g,
+        Sizing::Grow {
+            from: 1024,
+            to: 3072
+        }
+    );
+    assert_eq!(g.capacity(), 3072);
+    // Past the ceiling: refused, with the numbers.
+    let ceiling = sdm_common::RULE_CEILING as usize;
+    let e = sizing(None, ceiling + 1).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("{} rules, more than the {ceiling}", ceiling + 1)),
+        "{e}"
+    );
+    assert!(sizing(Some(1024), usize::MAX).is_err());
 }

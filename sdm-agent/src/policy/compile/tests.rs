@@ -436,24 +436,27 @@ fn every_role_compiles_with_unique_names() {
 #[test]
 fn limits() {
     let mut c = Config::default();
-    for i in 0..(sdm_common::MAX_RULES as usize) {
-        c.allow.push(AllowConfig {
-            name: format!("r{i}"),
-            direction: Direction::Egress,
-            proto: Proto::Tcp,
-            ports: vec![PortRange::single(1)],
-            targets: vec![host("h.example")],
-        });
-    }
+    let allow = |i: usize| AllowConfig {
+        name: format!("r{i}"),
+        direction: Direction::Egress,
+        proto: Proto::Tcp,
+        ports: vec![PortRange::single(1)],
+        targets: vec![host("h.example")],
+    };
+    // Far past the 1024 rules of a fixed-size dataplane.
+    c.allow = (0..12_000).map(allow).collect();
+    assert_eq!(compile(&c, &[ip("10.0.0.2")]).unwrap().rules.len(), 12_006);
+    let ceiling = sdm_common::RULE_CEILING as usize;
+    c.allow = (0..ceiling).map(allow).collect();
     match compile(&c, &[ip("10.0.0.2")]) {
         Err(CompileError::TooManyRules { count, max }) => {
-            assert_eq!(max, 1024);
-            assert_eq!(count, 1024 + 6);
+            assert_eq!(max, ceiling);
+            assert_eq!(count, ceiling + 6);
         }
         other => panic!("{other:?}"),
     }
-    c.allow.truncate(1024 - 6);
-    assert_eq!(compile(&c, &[ip("10.0.0.2")]).unwrap().rules.len(), 1024);
+    c.allow.truncate(ceiling - 6);
+    assert_eq!(compile(&c, &[ip("10.0.0.2")]).unwrap().rules.len(), ceiling);
 
     // Every port in one rule is fine (on a CIDR: a hostname's 65535
     // ports beside the role's own hostname ports would not fit the

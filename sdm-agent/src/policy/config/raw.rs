@@ -90,6 +90,8 @@ pub(super) struct RawDns {
     pub(super) ttl_min: Option<Spanned<DurationValue>>,
     pub(super) ttl_max: Option<Spanned<DurationValue>>,
     pub(super) grace: Option<Spanned<DurationValue>>,
+    pub(super) max_qps: Option<Spanned<i64>>,
+    pub(super) concurrency: Option<Spanned<i64>>,
     pub(super) queries: Option<Spanned<String>>,
     pub(super) search: Option<Spanned<OneOrMany>>,
 }

@@ -11,9 +11,9 @@ use serde::Serialize;
 use super::names::DnsQueries;
 use super::values::serialize_duration;
 use super::{
-    DEFAULT_DNS_FALLBACK, DEFAULT_GATEWAY_PORT, DEFAULT_GRACE, DEFAULT_HTTP_LISTEN,
-    DEFAULT_RETENTION, DEFAULT_STATE_DIR, DEFAULT_STORE_MAX_BYTES, DEFAULT_TTL_MAX,
-    DEFAULT_TTL_MIN,
+    DEFAULT_DNS_CONCURRENCY, DEFAULT_DNS_FALLBACK, DEFAULT_GATEWAY_PORT, DEFAULT_GRACE,
+    DEFAULT_HTTP_LISTEN, DEFAULT_MAX_QPS, DEFAULT_RETENTION, DEFAULT_STATE_DIR,
+    DEFAULT_STORE_MAX_BYTES, DEFAULT_TTL_MAX, DEFAULT_TTL_MIN,
 };
 use crate::policy::{Direction, PortRange, Proto, Target};
 
@@ -93,6 +93,11 @@ pub struct DnsConfig {
     /// How long an address that left a name's answer set stays allowed.
     #[serde(serialize_with = "serialize_duration")]
     pub grace: Duration,
+    /// Queries per second the agent's own lookups send to the resolvers
+    /// at most, A and AAAA counted apart.
+    pub max_qps: u32,
+    /// The agent's lookups in flight at once.
+    pub concurrency: u32,
     /// Which queries reach the resolvers.
     pub queries: DnsQueries,
     /// Suffixes whose names may be queried under `queries = "policy"`
@@ -109,6 +114,8 @@ impl Default for DnsConfig {
             ttl_min: DEFAULT_TTL_MIN,
             ttl_max: DEFAULT_TTL_MAX,
             grace: DEFAULT_GRACE,
+            max_qps: DEFAULT_MAX_QPS,
+            concurrency: DEFAULT_DNS_CONCURRENCY,
             queries: DnsQueries::Any,
             search: Vec::new(),
         }

@@ -5,8 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::PerCpuValues;
 use sdm_common::{
-    deny_index, rule_stats_index, Counter, RuleName, MAP_DENY_STATS, MAP_RULE_NAMES,
-    MAP_RULE_STATS, MAX_RULES,
+    deny_index, rule_stats_index, Counter, RuleName, MAP_DENY_STATS, MAP_RULE_NAMES, MAP_RULE_STATS,
 };
 
 use super::Maps;
@@ -63,10 +62,11 @@ pub(super) struct IdAllocator<'a> {
 }
 
 impl<'a> IdAllocator<'a> {
-    pub(super) fn new(known: &'a BTreeMap<u32, String>, names: &[&str]) -> Self {
+    /// Ids below `capacity`, the rule maps' size.
+    pub(super) fn new(known: &'a BTreeMap<u32, String>, names: &[&str], capacity: u32) -> Self {
         let by_name = known.iter().map(|(id, n)| (n.as_str(), *id)).collect();
         let wanted: BTreeSet<&str> = names.iter().copied().collect();
-        let free = (0..MAX_RULES)
+        let free = (0..capacity)
             .filter(|id| !known.contains_key(id))
             .rev()
             .collect();
@@ -96,10 +96,19 @@ impl<'a> IdAllocator<'a> {
 }
 
 impl Maps {
+    /// How many rules the rule maps hold (set when they were created, from
+    /// that policy; a restart grows them, a reload cannot).
+    pub fn rule_capacity(&self) -> u32 {
+        // The names map may be a leftover of another size: the smaller wins.
+        (self.rules.len() / 2)
+            .min(self.rule_stats.len() / 2)
+            .min(self.rule_names.len())
+    }
+
     /// Rule ids and names recorded in the pinned names map.
     pub fn rule_names(&self) -> Result<BTreeMap<u32, String>, DataplaneError> {
         let mut out = BTreeMap::new();
-        for id in 0..MAX_RULES {
+        for id in 0..self.rule_capacity() {
             let n = self
                 .rule_names
                 .get(&id, 0)
@@ -118,11 +127,23 @@ impl Maps {
         &mut self,
         names: &[&str],
     ) -> Result<BTreeMap<String, u32>, DataplaneError> {
+        let capacity = self.rule_capacity();
+        // Checked first, so that nothing is written for a policy that
+        // cannot fit (stale ids would otherwise be cleared for nothing).
+        if names.len() > capacity as usize {
+            return Err(DataplaneError::RuleCapacity {
+                rules: names.len(),
+                capacity,
+            });
+        }
         let known = self.rule_names()?;
-        let mut ids = IdAllocator::new(&known, names);
+        let mut ids = IdAllocator::new(&known, names, capacity);
         let mut out = BTreeMap::new();
         for name in names {
-            let (id, source) = ids.id_for(name).ok_or(DataplaneError::RuleIdsExhausted)?;
+            let (id, source) = ids.id_for(name).ok_or(DataplaneError::RuleCapacity {
+                rules: names.len(),
+                capacity,
+            })?;
             if source != IdSource::Kept {
                 if source == IdSource::Reused {
                     self.clear_rule_stats(id)?;

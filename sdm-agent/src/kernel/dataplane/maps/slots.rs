@@ -4,7 +4,7 @@
 use aya::maps::lpm_trie::Key as LpmKey;
 use sdm_common::{
     rule_slot_index, RuleRef, RuleState, MAP_CIDR4, MAP_CIDR6, MAP_EXACT4, MAP_EXACT6,
-    MAP_HOST_PORTS, MAP_RULES, MAX_RULES,
+    MAP_HOST_PORTS, MAP_RULES,
 };
 
 use super::Maps;
@@ -44,7 +44,7 @@ impl Maps {
             let (k, v) = kv.map_err(map_err(MAP_HOST_PORTS[slot]))?;
             e.host_ports.insert(k, v);
         }
-        for id in 0..MAX_RULES {
+        for id in 0..self.rule_capacity() {
             let s = self
                 .rules
                 .get(&rule_slot_index(slot as u32, id), 0)

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use sdm_common::{Counter, RuleName, MAX_RULES};
+use sdm_common::{Counter, RuleName, MIN_RULE_CAPACITY};
 
 use super::{
     dns::{expired_beyond_grace, resolver_key, sum_cpus},
@@ -76,7 +76,7 @@ fn rule_names_are_cut_to_leave_the_nul_and_read_back() {
 fn rule_ids_are_kept_then_free_then_reused() {
     let known: BTreeMap<u32, String> = [(0, "a".to_string()), (2, "old".to_string())].into();
     let names = ["b", "a", "c"];
-    let mut ids = IdAllocator::new(&known, &names);
+    let mut ids = IdAllocator::new(&known, &names, MIN_RULE_CAPACITY);
     assert_eq!(ids.id_for("b"), Some((1, IdSource::Free)), "lowest free id");
     assert_eq!(ids.id_for("a"), Some((0, IdSource::Kept)));
     assert_eq!(
@@ -88,16 +88,18 @@ fn rule_ids_are_kept_then_free_then_reused() {
 
 #[test]
 fn stale_ids_are_reused_only_when_none_is_free() {
-    let mut known: BTreeMap<u32, String> = (0..MAX_RULES).map(|i| (i, format!("r{i}"))).collect();
+    let mut known: BTreeMap<u32, String> = (0..MIN_RULE_CAPACITY)
+        .map(|i| (i, format!("r{i}")))
+        .collect();
     known.insert(5, "gone".into());
     known.insert(9, "gone too".into());
-    let names: Vec<String> = (0..MAX_RULES)
+    let names: Vec<String> = (0..MIN_RULE_CAPACITY)
         .filter(|i| ![5, 9].contains(i))
         .map(|i| format!("r{i}"))
         .chain(["n1".into(), "n2".into(), "n3".into()])
         .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut ids = IdAllocator::new(&known, &names);
+    let mut ids = IdAllocator::new(&known, &names, MIN_RULE_CAPACITY);
     assert_eq!(ids.id_for("r7"), Some((7, IdSource::Kept)));
     assert_eq!(ids.id_for("n1"), Some((5, IdSource::Reused)));
     assert_eq!(ids.id_for("n2"), Some((9, IdSource::Reused)));
@@ -115,4 +117,24 @@ fn the_generation_s_low_bit_names_the_live_slot() {
     for g in [0u32, 1, 41, u32::MAX - 1] {
         assert_ne!(live_slot(g), live_slot(g.wrapping_add(1)));
     }
+}
+
+#[test]
+fn ids_go_up_to_the_maps_capacity_and_no_further() {
+    let known: BTreeMap<u32, String> = (0..12_000).map(|i| (i, format!("r{i}"))).collect();
+    let names: Vec<String> = (0..12_000)
+        .map(|i| format!("r{i}"))
+        .chain(["new".into()])
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut ids = IdAllocator::new(&known, &names, 24_576);
+    assert_eq!(ids.id_for("r11999"), Some((11_999, IdSource::Kept)));
+    assert_eq!(ids.id_for("new"), Some((12_000, IdSource::Free)));
+    // Maps of 1,024 have no id past 1,023 to give.
+    let none = BTreeMap::new();
+    let mut small = IdAllocator::new(&none, &names, MIN_RULE_CAPACITY);
+    for (i, n) in names.iter().take(1024).enumerate() {
+        assert_eq!(small.id_for(n), Some((i as u32, IdSource::Free)));
+    }
+    assert_eq!(small.id_for("new"), None);
 }

@@ -97,3 +97,42 @@ fn dns_and_http_errors() {
         Some(CgroupTarget::Pid(77))
     );
 }
+
+/// Issue 14: the agent's own lookups are paced; the ceiling and the
+/// number in flight are read, bounded, and refused with file, line and key.
+#[test]
+fn dns_max_qps_and_concurrency_are_read_and_bounded() {
+    let d = Config::default().dns;
+    assert_eq!((d.max_qps, d.concurrency), (10_000, 256));
+    let c = ok("[dns]\nmax_qps = 500\nconcurrency = 64\n");
+    assert_eq!((c.dns.max_qps, c.dns.concurrency), (500, 64));
+    let c = ok("[dns]\nmax_qps = 1\nconcurrency = 4096\n");
+    assert_eq!((c.dns.max_qps, c.dns.concurrency), (1, 4096));
+    fails(
+        "[dns]\n\nmax_qps = 0\n",
+        3,
+        "max_qps",
+        &["0 is out of range", "from 1 to 1000000"],
+    );
+    fails("[dns]\nmax_qps = -5\n", 2, "max_qps", &["-5"]);
+    fails(
+        "[dns]\nmax_qps = 5000000000\n",
+        2,
+        "max_qps",
+        &["5000000000"],
+    );
+    fails(
+        "[dns]\nconcurrency = 4097\n",
+        2,
+        "concurrency",
+        &["from 1 to 4096"],
+    );
+    fails(
+        "[dns]\nconcurrency = 0\n",
+        2,
+        "concurrency",
+        &["out of range"],
+    );
+    // Not a number: the TOML type error names the line and the key.
+    fails("[dns]\nmax_qps = \"fast\"\n", 2, "max_qps", &[]);
+}

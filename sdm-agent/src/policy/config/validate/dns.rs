@@ -8,7 +8,7 @@ use super::super::{
     errors::ConfigError,
     raw::{items, OneOrMany, RawDns},
     values::{format_duration, normalize_hostname},
-    DnsConfig, DEFAULT_GRACE, DEFAULT_TTL_MAX, DEFAULT_TTL_MIN,
+    DnsConfig, DEFAULT_GRACE, DEFAULT_TTL_MAX, DEFAULT_TTL_MIN, MAX_DNS_CONCURRENCY, MAX_MAX_QPS,
 };
 use super::{Here, Validator};
 
@@ -26,6 +26,12 @@ impl Validator<'_> {
         dns.ttl_min = self.duration(d.ttl_min.as_ref(), DEFAULT_TTL_MIN, &here, "ttl_min")?;
         dns.ttl_max = self.duration(d.ttl_max.as_ref(), DEFAULT_TTL_MAX, &here, "ttl_max")?;
         dns.grace = self.duration(d.grace.as_ref(), DEFAULT_GRACE, &here, "grace")?;
+        if let Some(v) = &d.max_qps {
+            dns.max_qps = self.bounded(v, 1, MAX_MAX_QPS, &here, "max_qps")?;
+        }
+        if let Some(v) = &d.concurrency {
+            dns.concurrency = self.bounded(v, 1, MAX_DNS_CONCURRENCY, &here, "concurrency")?;
+        }
         if let Some(v) = &d.queries {
             dns.queries = self.named(v, &here, "queries")?;
         }
@@ -90,6 +96,29 @@ impl Validator<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A whole number in `[min, max]`.
+    fn bounded(
+        &self,
+        v: &Spanned<i64>,
+        min: u32,
+        max: u32,
+        here: &Here,
+        key: &str,
+    ) -> Result<u32, ConfigError> {
+        let n = *v.get_ref();
+        u32::try_from(n)
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| {
+                self.err(
+                    v.span(),
+                    here,
+                    key,
+                    format!("{n} is out of range: from {min} to {max}"),
+                )
+            })
     }
 
     /// `ttl_min` above zero and not above `ttl_max`.
