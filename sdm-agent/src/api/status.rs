@@ -226,22 +226,6 @@ pub struct Status {
     /// policed cgroup's packet sockets (empty: off).
     #[serde(default)]
     pub backstop: Vec<String>,
-<<<<<<< HEAD
-    /// The XDP shield: its interfaces and counters (`None`: off).
-    #[serde(default)]
-    pub xdp: Option<XdpStatus>,
-}
-
-/// The XDP shield in [`Status`].
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct XdpStatus {
-    /// Each interface and how the program runs there ("native" in the
-    /// driver, "generic" in the stack).
-    pub interfaces: Vec<crate::kernel::xdp::Shielded>,
-    /// Packets by verdict (`sdm_common::XdpVerdict::name`): "passed", or
-    /// the reason of a drop (counted, not dropped, in audit mode).
-    pub packets: BTreeMap<String, u64>,
-=======
     /// Rules in the live policy, of all of `rules` (before any paging).
     #[serde(default)]
     pub rules_active: usize,
@@ -262,6 +246,20 @@ pub struct XdpStatus {
     /// The agent's last config reload (SIGHUP), from its state file.
     #[serde(default)]
     pub last_reload: Option<ReloadStatus>,
+    /// The XDP shield: its interfaces and counters (`None`: off).
+    #[serde(default)]
+    pub xdp: Option<XdpStatus>,
+}
+
+/// The XDP shield in [`Status`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct XdpStatus {
+    /// Each interface and how the program runs there ("native" in the
+    /// driver, "generic" in the stack).
+    pub interfaces: Vec<crate::kernel::xdp::Shielded>,
+    /// Packets by verdict (`sdm_common::XdpVerdict::name`): "passed", or
+    /// the reason of a drop (counted, not dropped, in audit mode).
+    pub packets: BTreeMap<String, u64>,
 }
 
 /// The pages of a [`Status`]'s three long lists.
@@ -287,7 +285,6 @@ impl Status {
         self.learned = learned;
         self.learned_page = Some(info);
     }
->>>>>>> main
 }
 
 /// An address learned in the kernel from a DNS answer.

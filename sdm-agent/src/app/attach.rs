@@ -122,13 +122,10 @@ pub(super) struct Programs {
     object: Cow<'static, [u8]>,
     ebpf: Option<aya::Ebpf>,
     backstop_ifaces: Vec<backstop::Interface>,
-<<<<<<< HEAD
-    /// `[xdp] interfaces`.
-    xdp_ifaces: Vec<String>,
-=======
     /// The policy's rule count, which sizes the rule maps of a load.
     rules: usize,
->>>>>>> main
+    /// `[xdp] interfaces`.
+    xdp_ifaces: Vec<String>,
 }
 
 impl Programs {
@@ -170,16 +167,13 @@ impl Programs {
             object,
             ebpf: loaded.or(preloaded),
             backstop_ifaces,
-<<<<<<< HEAD
+            rules,
             xdp_ifaces: config
                 .xdp
                 .interfaces
                 .iter()
                 .map(|i| i.name.clone())
                 .collect(),
-=======
-            rules,
->>>>>>> main
         };
         programs.log_outcome(cgroup, &outcome);
         programs.load_for_recreation(cgroup)?;
@@ -281,7 +275,7 @@ impl Programs {
         }
         if !ifaces.is_empty() && self.ebpf.is_none() {
             self.ebpf = Some(
-                dataplane::load(&self.layout, &self.object)
+                dataplane::load(&self.layout, &self.object, self.rules)
                     .context("load the programs for the XDP shield")?,
             );
         }

@@ -86,7 +86,10 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         // /proc is not for every metrics scrape.
         bypass_capable: Vec::new(),
         backstop,
-<<<<<<< HEAD
+        rules_active,
+        rules_page: None,
+        dns_page: None,
+        learned_page: None,
         xdp: xdp_status(layout),
     })
 }
@@ -106,12 +109,6 @@ fn xdp_status(layout: &Layout) -> Option<super::XdpStatus> {
     Some(super::XdpStatus {
         interfaces,
         packets,
-=======
-        rules_active,
-        rules_page: None,
-        dns_page: None,
-        learned_page: None,
->>>>>>> main
     })
 }
 

@@ -10,11 +10,7 @@ use aya::{
 };
 use sdm_common::{
     KernelConfig, KERNEL_MAPS, LAYOUT_VERSION, MAP_CONFIG, MAP_DNSQ_PROGS, MAP_DNS_PROGS,
-<<<<<<< HEAD
-    MAP_SOCK_STATE, PROG_DNS, PROG_DNS_QUERY, XDP_MAPS,
-=======
-    MAP_RULES, MAP_RULE_STATS, MAP_SOCK_STATE, PROG_DNS, PROG_DNS_QUERY,
->>>>>>> main
+    MAP_RULES, MAP_RULE_STATS, MAP_SOCK_STATE, PROG_DNS, PROG_DNS_QUERY, XDP_MAPS,
 };
 
 use super::{
@@ -64,10 +60,7 @@ pub fn load(layout: &Layout, object: &[u8], rules: usize) -> Result<Ebpf, Datapl
     let names: Vec<(&str, PathBuf)> = KERNEL_MAPS
         .iter()
         .chain([MAP_SOCK_STATE].iter())
-<<<<<<< HEAD
         .chain(XDP_MAPS.iter())
-        .map(|n| (*n, layout.map_pin(n)))
-=======
         .map(|n| {
             let path = if grow && capacity::SIZED.contains(n) {
                 capacity::grown_pin(layout, n)
@@ -76,7 +69,6 @@ pub fn load(layout: &Layout, object: &[u8], rules: usize) -> Result<Ebpf, Datapl
             };
             (*n, path)
         })
->>>>>>> main
         .collect();
     for (name, path) in &names {
         loader.map_pin_path(name, path.as_path());
