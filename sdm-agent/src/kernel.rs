@@ -8,6 +8,7 @@
 //! - [`config_map`]: the mmapped config entry, one atomic store per field;
 //! - [`cgroup`]: target cgroups (paths, `unit:`, `pid:`) and their ids;
 //! - [`backstop`]: the tc egress backstop and its setsockopt guard;
+//! - [`xdp`]: the XDP shield on gateway hosts (`[xdp] interfaces`);
 //! - [`check`]: `check --kernel`, every program through the verifier;
 //! - [`policed`]: whether a cgroup is policed right now;
 //! - [`caps`]: processes of the target that could bypass the programs;
@@ -22,3 +23,4 @@ pub mod config_map;
 pub mod dataplane;
 pub mod entries;
 pub mod policed;
+pub mod xdp;

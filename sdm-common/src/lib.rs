@@ -15,6 +15,7 @@ mod names;
 mod policy;
 mod stats;
 mod vocabulary;
+mod xdp;
 
 pub use config::*;
 pub use dns::*;
@@ -23,6 +24,7 @@ pub use names::*;
 pub use policy::*;
 pub use stats::*;
 pub use vocabulary::UnknownValue;
+pub use xdp::*;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -60,6 +62,8 @@ mod pod {
         RuleState,
         RuleName,
         SockState,
+        XdpFlowKey,
+        XdpSwitch,
     );
 }
 

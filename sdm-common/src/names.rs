@@ -59,6 +59,15 @@ pub const MAP_BACKSTOP_IFS: &str = "SDM_BACKSTOP_IF";
 /// The target cgroup, at index 0, for `bpf_skb_under_cgroup`.
 pub const MAP_BACKSTOP_CGROUP: &str = "SDM_BACKSTOP_CG";
 
+/// The XDP shield: flows this host started ([`crate::XdpFlowKey`] -> 0).
+pub const MAP_XDP_FLOWS: &str = "SDM_XDP_FLOWS";
+/// Per-CPU counters of the shield, indexed by [`crate::XdpVerdict`].
+pub const MAP_XDP_STATS: &str = "SDM_XDP_STATS";
+/// One [`crate::XdpSwitch`]: whether the egress program records flows.
+pub const MAP_XDP_ON: &str = "SDM_XDP_ON";
+/// The shield's maps, pinned beside [`KERNEL_MAPS`].
+pub const XDP_MAPS: [&str; 3] = [MAP_XDP_FLOWS, MAP_XDP_STATS, MAP_XDP_ON];
+
 /// Program names, as the kernel sees them.
 pub const PROG_EGRESS: &str = "sdm_egress";
 pub const PROG_INGRESS: &str = "sdm_ingress";
@@ -79,6 +88,8 @@ pub const PROG_SETSOCKOPT: &str = "sdm_setsockopt";
 /// The DNS query judge (`[dns] queries = "policy"`): not attached,
 /// tail-called from `sdm_egress` through `SDM_DNSQ_PROGS`.
 pub const PROG_DNS_QUERY: &str = "sdm_dns_query";
+/// The XDP shield, attached to `[xdp] interfaces`.
+pub const PROG_XDP: &str = "sdm_xdp";
 
 /// Every map the kernel programs declare, for pinning.
 pub const KERNEL_MAPS: [&str; 33] = [

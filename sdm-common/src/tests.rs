@@ -83,6 +83,24 @@ fn counter_indexes_are_the_old_layout() {
     assert_eq!(rule_stats_index(5, TrafficDir::Ingress), 11);
 }
 
+/// The XDP shield's counter names are metric labels and status keys.
+#[test]
+fn xdp_verdict_names_are_the_documented_ones() {
+    assert_eq!(
+        XdpVerdict::ALL.map(XdpVerdict::name),
+        [
+            "passed",
+            "unsolicited_tcp",
+            "closed_udp",
+            "unsolicited_icmp",
+            "malformed",
+            "unknown_protocol",
+        ]
+    );
+    assert_eq!(XDP_STAT_ENTRIES, 6);
+    assert!(XDP_MAPS.iter().all(|n| n.len() <= 15));
+}
+
 #[test]
 fn rule_capacity_has_headroom_a_floor_and_a_ceiling() {
     // Small policies get the least capacity.

@@ -213,6 +213,9 @@ fn remember_allowed<const DIR: u8>(
     let dir = program_dir(DIR);
     remember(sk, flow, dir, rule);
     note_peer(ctx, flow, rule);
+    if DIR == TrafficDir::Egress as u8 {
+        crate::xdp::note_flow(flow);
+    }
     if config.log_verdicts != 0 {
         info!(
             ctx,

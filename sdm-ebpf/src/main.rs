@@ -55,8 +55,12 @@
 //! **setsockopt** (`backstop`: `sdm_setsockopt`): with the backstop on and
 //! in enforce mode, refuses `PACKET_QDISC_BYPASS` and AF_XDP set-up.
 //!
+//! **XDP** (`xdp`: `sdm_xdp`, `[xdp] interfaces`): the shield of gateway
+//! hosts, steps 1-7 in `xdp`; the egress program records the flows it
+//! allows at step 6 while the shield is on.
+//!
 //! Modules: `filter`, `parse`, `policy`, `sock`, `sock_addr`, `events`,
-//! `stats`, `maps` (shared with the agent), `dns`, `backstop`, and
+//! `stats`, `maps` (shared with the agent), `dns`, `backstop`, `xdp`, and
 //! `runtime` (panic handler and license).
 #![no_std]
 #![no_main]
@@ -76,6 +80,7 @@ mod runtime;
 mod sock;
 mod sock_addr;
 mod stats;
+mod xdp;
 
 /// cgroup_skb and sock_addr return codes: 1 lets the packet or call
 /// through, 0 drops it (EPERM for a call).

@@ -12,6 +12,7 @@ pub mod guards;
 pub mod lab;
 pub mod packets;
 pub mod programs;
+pub mod shield;
 pub mod unit_sandbox;
 
 /// A name unique to this process and call (`st<pid mod 100000><tag><n>`:

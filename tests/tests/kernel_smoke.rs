@@ -34,6 +34,9 @@ const ROTATING_PORT: u16 = 8443;
 /// UDP port on the net side that counts what raw sockets deliver.
 const RAW_PORT: u16 = 9002;
 const RAW_COUNT: u64 = 20;
+#[path = "kernel_smoke/xdp.rs"]
+mod xdp;
+
 /// Verifier instructions a program may need on any kernel of the matrix:
 /// a third of the kernel's limit (BPF_COMPLEXITY_LIMIT_INSNS, 1,000,000).
 const INSNS_HEADROOM: u64 = 330_000;
@@ -247,6 +250,24 @@ fn smoke_lab() {
     check.ok("no failed connect across kill -9 and restart");
 }
 
+/// The XDP shield (`[xdp] interfaces`) on a gateway-like host: a flood of
+/// unsolicited SYNs and UDP to closed ports while the advertised port keeps
+/// working, no RST or ICMP unreachable answering the scan, and a flow the
+/// host starts still getting its replies. The shield needs the root cgroup
+/// as target, which only the kernel matrix's guests can enforce on.
+#[test]
+fn xdp_shield() {
+    if !xdp::in_a_guest() {
+        println!(
+            "xdp_shield: not run on this host: the shield needs the root cgroup enforced, \
+             which would cut this host off; `cargo xtask kernels` runs it in every guest \
+             (rows xdp-baseline, xdp-attach, xdp-flood, xdp-own-flow)"
+        );
+        return;
+    }
+    xdp::run();
+}
+
 /// The connect-then-listen attack (containment.rs has the story): a socket
 /// connects out to APP:443, disconnects and listens; APP connects back
 /// from port 443, hoping the socket's cached egress verdict lets it in.
@@ -279,7 +300,11 @@ fn connect_then_listen(lab: &Lab) -> &'static str {
     "listen() after connect() allowed; the remote's SYN into the listener was dropped"
 }
 
+/// `10.231.N.<last>` on the net side; 0 for the host side (the gateway).
 fn ipv4(lab: &Lab, last: u8) -> Ipv4Addr {
+    if last == 0 {
+        return xdp::gateway_ip(lab.n);
+    }
     match lab.net_ip(last) {
         std::net::IpAddr::V4(a) => a,
         other => panic!("net_ip({last}) is not IPv4: {other}"),

@@ -32,6 +32,7 @@ mod sockets;
 mod targets;
 mod upgrade;
 mod verdicts;
+mod xdp;
 
 /// Every scenario file of tests/tests/ is a module of this harness (else
 /// its tests would silently never run), except the ones that are binaries

@@ -200,6 +200,7 @@ fn encode_status(
         &modes,
     )?;
     encode_dns_kernel(s, &mut encoder)?;
+    encode_xdp(s, &mut encoder)?;
     series::encode_learned(s, &shape, &mut encoder)?;
     gauge_value(
         &mut encoder,
@@ -234,6 +235,25 @@ fn encode_denied(s: &Status, encoder: &mut DescriptorEncoder) -> Result<(), std:
         "sdm_denied_bytes",
         "Bytes denied, by direction, reason and mode.",
         &denied_bytes,
+    )
+}
+
+/// The XDP shield's packets by verdict, only while it is on (no series
+/// otherwise). One program serves every interface, so no interface label.
+fn encode_xdp(s: &Status, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let Some(x) = &s.xdp else {
+        return Ok(());
+    };
+    let rows: Vec<_> = x
+        .packets
+        .iter()
+        .map(|(reason, n)| (vec![("reason", reason.clone())], *n))
+        .collect();
+    counter_family(
+        encoder,
+        "sdm_xdp_packets",
+        "Packets the XDP shield judged on [xdp] interfaces, by reason: passed, or why it was dropped (unsolicited_tcp, closed_udp, unsolicited_icmp, malformed, unknown_protocol; counted but passed in audit mode).",
+        &rows,
     )
 }
 

@@ -246,6 +246,20 @@ pub struct Status {
     /// The agent's last config reload (SIGHUP), from its state file.
     #[serde(default)]
     pub last_reload: Option<ReloadStatus>,
+    /// The XDP shield: its interfaces and counters (`None`: off).
+    #[serde(default)]
+    pub xdp: Option<XdpStatus>,
+}
+
+/// The XDP shield in [`Status`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct XdpStatus {
+    /// Each interface and how the program runs there ("native" in the
+    /// driver, "generic" in the stack).
+    pub interfaces: Vec<crate::kernel::xdp::Shielded>,
+    /// Packets by verdict (`sdm_common::XdpVerdict::name`): "passed", or
+    /// the reason of a drop (counted, not dropped, in audit mode).
+    pub packets: BTreeMap<String, u64>,
 }
 
 /// The pages of a [`Status`]'s three long lists.

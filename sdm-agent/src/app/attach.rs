@@ -10,10 +10,10 @@ use sdm_common::{LOOPBACK_ENFORCE, LOOPBACK_PASS};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    kernel::backstop,
     kernel::cgroup,
     kernel::dataplane::{self, AttachOutcome, DataplaneError, Layout, Maps},
     kernel::entries,
+    kernel::{backstop, xdp},
     policy::config::{Config, DnsQueries, FailMode, LoopbackMode, Mode},
     policy::Policy,
 };
@@ -124,6 +124,8 @@ pub(super) struct Programs {
     backstop_ifaces: Vec<backstop::Interface>,
     /// The policy's rule count, which sizes the rule maps of a load.
     rules: usize,
+    /// `[xdp] interfaces`.
+    xdp_ifaces: Vec<String>,
 }
 
 impl Programs {
@@ -166,6 +168,12 @@ impl Programs {
             ebpf: loaded.or(preloaded),
             backstop_ifaces,
             rules,
+            xdp_ifaces: config
+                .xdp
+                .interfaces
+                .iter()
+                .map(|i| i.name.clone())
+                .collect(),
         };
         programs.log_outcome(cgroup, &outcome);
         programs.load_for_recreation(cgroup)?;
@@ -173,6 +181,7 @@ impl Programs {
             spawn_ebpf_logger(e);
         }
         programs.sync_backstop(cgroup)?;
+        programs.sync_xdp()?;
         Ok(programs)
     }
 
@@ -253,6 +262,24 @@ impl Programs {
         } else {
             tracing::info!(interfaces = ?previous, "backstop off: removed from these interfaces");
         }
+        Ok(())
+    }
+
+    /// Puts the XDP shield on the `[xdp] interfaces` (see [`xdp::sync`]),
+    /// loading the object if the programs were adopted without it; removes
+    /// it from interfaces no longer listed.
+    pub(super) fn sync_xdp(&mut self) -> Result<()> {
+        let ifaces = &self.xdp_ifaces;
+        if ifaces.is_empty() && xdp::attached(&self.layout).is_empty() {
+            return Ok(());
+        }
+        if !ifaces.is_empty() && self.ebpf.is_none() {
+            self.ebpf = Some(
+                dataplane::load(&self.layout, &self.object, self.rules)
+                    .context("load the programs for the XDP shield")?,
+            );
+        }
+        xdp::sync(&self.layout, self.ebpf.as_mut(), ifaces).context("set up the XDP shield")?;
         Ok(())
     }
 }

@@ -55,6 +55,8 @@ pub(super) fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
             .map(|i| i.name.clone())
             .collect()
     };
+    let xdp =
+        |c: &Config| -> Vec<String> { c.xdp.interfaces.iter().map(|i| i.name.clone()).collect() };
     [
         // The programs are attached to it.
         ("cgroup", old.cgroup != new.cgroup),
@@ -74,6 +76,8 @@ pub(super) fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[audit] log", old.audit.log != new.audit.log),
         // The tc programs are attached to these at start-up.
         ("[backstop] interfaces", backstop(old) != backstop(new)),
+        // The XDP shield is attached (and its target checked) at start-up.
+        ("[xdp] interfaces", xdp(old) != xdp(new)),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

@@ -78,6 +78,14 @@ pub(super) async fn start(
     // Before touching the kernel: an interface the host lacks is a config
     // error, like any other.
     let backstop_ifaces = backstop::resolve(&config, config_path.as_deref())?;
+    if !config.xdp.interfaces.is_empty() {
+        crate::kernel::xdp::check_target(
+            &config,
+            &cgroup::cgroup2_mount()?,
+            &crate::app::config_label(config_path.as_deref()),
+        )?;
+        crate::kernel::xdp::check_interfaces(&config, config_path.as_deref())?;
+    }
     let lock = lock_instance(&layout)?;
     for w in compile::lockout_warnings(&config, &policy) {
         tracing::warn!("{w}");

@@ -7,7 +7,7 @@ use std::{path::Path, process::ExitCode};
 use anyhow::Result;
 use sdm_agent::{
     app,
-    kernel::{backstop, caps, cgroup::CgroupTarget, check, dataplane},
+    kernel::{backstop, caps, cgroup, cgroup::CgroupTarget, check, dataplane, xdp},
     policy::compile,
 };
 
@@ -24,6 +24,12 @@ pub fn run(
     }
     // `[backstop] interfaces` must name interfaces of this host.
     backstop::resolve(&cfg, config)?;
+    // The XDP shield judges every packet of its interfaces: only with the
+    // whole host as target.
+    if !cfg.xdp.interfaces.is_empty() {
+        xdp::check_target(&cfg, &cgroup::cgroup2_mount()?, &app::config_label(config))?;
+        xdp::check_interfaces(&cfg, config)?;
+    }
     let mut warnings = compile::lockout_warnings(&cfg, &policy);
     match app::target_cgroup(&cfg, config)? {
         // Not an error: `run` waits for a unit that has not started.

@@ -97,6 +97,14 @@ pub enum DataplaneError {
     Capacity(crate::kernel::entries::Overflow),
     #[error("backstop: {0}")]
     Backstop(#[source] Box<crate::kernel::backstop::BackstopError>),
+    #[error("XDP shield: {0}")]
+    Xdp(#[source] Box<crate::kernel::xdp::XdpError>),
+}
+
+impl From<crate::kernel::xdp::XdpError> for DataplaneError {
+    fn from(e: crate::kernel::xdp::XdpError) -> Self {
+        DataplaneError::Xdp(Box::new(e))
+    }
 }
 
 impl From<crate::kernel::backstop::BackstopError> for DataplaneError {

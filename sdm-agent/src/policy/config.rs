@@ -43,6 +43,7 @@ pub use names::{DnsQueries, FailMode, LoopbackMode, Mode, Region, Role, UnknownN
 pub use sections::{
     valid_interface_name, AllowConfig, AuditConfig, BackstopConfig, BackstopInterface,
     ClientConfig, DnsConfig, GatewayConfig, HttpConfig, MetricsConfig, ResourceConfig, StateConfig,
+    XdpConfig,
 };
 pub use values::{
     format_duration, is_loopback, normalize_hostname, normalize_ports, parse_cidr, parse_duration,
@@ -114,6 +115,7 @@ pub struct Config {
     pub state: StateConfig,
     pub audit: AuditConfig,
     pub backstop: BackstopConfig,
+    pub xdp: XdpConfig,
     pub metrics: MetricsConfig,
 }
 
@@ -139,6 +141,7 @@ impl Default for Config {
             state: StateConfig::default(),
             audit: AuditConfig::default(),
             backstop: BackstopConfig::default(),
+            xdp: XdpConfig::default(),
             metrics: MetricsConfig::default(),
         }
     }
@@ -267,6 +270,13 @@ max_bytes = "64MiB"
 # allowlist, and drops any that carry no IPv4 or IPv6. Empty: off, and no
 # per-packet cost. Interfaces not listed are not watched.
 # [backstop]
+# interfaces = ["eth0"]
+
+# Gateway hosts: an XDP program on these interfaces drops, at the driver,
+# what no ingress rule admits and no flow of this host asked for
+# (unsolicited SYNs, scans of closed ports). Only with the root cgroup as
+# target (`cgroup` unset or the cgroup2 mount). Empty: off.
+# [xdp]
 # interfaces = ["eth0"]
 
 [metrics]

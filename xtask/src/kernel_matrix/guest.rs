@@ -170,7 +170,7 @@ pub(super) fn write_init(path: &Path, smoke: &Path) -> Result<()> {
          ip link set lo up\n\
          insmod /veth.ko || echo 'sdm-guest: insmod veth failed'\n\
          echo \"sdm-guest: kernel $(uname -r)\"\n\
-         SDM_LAB_READY_SECS=900 RUST_BACKTRACE=1 {smoke} --test-threads=1 --nocapture\n\
+         SDM_KERNEL_GUEST=1 SDM_LAB_READY_SECS=900 RUST_BACKTRACE=1 {smoke} --test-threads=1 --nocapture\n\
          echo \"{EXIT_MARK}$?\"\n\
          poweroff -f\n",
         smoke = smoke.display()

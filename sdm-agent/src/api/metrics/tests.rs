@@ -80,3 +80,52 @@ fn agent_metrics_have_help_and_values() {
 }
 
 mod series;
+
+/// The XDP shield's counters: a family only while it is on, one series
+/// per reason; status shows its interfaces, modes and drops.
+#[test]
+fn xdp_shield_counters_appear_only_while_it_is_on() {
+    use crate::kernel::xdp::{AttachMode, Shielded};
+    let layout = Layout {
+        pin_root: "/nonexistent/sdm-test".into(),
+        run_dir: "/nonexistent/sdm-run".into(),
+    };
+    let off = render_snapshot(Status::sample(), layout.clone(), AgentStats::default());
+    assert!(!off.contains("sdm_xdp"), "{off}");
+    let mut s = Status::sample();
+    s.mode = "enforce".into();
+    s.xdp = Some(crate::api::status::XdpStatus {
+        interfaces: vec![
+            Shielded {
+                interface: "eth0".into(),
+                mode: AttachMode::Native,
+            },
+            Shielded {
+                interface: "ens5".into(),
+                mode: AttachMode::Generic,
+            },
+        ],
+        packets: [("passed", 100), ("unsolicited_tcp", 7), ("closed_udp", 0)]
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect(),
+    });
+    let human = crate::api::status::render(&s);
+    assert!(
+        human.contains(
+            "xdp shield: eth0 (native), ens5 (generic); 100 passed, dropped: unsolicited_tcp 7\n"
+        ),
+        "{human}"
+    );
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["xdp"]["interfaces"][1]["mode"], "generic");
+    assert_eq!(json["xdp"]["packets"]["unsolicited_tcp"], 7);
+    let text = render_snapshot(s, layout, AgentStats::default());
+    for want in [
+        "# TYPE sdm_xdp_packets counter",
+        "\nsdm_xdp_packets_total{reason=\"unsolicited_tcp\"} 7\n",
+        "\nsdm_xdp_packets_total{reason=\"passed\"} 100\n",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+}

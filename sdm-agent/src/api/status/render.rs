@@ -31,6 +31,35 @@ fn header(o: &mut String, s: &Status) {
             s.backstop.join(", ")
         );
     }
+    if let Some(x) = &s.xdp {
+        let ifaces: Vec<String> = x
+            .interfaces
+            .iter()
+            .map(|i| format!("{} ({})", i.interface, i.mode.name()))
+            .collect();
+        let drops: Vec<String> = x
+            .packets
+            .iter()
+            .filter(|(k, n)| k.as_str() != "passed" && **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "xdp shield: {}; {} passed, {} {}",
+            ifaces.join(", "),
+            x.packets.get("passed").copied().unwrap_or(0),
+            if s.mode == "enforce" {
+                "dropped:"
+            } else {
+                "would drop (audit):"
+            },
+            if drops.is_empty() {
+                "none".to_string()
+            } else {
+                drops.join(", ")
+            }
+        );
+    }
     if s.dns_queries_mode == "policy" {
         let n = |k: &str| s.dns_queries.get(k).copied().unwrap_or(0);
         let _ = writeln!(

@@ -71,6 +71,7 @@ impl Status {
             flow_store_evictions: 0,
             rule_capacity: 1024,
             backstop: vec![],
+            xdp: None,
             policy_error: None,
             last_reload: None,
             rules_active: 1,

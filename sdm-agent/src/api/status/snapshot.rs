@@ -90,6 +90,25 @@ pub fn snapshot(layout: &Layout, maps: &mut Maps) -> Result<Status, DataplaneErr
         rules_page: None,
         dns_page: None,
         learned_page: None,
+        xdp: xdp_status(layout),
+    })
+}
+
+/// The XDP shield's interfaces (from its link pins) and counters; `None`
+/// while it is on no interface.
+fn xdp_status(layout: &Layout) -> Option<super::XdpStatus> {
+    let interfaces = crate::kernel::xdp::attached(layout);
+    if interfaces.is_empty() {
+        return None;
+    }
+    let packets = crate::kernel::xdp::counters(layout)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(v, n)| (v.name().to_string(), n))
+        .collect();
+    Some(super::XdpStatus {
+        interfaces,
+        packets,
     })
 }
 

@@ -68,6 +68,10 @@ fn start_up_settings_need_a_restart_and_are_named() {
             config("", "[backstop]\ninterfaces = [\"eth0\"]"),
             "[backstop] interfaces",
         ),
+        (
+            config("", "[xdp]\ninterfaces = [\"eth0\"]"),
+            "[xdp] interfaces",
+        ),
     ];
     for (changed, key) in cases {
         assert_eq!(restart_needed(&base, &changed), [key], "{key}");

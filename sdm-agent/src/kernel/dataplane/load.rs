@@ -10,7 +10,7 @@ use aya::{
 };
 use sdm_common::{
     KernelConfig, KERNEL_MAPS, LAYOUT_VERSION, MAP_CONFIG, MAP_DNSQ_PROGS, MAP_DNS_PROGS,
-    MAP_RULES, MAP_RULE_STATS, MAP_SOCK_STATE, PROG_DNS, PROG_DNS_QUERY,
+    MAP_RULES, MAP_RULE_STATS, MAP_SOCK_STATE, PROG_DNS, PROG_DNS_QUERY, XDP_MAPS,
 };
 
 use super::{
@@ -60,6 +60,7 @@ pub fn load(layout: &Layout, object: &[u8], rules: usize) -> Result<Ebpf, Datapl
     let names: Vec<(&str, PathBuf)> = KERNEL_MAPS
         .iter()
         .chain([MAP_SOCK_STATE].iter())
+        .chain(XDP_MAPS.iter())
         .map(|n| {
             let path = if grow && capacity::SIZED.contains(n) {
                 capacity::grown_pin(layout, n)
@@ -101,6 +102,7 @@ pub fn load(layout: &Layout, object: &[u8], rules: usize) -> Result<Ebpf, Datapl
     // Loaded whether or not the config turns the backstop on, so that a
     // kernel that refuses them fails the start like any other program.
     crate::kernel::backstop::load_programs(&mut ebpf)?;
+    crate::kernel::xdp::load_program(&mut ebpf)?;
     // A config created just now is all zeros: audit mode, generation 0.
     let mut maps = Maps::open(layout)?;
     if maps.config()?.layout == 0 {

@@ -33,6 +33,7 @@ pub(super) struct RawConfig {
     pub(super) state: Option<RawState>,
     pub(super) audit: Option<RawAudit>,
     pub(super) backstop: Option<RawBackstop>,
+    pub(super) xdp: Option<RawBackstop>,
     pub(super) metrics: Option<RawMetrics>,
 }
 
@@ -118,6 +119,7 @@ pub(super) struct RawAudit {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+/// `[backstop]`, and `[xdp]` whose only key is the same `interfaces`.
 pub(super) struct RawBackstop {
     pub(super) interfaces: Option<Spanned<OneOrMany>>,
 }

@@ -189,6 +189,15 @@ pub struct BackstopInterface {
     pub line: usize,
 }
 
+/// `[xdp]`: the interfaces the XDP shield guards (see README, XDP
+/// shield). Only with the host's root cgroup as target: XDP sees every
+/// packet of the interface, whichever process the flow belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct XdpConfig {
+    /// In the order written, duplicates refused. Empty: the shield is off.
+    pub interfaces: Vec<BackstopInterface>,
+}
+
 /// `[metrics]`: the shape of `/metrics`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MetricsConfig {

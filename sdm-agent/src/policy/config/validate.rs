@@ -248,7 +248,10 @@ impl Validator<'_> {
             self.audit(a, &mut cfg.audit)?;
         }
         if let Some(v) = raw.backstop.as_ref().and_then(|b| b.interfaces.as_ref()) {
-            cfg.backstop.interfaces = self.backstop_interfaces(v)?;
+            cfg.backstop.interfaces = self.interfaces("backstop", v)?;
+        }
+        if let Some(v) = raw.xdp.as_ref().and_then(|b| b.interfaces.as_ref()) {
+            cfg.xdp.interfaces = self.interfaces("xdp", v)?;
         }
         if let Some(m) = &raw.metrics {
             cfg.metrics = Self::metrics(m);

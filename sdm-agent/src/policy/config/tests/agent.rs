@@ -57,6 +57,38 @@ fn backstop_interfaces_are_checked_names_with_their_lines() {
 }
 
 #[test]
+fn xdp_interfaces_are_checked_names_with_their_lines() {
+    assert!(ok("").xdp.interfaces.is_empty());
+    let c = ok("[xdp]\ninterfaces = [\n  \"eth0\",\n  \"ens5\",\n]\n");
+    let got: Vec<(&str, usize)> = c
+        .xdp
+        .interfaces
+        .iter()
+        .map(|i| (i.name.as_str(), i.line))
+        .collect();
+    assert_eq!(got, [("eth0", 3), ("ens5", 4)]);
+    assert_eq!(ok("[xdp]\ninterfaces = \"eth0\"\n").xdp.interfaces.len(), 1);
+    fails(
+        "[xdp]\ninterfaces = [\"eth0\",\n \"eth0\"]\n",
+        3,
+        "interfaces",
+        &["[xdp]", "\"eth0\" is listed twice"],
+    );
+    fails(
+        "[xdp]\ninterfaces = [\"eth0:1\"]\n",
+        2,
+        "interfaces",
+        &["[xdp]", "':' cannot appear"],
+    );
+    fails(
+        "[xdp]\ninterface = [\"eth0\"]\n",
+        2,
+        "interface",
+        &["unknown field"],
+    );
+}
+
+#[test]
 fn http_token_and_listen() {
     // Off loopback without a token: an error naming [http] listen.
     let msg = fails(

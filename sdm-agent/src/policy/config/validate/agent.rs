@@ -114,12 +114,14 @@ impl Validator<'_> {
         Ok(())
     }
 
-    /// `[backstop] interfaces`: valid names, each listed once.
-    pub(super) fn backstop_interfaces(
+    /// `[backstop] interfaces` or `[xdp] interfaces` (`table`): valid
+    /// names, each listed once.
+    pub(super) fn interfaces(
         &self,
+        table: &str,
         v: &Spanned<OneOrMany>,
     ) -> Result<Vec<BackstopInterface>, ConfigError> {
-        let here = Here::table("backstop");
+        let here = Here::table(table);
         let mut out: Vec<BackstopInterface> = Vec::new();
         for (name, span) in items(v) {
             valid_interface_name(name)
