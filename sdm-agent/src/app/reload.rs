@@ -303,7 +303,7 @@ impl Agent {
         } else {
             tracing::info!(from = ?self.resolvers, to = ?resolvers, "the resolvers changed: every name is resolved again, by the new ones");
         }
-        resolver.refresh_all_due().await;
+        resolver.refresh_unasked().await;
         Ok(resolver)
     }
 

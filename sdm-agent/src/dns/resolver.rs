@@ -89,6 +89,24 @@ pub enum ResolverError {
     Build(String),
 }
 
+/// Which names a bounded round of refreshes asks.
+#[derive(Clone, Copy, Debug)]
+enum Wanted {
+    /// Those whose refresh is due.
+    Due,
+    /// Those never asked (no answer, no failure yet).
+    Unasked,
+}
+
+impl Wanted {
+    fn wants(self, h: &HostState, now: Instant) -> bool {
+        match self {
+            Wanted::Due => h.next_refresh <= now,
+            Wanted::Unasked => !h.asked(),
+        }
+    }
+}
+
 /// The hostnames of the policy and their states.
 pub struct Resolver {
     inner: TokioResolver,
@@ -240,8 +258,7 @@ impl Resolver {
         self.hosts
             .values()
             .flat_map(|h| {
-                let asked = h.last_success.is_some() || h.failures > 0;
-                let refresh = if asked {
+                let refresh = if h.asked() {
                     h.next_refresh + late
                 } else {
                     h.next_refresh
@@ -259,7 +276,8 @@ impl Resolver {
     pub async fn refresh_due(&mut self) -> bool {
         let batch = (self.timing.max_qps as usize / 2).max(1);
         let now = Instant::now();
-        self.refresh_batch(now, batch, now + BATCH_TIME).await
+        self.refresh_batch(now, batch, now + BATCH_TIME, Wanted::Due)
+            .await
     }
 
     /// Resolves every name due now, in paced batches (at start: the policy
@@ -267,11 +285,23 @@ impl Resolver {
     /// times what the pacing needs plus 10 s; names not asked by then stay
     /// due. Returns whether any allowed set changed.
     pub async fn refresh_all_due(&mut self) -> bool {
+        self.refresh_all(Wanted::Due).await
+    }
+
+    /// Resolves every name never asked yet (a reload's new names), as
+    /// [`Resolver::refresh_all_due`] does; the names carried over keep their
+    /// own refresh times (asking them again here would hold the reload back
+    /// by every refresh due meanwhile).
+    pub async fn refresh_unasked(&mut self) -> bool {
+        self.refresh_all(Wanted::Unasked).await
+    }
+
+    async fn refresh_all(&mut self, wanted: Wanted) -> bool {
         let start = Instant::now();
         let due = self
             .hosts
             .values()
-            .filter(|h| h.next_refresh <= start)
+            .filter(|h| wanted.wants(h, start))
             .count();
         let pacing =
             Duration::from_secs_f64(2.0 * due as f64 / f64::from(self.timing.max_qps.max(1)));
@@ -279,13 +309,13 @@ impl Resolver {
         let mut changed = false;
         let batch = (self.timing.max_qps as usize / 2).max(1);
         let queries = self.queries_sent();
-        while Instant::now() < until && self.hosts.values().any(|h| h.next_refresh <= start) {
-            changed |= self.refresh_batch(start, batch, until).await;
+        while Instant::now() < until && self.hosts.values().any(|h| wanted.wants(h, start)) {
+            changed |= self.refresh_batch(start, batch, until, wanted).await;
         }
         let left = self
             .hosts
             .values()
-            .filter(|h| h.next_refresh <= start)
+            .filter(|h| wanted.wants(h, start))
             .count();
         tracing::info!(
             names = due,
@@ -299,11 +329,17 @@ impl Resolver {
 
     /// Resolves at most `batch` names due by `now` (the earliest first),
     /// starting no query after `until`.
-    async fn refresh_batch(&mut self, now: Instant, batch: usize, until: Instant) -> bool {
+    async fn refresh_batch(
+        &mut self,
+        now: Instant,
+        batch: usize,
+        until: Instant,
+        wanted: Wanted,
+    ) -> bool {
         let mut due: Vec<(&String, Instant)> = self
             .hosts
             .iter()
-            .filter(|(_, s)| s.next_refresh <= now)
+            .filter(|(_, s)| wanted.wants(s, now))
             .map(|(h, s)| (h, s.next_refresh))
             .collect();
         due.sort_by_key(|(_, at)| *at);

@@ -29,6 +29,11 @@ pub struct HostState {
 }
 
 impl HostState {
+    /// Whether the name was ever asked: answered or failed.
+    pub fn asked(&self) -> bool {
+        self.last_success.is_some() || self.failures > 0
+    }
+
     pub fn new(now: Instant) -> Self {
         Self {
             current: Vec::new(),

@@ -435,3 +435,27 @@ async fn no_query_starts_after_the_gate_closes() {
     );
     assert!(started.elapsed() < Duration::from_millis(1_000));
 }
+
+/// A reload asks only the names it adds: a carried-over name whose
+/// refresh is due waits for the agent's loop (asking it in the reload
+/// held the flip back by every refresh due meanwhile).
+#[tokio::test]
+async fn refresh_unasked_asks_only_new_names() {
+    let _turn = RESPONDER_TESTS.lock().await;
+    let dns = Responder::start(300, Duration::ZERO).await;
+    let names = names(4);
+    let mut r = resolver_for(&dns, DnsTiming::default(), &names[..3]);
+    r.refresh_all_due().await;
+    assert_eq!(dns.seen().len(), 6);
+    for n in &names[..3] {
+        let mut s = r.hosts()[n].clone();
+        s.next_refresh = Instant::now();
+        r.seed(n, s);
+    }
+    r.set_names(names.iter().map(String::as_str), Instant::now());
+    r.refresh_unasked().await;
+    assert_eq!(dns.seen().len(), 8, "{:?}", dns.seen());
+    assert_all_resolved(&r, &names);
+    r.refresh_all_due().await;
+    assert_eq!(dns.seen().len(), 14, "the due names were not asked after");
+}
