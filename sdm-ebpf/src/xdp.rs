@@ -35,7 +35,7 @@ use sdm_common::{
     PROTO_TCP, PROTO_UDP, XDP_FLOW_ENTRIES, XDP_STAT_ENTRIES,
 };
 
-use crate::{maps::CONFIG, parse::PacketFlow, policy::lookup, stats::add};
+use crate::{maps::CONFIG, parse::PacketFlow, policy::lookup, stats::add_packet};
 
 #[map(name = "SDM_XDP_FLOWS")]
 pub(crate) static XDP_FLOWS: LruHashMap<XdpFlowKey, u8> =
@@ -56,9 +56,9 @@ const MAX_EXT_HEADERS: usize = 3;
 
 #[xdp]
 pub fn sdm_xdp(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u32;
     let verdict = judge(&ctx);
-    add(&XDP_STATS, verdict as u32, len);
+    // Packets only: nothing reads the shield's byte counts.
+    add_packet(&XDP_STATS, verdict as u32);
     if verdict == XdpVerdict::Passed {
         return xdp_action::XDP_PASS;
     }

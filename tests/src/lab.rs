@@ -64,8 +64,8 @@ pub use self::{
     dns::{Answer, DnsMode, FakeDns},
     probes::{assert_watches_held, set_recv_timeout, watch_outcomes, BgProbe, Sniffer},
     status::{
-        denied, denied_bytes, denied_packets, dns_addresses, dns_failures, metric, result, rule,
-        rule_packets,
+        denied, denied_bytes, denied_packets, dns_addresses, dns_failures, generation, metric,
+        names_line, result, rule, rule_packets,
     },
 };
 

@@ -6,7 +6,12 @@
 
 #![allow(clippy::too_many_lines, reason = "a test reads as one scenario")]
 
-use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use sdm_tests::{
     gateway::{self, sa, wait_for, DB, DENY_MS, OTHER},
@@ -32,15 +37,20 @@ fn chromium() -> PathBuf {
         })
 }
 
-/// Loads `url` in headless Chromium inside the lab's host namespace, lets
-/// its scripts run (fetches, a few refreshes) and returns the DOM.
-fn render(lab: &Lab, url: &str) -> String {
-    let profile = lab.dir.path().join("chromium-profile");
-    // nsenter --net: only the network namespace, so /sys and /dev stay as
-    // they are (ip netns exec would remount /sys).
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", lab.host.path().display()))
-        .arg(chromium())
+/// Headless Chromium with the flags every test here uses, its profile in
+/// `profile` and `HOME` at `home`, in the network namespace `netns` if one
+/// is given (through nsenter --net: only the network namespace, so /sys and
+/// /dev stay as they are; ip netns exec would remount /sys).
+fn headless_chromium(netns: Option<&Path>, profile: &Path, home: &Path) -> Command {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg(chromium());
+            c
+        }
+        None => Command::new(chromium()),
+    };
+    command
         .args([
             "--headless",
             // Root in a test VM: Chromium's sandbox needs user namespaces
@@ -52,13 +62,21 @@ fn render(lab: &Lab, url: &str) -> String {
             "--disable-extensions",
             "--disable-background-networking",
             "--disable-component-update",
-            "--virtual-time-budget=8000",
             "--window-size=1400,1800",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
+        .env("HOME", home);
+    command
+}
+
+/// Loads `url` in headless Chromium inside the lab's host namespace, lets
+/// its scripts run (fetches, a few refreshes) and returns the DOM.
+fn render(lab: &Lab, url: &str) -> String {
+    let profile = lab.dir.path().join("chromium-profile");
+    let out = headless_chromium(Some(&lab.host.path()), &profile, lab.dir.path())
+        .arg("--virtual-time-budget=8000")
         .arg("--dump-dom")
         .arg(url)
-        .env("HOME", lab.dir.path())
         .output()
         .unwrap_or_else(|e| panic!("run chromium: {e}"));
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -24,18 +24,12 @@ use sdm_tests::gateway::{
     DB, DENY_MS, GATEWAY_HOSTS, OK_MS, OTHER,
 };
 use sdm_tests::lab::{
-    dns_addresses, dns_failures, metric, rule, AgentConfig, Answer, BgProbe, Lab,
+    dns_addresses, dns_failures, generation, metric, rule, AgentConfig, Answer, BgProbe, Lab,
 };
 use serde_json::Value;
 
 fn new_lab() -> Lab {
     Lab::new(env!("CARGO_BIN_EXE_lab-probe"))
-}
-
-fn generation(status: &Value) -> u64 {
-    status["generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no generation in {status}"))
 }
 
 /// The `dns` entry of `host` in `status --json`.

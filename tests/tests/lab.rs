@@ -19,8 +19,8 @@ use sdm_tests::gateway::{
     GW2, OK_MS, OTHER, VAULT,
 };
 use sdm_tests::lab::{
-    denied, denied_packets, dns_addresses, dns_failures, metric, result, rule, rule_packets,
-    AgentConfig, DnsMode, Lab,
+    denied, denied_packets, dns_addresses, dns_failures, generation, metric, names_line, result,
+    rule, rule_packets, AgentConfig, DnsMode, Lab,
 };
 use serde_json::Value;
 
@@ -37,12 +37,6 @@ fn gateway_lab(mode: &str, dns: &str) -> (Lab, std::path::PathBuf) {
     let mut lab = new_lab();
     let config = gateway::start(&mut lab, mode, dns);
     (lab, config)
-}
-
-fn generation(status: &Value) -> u64 {
-    status["generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no generation in {status}"))
 }
 
 /// The lab's own plumbing, without any agent: DNS over UDP, A, AAAA and
@@ -833,17 +827,6 @@ fn bad_config_changes_nothing() {
         assert_eq!(s["mode"], "enforce");
         assert_eq!(s["agent_running"], true, "the agent after {file}: {s}");
     }
-}
-
-/// Whether `text` says "line <n>" (and not "line <n>5").
-fn names_line(text: &str, n: usize) -> bool {
-    let pat = format!("line {n}");
-    text.match_indices(&pat).any(|(i, _)| {
-        !text[i + pat.len()..]
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit())
-    })
 }
 
 /// `sdm-agent <cmd> --config <bad>`; `run` is started in the lab's host

@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use sdm_tests::gateway::{self, expect_ok, sa, wait_for, APP, DB, DENY_MS, OK_MS, OTHER};
-use sdm_tests::lab::{metric, result, rule, Lab};
+use sdm_tests::lab::{generation, metric, names_line, result, rule, Lab};
 use serde_json::Value;
 
 /// The rule the reload adds: the unlisted address, by a name the fake DNS
@@ -18,12 +18,6 @@ const ADDED: &str = "\n[[allow]]\n\
                      proto = \"tcp\"\n\
                      port = 443\n\
                      to = \"other.lab.test\"\n";
-
-fn generation(s: &Value) -> u64 {
-    s["generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no generation in {s}"))
-}
 
 /// `last_reload`'s (applied, refused) counts in `status --json`.
 fn reload_counts(s: &Value) -> (u64, u64) {
@@ -64,17 +58,6 @@ fn counter(lab: &Lab, name: &str) -> f64 {
 
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-/// Whether `text` says "line <n>" (and not "line <n>5").
-fn names_line(text: &str, n: usize) -> bool {
-    let pat = format!("line {n}");
-    text.match_indices(&pat).any(|(i, _)| {
-        !text[i + pat.len()..]
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit())
-    })
 }
 
 #[test]

@@ -422,14 +422,26 @@ fn dns_and_reload_figures(n: usize, s: &[Sample], feat: &Features, figs: &mut Ve
         summarize(&col(|x| x.qps)),
     )
     .detail(format!(
-        "peak in one second: {:.0}; A and AAAA of every name once per TTL would be {:.0}/s",
-        median(&col(|x| x.peak_qps)),
+        "A and AAAA of every name once per TTL would be {:.0}/s",
         2.0 * n as f64 / f64::from(feat.ttl_secs)
     ))
     .decimals(0);
+    // The ceiling is on every second, not on the mean: names answered
+    // with the same TTL fall due together, and only the busiest second
+    // shows whether the pacing held them to it (the mean stays far below
+    // max_qps with or without pacing).
+    let peak = Figure::measured(
+        6,
+        &format!("gateway.{n}.dns_peak_qps"),
+        &format!("Gateway, {size} resources: resolver queries in the busiest second, steady state"),
+        "queries",
+        summarize(&col(|x| x.peak_qps)),
+    )
+    .decimals(0);
+    figs.push(qps.note_target("none (the busiest second holds the target)"));
     figs.push(match feat.max_qps {
-        Some(q) => qps.target(&format!("≤ {q} ([dns] max_qps)"), Goal::AtMost(q)),
-        None => qps.note_target("none (this agent has no [dns] max_qps)"),
+        Some(q) => peak.target(&format!("≤ {q} ([dns] max_qps)"), Goal::AtMost(q)),
+        None => peak.note_target("none (this agent has no [dns] max_qps)"),
     });
     let reloads: Vec<f64> = s.iter().filter_map(|x| x.reload).collect();
     figs.push(if reloads.is_empty() {

@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     sync::{atomic::AtomicU64, atomic::Ordering, Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -14,10 +14,10 @@ use crate::{
     api::metrics::AgentStats,
     api::status::{self, ReloadStatus, StateFile},
     dns::resolver::{DnsTiming, HostState, Resolver},
-    flows,
+    flows::{self, flow::now_ms},
     kernel::dataplane::{Layout, Maps},
     kernel::entries,
-    policy::config::{Config, DnsConfig},
+    policy::config::Config,
     policy::Policy,
 };
 
@@ -72,11 +72,6 @@ pub(super) struct Pending {
     pub(super) mode: bool,
 }
 
-/// The resolver's timing, as `[dns]` sets it.
-pub(super) fn dns_timing(dns: &DnsConfig) -> DnsTiming {
-    DnsTiming::from(dns)
-}
-
 pub(super) fn lock(maps: &Mutex<Maps>) -> Result<std::sync::MutexGuard<'_, Maps>> {
     maps.lock()
         .map_err(|_| anyhow::anyhow!("maps lock poisoned"))
@@ -100,12 +95,12 @@ impl Agent {
         let ids = lock(&maps)?
             .assign_rule_ids(&names)
             .context("assign rule ids")?;
-        let mut resolver = Resolver::new(resolvers, dns_timing(&config.dns))?;
+        let mut resolver = Resolver::new(resolvers, DnsTiming::from(&config.dns))?;
         resolver.count_queries_in(stats.resolver_queries.clone());
         let hosts = hostnames(&policy);
         resolver.set_names(hosts.iter().map(String::as_str), Instant::now());
         let dns_fingerprint = status::dns_fingerprint(resolvers, &hosts);
-        seed_from_previous(&mut resolver, layout, &hosts, &dns_fingerprint);
+        seed_from_previous(&mut resolver, layout, &dns_fingerprint);
         tracing::info!(hostnames = hosts.len(), resolvers = ?resolvers, "resolving");
         Ok(Agent {
             layout: layout.clone(),
@@ -230,12 +225,17 @@ impl Agent {
         if unchanged {
             return Ok(());
         }
-        self.write_state()
+        self.write_state_with(digest)
     }
 
     pub(super) fn write_state(&self) -> Result<()> {
+        self.write_state_with(self.resolver.report_digest())
+    }
+
+    /// Writes the state file; `digest` is the resolver's report digest now.
+    fn write_state_with(&self, digest: u64) -> Result<()> {
         if let Ok(mut w) = self.state_written.lock() {
-            *w = (Instant::now(), self.resolver.report_digest());
+            *w = (Instant::now(), digest);
         }
         StateFile {
             pid: std::process::id(),
@@ -243,10 +243,7 @@ impl Agent {
             rules: self.policy.rules.clone(),
             dns: self.resolver.report(),
             policy_error: self.policy_error.clone(),
-            updated: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            updated: now_ms() / 1000,
             dns_fingerprint: Some(self.dns_fingerprint.clone()),
             flow_store_evictions: self.store_evictions.load(Ordering::Relaxed),
             last_reload: self.last_reload.clone(),
@@ -261,12 +258,7 @@ impl Agent {
 /// recorded for the same resolvers and names (`fingerprint`) are adopted:
 /// another config's answers, from resolvers this one does not trust, are
 /// not "last good" here.
-pub(super) fn seed_from_previous(
-    resolver: &mut Resolver,
-    layout: &Layout,
-    names: &[String],
-    fingerprint: &str,
-) {
+pub(super) fn seed_from_previous(resolver: &mut Resolver, layout: &Layout, fingerprint: &str) {
     let Some(prev) = StateFile::read(layout) else {
         return;
     };
@@ -281,7 +273,8 @@ pub(super) fn seed_from_previous(
     let now = Instant::now();
     let timing = resolver.timing().clone();
     for h in dns {
-        if !names.contains(&h.hostname) || h.addresses.is_empty() {
+        // A name the policy no longer has is not tracked: `seed` ignores it.
+        if h.addresses.is_empty() {
             continue;
         }
         let mut st = HostState::new(now);

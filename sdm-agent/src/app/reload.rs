@@ -16,20 +16,21 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::atomic::Ordering,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::Instant,
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::{
     api::status::{self, monotonic_ns, ReloadStatus},
-    dns::resolver::Resolver,
+    dns::resolver::{DnsTiming, Resolver},
+    flows::flow::now_ms,
     kernel::{dataplane::DataplaneError, entries},
     policy::{compile, config::Config, Policy},
 };
 
 use super::{
-    agent::{dns_timing, lock, Agent, Pending},
+    agent::{lock, Agent, Pending},
     attach::{set_mode, write_dns_learning},
     event_loop::Running,
     prepare::{config_label, hostnames, prepare},
@@ -92,13 +93,6 @@ enum Reloaded {
     Applied { writes: usize },
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Running {
     /// SIGHUP: reloads the config; logs, counts and records the outcome.
     /// systemd (`Type=notify`) is told the reload started and ended, so
@@ -135,7 +129,7 @@ impl Running {
             }
         };
         self.agent.last_reload = Some(ReloadStatus {
-            at: unix_now(),
+            at: now_ms() / 1000,
             ok: error.is_none(),
             generation,
             duration_ms: ms,
@@ -202,8 +196,8 @@ impl Agent {
     /// the live policy: its new rules get ids, its new hostnames are
     /// resolved before the flip (the answers of names it keeps are reused),
     /// then the maps are written and flipped as in [`Agent::sync`]. Any
-    /// error before the flip leaves the agent and the live policy as they
-    /// were. Returns the map writes.
+    /// error is before the flip and leaves the agent and the live policy as
+    /// they were. Returns the map writes.
     pub(super) async fn replace_policy(
         &mut self,
         old: &Config,
@@ -242,11 +236,15 @@ impl Agent {
         self.resolvers = resolvers.to_vec();
         self.policy_error = None;
         self.update_hostname_index();
-        {
-            let mut m = lock(&self.maps)?;
-            write_dns_learning(&mut m, &self.policy, resolvers, config)?;
+        // The flip is done: from here on nothing may report the reload as
+        // refused (the new policy is live). A failed trim leaves the old
+        // config's names learnable too, which the next reload or restart
+        // mends; the caller writes the state file.
+        let trimmed = lock(&self.maps)
+            .and_then(|mut m| write_dns_learning(&mut m, &self.policy, resolvers, config));
+        if let Err(e) = trimmed {
+            tracing::warn!(error = %format!("{e:#}"), "the new policy is live, but trimming the DNS learning maps to its names failed; they also hold the previous config's names");
         }
-        self.write_state()?;
         Ok(writes)
     }
 
@@ -291,7 +289,7 @@ impl Agent {
         policy: &Policy,
         resolvers: &[IpAddr],
     ) -> Result<Resolver> {
-        let mut resolver = Resolver::new(resolvers, dns_timing(&config.dns))?;
+        let mut resolver = Resolver::new(resolvers, DnsTiming::from(&config.dns))?;
         resolver.count_queries_in(self.resolver.query_counter());
         let hosts = hostnames(policy);
         resolver.set_names(hosts.iter().map(String::as_str), Instant::now());

@@ -5,20 +5,18 @@ use std::os::{linux::net::SocketAddrExt as _, unix::net::UnixDatagram};
 
 use std::{net::IpAddr, time::Instant};
 
-use super::{
-    agent::{dns_timing, seed_from_previous},
-    systemd::sd_notify,
-};
+use super::{agent::seed_from_previous, systemd::sd_notify};
 use crate::{
     api::status::StateFile,
+    dns::resolver::DnsTiming,
     dns::resolver::Resolver,
     kernel::dataplane::{self, Layout},
     policy::config::DnsConfig,
 };
 
 /// The default `[dns]` timing (30 s floor, 1 h ceiling, 10 min grace).
-fn timing() -> crate::dns::resolver::DnsTiming {
-    dns_timing(&DnsConfig::default())
+fn timing() -> DnsTiming {
+    DnsTiming::from(&DnsConfig::default())
 }
 
 /// Issue 16: a state file left by a run with other resolvers (or
@@ -54,7 +52,7 @@ fn previous_dns_answers_are_adopted_only_for_the_same_resolvers_and_names() {
         let mut r = Resolver::new(resolvers, timing()).unwrap();
         r.set_names(names.iter().map(String::as_str), Instant::now());
         let fp = crate::api::status::dns_fingerprint(resolvers, names);
-        seed_from_previous(&mut r, &layout, names, &fp);
+        seed_from_previous(&mut r, &layout, &fp);
         r.addresses("db.example").to_vec()
     };
     // The same resolvers (in another order, duplicated) and names.

@@ -155,3 +155,23 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `text` (an agent's error, a log) says "line <n>" and not
+/// "line <n>5": a config error names the line it is on.
+pub fn names_line(text: &str, n: usize) -> bool {
+    let pat = format!("line {n}");
+    text.match_indices(&pat).any(|(i, _)| {
+        !text[i + pat.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+/// The policy generation `status --json` reports (it flips at every
+/// applied policy change).
+pub fn generation(status: &Value) -> u64 {
+    status["generation"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no generation in {status}"))
+}

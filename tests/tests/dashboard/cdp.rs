@@ -12,7 +12,7 @@ use std::{
         unix::process::CommandExt as _,
     },
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::mpsc::{self, Receiver},
     time::{Duration, Instant},
 };
@@ -38,39 +38,17 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 }
 
 impl Browser {
-    /// Starts `chromium` headless with its profile in `profile`, in the
-    /// network namespace `netns` if one is given (through nsenter --net:
-    /// only the network namespace, so /sys and /dev stay as they are).
-    pub fn start(chromium: &Path, profile: &Path, netns: Option<&Path>) -> Self {
+    /// Starts Chromium headless ([`super::headless_chromium`]) with its
+    /// profile in `profile`, in the network namespace `netns` if one is
+    /// given.
+    pub fn start(profile: &Path, netns: Option<&Path>) -> Self {
         let (cmd_read, cmd_write) = pipe();
         let (ans_read, ans_write) = pipe();
         let (cr, aw) = (cmd_read.as_raw_fd(), ans_write.as_raw_fd());
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg(chromium);
-                c
-            }
-            None => Command::new(chromium),
-        };
+        let mut command = super::headless_chromium(netns, profile, profile);
         command
-            .args([
-                "--headless",
-                // Root in a test VM: Chromium's sandbox needs user
-                // namespaces it may not get; the page is the test's own.
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--disable-extensions",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--window-size=1400,1800",
-                "--remote-debugging-pipe",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("--remote-debugging-pipe")
             .arg("about:blank")
-            .env("HOME", profile)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -95,7 +73,7 @@ impl Browser {
         }
         let child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", chromium.display()));
+            .unwrap_or_else(|e| panic!("start chromium: {e}"));
         drop((cmd_read, ans_write));
         let (tx, answers) = mpsc::channel();
         std::thread::spawn(move || {

@@ -10,7 +10,7 @@ use sdm_tests::{
 };
 use serde_json::Value;
 
-use super::{cdp, chromium, new_lab};
+use super::{cdp, new_lab};
 
 /// The page time a search or a page turn may take: generous, for a loaded
 /// CI machine (a few hundred ms on an idle one); the figures are printed.
@@ -34,7 +34,7 @@ fn dashboard_pages_10000_rules_in_chromium() {
     let server = FixtureServer::start(Arc::new(move || Some((*big).clone())))
         .unwrap_or_else(|e| panic!("start the fixture server: {e}"));
     let profile = sdm_tests::guards::TempDir::new("chromium");
-    let mut b = cdp::Browser::start(&chromium(), profile.path(), None);
+    let mut b = cdp::Browser::start(profile.path(), None);
     b.navigate(&format!("http://{}/", server.addr));
 
     // The first page on screen, from the navigation's start.
@@ -346,7 +346,7 @@ fn dashboard_of_a_running_agent_with_10000_rules() {
     }
 
     let profile = lab.dir.path().join("chromium-cdp");
-    let mut b = cdp::Browser::start(&chromium(), &profile, Some(&lab.host.path()));
+    let mut b = cdp::Browser::start(&profile, Some(&lab.host.path()));
     b.navigate(&format!("http://{AGENT_LISTEN}/"));
     let first = b
         .wait_for(

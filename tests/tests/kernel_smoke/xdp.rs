@@ -137,6 +137,7 @@ pub(super) fn run() {
 
     let check = Check("xdp-flood");
     let before = lab.status();
+    let stack_before = stack_answers(&lab);
     let advertised = sa(lab.host_ip(), ADVERTISED).to_string();
     let scan = std::thread::scope(|scope| {
         let flooder = scope.spawn(|| flood(&lab));
@@ -164,6 +165,15 @@ pub(super) fn run() {
         "timeout",
         "a scanned closed port stays silent: {v}"
     );
+    // No RST left the gateway, but its egress program would drop one too
+    // (the root cgroup is enforced): that the stack never saw the scan is
+    // what shows the shield dropped it (the counters rise when the kernel
+    // answers, before any egress hook).
+    let stack_after = stack_answers(&lab);
+    assert_eq!(
+        stack_after, stack_before,
+        "the gateway's stack answered the scan (Tcp OutRsts, Udp NoPorts before and after): the shield did not drop it"
+    );
     let after = lab.status();
     let tcp = packets(&after, "unsolicited_tcp") - packets(&before, "unsolicited_tcp");
     let udp = packets(&after, "closed_udp") - packets(&before, "closed_udp");
@@ -185,6 +195,38 @@ pub(super) fn run() {
         "a connection the gateway starts gets its replies: {v}"
     );
     check.ok("");
+}
+
+/// The gateway's `Tcp: OutRsts` and `Udp: NoPorts` (its namespace's
+/// /proc/net/snmp): RSTs it sent and datagrams it found no socket for.
+/// tcp_v4_send_reset counts before the reply reaches any egress hook
+/// (https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp_ipv4.c), and
+/// __udp4_lib_rcv counts a closed port on receipt
+/// (https://github.com/torvalds/linux/blob/v6.1/net/ipv4/udp.c).
+fn stack_answers(lab: &Lab) -> (u64, u64) {
+    let text = {
+        let _inside = lab.host.enter();
+        // thread-self: /proc/self/net is the thread group leader's
+        // namespace, not this thread's.
+        std::fs::read_to_string("/proc/thread-self/net/snmp")
+            .unwrap_or_else(|e| panic!("read the gateway's /proc/net/snmp: {e}"))
+    };
+    (snmp(&text, "Tcp", "OutRsts"), snmp(&text, "Udp", "NoPorts"))
+}
+
+/// One counter of /proc/net/snmp: a line of names under `proto`, then a
+/// line of values.
+fn snmp(text: &str, proto: &str, name: &str) -> u64 {
+    let prefix = format!("{proto}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (lines.next(), lines.next());
+    names
+        .zip(values)
+        .and_then(|(n, v)| {
+            let i = n.split_whitespace().position(|f| f == name)?;
+            v.split_whitespace().nth(i)?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {proto} {name} in /proc/net/snmp:\n{text}"))
 }
 
 /// 10.231.N.1, the gateway (`ipv4(lab, 0)` stands for it).

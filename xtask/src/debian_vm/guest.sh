@@ -247,11 +247,21 @@ reloads_refused() { status_value "(s.get('last_reload') or {}).get('refused', 0)
 # process; then a bad key is refused and the agent runs on. The config is
 # put back as it was for the scenarios after this one.
 reload_agent() {
+    cp "$CONFIG" "$STATE/config.before-reload"
+    reload_steps && return 0
+    # A failed step leaves the added rule (or the bad key) in the config:
+    # put it back, so that the later scenarios (a reboot starts the agent
+    # from it) fail for their own reasons only.
+    cp "$STATE/config.before-reload" "$CONFIG"
+    systemctl reload sdm-agent.service
+    return 1
+}
+
+reload_steps() {
     local pid agent mark
     pid=$(proxy_pid)
     agent=$(agent_main_pid)
     mark=$(lines)
-    cp "$CONFIG" "$STATE/config.before-reload"
     printf '\n[[allow]]\nname = "reloaded"\ndirection = "egress"\nto = "10.77.0.2/32"\nport = 8443\nproto = "tcp"\n' >>"$CONFIG"
     systemctl reload sdm-agent.service || no "systemctl reload sdm-agent failed" || return 1
     until_true 20 reloaded_rule_live ||

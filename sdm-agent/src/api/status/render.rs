@@ -87,8 +87,10 @@ fn header(o: &mut String, s: &Status) {
         };
         let _ = writeln!(
             o,
-            "reload:     {what}; at unix time {} ({} applied, {} refused since start)",
-            r.at, r.applied, r.refused
+            "reload:     {what}; at {} ({} applied, {} refused since start)",
+            crate::flows::flow::rfc3339(r.at.saturating_mul(1000)),
+            r.applied,
+            r.refused
         );
     }
 }
