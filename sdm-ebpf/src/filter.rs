@@ -62,7 +62,7 @@ use crate::{
     maps::CONFIG,
     parse::{parse, PacketFlow},
     policy::{lookup, note_peers, reverse_lookup, NO_RULE},
-    sock::{cached_rule, full_socket, remember},
+    sock::{cached_rule, remember, skb_socket},
     stats::count_rule,
     PASS,
 };
@@ -115,7 +115,7 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
         Ok(flow) => flow,
         Err(_) if loopback_pass => return PASS,
         Err(why) => {
-            let sk = full_socket(ctx);
+            let sk = skb_socket(ctx);
             return deny(
                 ctx,
                 &ctx.skb,
@@ -130,7 +130,7 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
         }
     };
     let slot = config.generation & 1;
-    let sk = full_socket(ctx);
+    let sk = skb_socket(ctx);
     let port = if egress {
         flow.remote_port
     } else {

@@ -110,6 +110,21 @@ pub(crate) fn cache_port(flow: &PacketFlow) -> u16 {
     }
 }
 
+/// The packet's socket as the context holds it (a `sock_common`, null
+/// without one), for what accepts one: socket storage (the helper checks
+/// for a full socket itself and finds nothing on a request or timewait
+/// socket: `bpf_sk_storage_get` in
+/// https://github.com/torvalds/linux/blob/v6.18/net/core/bpf_sk_storage.c)
+/// and the `state` field. One helper call fewer per packet than
+/// [`full_socket`]; helper calls are most of what an established flow
+/// costs.
+#[inline(always)]
+pub(crate) fn skb_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
+    // SAFETY: reading the context's `sk` field, which the verifier allows
+    // for cgroup_skb programs.
+    unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }
+}
+
 #[inline(always)]
 pub(crate) fn full_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
     // SAFETY: reading the context's `sk` field, which the verifier allows
