@@ -8,7 +8,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_sk_fullsock, bpf_sk_storage_get},
+        generated::{bpf_sk_fullsock, bpf_sk_storage_get, bpf_tcp_sock},
     },
     macros::cgroup_sock,
     programs::{SkBuffContext, SockContext},
@@ -22,10 +22,18 @@ use crate::{
     PASS,
 };
 
-/// Records the creating process on every new socket of the cgroup, so
-/// denies on it can name who owns it.
+/// Records the creating process on every new socket of the cgroup but TCP
+/// ones, so denies on it can name who owns it. A TCP socket's verdicts are
+/// taken at `connect()` in the caller's context (`sock_addr`), and its
+/// storage is created only when caching pays ([`remember`]): creating it
+/// here cost a short connection about 0.9 us, a third of what the programs
+/// cost it (BENCHMARKS.md figure 8).
 #[cgroup_sock(sock_create)]
 pub fn sdm_sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: reading a field of the context the verifier allows here.
+    if unsafe { (*ctx.sock).protocol } == u32::from(PROTO_TCP) {
+        return PASS;
+    }
     // SAFETY: the context is the new socket; sk storage accepts it here
     // (bpf_sk_storage_get_cg_sock_proto, net/core/bpf_sk_storage.c).
     let state = unsafe {
@@ -177,13 +185,45 @@ pub(crate) enum Cached {
     Replaced([u8; 16], u16, u32),
 }
 
-/// Caches the verdict of a flow step 6 allowed on its socket (creating the
-/// storage for sockets older than the programs, or seen only by
-/// BPF_PROG_TEST_RUN).
+/// Segments a TCP connection has sent and received before its verdict is
+/// cached: a connection that opens, asks once and closes (what a gateway
+/// does for every proxied session) takes about ten, each judged by the
+/// allowlist for a few tens of ns, which costs less than creating the
+/// storage (an allocation, about 0.9 us here).
+pub(crate) const TCP_CACHE_AFTER_SEGS: u32 = 16;
+
+/// Whether caching this flow's verdict pays: always for a socket that has
+/// storage already, and for datagram sockets (connected UDP talks to one
+/// peer for its life); for TCP, once the connection has lived past
+/// [`TCP_CACHE_AFTER_SEGS`] segments.
+#[inline(always)]
+fn caching_pays(sk: *mut bpf_sock, flow: &PacketFlow) -> bool {
+    if flow.proto != PROTO_TCP || sk.is_null() {
+        return true;
+    }
+    // SAFETY: sk is the context's socket, non-null; the helper accepts a
+    // sock_common and returns null unless it is a full TCP socket.
+    let tp = unsafe { bpf_tcp_sock(sk.cast()) };
+    if tp.is_null() {
+        return true;
+    }
+    // SAFETY: a non-null pointer from bpf_tcp_sock, read-only fields.
+    let segs = unsafe { (*tp).segs_in.wrapping_add((*tp).segs_out) };
+    segs >= TCP_CACHE_AFTER_SEGS
+}
+
+/// Caches the verdict of a flow step 6 allowed on its socket, creating the
+/// storage where caching pays (sockets older than the programs, TCP
+/// sockets, sockets seen only by BPF_PROG_TEST_RUN).
 #[inline(always)]
 pub(crate) fn remember(sk: *mut bpf_sock, flow: &PacketFlow, dir: TrafficDir, rule: u32) -> Cached {
-    let Some(state) = sock_state(sk, true) else {
-        return Cached::No;
+    let state = match sock_state(sk, false) {
+        Some(state) => state,
+        None if caching_pays(sk, flow) => match sock_state(sk, true) {
+            Some(state) => state,
+            None => return Cached::No,
+        },
+        None => return Cached::No,
     };
     // SAFETY: a non-null pointer from bpf_sk_storage_get.
     let st = unsafe { &mut *state };

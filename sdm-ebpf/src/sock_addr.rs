@@ -8,10 +8,11 @@
 //!
 //! Verdict order:
 //!
-//!  1. Every call: the calling process is recorded on the socket, for
-//!     later deny events.
-//!  2. Not TCP or UDP, or audit mode: allow (the packet path counts the
-//!     would-be drops).
+//!  1. Every call but TCP's: the calling process is recorded on the
+//!     socket, for later deny events. (A TCP socket gets storage only where
+//!     it pays: see `sock::remember`, and step 7.)
+//!  2. Not TCP or UDP, or audit mode and UDP: allow (the packet path counts
+//!     the would-be drops).
 //!  3. An IPv4-mapped IPv6 destination (`::ffff:a.b.c.d`) is judged as the
 //!     IPv4 address it goes out as.
 //!  4. A loopback destination with `loopback = pass`: allow (judged on the
@@ -23,7 +24,11 @@
 //!     answering with `sendto()`): allow. A
 //!     `connect()` is never a reply, whatever port the socket is bound to.
 //!  7. Otherwise refuse: counted as an enforce-mode egress `no_rule` deny
-//!     and reported with the process's pid and comm.
+//!     and reported with the process's pid and comm. In audit mode (TCP
+//!     only gets here) the call passes, and the process is recorded on the
+//!     socket for the packet path's would-be drops.
+
+use core::ptr;
 
 use aya_ebpf::{
     helpers::{
@@ -34,7 +39,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use sdm_common::{
-    deny_index, DenyReason, KernelMode, TrafficDir, LOOPBACK_ENFORCE, PROTO_TCP, PROTO_UDP,
+    deny_index, DenyReason, KernelMode, SockState, TrafficDir, LOOPBACK_ENFORCE, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
@@ -71,16 +77,15 @@ pub fn sdm_sendmsg6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 pub(crate) fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     let sa = ctx.sock_addr;
-    // 1.
-    // SAFETY: the storage API takes this context.
-    let st = unsafe { SOCK_STATE.get_or_insert_ptr_mut(ctx, None) };
-    // SAFETY: null or a pointer from bpf_sk_storage_get.
-    if let Some(st) = unsafe { st.as_mut() } {
-        record_process(st);
-    }
     // SAFETY: reading context fields the verifier allows for sock_addr programs.
     let (proto, port_be) = unsafe { ((*sa).protocol, (*sa).user_port) };
     let proto = proto as u8;
+    // 1.
+    let st = if proto == PROTO_TCP {
+        ptr::null_mut()
+    } else {
+        record_caller(ctx)
+    };
     // 2.
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return PASS;
@@ -88,7 +93,8 @@ pub(crate) fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return PASS;
     };
-    if config.mode != KernelMode::Enforce {
+    let audit = config.mode != KernelMode::Enforce;
+    if audit && proto != PROTO_TCP {
         return PASS;
     }
     let remote_port = u16::from_be(port_be as u16);
@@ -149,7 +155,24 @@ pub(crate) fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
         }
     }
     // 7.
+    if audit {
+        record_caller(ctx);
+        return PASS;
+    }
     refuse(&flow)
+}
+
+/// Step 1: the calling process, recorded on the socket's storage (created
+/// if need be); the storage, or null if the kernel could not allocate it.
+#[inline(always)]
+fn record_caller(ctx: &SockAddrContext) -> *mut SockState {
+    // SAFETY: the storage API takes this context.
+    let st = unsafe { SOCK_STATE.get_or_insert_ptr_mut(ctx, None) };
+    // SAFETY: null or a pointer from bpf_sk_storage_get.
+    if let Some(s) = unsafe { st.as_mut() } {
+        record_process(s);
+    }
+    st
 }
 
 /// The destination of the call, as the packet program will see it: an

@@ -24,6 +24,7 @@ use sdm_agent::{
     kernel::entries,
     policy::{Direction, Policy, PortRange, Proto, Rule, Target},
 };
+use sdm_common::MAP_SOCK_STATE;
 use sdm_tests::{
     gateway::{self, expect_ok, sa, wait_for, DB, DENY_MS, OK_MS, OTHER},
     guards::{Cgroup, Netns, Pins},
@@ -309,4 +310,60 @@ fn an_ipv4_mapped_connect_is_judged_as_its_ipv4_address() {
         0,
         "a SYN for {denied} reached the net side"
     );
+}
+
+/// Socket storage only where caching pays (sdm-ebpf/src/sock.rs
+/// `remember`): a TCP connection that asks once never gets any (creating
+/// it at socket() cost a short connection about a third of the programs'
+/// time, BENCHMARKS.md figure 8); one that lives past 16 segments gets its
+/// verdict cached. In audit mode, a connect() that enforce mode would
+/// refuse records its process on the socket, so the packet path's
+/// would-be drop still names it.
+#[test]
+fn tcp_sockets_get_storage_only_where_caching_pays() {
+    let mut lab = new_lab();
+    let config = gateway::start(&mut lab, "enforce", "");
+    let pin = lab
+        .pins
+        .layout
+        .map_pin(MAP_SOCK_STATE)
+        .display()
+        .to_string();
+    let db = sa(lab.net_ip(DB), 5432).to_string();
+    let short = lab.probe(&["tcp-storage", &pin, &db, "1"]);
+    assert_eq!(result(&short), "ok", "{short}");
+    assert_eq!(
+        short["early"], false,
+        "a new TCP socket has storage: {short}"
+    );
+    assert_eq!(
+        short["late"], false,
+        "a one-request connection got storage: {short}"
+    );
+    let long = lab.probe(&["tcp-storage", &pin, &db, "20"]);
+    assert_eq!(result(&long), "ok", "{long}");
+    assert_eq!(
+        long["late"], true,
+        "a long connection's verdict was never cached: {long}"
+    );
+
+    lab.agent_ok(&["mode", "audit"]);
+    let other = lab.net_ip(OTHER);
+    let v = lab.tcp(sa(other, 443), OK_MS);
+    assert_eq!(result(&v), "ok", "audit mode passes: {v}");
+    let pid = v["pid"].as_u64().expect("the probe prints its pid");
+    let config = config.display().to_string();
+    let flow = wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
+        let out = lab.agent_ok(&["flows", "--config", &config, "--json"]);
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|f| f["remote"] == other.to_string().as_str() && f["port"] == 443)
+    })
+    .unwrap_or_else(|| panic!("the would-be drop never reached flows --json"));
+    assert_eq!(flow["verdict"], "audit", "{flow}");
+    assert_eq!(
+        flow["pid"], pid,
+        "the would-be drop names the process: {flow}"
+    );
+    assert_eq!(flow["comm"], "lab-probe", "{flow}");
 }

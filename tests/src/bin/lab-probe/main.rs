@@ -32,6 +32,9 @@
 //!                                     then count the datagrams that arrive
 //!   udp-echo ADDR SECONDS             bind ADDR, print {"result":"listening"},
 //!                                     then echo every datagram for SECONDS
+//!   tcp-storage PIN ADDR ROUNDS       connect to a lab server, then say whether the
+//!                                     socket has storage in the map pinned at PIN,
+//!                                     after the greeting and after ROUNDS echoes
 //!   udp-gather ADDR COUNT SECONDS     bind ADDR, receive COUNT datagrams, then
 //!                                     echo each to its sender (sendto)
 //!   udp-many ADDR COUNT TIMEOUT_MS    COUNT sockets each send to ADDR, then each
@@ -57,6 +60,7 @@
 
 mod dns;
 mod raw;
+mod storage;
 mod tcp;
 mod udp;
 
@@ -70,7 +74,7 @@ use std::{
 
 pub(crate) fn usage(msg: &str) -> ! {
     eprintln!("lab-probe: {msg}");
-    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|tcp-from|connect-then-listen|udp-from|udp-recv|udp-echo|udp-gather|udp-many|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-tcp|resolve-connect|raw-udp|packet-send|flood ARGS...");
+    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|tcp-from|connect-then-listen|udp-from|udp-recv|udp-echo|udp-gather|udp-many|tcp-storage|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-tcp|resolve-connect|raw-udp|packet-send|flood ARGS...");
     std::process::exit(2);
 }
 
@@ -162,6 +166,7 @@ fn main() {
     let rest = &args[i + 1..];
     let out = tcp::run(&action, rest)
         .or_else(|| udp::run(&action, rest))
+        .or_else(|| storage::run(&action, rest))
         .or_else(|| dns::run(&action, rest))
         .or_else(|| raw::run(&action, rest))
         .unwrap_or_else(|| usage(&format!("unknown action {action}")));
