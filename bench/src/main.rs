@@ -12,6 +12,7 @@
 //! is bounded in time.
 
 mod agent;
+mod bpfstats;
 mod dns;
 mod guards;
 mod helpers;
@@ -69,7 +70,8 @@ enum Cmd {
         /// DNS answers measured for figure 4 (0 skips it).
         #[arg(long)]
         dns_answers: Option<usize>,
-        /// Only these figures, e.g. `1,3` (figures 2 and 3 always run together).
+        /// Only these figures, e.g. `1,3` (figures 2 and 3 always run
+        /// together; figure 8 comes from the runs of 2, 3 and 7).
         #[arg(long, value_delimiter = ',')]
         only: Vec<u8>,
         /// Seed of the order of runs within a round (default: the time).
@@ -102,6 +104,25 @@ enum Cmd {
         /// `<netns file>,<cgroup dir>,<ip:port>`, repeated.
         #[arg(long = "arm")]
         arms: Vec<helpers::RrArm>,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        #[arg(long, default_value_t = 100)]
+        slice_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    #[command(hide = true)]
+    TcpServe {
+        #[arg(long = "bind")]
+        binds: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 600)]
+        max_secs: u64,
+    },
+    #[command(hide = true)]
+    TcpCrrMulti {
+        /// `<netns file>,<cgroup dir>,<ip:port>,<connect|eperm|refused>`, repeated.
+        #[arg(long = "arm")]
+        arms: Vec<helpers::tcp::CrrArm>,
         #[arg(long, default_value_t = 10)]
         rounds: usize,
         #[arg(long, default_value_t = 100)]
@@ -159,6 +180,13 @@ pub struct Params {
     pub rr_rounds: usize,
     pub rr_slice_ms: u64,
     pub filter_sizes: Vec<usize>,
+    /// Figure 7: rounds and slice of the short TCP connections.
+    pub crr_rounds: usize,
+    pub crr_slice_ms: u64,
+    /// Figure 8: passes with the kernel's accounting on, and the rounds
+    /// of each (slices as in figures 2, 3 and 7).
+    pub stats_passes: usize,
+    pub stats_rounds: usize,
     pub dns_answers: usize,
     pub dns_max_secs: u64,
     pub agent_entries: usize,
@@ -196,6 +224,10 @@ impl Params {
             rr_rounds: if full { 100 } else { 3 },
             rr_slice_ms: if full { 100 } else { 20 },
             filter_sizes: vec![10, 1_000, 10_000],
+            crr_rounds: if full { 60 } else { 2 },
+            crr_slice_ms: if full { 100 } else { 20 },
+            stats_passes: if full { 5 } else { 1 },
+            stats_rounds: if full { 5 } else { 1 },
             dns_answers: if full { 1000 } else { 5 },
             dns_max_secs: if full { 420 } else { 30 },
             agent_entries: 10_000,
@@ -247,6 +279,13 @@ fn main() -> ExitCode {
             slice_ms,
             seed,
         } => helpers::udp_rr_multi(&arms, rounds, slice_ms, seed),
+        Cmd::TcpServe { binds, max_secs } => helpers::tcp::tcp_serve(&binds, max_secs),
+        Cmd::TcpCrrMulti {
+            arms,
+            rounds,
+            slice_ms,
+            seed,
+        } => helpers::tcp::tcp_crr_multi(&arms, rounds, slice_ms, seed),
         Cmd::Flood { net, secs } => helpers::flood(net, secs),
         Cmd::Probe {
             port,
@@ -420,11 +459,15 @@ fn measure(
         println!("sdm-bench: [1] cost per verdict (BPF_PROG_TEST_RUN)");
         verdict::run(p, &mut rng, &mut figs, &mut notes).context("figure 1")?;
     }
-    if wants(2) || wants(3) {
+    if wants(2) || wants(3) || wants(8) {
         println!(
             "sdm-bench: [2,3] real traffic over veth: no filter, this program, iptables, nftables"
         );
         traffic::run(p, &mut rng, &parent, &mut figs, &mut notes).context("figures 2 and 3")?;
+    }
+    if wants(7) || wants(8) {
+        println!("sdm-bench: [7] short TCP connections over veth: attached, detached, denied");
+        traffic::connrate::run(p, &mut rng, &parent, &mut figs, &mut notes).context("figure 7")?;
     }
     if wants(5) {
         println!("sdm-bench: [5] the agent at idle and under a flood of denied packets");
@@ -522,6 +565,10 @@ fn method(p: &Params) -> String {
         ("tr", p.tcp_rounds.to_string()),
         ("rs", p.rr_slice_ms.to_string()),
         ("rr", p.rr_rounds.to_string()),
+        ("cr", p.crr_rounds.to_string()),
+        ("cs", p.crr_slice_ms.to_string()),
+        ("sp", p.stats_passes.to_string()),
+        ("sro", p.stats_rounds.to_string()),
         ("ae", group(p.agent_entries).to_string()),
         ("ar", p.agent_rules.to_string()),
         ("arounds", p.agent_rounds.to_string()),

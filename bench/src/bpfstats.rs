@@ -1,0 +1,177 @@
+//! Figure 8: the kernel's own accounting of each attached program on the
+//! real-traffic workloads of figures 2, 3 and 7.
+//!
+//! With `kernel.bpf_stats_enabled` set, the kernel times every run of
+//! every program (`run_cnt`, `run_time_ns` in `bpf_prog_info`, read with
+//! BPF_OBJ_GET_INFO_BY_FD): see `__bpf_prog_run` in
+//! <https://github.com/torvalds/linux/blob/v6.1/include/linux/filter.h>.
+//! Timing each run costs two clock reads, so the sysctl is on only for
+//! extra passes of the same workloads after the timed rounds, never during
+//! them, and [`StatsOn`] puts the previous value back when it drops (also
+//! on an error or Ctrl-C, which only sets a flag).
+
+use std::{collections::BTreeMap, fs};
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use sdm_agent::kernel::dataplane::ATTACHMENTS;
+
+use crate::{
+    report::{Figure, Status},
+    stats::summarize,
+};
+
+const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled = 1` until dropped; then its previous value.
+pub struct StatsOn {
+    previous: String,
+}
+
+impl StatsOn {
+    pub fn try_new() -> Result<Self> {
+        let previous = fs::read_to_string(SYSCTL)
+            .with_context(|| format!("read {SYSCTL} (kernel.bpf_stats_enabled, Linux 5.1+)"))?
+            .trim()
+            .to_owned();
+        fs::write(SYSCTL, "1").with_context(|| format!("write 1 to {SYSCTL}"))?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for StatsOn {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(SYSCTL, &self.previous) {
+            eprintln!(
+                "sdm-bench: could not restore kernel.bpf_stats_enabled = {}: {e}",
+                self.previous
+            );
+        }
+    }
+}
+
+/// Runs and nanoseconds so far of each attached program, by name.
+pub type Counts = BTreeMap<&'static str, (u64, u64)>;
+
+/// The kernel's counters of every program `attach` attaches (whatever this
+/// build's list holds) that is loaded in `ebpf`.
+pub fn snapshot(ebpf: &Ebpf) -> Result<Counts> {
+    let mut counts = Counts::new();
+    for a in &ATTACHMENTS {
+        let Some(prog) = ebpf.program(a.program) else {
+            continue;
+        };
+        let info = prog
+            .info()
+            .with_context(|| format!("BPF_OBJ_GET_INFO_BY_FD of {}", a.program))?;
+        let ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+        counts.insert(a.program, (info.run_count(), ns));
+    }
+    Ok(counts)
+}
+
+/// Per program: ns per run of each pass, and the runs of all passes.
+#[derive(Default)]
+pub struct Samples {
+    pub per_prog: BTreeMap<&'static str, (Vec<f64>, u64)>,
+}
+
+impl Samples {
+    /// Adds one pass: the difference of two snapshots. A program that did
+    /// not run in the pass is listed with no sample.
+    pub fn add(&mut self, before: &Counts, after: &Counts) {
+        for (name, &(cnt, ns)) in after {
+            let (cnt0, ns0) = before.get(name).copied().unwrap_or((0, 0));
+            let runs = cnt.saturating_sub(cnt0);
+            let entry = self.per_prog.entry(name).or_default();
+            if runs > 0 {
+                entry.0.push(ns.saturating_sub(ns0) as f64 / runs as f64);
+                entry.1 += runs;
+            }
+        }
+    }
+
+    /// One diagnostic row per program that ran, in attach order; the ones
+    /// that never ran are named in the last row's detail.
+    pub fn figures(&self, key: &str, workload: &str, figs: &mut Vec<Figure>) {
+        let mut idle = Vec::new();
+        for a in &ATTACHMENTS {
+            let Some((per_run, runs)) = self.per_prog.get(a.program) else {
+                continue;
+            };
+            if *runs == 0 {
+                idle.push(a.program);
+                continue;
+            }
+            figs.push(
+                Figure::measured(
+                    8,
+                    &format!("bpf_stats.{key}.{}", a.program),
+                    &format!("{}, {workload}: kernel time per run", a.program),
+                    "ns",
+                    summarize(per_run),
+                )
+                .decimals(0)
+                .detail(format!(
+                    "{} runs in {} passes (run_cnt)",
+                    crate::group(*runs as usize),
+                    per_run.len()
+                ))
+                .note_target("none (diagnostic)"),
+            );
+        }
+        let mine = format!("bpf_stats.{key}.");
+        if !figs.iter().any(|f| f.key.starts_with(&mine)) {
+            figs.push(missing(
+                key,
+                workload,
+                &anyhow::anyhow!("no attached program ran during the passes"),
+            ));
+            return;
+        }
+        if !idle.is_empty() {
+            if let Some(last) = figs.last_mut().filter(|f| f.key.starts_with(&mine)) {
+                let d = last.detail.take().unwrap_or_default();
+                last.detail = Some(format!("{d}; did not run: {}", idle.join(", ")));
+            }
+        }
+    }
+}
+
+/// The row that says why figure 8 has no numbers for a workload.
+pub fn missing(key: &str, workload: &str, why: &anyhow::Error) -> Figure {
+    Figure::missing(
+        8,
+        &format!("bpf_stats.{key}"),
+        &format!("{workload}: kernel time per run"),
+        Status::Skipped,
+        &format!("{why:#}"),
+    )
+}
+
+/// `passes` times: snapshots every instance, runs the workload once,
+/// snapshots again; returns the samples of each instance (in order). Only
+/// while the kernel's accounting is on (`_on`).
+pub fn measure(
+    _on: &StatsOn,
+    instances: &[&Ebpf],
+    passes: usize,
+    mut workload: impl FnMut() -> Result<()>,
+) -> Result<Vec<Samples>> {
+    let mut samples: Vec<Samples> = instances.iter().map(|_| Samples::default()).collect();
+    for _ in 0..passes {
+        crate::sys::check_interrupted()?;
+        let before = instances
+            .iter()
+            .map(|e| snapshot(e))
+            .collect::<Result<Vec<_>>>()?;
+        workload()?;
+        for ((e, b), s) in instances.iter().zip(&before).zip(&mut samples) {
+            s.add(b, &snapshot(e)?);
+        }
+    }
+    Ok(samples)
+}
+
+#[cfg(test)]
+mod tests;

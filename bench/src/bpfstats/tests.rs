@@ -1,0 +1,52 @@
+use sdm_common::{PROG_CONNECT4, PROG_EGRESS, PROG_INGRESS};
+
+use super::*;
+
+fn counts(v: &[(&'static str, u64, u64)]) -> Counts {
+    v.iter().map(|&(n, c, t)| (n, (c, t))).collect()
+}
+
+#[test]
+fn passes_are_differences_of_snapshots() {
+    let mut s = Samples::default();
+    s.add(
+        &counts(&[(PROG_EGRESS, 10, 1_000), (PROG_CONNECT4, 3, 300)]),
+        &counts(&[(PROG_EGRESS, 110, 6_000), (PROG_CONNECT4, 3, 300)]),
+    );
+    s.add(
+        &counts(&[(PROG_EGRESS, 110, 6_000)]),
+        &counts(&[(PROG_EGRESS, 130, 7_400), (PROG_INGRESS, 4, 400)]),
+    );
+    let (egress, runs) = &s.per_prog[PROG_EGRESS];
+    assert_eq!(egress, &[50.0, 70.0]);
+    assert_eq!(*runs, 120);
+    // Counted from zero when the first snapshot did not list it.
+    assert_eq!(s.per_prog[PROG_INGRESS], (vec![100.0], 4));
+    assert_eq!(s.per_prog[PROG_CONNECT4], (vec![], 0));
+}
+
+#[test]
+fn rows_for_programs_that_ran_and_a_note_for_the_rest() {
+    let mut s = Samples::default();
+    s.add(
+        &counts(&[(PROG_EGRESS, 0, 0), (PROG_CONNECT4, 0, 0)]),
+        &counts(&[(PROG_EGRESS, 4, 400), (PROG_CONNECT4, 0, 0)]),
+    );
+    let mut figs = vec![];
+    s.figures("udp_rr.10", "UDP request/response, 10 entries", &mut figs);
+    assert_eq!(figs.len(), 1);
+    let f = &figs[0];
+    assert_eq!(f.section, 8);
+    assert_eq!(f.key, "bpf_stats.udp_rr.10.sdm_egress");
+    assert_eq!(f.summary.as_ref().map(|s| s.median), Some(100.0));
+    assert_eq!(f.met, None, "a diagnostic row has no target to meet");
+    let d = f.detail.as_deref().unwrap_or_default();
+    assert!(d.contains("4 runs") && d.contains("did not run: sdm_connect4"), "{d}");
+    // Nothing ran: a row that says so, and no other workload's row is touched.
+    let mut none = Samples::default();
+    none.add(&counts(&[(PROG_CONNECT4, 0, 0)]), &counts(&[(PROG_CONNECT4, 0, 0)]));
+    none.figures("crr", "short TCP connections", &mut figs);
+    assert_eq!(figs.len(), 2);
+    assert!(figs[1].summary.is_none() && figs[1].key == "bpf_stats.crr");
+    assert!(!figs[0].detail.as_deref().unwrap_or_default().contains("crr"));
+}
