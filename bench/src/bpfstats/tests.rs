@@ -41,12 +41,22 @@ fn rows_for_programs_that_ran_and_a_note_for_the_rest() {
     assert_eq!(f.summary.as_ref().map(|s| s.median), Some(100.0));
     assert_eq!(f.met, None, "a diagnostic row has no target to meet");
     let d = f.detail.as_deref().unwrap_or_default();
-    assert!(d.contains("4 runs") && d.contains("did not run: sdm_connect4"), "{d}");
+    assert!(
+        d.contains("4 runs") && d.contains("did not run: sdm_connect4"),
+        "{d}"
+    );
     // Nothing ran: a row that says so, and no other workload's row is touched.
     let mut none = Samples::default();
-    none.add(&counts(&[(PROG_CONNECT4, 0, 0)]), &counts(&[(PROG_CONNECT4, 0, 0)]));
+    none.add(
+        &counts(&[(PROG_CONNECT4, 0, 0)]),
+        &counts(&[(PROG_CONNECT4, 0, 0)]),
+    );
     none.figures("crr", "short TCP connections", &mut figs);
     assert_eq!(figs.len(), 2);
     assert!(figs[1].summary.is_none() && figs[1].key == "bpf_stats.crr");
-    assert!(!figs[0].detail.as_deref().unwrap_or_default().contains("crr"));
+    assert!(!figs[0]
+        .detail
+        .as_deref()
+        .unwrap_or_default()
+        .contains("crr"));
 }

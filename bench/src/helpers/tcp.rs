@@ -220,8 +220,8 @@ fn attempt(arm: &CrrArm) -> Result<()> {
 fn enter(arm: &CrrArm, pid: &str) -> Result<()> {
     std::fs::write(arm.cgroup.join("cgroup.procs"), pid)
         .with_context(|| format!("join {}", arm.cgroup.display()))?;
-    let ns = std::fs::File::open(&arm.netns)
-        .with_context(|| format!("open {}", arm.netns.display()))?;
+    let ns =
+        std::fs::File::open(&arm.netns).with_context(|| format!("open {}", arm.netns.display()))?;
     // SAFETY: setns on a valid namespace fd, for this thread.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(io::Error::last_os_error()).context("setns");

@@ -40,12 +40,7 @@ fn start_tcp_server(server: &Netns) -> Result<Proc> {
 
 /// Attempts per second of every arm, per round (see
 /// `helpers::tcp::tcp_crr_multi`).
-fn crr_multi(
-    arms: &[CrrArm],
-    rounds: usize,
-    slice_ms: u64,
-    seed: u64,
-) -> Result<Vec<Vec<f64>>> {
+fn crr_multi(arms: &[CrrArm], rounds: usize, slice_ms: u64, seed: u64) -> Result<Vec<Vec<f64>>> {
     let mut cmd = Command::new(exe()?);
     cmd.arg("tcp-crr-multi")
         .args(["--rounds", &rounds.to_string()])
