@@ -113,9 +113,16 @@ impl Samples {
                 )
                 .decimals(0)
                 .detail(format!(
-                    "{} runs in {} passes (run_cnt)",
+                    "{} runs in {} passes (run_cnt){}",
                     crate::group(*runs as usize),
-                    per_run.len()
+                    per_run.len(),
+                    // A program that runs once per socket, on a workload
+                    // that makes one socket per pass: a cold run.
+                    if *runs <= per_run.len() as u64 {
+                        "; once per pass: a cold start, not a per-packet cost"
+                    } else {
+                        ""
+                    }
                 ))
                 .note_target("none (diagnostic)"),
             );

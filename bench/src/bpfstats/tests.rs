@@ -60,3 +60,30 @@ fn rows_for_programs_that_ran_and_a_note_for_the_rest() {
         .unwrap_or_default()
         .contains("crr"));
 }
+
+#[test]
+fn a_program_that_ran_once_per_pass_is_marked_cold() {
+    let mut s = Samples::default();
+    for i in 0..3 {
+        s.add(
+            &counts(&[
+                (PROG_EGRESS, i * 100, i * 10_000),
+                (PROG_CONNECT4, i, i * 3_000),
+            ]),
+            &counts(&[
+                (PROG_EGRESS, (i + 1) * 100, (i + 1) * 10_000),
+                (PROG_CONNECT4, i + 1, (i + 1) * 3_000),
+            ]),
+        );
+    }
+    let mut figs = vec![];
+    s.figures("udp_rr.fig2", "UDP request/response", &mut figs);
+    assert_eq!(figs.len(), 2);
+    let detail = |i: usize| figs[i].detail.clone().unwrap_or_default();
+    assert!(!detail(0).contains("cold"), "{}", detail(0));
+    assert!(
+        detail(1).contains("3 runs in 3 passes") && detail(1).contains("cold start"),
+        "{}",
+        detail(1)
+    );
+}
