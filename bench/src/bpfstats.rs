@@ -10,7 +10,11 @@
 //! them, and [`StatsOn`] puts the previous value back when it drops (also
 //! on an error or Ctrl-C, which only sets a flag).
 
-use std::{collections::BTreeMap, fs};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
@@ -25,25 +29,40 @@ const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// `kernel.bpf_stats_enabled = 1` until dropped; then its previous value.
 pub struct StatsOn {
+    path: PathBuf,
     previous: String,
 }
 
 impl StatsOn {
     pub fn try_new() -> Result<Self> {
-        let previous = fs::read_to_string(SYSCTL)
-            .with_context(|| format!("read {SYSCTL} (kernel.bpf_stats_enabled, Linux 5.1+)"))?
+        Self::at(Path::new(SYSCTL))
+    }
+
+    /// The same for the sysctl file at `path` (tests use a plain file).
+    fn at(path: &Path) -> Result<Self> {
+        let previous = fs::read_to_string(path)
+            .with_context(|| {
+                format!(
+                    "read {} (kernel.bpf_stats_enabled, Linux 5.1+)",
+                    path.display()
+                )
+            })?
             .trim()
             .to_owned();
-        fs::write(SYSCTL, "1").with_context(|| format!("write 1 to {SYSCTL}"))?;
-        Ok(Self { previous })
+        fs::write(path, "1").with_context(|| format!("write 1 to {}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            previous,
+        })
     }
 }
 
 impl Drop for StatsOn {
     fn drop(&mut self) {
-        if let Err(e) = fs::write(SYSCTL, &self.previous) {
+        if let Err(e) = fs::write(&self.path, &self.previous) {
             eprintln!(
-                "sdm-bench: could not restore kernel.bpf_stats_enabled = {}: {e}",
+                "sdm-bench: could not restore {} to {}: {e}",
+                self.path.display(),
                 self.previous
             );
         }

@@ -87,3 +87,24 @@ fn a_program_that_ran_once_per_pass_is_marked_cold() {
         detail(1)
     );
 }
+
+#[test]
+fn the_sysctl_gets_its_previous_value_back_also_on_a_panic() {
+    let dir = std::env::temp_dir().join(format!("sdm-bench-stats-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("bpf_stats_enabled");
+    fs::write(&file, "0\n").expect("write");
+    {
+        let _on = StatsOn::at(&file).expect("guard");
+        assert_eq!(fs::read_to_string(&file).expect("read"), "1");
+    }
+    assert_eq!(fs::read_to_string(&file).expect("read"), "0");
+    let unwound = std::panic::catch_unwind(|| {
+        let _on = StatsOn::at(&file).expect("guard");
+        panic!("a failing measurement");
+    });
+    assert!(unwound.is_err());
+    assert_eq!(fs::read_to_string(&file).expect("read"), "0");
+    assert!(StatsOn::at(&dir.join("missing")).is_err());
+    let _ = fs::remove_dir_all(&dir);
+}
