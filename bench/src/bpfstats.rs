@@ -89,30 +89,92 @@ pub fn snapshot(ebpf: &Ebpf) -> Result<Counts> {
     Ok(counts)
 }
 
-/// Per program: ns per run of each pass, and the runs of all passes.
+/// Per program: ns per run of each pass, and the runs of all passes;
+/// and each pass's differences (runs, ns) of every program.
 #[derive(Default)]
 pub struct Samples {
     pub per_prog: BTreeMap<&'static str, (Vec<f64>, u64)>,
+    pub passes: Vec<Counts>,
+}
+
+/// What one workload repeats (a transaction, a connection), counted by the
+/// runs of a program that runs exactly once for each.
+#[derive(Clone, Copy)]
+pub struct Unit {
+    pub what: &'static str,
+    pub counted_by: &'static str,
 }
 
 impl Samples {
     /// Adds one pass: the difference of two snapshots. A program that did
     /// not run in the pass is listed with no sample.
     pub fn add(&mut self, before: &Counts, after: &Counts) {
+        let mut pass = Counts::new();
         for (name, &(cnt, ns)) in after {
             let (cnt0, ns0) = before.get(name).copied().unwrap_or((0, 0));
-            let runs = cnt.saturating_sub(cnt0);
+            let (runs, ns) = (cnt.saturating_sub(cnt0), ns.saturating_sub(ns0));
+            pass.insert(name, (runs, ns));
             let entry = self.per_prog.entry(name).or_default();
             if runs > 0 {
-                entry.0.push(ns.saturating_sub(ns0) as f64 / runs as f64);
+                entry.0.push(ns as f64 / runs as f64);
                 entry.1 += runs;
             }
         }
+        self.passes.push(pass);
     }
 
-    /// One diagnostic row per program that ran, in attach order; the ones
-    /// that never ran are named in the last row's detail.
-    pub fn figures(&self, key: &str, workload: &str, figs: &mut Vec<Figure>) {
+    /// All programs' time per `unit`, one sample per pass, and each
+    /// program's runs per unit over all passes.
+    fn per_unit(&self, unit: Unit) -> (Vec<f64>, Vec<(&'static str, f64)>) {
+        let per_pass = self
+            .passes
+            .iter()
+            .filter_map(|pass| {
+                let units = pass.get(unit.counted_by).map_or(0, |c| c.0);
+                let ns: u64 = pass.values().map(|c| c.1).sum();
+                (units > 0).then(|| ns as f64 / units as f64)
+            })
+            .collect();
+        let units = self.per_prog.get(unit.counted_by).map_or(0, |p| p.1);
+        let runs = ATTACHMENTS
+            .iter()
+            .filter_map(|a| {
+                let runs = self.per_prog.get(a.program)?.1;
+                (runs > 0 && units > 0).then(|| (a.program, runs as f64 / units as f64))
+            })
+            .collect();
+        (per_pass, runs)
+    }
+
+    /// The row of all programs' time per unit of the workload.
+    fn total_row(&self, key: &str, workload: &str, unit: Unit) -> Figure {
+        let (per_pass, runs) = self.per_unit(unit);
+        let runs: Vec<String> = runs
+            .iter()
+            .map(|(name, r)| format!("{name} {r:.2}"))
+            .collect();
+        Figure::measured(
+            8,
+            &format!("bpf_stats.{key}.all"),
+            &format!(
+                "all attached programs, {workload}: kernel time per {}",
+                unit.what
+            ),
+            "ns",
+            summarize(&per_pass),
+        )
+        .decimals(0)
+        .detail(format!("runs per {}: {}", unit.what, runs.join(", ")))
+        .note_target("none (diagnostic)")
+    }
+
+    /// A diagnostic row of all programs' time per `unit`, then one per
+    /// program that ran, in attach order; the ones that never ran are named
+    /// in the last row's detail.
+    pub fn figures(&self, key: &str, workload: &str, unit: Unit, figs: &mut Vec<Figure>) {
+        if self.per_prog.get(unit.counted_by).is_some_and(|p| p.1 > 0) {
+            figs.push(self.total_row(key, workload, unit));
+        }
         let mut idle = Vec::new();
         for a in &ATTACHMENTS {
             let Some((per_run, runs)) = self.per_prog.get(a.program) else {

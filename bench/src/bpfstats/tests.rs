@@ -2,6 +2,11 @@ use sdm_common::{PROG_CONNECT4, PROG_EGRESS, PROG_INGRESS};
 
 use super::*;
 
+const PER_TRANSACTION: Unit = Unit {
+    what: "transaction",
+    counted_by: PROG_EGRESS,
+};
+
 fn counts(v: &[(&'static str, u64, u64)]) -> Counts {
     v.iter().map(|&(n, c, t)| (n, (c, t))).collect()
 }
@@ -33,7 +38,17 @@ fn rows_for_programs_that_ran_and_a_note_for_the_rest() {
         &counts(&[(PROG_EGRESS, 4, 400), (PROG_CONNECT4, 0, 0)]),
     );
     let mut figs = vec![];
-    s.figures("udp_rr.10", "UDP request/response, 10 entries", &mut figs);
+    // The unit's program never ran: no total row.
+    let per_connect = Unit {
+        what: "connect()",
+        counted_by: PROG_CONNECT4,
+    };
+    s.figures(
+        "udp_rr.10",
+        "UDP request/response, 10 entries",
+        per_connect,
+        &mut figs,
+    );
     assert_eq!(figs.len(), 1);
     let f = &figs[0];
     assert_eq!(f.section, 8);
@@ -51,7 +66,7 @@ fn rows_for_programs_that_ran_and_a_note_for_the_rest() {
         &counts(&[(PROG_CONNECT4, 0, 0)]),
         &counts(&[(PROG_CONNECT4, 0, 0)]),
     );
-    none.figures("crr", "short TCP connections", &mut figs);
+    none.figures("crr", "short TCP connections", PER_TRANSACTION, &mut figs);
     assert_eq!(figs.len(), 2);
     assert!(figs[1].summary.is_none() && figs[1].key == "bpf_stats.crr");
     assert!(!figs[0]
@@ -77,9 +92,26 @@ fn a_program_that_ran_once_per_pass_is_marked_cold() {
         );
     }
     let mut figs = vec![];
-    s.figures("udp_rr.fig2", "UDP request/response", &mut figs);
-    assert_eq!(figs.len(), 2);
+    s.figures(
+        "udp_rr.fig2",
+        "UDP request/response",
+        PER_TRANSACTION,
+        &mut figs,
+    );
+    assert_eq!(figs.len(), 3);
     let detail = |i: usize| figs[i].detail.clone().unwrap_or_default();
+    // All programs per transaction: 100 ns of egress and 30 of connect4
+    // (3,000 ns over 100 transactions) in each pass.
+    assert_eq!(figs[0].key, "bpf_stats.udp_rr.fig2.all");
+    assert_eq!(
+        figs[0].summary.as_ref().map(|s| (s.median, s.n)),
+        Some((130.0, 3))
+    );
+    assert_eq!(
+        detail(0),
+        "runs per transaction: sdm_egress 1.00, sdm_connect4 0.01"
+    );
+    let detail = |i: usize| figs[i + 1].detail.clone().unwrap_or_default();
     assert!(!detail(0).contains("cold"), "{}", detail(0));
     assert!(
         detail(1).contains("3 runs in 3 passes") && detail(1).contains("cold start"),

@@ -217,6 +217,15 @@ fn stats_passes(
         ("crr", "short TCP connections", &arms[ATTACHED]),
         ("denied_connect", "denied connect()", &arms[EPERM]),
     ];
+    // One socket, and one connect(), per attempt.
+    let unit = |key: &str| bpfstats::Unit {
+        what: if key == "crr" {
+            "connection"
+        } else {
+            "connect()"
+        },
+        counted_by: sdm_common::PROG_SOCK_CREATE,
+    };
     let on = match bpfstats::StatsOn::try_new() {
         Ok(on) => on,
         Err(e) => {
@@ -233,7 +242,7 @@ fn stats_passes(
             crr_multi(one, p.stats_rounds, p.crr_slice_ms, seed).map(drop)
         })
         .with_context(|| format!("figure 8, {workload}"))?;
-        samples[0].figures(key, workload, figs);
+        samples[0].figures(key, workload, unit(key), figs);
     }
     Ok(())
 }

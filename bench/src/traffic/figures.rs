@@ -191,9 +191,14 @@ pub(super) fn stats_passes(
         udp_rr_multi(topo, &sub, &sp, rng.next(), traffic_cpu()).map(drop)
     })
     .context("figure 8, UDP request/response")?;
+    // The client sends one request per transaction: one egress run each.
+    let unit = crate::bpfstats::Unit {
+        what: "transaction",
+        counted_by: sdm_common::PROG_EGRESS,
+    };
     for ((f, _), s) in programs.iter().zip(&samples) {
         let (key, name) = workload(*f);
-        s.figures(&key, &name, figs);
+        s.figures(&key, &name, unit, figs);
     }
     Ok(())
 }
