@@ -1,23 +1,27 @@
 //! Figure 8: the kernel's own accounting of each attached program on the
 //! real-traffic workloads of figures 2, 3 and 7.
 //!
-//! With `kernel.bpf_stats_enabled` set, the kernel times every run of
+//! With `kernel.bpf_stats_enabled` on, the kernel times every run of
 //! every program (`run_cnt`, `run_time_ns` in `bpf_prog_info`, read with
 //! BPF_OBJ_GET_INFO_BY_FD): see `__bpf_prog_run` in
 //! <https://github.com/torvalds/linux/blob/v6.1/include/linux/filter.h>.
-//! Timing each run costs two clock reads, so the sysctl is on only for
+//! Timing each run costs two clock reads, so the accounting is on only for
 //! extra passes of the same workloads after the timed rounds, never during
-//! them, and [`StatsOn`] puts the previous value back when it drops (also
-//! on an error or Ctrl-C, which only sets a flag).
+//! them, and [`StatsOn`] switches it off again when it drops (also on an
+//! error or Ctrl-C, which only sets a flag).
 
 use std::{
     collections::BTreeMap,
     fs,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
-use aya::Ebpf;
+use aya::{
+    sys::{enable_stats, Stats},
+    Ebpf,
+};
 use sdm_agent::kernel::dataplane::ATTACHMENTS;
 
 use crate::{
@@ -27,18 +31,37 @@ use crate::{
 
 const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// `kernel.bpf_stats_enabled = 1` until dropped; then its previous value.
-pub struct StatsOn {
-    path: PathBuf,
-    previous: String,
+/// The kernel's accounting on, until dropped.
+///
+/// Preferably through BPF_ENABLE_STATS (Linux 5.8+): the same switch as
+/// the sysctl, held by a file descriptor, so the kernel switches it off
+/// when the last holder closes it, even if the benchmark is killed, and
+/// two runs at once never undo each other (`bpf_enable_runtime_stats` in
+/// <https://github.com/torvalds/linux/blob/v6.1/kernel/bpf/syscall.c>).
+/// Otherwise `kernel.bpf_stats_enabled = 1`, and its previous value back
+/// on drop.
+pub enum StatsOn {
+    /// Held, not read: the accounting is on while it is open.
+    Fd {
+        _held: OwnedFd,
+    },
+    Sysctl {
+        path: PathBuf,
+        previous: String,
+    },
 }
 
 impl StatsOn {
     pub fn try_new() -> Result<Self> {
-        Self::at(Path::new(SYSCTL))
+        match enable_stats(Stats::RunTime) {
+            Ok(fd) => Ok(Self::Fd { _held: fd }),
+            Err(e) => Self::at(Path::new(SYSCTL))
+                .with_context(|| format!("BPF_ENABLE_STATS failed too: {e}")),
+        }
     }
 
-    /// The same for the sysctl file at `path` (tests use a plain file).
+    /// `kernel.bpf_stats_enabled = 1` through the sysctl file at `path`
+    /// (tests use a plain file).
     fn at(path: &Path) -> Result<Self> {
         let previous = fs::read_to_string(path)
             .with_context(|| {
@@ -50,7 +73,7 @@ impl StatsOn {
             .trim()
             .to_owned();
         fs::write(path, "1").with_context(|| format!("write 1 to {}", path.display()))?;
-        Ok(Self {
+        Ok(Self::Sysctl {
             path: path.to_owned(),
             previous,
         })
@@ -59,12 +82,14 @@ impl StatsOn {
 
 impl Drop for StatsOn {
     fn drop(&mut self) {
-        if let Err(e) = fs::write(&self.path, &self.previous) {
-            eprintln!(
-                "sdm-bench: could not restore {} to {}: {e}",
-                self.path.display(),
-                self.previous
-            );
+        // The Fd variant: closing the descriptor is all it takes.
+        if let Self::Sysctl { path, previous } = self {
+            if let Err(e) = fs::write(&*path, &*previous) {
+                eprintln!(
+                    "sdm-bench: could not restore {} to {previous}: {e}",
+                    path.display()
+                );
+            }
         }
     }
 }
