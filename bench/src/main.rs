@@ -570,6 +570,8 @@ mod tests {
         let s = Params::new(true, 1);
         let f = Params::new(false, 1);
         assert!(s.rr_slice_ms < f.rr_slice_ms && s.verdict_rounds < f.verdict_rounds);
+        assert!(s.crr_rounds < f.crr_rounds && s.crr_slice_ms < f.crr_slice_ms);
+        assert!(s.stats_passes < f.stats_passes && s.stats_passes >= 1);
         assert!(f.agent_entries == 10_000 && f.exact_sizes.contains(&100_000));
         assert_eq!(
             s.scale_sizes,
