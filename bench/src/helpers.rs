@@ -4,6 +4,8 @@
 //! packet. Each stops by itself after a bounded time and prints one JSON
 //! line (or, for the probe, one line per address).
 
+pub mod tcp;
+
 use std::{
     io::{self, BufRead as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},

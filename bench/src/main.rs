@@ -12,11 +12,13 @@
 //! is bounded in time.
 
 mod agent;
+mod bpfstats;
 mod dns;
 mod guards;
 mod helpers;
 mod report;
 mod stats;
+mod summary;
 mod sys;
 mod traffic;
 mod verdict;
@@ -69,7 +71,8 @@ enum Cmd {
         /// DNS answers measured for figure 4 (0 skips it).
         #[arg(long)]
         dns_answers: Option<usize>,
-        /// Only these figures, e.g. `1,3` (figures 2 and 3 always run together).
+        /// Only these figures, e.g. `1,3` (figures 2 and 3 always run
+        /// together; figure 8 comes from the runs of 2, 3 and 7).
         #[arg(long, value_delimiter = ',')]
         only: Vec<u8>,
         /// Seed of the order of runs within a round (default: the time).
@@ -102,6 +105,25 @@ enum Cmd {
         /// `<netns file>,<cgroup dir>,<ip:port>`, repeated.
         #[arg(long = "arm")]
         arms: Vec<helpers::RrArm>,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        #[arg(long, default_value_t = 100)]
+        slice_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    #[command(hide = true)]
+    TcpServe {
+        #[arg(long = "bind")]
+        binds: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 600)]
+        max_secs: u64,
+    },
+    #[command(hide = true)]
+    TcpCrrMulti {
+        /// `<netns file>,<cgroup dir>,<ip:port>,<connect|eperm|refused>`, repeated.
+        #[arg(long = "arm")]
+        arms: Vec<helpers::tcp::CrrArm>,
         #[arg(long, default_value_t = 10)]
         rounds: usize,
         #[arg(long, default_value_t = 100)]
@@ -159,6 +181,13 @@ pub struct Params {
     pub rr_rounds: usize,
     pub rr_slice_ms: u64,
     pub filter_sizes: Vec<usize>,
+    /// Figure 7: rounds and slice of the short TCP connections.
+    pub crr_rounds: usize,
+    pub crr_slice_ms: u64,
+    /// Figure 8: passes with the kernel's accounting on, and the rounds
+    /// of each (slices as in figures 2, 3 and 7).
+    pub stats_passes: usize,
+    pub stats_rounds: usize,
     pub dns_answers: usize,
     pub dns_max_secs: u64,
     pub agent_entries: usize,
@@ -196,6 +225,10 @@ impl Params {
             rr_rounds: if full { 100 } else { 3 },
             rr_slice_ms: if full { 100 } else { 20 },
             filter_sizes: vec![10, 1_000, 10_000],
+            crr_rounds: if full { 60 } else { 2 },
+            crr_slice_ms: if full { 100 } else { 20 },
+            stats_passes: if full { 5 } else { 1 },
+            stats_rounds: if full { 5 } else { 1 },
             dns_answers: if full { 1000 } else { 5 },
             dns_max_secs: if full { 420 } else { 30 },
             agent_entries: 10_000,
@@ -247,6 +280,13 @@ fn main() -> ExitCode {
             slice_ms,
             seed,
         } => helpers::udp_rr_multi(&arms, rounds, slice_ms, seed),
+        Cmd::TcpServe { binds, max_secs } => helpers::tcp::tcp_serve(&binds, max_secs),
+        Cmd::TcpCrrMulti {
+            arms,
+            rounds,
+            slice_ms,
+            seed,
+        } => helpers::tcp::tcp_crr_multi(&arms, rounds, slice_ms, seed),
         Cmd::Flood { net, secs } => helpers::flood(net, secs),
         Cmd::Probe {
             port,
@@ -383,7 +423,7 @@ fn run(
         figures: figs,
         notes,
     };
-    print_summary(&results);
+    summary::print_summary(&results);
     let json = out.join("results.json");
     results.write_json(&json)?;
     let md = report.unwrap_or_else(|| {
@@ -393,7 +433,10 @@ fn run(
             PathBuf::from("BENCHMARKS.md")
         }
     });
-    results.write_markdown(&md, &format!("{}{}", kernel_matrix_section(), method(&p)))?;
+    results.write_markdown(
+        &md,
+        &format!("{}{}", summary::kernel_matrix_section(), method(&p)),
+    )?;
     println!(
         "sdm-bench: wrote {} and {} ({:.0} s)",
         json.display(),
@@ -420,11 +463,15 @@ fn measure(
         println!("sdm-bench: [1] cost per verdict (BPF_PROG_TEST_RUN)");
         verdict::run(p, &mut rng, &mut figs, &mut notes).context("figure 1")?;
     }
-    if wants(2) || wants(3) {
+    if wants(2) || wants(3) || wants(8) {
         println!(
             "sdm-bench: [2,3] real traffic over veth: no filter, this program, iptables, nftables"
         );
         traffic::run(p, &mut rng, &parent, &mut figs, &mut notes).context("figures 2 and 3")?;
+    }
+    if wants(7) || wants(8) {
+        println!("sdm-bench: [7] short TCP connections over veth: attached, detached, denied");
+        traffic::connrate::run(p, &mut rng, &parent, &mut figs, &mut notes).context("figure 7")?;
     }
     if wants(5) {
         println!("sdm-bench: [5] the agent at idle and under a flood of denied packets");
@@ -448,66 +495,6 @@ fn measure(
     Ok((figs, notes))
 }
 
-fn print_summary(r: &Results) {
-    println!(
-        "\nsdm-bench results ({}):",
-        if r.smoke {
-            "smoke: timings mean nothing"
-        } else {
-            "full"
-        }
-    );
-    for f in &r.figures {
-        let value = match &f.summary {
-            Some(s) => format!(
-                "{:.*} {} ({:.*}–{:.*}, n={})",
-                f.decimals, s.median, f.unit, f.decimals, s.min, f.decimals, s.max, s.n
-            ),
-            None => f.detail.clone().unwrap_or_default(),
-        };
-        let met = match f.met {
-            Some(true) => " [target met]",
-            Some(false) => " [target MISSED]",
-            None => "",
-        };
-        println!("  [{}] {}: {}{}", f.section, f.name, value.trim(), met);
-    }
-    println!();
-}
-
-/// How each figure is measured and how to reproduce it (after the table).
-/// The verifier's statistics per kernel, from the last run of the kernel
-/// matrix (`cargo xtask kernels`, which `cargo xtask test` runs); the path
-/// comes from xtask in SDM_KERNEL_MATRIX_REPORT.
-fn kernel_matrix_section() -> String {
-    let mut o = String::from(
-        "## Verifier statistics per kernel
-
-",
-    );
-    let report = std::env::var_os("SDM_KERNEL_MATRIX_REPORT")
-        .map(PathBuf::from)
-        .and_then(|p| std::fs::read_to_string(p).ok());
-    match report {
-        Some(text) => {
-            o.push_str(
-                "From the last run of the kernel matrix (`cargo xtask kernels`): every \
-                 program loaded into Debian's 5.10, 6.1 and 6.12 cloud kernels booted under \
-                 qemu, and into this machine's kernel; instructions the verifier processed \
-                 and the time of the load.\n",
-            );
-            // The report's headings are one level below this section's.
-            o.push_str(&text.replace("\n### ", "\n#### "));
-            o.push('\n');
-        }
-        None => o.push_str(
-            "Not available: run `cargo xtask kernels` (or `cargo xtask test`) before \
-             `cargo xtask bench` to include them.\n\n",
-        ),
-    }
-    o
-}
-
 /// The "How each figure is measured" and "Reproduce" sections of
 /// BENCHMARKS.md: method.md with this run's parameters in its `{name}`s.
 fn method(p: &Params) -> String {
@@ -522,6 +509,10 @@ fn method(p: &Params) -> String {
         ("tr", p.tcp_rounds.to_string()),
         ("rs", p.rr_slice_ms.to_string()),
         ("rr", p.rr_rounds.to_string()),
+        ("cr", p.crr_rounds.to_string()),
+        ("cs", p.crr_slice_ms.to_string()),
+        ("sp", p.stats_passes.to_string()),
+        ("sro", p.stats_rounds.to_string()),
         ("ae", group(p.agent_entries).to_string()),
         ("ar", p.agent_rules.to_string()),
         ("arounds", p.agent_rounds.to_string()),
@@ -579,6 +570,8 @@ mod tests {
         let s = Params::new(true, 1);
         let f = Params::new(false, 1);
         assert!(s.rr_slice_ms < f.rr_slice_ms && s.verdict_rounds < f.verdict_rounds);
+        assert!(s.crr_rounds < f.crr_rounds && s.crr_slice_ms < f.crr_slice_ms);
+        assert!(s.stats_passes < f.stats_passes && s.stats_passes >= 1);
         assert!(f.agent_entries == 10_000 && f.exact_sizes.contains(&100_000));
         assert_eq!(
             s.scale_sizes,

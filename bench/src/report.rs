@@ -190,13 +190,15 @@ pub struct Results {
     pub notes: Vec<String>,
 }
 
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 8] = [
     "Cost per verdict (BPF_PROG_TEST_RUN)",
     "Overhead on real traffic",
     "Against iptables and nftables",
     "DNS to enforcement",
     "The agent",
     "A gateway at scale",
+    "Connection rate",
+    "The kernel's own accounting (bpf_stats)",
 ];
 
 fn fmt_num(v: f64, decimals: usize) -> String {

@@ -10,11 +10,12 @@
 //! rules, so that every configuration stays set up and the runs of one
 //! round can be interleaved in a shuffled order.
 
+pub mod connrate;
 mod figures;
 mod rivals;
 
 use self::{
-    figures::{fig2_figures, fig3_figures, label},
+    figures::{fig2_figures, fig3_figures, label, stats_passes},
     rivals::{install_iptables, install_nft, iptables_hits, nft_hits},
 };
 
@@ -358,6 +359,10 @@ pub fn run(
     check_counters(sizes, &topo, &ebpf_instances, notes)?;
     fig2_figures(&tcp_att, &tcp_det, &arms, split.as_deref(), figs);
     fig3_figures(sizes, &arms, figs)?;
+    let programs: Vec<(Filter, &Instance)> = std::iter::once((Filter::Attached, &fig2))
+        .chain(sizes.iter().map(|&n| Filter::Ebpf(n)).zip(&ebpf_instances))
+        .collect();
+    stats_passes(p, rng, &topo, &programs, &arms, figs)?;
     drop(ebpf_instances);
     drop(ebpf_cgroups);
     drop(fig2);

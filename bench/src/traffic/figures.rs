@@ -137,3 +137,68 @@ pub(super) fn label(f: Filter) -> String {
         Filter::Nft(n) => format!("nftables set of {n}"),
     }
 }
+
+/// Figure 8 for figures 2 and 3: passes of the same UDP request/response
+/// rounds over figure 2's program and each of figure 3's, with the
+/// kernel's accounting on (after the timed rounds, so the clock reads it
+/// adds never weigh on figures 2 and 3).
+pub(super) fn stats_passes(
+    p: &Params,
+    rng: &mut Rng,
+    topo: &Topology,
+    programs: &[(Filter, &Instance)],
+    arms: &[RrArm],
+    figs: &mut Vec<Figure>,
+) -> Result<()> {
+    let workload = |f: Filter| match f {
+        Filter::Ebpf(n) => (
+            format!("udp_rr.{n}"),
+            format!("UDP request/response, {} entries", crate::group(n)),
+        ),
+        _ => (
+            "udp_rr.fig2".to_owned(),
+            "UDP request/response, figure 2's program".to_owned(),
+        ),
+    };
+    let on = match crate::bpfstats::StatsOn::try_new() {
+        Ok(on) => on,
+        Err(e) => {
+            for (f, _) in programs {
+                let (key, name) = workload(*f);
+                figs.push(crate::bpfstats::missing(&key, &name, &e));
+            }
+            return Ok(());
+        }
+    };
+    let sub: Vec<RrArm> = programs
+        .iter()
+        .map(|(f, _)| {
+            let arm = arms.iter().find(|a| a.filter == *f).context("arm")?;
+            Ok(RrArm {
+                filter: arm.filter,
+                netns: arm.netns,
+                cgroup: arm.cgroup.clone(),
+                samples: vec![],
+            })
+        })
+        .collect::<Result<_>>()?;
+    let sp = Params {
+        rr_rounds: p.stats_rounds,
+        ..p.clone()
+    };
+    let ebpfs: Vec<&aya::Ebpf> = programs.iter().map(|(_, i)| &i.ebpf).collect();
+    let samples = crate::bpfstats::measure(&on, &ebpfs, p.stats_passes, || {
+        udp_rr_multi(topo, &sub, &sp, rng.next(), traffic_cpu()).map(drop)
+    })
+    .context("figure 8, UDP request/response")?;
+    // The client sends one request per transaction: one egress run each.
+    let unit = crate::bpfstats::Unit {
+        what: "transaction",
+        counted_by: sdm_common::PROG_EGRESS,
+    };
+    for ((f, _), s) in programs.iter().zip(&samples) {
+        let (key, name) = workload(*f);
+        s.figures(&key, &name, unit, figs);
+    }
+    Ok(())
+}
