@@ -20,6 +20,7 @@ mod stats;
 mod sys;
 mod traffic;
 mod verdict;
+mod xdp;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -117,6 +118,19 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         secs: f64,
     },
+    /// Figure 10's flood: SYNs and datagrams to closed ports.
+    #[command(hide = true)]
+    XdpFlood {
+        #[arg(long)]
+        to: Ipv4Addr,
+        #[arg(long)]
+        from: Ipv4Addr,
+        #[arg(long, default_value_t = 1.0)]
+        secs: f64,
+        /// Packets per second; 0: as fast as one CPU goes.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
     #[command(hide = true)]
     Probe {
         #[arg(long)]
@@ -175,6 +189,11 @@ pub struct Params {
     pub scale_settle_secs: f64,
     pub scale_window_secs: f64,
     pub scale_start_limit_secs: u64,
+    /// Figure 10: rounds (each arm once), seconds of each flat-out flood,
+    /// and the SYNs (and as many datagrams) of each arm's scan.
+    pub xdp_rounds: usize,
+    pub xdp_secs: f64,
+    pub xdp_scan: u64,
 }
 
 impl Params {
@@ -217,6 +236,9 @@ impl Params {
             scale_settle_secs: pick(6.0, 2.5),
             scale_window_secs: pick(40.0, 4.0),
             scale_start_limit_secs: 300,
+            xdp_rounds: if full { 7 } else { 1 },
+            xdp_secs: pick(2.0, 0.3),
+            xdp_scan: if full { 200 } else { 50 },
         }
     }
 }
@@ -248,6 +270,12 @@ fn main() -> ExitCode {
             seed,
         } => helpers::udp_rr_multi(&arms, rounds, slice_ms, seed),
         Cmd::Flood { net, secs } => helpers::flood(net, secs),
+        Cmd::XdpFlood {
+            to,
+            from,
+            secs,
+            rate,
+        } => xdp::xdp_flood(to, from, secs, rate),
         Cmd::Probe {
             port,
             timeout_ms,
@@ -444,6 +472,10 @@ fn measure(
         );
         agent::run_dns(p, agent_bin, &parent, &mut figs, &mut notes).context("figure 4")?;
     }
+    if wants(10) {
+        println!("sdm-bench: [10] the XDP shield under a flood of SYNs and UDP to closed ports");
+        xdp::run(p, &mut rng, &parent, &mut figs, &mut notes).context("figure 10")?;
+    }
     figs.sort_by_key(|f| f.section);
     Ok((figs, notes))
 }
@@ -532,6 +564,9 @@ fn method(p: &Params) -> String {
         ("st", p.scale_ttl_secs.to_string()),
         ("sse", p.scale_settle_secs.to_string()),
         ("sw", p.scale_window_secs.to_string()),
+        ("xr", p.xdp_rounds.to_string()),
+        ("xs", p.xdp_secs.to_string()),
+        ("xn", p.xdp_scan.to_string()),
         ("seed", p.seed.to_string()),
     ];
     values.iter().fold(

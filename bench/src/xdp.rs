@@ -1,0 +1,487 @@
+//! Figure 10: the XDP shield (`sdm_xdp`) under a flood of unsolicited SYNs
+//! and UDP datagrams to closed ports, on a veth between two network
+//! namespaces of the benchmark's own.
+//!
+//! Topology: a receiver namespace R (the gateway: 10.232.240.2 on `xr0`)
+//! and a scanner namespace S (10.232.240.1 on `xs0`, and 10.232.250.1 on
+//! its loopback). R runs an iperf3 server on the advertised port in a
+//! cgroup of the benchmark's own with the cgroup programs attached
+//! (enforce, one ingress rule: that port from 10.232.240.1). The flood
+//! comes from 10.232.250.1, which R routes to a blackhole: the stack
+//! builds its RSTs and ICMP errors but they never cross back, so S's CPU
+//! does not pay for receiving them. The shield arm attaches `sdm_xdp`
+//! natively (veth_xdp_rcv, drivers/net/veth.c) to `xr0` only, from
+//! inside R, with the same object's maps (enforce mode, the same ingress
+//! rule): it sees that interface's packets and nothing else.
+//!
+//! On veth the receive path runs on the CPU that sends (veth_xmit hands
+//! the packet to netif_rx or to the veth's NAPI, both processed in softirq
+//! on the sending CPU), so the sender is pinned to one CPU and the
+//! receiver's work is that CPU's softirq time (/proc/stat).
+
+mod flood;
+
+pub use flood::xdp_flood;
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::programs::{xdp::XdpLinkId, Xdp, XdpMode};
+use ipnet::{IpNet, Ipv4Net};
+use sdm_agent::{
+    kernel::xdp as shield,
+    policy::{Direction, Policy, PortRange, Proto, Rule, Target},
+};
+use sdm_common::{XdpVerdict, PROG_XDP};
+use serde_json::Value;
+
+use crate::{
+    guards::{Cgroup, Netns},
+    report::{Figure, Goal},
+    stats::{median, ratios, summarize, Rng},
+    sys,
+    traffic::{self, traffic_cpu, IPERF_PORT},
+    verdict::Instance,
+    Params,
+};
+
+const SCANNER: Ipv4Addr = Ipv4Addr::new(10, 232, 240, 1);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 232, 240, 2);
+/// The flood's source, on S's loopback and blackholed in R.
+const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 232, 250, 1);
+const SPOOFED_NET: &str = "10.232.250.0/24";
+const R_DEV: &str = "xr0";
+const S_DEV: &str = "xs0";
+/// The paced flood of 10b: this share of one core's no-shield rate.
+const PACED_SHARE: f64 = 0.5;
+
+/// The two namespaces and their veth.
+struct Net {
+    r: Netns,
+    s: Netns,
+}
+
+impl Net {
+    fn new() -> Result<Self> {
+        let r = Netns::try_new("xr")?;
+        let s = Netns::try_new("xs")?;
+        s.try_ip(&[
+            "link", "add", S_DEV, "type", "veth", "peer", "name", R_DEV, "netns", &r.name,
+        ])?;
+        s.try_ip(&["addr", "add", &format!("{SCANNER}/24"), "dev", S_DEV])?;
+        s.try_ip(&["addr", "add", &format!("{SPOOFED}/32"), "dev", "lo"])?;
+        s.try_ip(&["link", "set", "lo", "up"])?;
+        s.try_ip(&["link", "set", S_DEV, "up"])?;
+        r.try_ip(&["addr", "add", &format!("{GATEWAY}/24"), "dev", R_DEV])?;
+        r.try_ip(&["link", "set", "lo", "up"])?;
+        r.try_ip(&["link", "set", R_DEV, "up"])?;
+        r.try_ip(&["route", "add", "blackhole", SPOOFED_NET])?;
+        // New namespaces inherit the host's rp_filter, which would drop
+        // the flood (its source routes to a blackhole) before the stack.
+        r.try_exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.rp_filter=0",
+            &format!("net.ipv4.conf.{R_DEV}.rp_filter=0"),
+        ])?;
+        Ok(Self { r, s })
+    }
+}
+
+/// The receiver's policy: the advertised port open to the scanner's real
+/// address (the allowed flow's client).
+fn policy() -> Policy {
+    Policy {
+        rules: vec![Rule {
+            name: "bench/advertised".into(),
+            direction: Direction::Ingress,
+            protos: vec![Proto::Tcp],
+            ports: vec![PortRange::single(IPERF_PORT)],
+            targets: vec![Target::Cidr(IpNet::V4(
+                Ipv4Net::new(SCANNER, 32).expect("a /32"),
+            ))],
+            required: true,
+            roles: vec![],
+            origin: "sdm-bench".into(),
+        }],
+    }
+}
+
+fn xdp_prog(inst: &mut Instance) -> Result<&mut Xdp> {
+    inst.ebpf
+        .program_mut(PROG_XDP)
+        .context("sdm_xdp is not in the object")?
+        .try_into()
+        .context("sdm_xdp is not an XDP program")
+}
+
+/// Attaches `sdm_xdp` to R's veth, natively, from inside R.
+fn shield_on(inst: &mut Instance, net: &Net) -> Result<XdpLinkId> {
+    let _inside = net.r.try_enter()?;
+    xdp_prog(inst)?
+        .attach(R_DEV, XdpMode::Driver)
+        .with_context(|| format!("attach sdm_xdp natively to {R_DEV} in {}", net.r.name))
+}
+
+fn shield_off(inst: &mut Instance, id: XdpLinkId) -> Result<()> {
+    xdp_prog(inst)?
+        .detach(id)
+        .context("detach sdm_xdp from the receiver's veth")
+}
+
+/// What one flood did.
+#[derive(Clone, Copy, Debug)]
+struct Flooded {
+    sent: u64,
+    secs: f64,
+    /// Softirq time of the flood's CPU meanwhile: the receiver's work.
+    softirq_secs: f64,
+}
+
+impl Flooded {
+    fn rate(&self) -> f64 {
+        self.sent as f64 / self.secs
+    }
+}
+
+/// Starts `sdm-bench xdp-flood` in S, pinned to the traffic CPU.
+fn start_flood(net: &Net, cgroup: &Path, secs: f64, rate: f64) -> Result<std::process::Child> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["xdp-flood", "--to", &GATEWAY.to_string()])
+        .args(["--from", &SPOOFED.to_string()])
+        .args(["--secs", &secs.to_string(), "--rate", &rate.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    sys::spawn_in(
+        &mut cmd,
+        Some(&net.s.path()),
+        Some(cgroup),
+        Some(traffic_cpu()),
+    )
+}
+
+fn finish_flood(child: std::process::Child, secs: f64) -> Result<(u64, f64)> {
+    let out = sys::finish(child, "xdp flood", Duration::from_secs_f64(secs + 20.0))?;
+    let v: Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("xdp-flood printed {out:?}"))?;
+    let sent = v["sent"].as_u64().context("no sent")?;
+    let took = v["secs"].as_f64().context("no secs")?;
+    if sent == 0 {
+        bail!("the flood sent nothing: {out}");
+    }
+    Ok((sent, took))
+}
+
+/// A flood as fast as one CPU goes, with the CPU's softirq time.
+fn flood_flat_out(net: &Net, cgroup: &Path, secs: f64) -> Result<Flooded> {
+    let cpu = traffic_cpu();
+    let before = flood::cpu_ticks(cpu)?;
+    let child = start_flood(net, cgroup, secs, 0.0)?;
+    let (sent, took) = finish_flood(child, secs)?;
+    let after = flood::cpu_ticks(cpu)?;
+    Ok(Flooded {
+        sent,
+        secs: took,
+        softirq_secs: after.softirq.saturating_sub(before.softirq) as f64 * flood::tick_secs(),
+    })
+}
+
+/// The receiver's answers counted by its stack, and the shield's drops.
+fn receiver_counts(net: &Net, inst: &Instance) -> Result<(u64, u64)> {
+    let (rsts, noports) = {
+        let _inside = net.r.try_enter()?;
+        flood::stack_answers()?
+    };
+    let drops = shield::counters(&inst.pins.layout)
+        .context("the shield's counters are not pinned")?
+        .into_iter()
+        .filter(|(v, _)| matches!(v, XdpVerdict::UnsolicitedTcp | XdpVerdict::ClosedUdp))
+        .map(|(_, n)| n)
+        .sum();
+    Ok((rsts + noports, drops))
+}
+
+/// Samples of one arm (shield on or off), one per round.
+#[derive(Default)]
+struct Arm {
+    per_core: Vec<f64>,
+    one_cpu: Vec<f64>,
+    quiet_gbps: Vec<f64>,
+    flood_gbps: Vec<f64>,
+    paced_rate: Vec<f64>,
+    rst: u64,
+    unreachable: u64,
+}
+
+struct Rig<'a> {
+    p: &'a Params,
+    net: Net,
+    inst: Instance,
+    client: &'a Cgroup,
+    rate: f64,
+}
+
+impl Rig<'_> {
+    /// 10a: a flat-out flood, checked against what the receiver counted.
+    fn flat_out(&mut self, shielded: bool, arm: &mut Arm) -> Result<()> {
+        let (answers0, drops0) = receiver_counts(&self.net, &self.inst)?;
+        let f = flood_flat_out(&self.net, &self.client.path, self.p.xdp_secs)?;
+        let (answers1, drops1) = receiver_counts(&self.net, &self.inst)?;
+        let (answers, drops) = (answers1 - answers0, drops1 - drops0);
+        // Every packet must have met what the arm says: the stack (an RST
+        // or a port unreachable each) or the shield's drop.
+        let min = f.sent * 95 / 100;
+        if shielded && (drops < min || answers > f.sent / 100) {
+            bail!(
+                "with the shield: {drops} drops and {answers} stack answers for {} sent",
+                f.sent
+            );
+        }
+        if !shielded && (answers < min || drops > 0) {
+            bail!(
+                "without the shield: {answers} stack answers and {drops} drops for {} sent",
+                f.sent
+            );
+        }
+        if f.softirq_secs > 0.0 {
+            arm.per_core.push(f.sent as f64 / f.softirq_secs);
+        }
+        arm.one_cpu.push(f.rate());
+        Ok(())
+    }
+
+    /// 10b: the allowed flow alone, then during a paced flood.
+    fn allowed_flow(&mut self, arm: &mut Arm) -> Result<()> {
+        arm.quiet_gbps.push(traffic::iperf(
+            &self.net.s,
+            &self.client.path,
+            GATEWAY,
+            self.p,
+        )?);
+        let secs = f64::from(self.p.tcp_secs) + 1.5;
+        let child = start_flood(&self.net, &self.client.path, secs, self.rate)?;
+        sys::sleep(Duration::from_millis(300))?;
+        let gbps = traffic::iperf(&self.net.s, &self.client.path, GATEWAY, self.p);
+        let (sent, took) = finish_flood(child, secs)?;
+        arm.flood_gbps.push(gbps?);
+        arm.paced_rate.push(sent as f64 / took);
+        Ok(())
+    }
+
+    /// 10c: a scan of closed ports from the scanner's real address.
+    fn scan(&mut self, arm: &mut Arm) -> Result<()> {
+        let _inside = self.net.s.try_enter()?;
+        let ifindex = self.net.s.try_ifindex(S_DEV)?;
+        let a = flood::scan(
+            ifindex,
+            SCANNER,
+            GATEWAY,
+            self.p.xdp_scan,
+            Duration::from_millis(300),
+        )?;
+        arm.rst += a.rst;
+        arm.unreachable += a.unreachable;
+        Ok(())
+    }
+
+    fn arm(&mut self, shielded: bool, arm: &mut Arm) -> Result<()> {
+        let link = if shielded {
+            Some(shield_on(&mut self.inst, &self.net)?)
+        } else {
+            None
+        };
+        self.flat_out(shielded, arm)?;
+        self.allowed_flow(arm)?;
+        self.scan(arm)?;
+        if let Some(id) = link {
+            shield_off(&mut self.inst, id)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(
+    p: &Params,
+    rng: &mut Rng,
+    parent: &Cgroup,
+    figs: &mut Vec<Figure>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let net = Net::new()?;
+    let server = parent.try_child("xdpsrv")?;
+    let client = parent.try_child("xdpcli")?;
+    let mut inst = Instance::new("xd", &policy())?;
+    inst.attach(&server.path)?;
+    let _iperf = traffic::start_iperf_server(&net.r, Some(&server.path))?;
+    // The benchmark itself stays off the CPU the traffic runs on.
+    let _pinned = if traffic_cpu() > 0 {
+        Some(sys::pin_self(0)?)
+    } else {
+        None
+    };
+    // Calibration (and warm-up): one core's rate without the shield.
+    let calib = flood_flat_out(&net, &client.path, p.xdp_secs)?;
+    let rate = calib.rate() * PACED_SHARE;
+    println!(
+        "sdm-bench: [10] one CPU floods and disposes of {:.0} packets/s without the shield; 10b floods at {rate:.0}/s",
+        calib.rate()
+    );
+    let mut rig = Rig {
+        p,
+        net,
+        inst,
+        client: &client,
+        rate,
+    };
+    let (mut off, mut on) = (Arm::default(), Arm::default());
+    for round in 0..p.xdp_rounds {
+        sys::check_interrupted()?;
+        let mut order = [false, true];
+        rng.shuffle(&mut order);
+        for shielded in order {
+            let arm = if shielded { &mut on } else { &mut off };
+            rig.arm(shielded, arm).with_context(|| {
+                format!("{} the shield", if shielded { "with" } else { "without" })
+            })?;
+        }
+        println!(
+            "sdm-bench: [10] round {}/{}: per core {:.0} vs {:.0} packets/s, allowed flow during the flood {:.2} vs {:.2} Gbit/s (without vs with the shield)",
+            round + 1,
+            p.xdp_rounds,
+            off.per_core.last().copied().unwrap_or(f64::NAN),
+            on.per_core.last().copied().unwrap_or(f64::NAN),
+            off.flood_gbps[round],
+            on.flood_gbps[round],
+        );
+    }
+    figures(p, rate, &off, &on, figs);
+    notes.push(format!(
+        "Figure 10: the paced flood of 10b is {:.0}% of the {:.0} packets/s one CPU sends and disposes of without the shield (calibrated at the start of the run); the allowed flow, its iperf3 server and the flood share that CPU.",
+        PACED_SHARE * 100.0,
+        calib.rate()
+    ));
+    Ok(())
+}
+
+fn rate_figure(key: &str, name: &str, samples: &[f64], detail: String) -> Figure {
+    if samples.is_empty() {
+        return Figure::missing(
+            10,
+            key,
+            name,
+            crate::report::Status::Measured,
+            "no softirq tick fell in the flood (too short a run)",
+        );
+    }
+    Figure::measured(10, key, name, "packets/s", summarize(samples))
+        .detail(detail)
+        .decimals(0)
+}
+
+fn figures(p: &Params, rate: f64, off: &Arm, on: &Arm, figs: &mut Vec<Figure>) {
+    for (arm, key, what) in [
+        (off, "off", "without the shield (the stack answers each)"),
+        (
+            on,
+            "on",
+            "with sdm_xdp native on the veth, enforce (dropped at the driver)",
+        ),
+    ] {
+        figs.push(rate_figure(
+            &format!("xdp.flood.per_core.{key}"),
+            &format!("10a flood of SYNs and UDP to closed ports disposed of per core, {what}"),
+            &arm.per_core,
+            format!(
+                "packets / softirq CPU-second; one CPU sending and disposing: {:.0} packets/s",
+                median(&arm.one_cpu)
+            ),
+        ));
+    }
+    if !off.per_core.is_empty() && off.per_core.len() == on.per_core.len() {
+        figs.push(
+            Figure::measured(
+                10,
+                "xdp.flood.per_core.ratio",
+                "10a packets disposed of per core: with the shield / without",
+                "×",
+                summarize(&ratios(&on.per_core, &off.per_core)),
+            )
+            .decimals(2)
+            .note_target("none (the issue asks for the figure)"),
+        );
+    }
+    for (arm, key, what) in [
+        (off, "off", "without the shield"),
+        (on, "on", "with the shield"),
+    ] {
+        figs.push(
+            Figure::measured(
+                10,
+                &format!("xdp.allowed.{key}"),
+                &format!("10b allowed TCP flow to the advertised port during the flood, {what}"),
+                "Gbit/s",
+                summarize(&arm.flood_gbps),
+            )
+            .detail(format!(
+                "{:.2} Gbit/s without a flood; flood at {:.0} of {rate:.0} packets/s asked",
+                median(&arm.quiet_gbps),
+                median(&arm.paced_rate)
+            ))
+            .decimals(2),
+        );
+    }
+    figs.push(
+        Figure::measured(
+            10,
+            "xdp.allowed.ratio",
+            "10b allowed flow during the flood: with the shield / without",
+            "×",
+            summarize(&ratios(&on.flood_gbps, &off.flood_gbps)),
+        )
+        .decimals(2)
+        .note_target("none (the issue asks for the figure)"),
+    );
+    scan_figures(p, off, on, figs);
+}
+
+/// 10c: the replies each arm's scans got, over all rounds.
+fn scan_figures(p: &Params, off: &Arm, on: &Arm, figs: &mut Vec<Figure>) {
+    let scanned = p.xdp_scan * p.xdp_rounds as u64;
+    let replies = |a: &Arm| (a.rst + a.unreachable) as f64;
+    let detail = |a: &Arm| {
+        format!(
+            "{} RST, {} ICMP unreachable for {scanned} SYNs and {scanned} datagrams",
+            a.rst, a.unreachable
+        )
+    };
+    figs.push(
+        Figure::measured(
+            10,
+            "xdp.scan.replies.on",
+            "10c RST and ICMP unreachable replies to a scan of closed ports, with the shield",
+            "replies",
+            summarize(&[replies(on)]),
+        )
+        .detail(detail(on))
+        .decimals(0)
+        .target("0", Goal::AtMost(0.0)),
+    );
+    figs.push(
+        Figure::measured(
+            10,
+            "xdp.scan.replies.off",
+            "10c the same scan without the shield",
+            "replies",
+            summarize(&[replies(off)]),
+        )
+        .detail(detail(off))
+        .decimals(0)
+        .target("> 0 (shows the capture sees replies)", Goal::AtLeast(1.0)),
+    );
+}
