@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use sdm_testkit::shield::{Answers, Replies, SynSender};
 use serde_json::json;
 
@@ -27,8 +27,10 @@ fn ports(i: u64) -> (u16, u16) {
 
 /// Sends SYNs and UDP datagrams, alternately, from `from` to closed ports
 /// of `to` for `secs`: as fast as one CPU can with `rate` 0, else paced to
-/// `rate` packets per second. Prints `{"sent", "refused", "secs"}`
-/// (refused: sends the kernel failed, e.g. a full queue).
+/// `rate` packets per second. Prints `{"sent", "refused", "secs",
+/// "cpu_secs"}` (refused: sends the kernel failed, e.g. a full queue;
+/// cpu_secs: this process's CPU time, which holds the softirq work done in
+/// its context, i.e. the receiver's handling of what it sent).
 pub fn xdp_flood(to: Ipv4Addr, from: Ipv4Addr, secs: f64, rate: f64) -> Result<()> {
     let syns = SynSender::new(from).with_context(|| format!("a raw TCP socket bound to {from}"))?;
     let udp = UdpSocket::bind(SocketAddrV4::new(from, 0))
@@ -65,7 +67,7 @@ pub fn xdp_flood(to: Ipv4Addr, from: Ipv4Addr, secs: f64, rate: f64) -> Result<(
     let secs = start.elapsed().as_secs_f64();
     println!(
         "{}",
-        json!({ "sent": sent, "refused": refused, "secs": secs })
+        json!({ "sent": sent, "refused": refused, "secs": secs, "cpu_secs": own_cpu_secs()? })
     );
     std::io::stdout().flush()?;
     Ok(())
@@ -100,6 +102,37 @@ pub fn scan(
     crate::sys::sleep(wait)?;
     add(&mut answers, replies.count());
     Ok(answers)
+}
+
+/// This process's user and system time (getrusage), in seconds.
+fn own_cpu_secs() -> Result<f64> {
+    // SAFETY: rusage is plain data, written by getrusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid rusage to write to.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrusage");
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(secs(ru.ru_utime) + secs(ru.ru_stime))
+}
+
+/// The pid of `ksoftirqd/<cpu>`, which runs the softirq work a CPU could
+/// not finish in the context that raised it.
+pub fn ksoftirqd(cpu: usize) -> Result<u32> {
+    let want = format!("ksoftirqd/{cpu}");
+    for entry in std::fs::read_dir("/proc").context("read /proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == want) {
+            return Ok(pid);
+        }
+    }
+    bail!("no {want} thread in /proc")
 }
 
 fn add(a: &mut Answers, b: Answers) {
