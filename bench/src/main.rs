@@ -20,6 +20,7 @@ mod stats;
 mod sys;
 mod traffic;
 mod verdict;
+mod verifier;
 mod xdp;
 
 use std::{
@@ -400,7 +401,7 @@ fn run(
         machine.cpus,
         machine.kernel
     );
-    let (figs, notes) = measure(&p, seed, &agent_bin, &wants)?;
+    let (figs, notes, verifier_md) = measure(&p, seed, &agent_bin, &wants)?;
     let results = Results {
         source: source.unwrap_or_else(git_source),
         smoke,
@@ -421,7 +422,9 @@ fn run(
             PathBuf::from("BENCHMARKS.md")
         }
     });
-    results.write_markdown(&md, &format!("{}{}", kernel_matrix_section(), method(&p)))?;
+    // Figure 11's table when it was measured, else the matrix's report.
+    let kernels = verifier_md.unwrap_or_else(kernel_matrix_section);
+    results.write_markdown(&md, &format!("{kernels}{}", method(&p)))?;
     println!(
         "sdm-bench: wrote {} and {} ({:.0} s)",
         json.display(),
@@ -433,13 +436,14 @@ fn run(
 
 /// Measures the figures `wants` asks for, each in the benchmark's own
 /// namespaces and below the benchmark's own cgroup (removed on return):
-/// the figures, in section order, and the notes for the report.
+/// the figures, in section order, the notes for the report and figure
+/// 11's section (if measured).
 fn measure(
     p: &Params,
     seed: u64,
     agent_bin: &Path,
     wants: &dyn Fn(u8) -> bool,
-) -> Result<(Vec<Figure>, Vec<String>)> {
+) -> Result<(Vec<Figure>, Vec<String>, Option<String>)> {
     let mut rng = Rng::new(seed);
     let mut figs: Vec<Figure> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
@@ -476,8 +480,14 @@ fn measure(
         println!("sdm-bench: [10] the XDP shield under a flood of SYNs and UDP to closed ports");
         xdp::run(p, &mut rng, &parent, &mut figs, &mut notes).context("figure 10")?;
     }
+    let verifier_md = if wants(11) {
+        println!("sdm-bench: [11] verifier statistics: this kernel, and the kernel matrix's");
+        Some(verifier::run(&mut figs, &mut notes).context("figure 11")?)
+    } else {
+        None
+    };
     figs.sort_by_key(|f| f.section);
-    Ok((figs, notes))
+    Ok((figs, notes, verifier_md))
 }
 
 fn print_summary(r: &Results) {
