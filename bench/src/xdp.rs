@@ -4,20 +4,22 @@
 //!
 //! Topology: a receiver namespace R (the gateway: 10.232.240.2 on `xr0`)
 //! and a scanner namespace S (10.232.240.1 on `xs0`, and 10.232.250.1 on
-//! its loopback). R runs an iperf3 server on the advertised port in a
-//! cgroup of the benchmark's own with the cgroup programs attached
+//! its loopback). R runs an iperf3 server and a UDP echo server on the
+//! advertised port in a cgroup of the benchmark's own with the cgroup programs attached
 //! (enforce, one ingress rule: that port from 10.232.240.1). The flood
 //! comes from 10.232.250.1, which R routes to a blackhole: the stack
 //! builds its RSTs and ICMP errors but they never cross back, so S's CPU
 //! does not pay for receiving them. The shield arm attaches `sdm_xdp`
-//! natively (veth_xdp_rcv, drivers/net/veth.c) to `xr0` only, from
+//! natively (veth_xdp_rcv,
+//! <https://github.com/torvalds/linux/blob/v6.12/drivers/net/veth.c>) to
+//! `xr0` only, from
 //! inside R, with the same object's maps (enforce mode, the same ingress
 //! rule): it sees that interface's packets and nothing else.
 //!
 //! On veth the receive path runs on the CPU that sends (veth_xmit hands
 //! the packet to netif_rx or to the veth's NAPI, both processed in softirq
 //! on the sending CPU, at the local_bh_enable that ends the transmit), so
-//! the sender is pinned to one CPU and its own CPU time (plus that of the
+//! the sender is pinned to one CPU (veth_xmit, same file) and its own CPU time (plus that of the
 //! CPU's ksoftirqd, for what was deferred) holds both sides of each packet:
 //! per core = packets / those CPU-seconds. The CPU's softirq time from
 //! /proc/stat (the receiver alone, but CPU-wide: anything else on that CPU
@@ -25,9 +27,12 @@
 //!
 //! The allowed flow is UDP request/response to the advertised port (a
 //! native XDP program on a veth takes software GSO from its peer,
-//! veth_xdp_set in drivers/net/veth.c, which makes a TCP stream's figure
+//! veth_xdp_set, same file, which makes a TCP stream's figure
 //! measure segmentation rather than the flood; the stream is measured
-//! without a flood to show that).
+//! without a flood to show that). With the shield, veth queues what it
+//! receives in a 256-entry ring (veth_xdp_rx) drained by NAPI: a burst of
+//! the flood that fills it drops the allowed flow's packets too, and the
+//! request/response client waits out its 200 ms timeout.
 
 mod flood;
 
@@ -213,6 +218,17 @@ fn flood_flat_out(net: &Net, cgroup: &Path, secs: f64) -> Result<Flooded> {
     })
 }
 
+/// The scanner's veth's `tx_dropped`: what veth_xmit could not queue at
+/// the receiver (its backlog, or with XDP its ring, full).
+fn tx_dropped(net: &Net) -> Result<u64> {
+    let out = net.s.try_ip(&["-s", "-j", "link", "show", S_DEV])?;
+    let v: Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("ip -j link printed {out:?}"))?;
+    v[0]["stats64"]["tx"]["dropped"]
+        .as_u64()
+        .with_context(|| format!("no stats64.tx.dropped in {out}"))
+}
+
 /// UDP request/response transactions per second to the advertised port,
 /// from the scanner's real address, pinned to the traffic CPU.
 fn udp_rr(net: &Net, cgroup: &Path, secs: f64) -> Result<f64> {
@@ -290,6 +306,8 @@ struct Arm {
     flood_rr: Vec<f64>,
     stream_gbps: Vec<f64>,
     paced_rate: Vec<f64>,
+    /// Packets the scanner's veth could not hand over during 10b's floods.
+    veth_drops: u64,
     rst: u64,
     unreachable: u64,
 }
@@ -339,10 +357,12 @@ impl Rig<'_> {
         arm.quiet_rr
             .push(udp_rr(&self.net, &self.client.path, rr_secs)?);
         let secs = rr_secs + 1.0;
+        let drops = tx_dropped(&self.net)?;
         let child = start_flood(&self.net, &self.client.path, secs, self.rate)?;
         sys::sleep(Duration::from_millis(300))?;
         let rr = udp_rr(&self.net, &self.client.path, rr_secs);
         let (sent, took, _) = finish_flood(child, secs)?;
+        arm.veth_drops += tx_dropped(&self.net)?.saturating_sub(drops);
         arm.flood_rr.push(rr?);
         arm.paced_rate.push(sent as f64 / took);
         arm.stream_gbps.push(traffic::iperf(
@@ -521,9 +541,10 @@ fn flow_figures(rate: f64, off: &Arm, on: &Arm, figs: &mut Vec<Figure>) {
                 summarize(&arm.flood_rr),
             )
             .detail(format!(
-                "{:.0}/s without a flood; flood at {:.0} of {rate:.0} packets/s asked",
+                "{:.0}/s without a flood; flood at {:.0} of {rate:.0} packets/s asked; {} packets dropped by the veth (its receive queue full) over all rounds",
                 median(&arm.quiet_rr),
-                median(&arm.paced_rate)
+                median(&arm.paced_rate),
+                arm.veth_drops
             ))
             .decimals(0),
         );
