@@ -227,7 +227,8 @@ fn event_stats(pins: &Pins) -> Result<(u64, u64)> {
     ))
 }
 
-fn cpu_ticks(pid: u32) -> Result<u64> {
+/// utime + stime of `pid`, in /proc/stat ticks.
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').context("/proc/pid/stat")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();

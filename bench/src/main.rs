@@ -22,6 +22,8 @@ mod summary;
 mod sys;
 mod traffic;
 mod verdict;
+mod verifier;
+mod xdp;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -139,6 +141,19 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         secs: f64,
     },
+    /// Figure 10's flood: SYNs and datagrams to closed ports.
+    #[command(hide = true)]
+    XdpFlood {
+        #[arg(long)]
+        to: Ipv4Addr,
+        #[arg(long)]
+        from: Ipv4Addr,
+        #[arg(long, default_value_t = 1.0)]
+        secs: f64,
+        /// Packets per second; 0: as fast as one CPU goes.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
     #[command(hide = true)]
     Probe {
         #[arg(long)]
@@ -204,6 +219,11 @@ pub struct Params {
     pub scale_settle_secs: f64,
     pub scale_window_secs: f64,
     pub scale_start_limit_secs: u64,
+    /// Figure 10: rounds (each arm once), seconds of each flat-out flood,
+    /// and the SYNs (and as many datagrams) of each arm's scan.
+    pub xdp_rounds: usize,
+    pub xdp_secs: f64,
+    pub xdp_scan: u64,
 }
 
 impl Params {
@@ -250,6 +270,9 @@ impl Params {
             scale_settle_secs: pick(6.0, 2.5),
             scale_window_secs: pick(40.0, 4.0),
             scale_start_limit_secs: 300,
+            xdp_rounds: if full { 7 } else { 1 },
+            xdp_secs: pick(2.0, 0.3),
+            xdp_scan: if full { 200 } else { 50 },
         }
     }
 }
@@ -288,6 +311,12 @@ fn main() -> ExitCode {
             seed,
         } => helpers::tcp::tcp_crr_multi(&arms, rounds, slice_ms, seed),
         Cmd::Flood { net, secs } => helpers::flood(net, secs),
+        Cmd::XdpFlood {
+            to,
+            from,
+            secs,
+            rate,
+        } => xdp::xdp_flood(to, from, secs, rate),
         Cmd::Probe {
             port,
             timeout_ms,
@@ -412,7 +441,7 @@ fn run(
         machine.cpus,
         machine.kernel
     );
-    let (figs, notes) = measure(&p, seed, &agent_bin, &wants)?;
+    let (figs, notes, verifier_md) = measure(&p, seed, &agent_bin, &wants)?;
     let results = Results {
         source: source.unwrap_or_else(git_source),
         smoke,
@@ -433,10 +462,9 @@ fn run(
             PathBuf::from("BENCHMARKS.md")
         }
     });
-    results.write_markdown(
-        &md,
-        &format!("{}{}", summary::kernel_matrix_section(), method(&p)),
-    )?;
+    // Figure 11's table when it was measured, else the matrix's report.
+    let kernels = verifier_md.unwrap_or_else(summary::kernel_matrix_section);
+    results.write_markdown(&md, &format!("{kernels}{}", method(&p)))?;
     println!(
         "sdm-bench: wrote {} and {} ({:.0} s)",
         json.display(),
@@ -448,13 +476,14 @@ fn run(
 
 /// Measures the figures `wants` asks for, each in the benchmark's own
 /// namespaces and below the benchmark's own cgroup (removed on return):
-/// the figures, in section order, and the notes for the report.
+/// the figures, in section order, the notes for the report and figure
+/// 11's section (if measured).
 fn measure(
     p: &Params,
     seed: u64,
     agent_bin: &Path,
     wants: &dyn Fn(u8) -> bool,
-) -> Result<(Vec<Figure>, Vec<String>)> {
+) -> Result<(Vec<Figure>, Vec<String>, Option<String>)> {
     let mut rng = Rng::new(seed);
     let mut figs: Vec<Figure> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
@@ -491,8 +520,18 @@ fn measure(
         );
         agent::run_dns(p, agent_bin, &parent, &mut figs, &mut notes).context("figure 4")?;
     }
+    if wants(10) {
+        println!("sdm-bench: [10] the XDP shield under a flood of SYNs and UDP to closed ports");
+        xdp::run(p, &mut rng, &parent, &mut figs, &mut notes).context("figure 10")?;
+    }
+    let verifier_md = if wants(11) {
+        println!("sdm-bench: [11] verifier statistics: this kernel, and the kernel matrix's");
+        Some(verifier::run(&mut figs, &mut notes).context("figure 11")?)
+    } else {
+        None
+    };
     figs.sort_by_key(|f| f.section);
-    Ok((figs, notes))
+    Ok((figs, notes, verifier_md))
 }
 
 /// The "How each figure is measured" and "Reproduce" sections of
@@ -523,6 +562,9 @@ fn method(p: &Params) -> String {
         ("st", p.scale_ttl_secs.to_string()),
         ("sse", p.scale_settle_secs.to_string()),
         ("sw", p.scale_window_secs.to_string()),
+        ("xr", p.xdp_rounds.to_string()),
+        ("xs", p.xdp_secs.to_string()),
+        ("xn", p.xdp_scan.to_string()),
         ("seed", p.seed.to_string()),
     ];
     values.iter().fold(

@@ -190,7 +190,7 @@ pub struct Results {
     pub notes: Vec<String>,
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 11] = [
     "Cost per verdict (BPF_PROG_TEST_RUN)",
     "Overhead on real traffic",
     "Against iptables and nftables",
@@ -199,6 +199,9 @@ const SECTIONS: [&str; 8] = [
     "A gateway at scale",
     "Connection rate",
     "The kernel's own accounting (bpf_stats)",
+    "Port ranges",
+    "The XDP shield",
+    "Verifier statistics per kernel",
 ];
 
 fn fmt_num(v: f64, decimals: usize) -> String {

@@ -133,14 +133,16 @@ pub fn start_echo(server: &Netns) -> Result<Proc> {
     Ok(proc)
 }
 
-fn start_iperf_server(server: &Netns) -> Result<Proc> {
+/// The iperf3 server in `server`, in `cgroup` if given (figure 10: the
+/// cgroup with the programs attached).
+pub(crate) fn start_iperf_server(server: &Netns, cgroup: Option<&Path>) -> Result<Proc> {
     let mut cmd = Command::new("iperf3");
     cmd.args(["-s", "-p", &IPERF_PORT.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut proc = Proc::new(
-        sys::spawn_in(&mut cmd, Some(&server.path()), None, Some(traffic_cpu()))?,
+        sys::spawn_in(&mut cmd, Some(&server.path()), cgroup, Some(traffic_cpu()))?,
         "iperf3 server",
     );
     let end = Instant::now() + Duration::from_secs(10);
@@ -238,7 +240,7 @@ fn blocked(netns: &Netns, cgroup: &Path, to: Ipv4Addr) -> Result<bool> {
 }
 
 /// TCP stream throughput in Gbit/s with iperf3.
-fn iperf(netns: &Netns, cgroup: &Path, to: Ipv4Addr, p: &Params) -> Result<f64> {
+pub(crate) fn iperf(netns: &Netns, cgroup: &Path, to: Ipv4Addr, p: &Params) -> Result<f64> {
     let mut last = String::new();
     for _attempt in 0..10 {
         let mut cmd = Command::new("iperf3");
@@ -326,7 +328,7 @@ pub fn run(
     let sizes = &p.filter_sizes;
     let topo = Topology::new(1 + 2 * sizes.len())?;
     let _echo = start_echo(&topo.server)?;
-    let _iperf = start_iperf_server(&topo.server)?;
+    let _iperf = start_iperf_server(&topo.server, None)?;
     let server0 = server_addr(0);
 
     let plain = parent.try_child("plain")?;

@@ -9,7 +9,10 @@
 //!   when the owner panics or fails;
 //! - [`shell`]: runs a command and returns its output;
 //! - [`senders`]: UDP through a raw socket (judged by the packet programs
-//!   only) and the flood of ever-new destinations.
+//!   only) and the flood of ever-new destinations;
+//! - [`shield`]: TCP SYNs through a raw socket and a capture of the RSTs and
+//!   ICMP unreachables that answer them (the XDP shield's lab check and
+//!   benchmark).
 //!
 //! Every fallible call comes in two forms: `try_x` returns a [`Error`] (the
 //! benchmark, with `?`), `x` panics with the same message (a test, which
@@ -19,6 +22,7 @@ pub mod guards;
 pub mod names;
 pub mod senders;
 pub mod shell;
+pub mod shield;
 pub mod sweep;
 
 use std::{io, process::ExitStatus};

@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     context::{self, describe, Ctx},
-    system,
+    kernel_matrix, system,
     tasks::{self, Purpose},
 };
 
@@ -57,6 +57,9 @@ pub fn smoke(ctx: &Ctx, release: bool) -> Result<()> {
 fn prepare(ctx: &Ctx, smoke: bool, out: Option<&Path>, args: &[OsString]) -> Result<Command> {
     tasks::setup(ctx, Purpose::Run)?;
     ensure_packages(ctx)?;
+    if !smoke && wants_verifier_figure(args) {
+        kernel_matrix_first(ctx);
+    }
     let mut build = ctx.cargo(["build", "--release", "-p", AGENT, "-p", BENCH]);
     build.env_remove("AYA_BUILD_SKIP");
     context::run(&mut build)?;
@@ -73,6 +76,43 @@ fn prepare(ctx: &Ctx, smoke: bool, out: Option<&Path>, args: &[OsString]) -> Res
     ))
 }
 
+/// Whether the run measures figure 11 (no `--only`, or one that names 11).
+fn wants_verifier_figure(args: &[OsString]) -> bool {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let only = args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--only=")
+            .map(str::to_owned)
+            .or_else(|| (a == "--only").then(|| args.get(i + 1).cloned().unwrap_or_default()))
+    });
+    only.is_none_or(|v| v.split(',').any(|f| f.trim() == "11"))
+}
+
+/// Figure 11 quotes the kernel matrix's verifier statistics: reused when
+/// they were measured on this very checkout, else the matrix runs first
+/// (its kernels are cached; the guests take minutes under TCG). A matrix
+/// that fails leaves what it measured; the benchmark goes on with that.
+fn kernel_matrix_first(ctx: &Ctx) {
+    if kernel_matrix::verifier_json_is_current(ctx) {
+        println!(
+            "xtask: bench: figure 11 uses the kernel matrix's statistics of this commit ({}); not rerun",
+            kernel_matrix::verifier_json_path(ctx).display()
+        );
+        return;
+    }
+    println!(
+        "xtask: bench: figure 11 needs the kernel matrix of this checkout: running `cargo xtask kernels` first \
+         (5.10, 6.1 and 6.12 under qemu TCG: several minutes; kernels are cached)..."
+    );
+    if let Err(e) = tasks::kernels(ctx, false, None) {
+        eprintln!(
+            "xtask: bench: the kernel matrix failed ({e:#}); figure 11 shows what it measured"
+        );
+    }
+}
+
 /// `<bin>/sdm-bench run --out <out> --agent <bin>/sdm-agent ...`.
 fn command(ctx: &Ctx, bin: &Path, smoke: bool, out: &Path, args: &[OsString]) -> Command {
     let mut cmd = ctx.command(bin.join(BENCH));
@@ -86,6 +126,11 @@ fn command(ctx: &Ctx, bin: &Path, smoke: bool, out: &Path, args: &[OsString]) ->
         .env(
             "SDM_KERNEL_MATRIX_REPORT",
             ctx.target_dir().join("kernel-matrix/report.md"),
+        )
+        // Figure 11: the verifier's statistics per kernel, as numbers.
+        .env(
+            "SDM_KERNEL_MATRIX_JSON",
+            kernel_matrix::verifier_json_path(ctx),
         )
         .current_dir(&ctx.root);
     if smoke {
@@ -127,4 +172,21 @@ fn ensure_packages(ctx: &Ctx) -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figure_11_is_wanted_unless_only_leaves_it_out() {
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(wants_verifier_figure(&args(&[])));
+        assert!(wants_verifier_figure(&args(&["--only", "10,11"])));
+        assert!(wants_verifier_figure(&args(&["--only=11"])));
+        assert!(!wants_verifier_figure(&args(&["--only", "1,3"])));
+        assert!(!wants_verifier_figure(&args(&[
+            "--seed", "11", "--only", "10"
+        ])));
+    }
 }

@@ -33,7 +33,7 @@ use crate::context::Ctx;
 
 use fetch::fetch_kernels;
 use guest::{boot_guest, build_base_initramfs, guest_initramfs, run_on_host, smoke_binary};
-use report::{render, KernelRow};
+use report::{render, verifier_json, KernelRow};
 
 /// One guest kernel: the series, the Debian suite that ships it, and the
 /// hosts that run it.
@@ -68,6 +68,56 @@ const SMOKE_TEST: &str = "kernel_smoke";
 const GUEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 /// The line the guest's /init prints with the test binary's exit status.
 const EXIT_MARK: &str = "sdm-guest: exit ";
+
+/// Where the matrix writes its verifier statistics as JSON (figure 11 of
+/// `cargo xtask bench` reads them).
+pub fn verifier_json_path(ctx: &Ctx) -> std::path::PathBuf {
+    ctx.target_dir().join("kernel-matrix/verifier.json")
+}
+
+/// The checkout's commit (`git rev-parse HEAD`) and whether tracked files
+/// have changes; ("unknown", true) outside git.
+pub fn checkout(ctx: &Ctx) -> (String, bool) {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(&ctx.root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "HEAD"]) {
+        Some(commit) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_none_or(|s| !s.is_empty());
+            (commit, dirty)
+        }
+        None => ("unknown".to_owned(), true),
+    }
+}
+
+/// Whether verifier.json was measured on this very checkout (same commit,
+/// neither dirty) and holds every kernel of the matrix.
+pub fn verifier_json_is_current(ctx: &Ctx) -> bool {
+    let Ok(text) = fs::read_to_string(verifier_json_path(ctx)) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let (commit, dirty) = checkout(ctx);
+    let releases: Vec<&str> = v["kernels"]
+        .as_array()
+        .map(|k| k.iter().filter_map(|k| k["release"].as_str()).collect())
+        .unwrap_or_default();
+    let every_kernel = KERNELS.iter().all(|k| {
+        releases
+            .iter()
+            .any(|r| r.starts_with(&format!("{}.", k.series)))
+    });
+    !dirty && v["dirty"] == false && v["commit"] == commit.as_str() && every_kernel
+}
 
 /// What `cargo xtask kernels` and the test step run.
 pub fn run(ctx: &Ctx, release: bool, only: Option<&str>) -> Result<()> {
@@ -135,6 +185,11 @@ pub fn run(ctx: &Ctx, release: bool, only: Option<&str>) -> Result<()> {
     let report_path = out_dir.join("report.md");
     fs::write(&report_path, &report).with_context(|| format!("write {}", report_path.display()))?;
     println!("xtask: kernel matrix report: {}", report_path.display());
+    let (commit, dirty) = checkout(ctx);
+    let json = verifier_json(&rows, &commit, dirty);
+    let json_path = verifier_json_path(ctx);
+    fs::write(&json_path, format!("{json:#}\n"))
+        .with_context(|| format!("write {}", json_path.display()))?;
     failures.extend(rows.iter().filter_map(KernelRow::failure));
     if !failures.is_empty() {
         bail!("kernel matrix failed:\n  {}", failures.join("\n  "));

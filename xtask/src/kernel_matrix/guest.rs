@@ -236,7 +236,7 @@ pub(super) fn run_on_host(smoke: &Path, out_dir: &Path) -> Result<KernelRow> {
         .to_owned();
     Ok(parse_results(
         &release,
-        "this machine".to_owned(),
+        super::report::HOST.to_owned(),
         &text,
         out.status.success(),
         start.elapsed(),

@@ -10,8 +10,19 @@ pub(super) struct KernelRow {
     pub(super) how: String,
     pub(super) checks: BTreeMap<String, String>,
     pub(super) verifier: BTreeMap<String, String>,
+    /// The same statistics as numbers, for verifier.json.
+    pub(super) stats: BTreeMap<String, ProgramStat>,
     pub(super) passed: bool,
     pub(super) took: Duration,
+}
+
+/// What the verifier said of one program on one kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ProgramStat {
+    /// Instructions processed; None where the kernel does not tell (5.10).
+    pub(super) insns: Option<u64>,
+    pub(super) ms: Option<u64>,
+    pub(super) ok: bool,
 }
 
 impl KernelRow {
@@ -21,6 +32,7 @@ impl KernelRow {
             how: "did not finish".to_owned(),
             checks: BTreeMap::new(),
             verifier: BTreeMap::new(),
+            stats: BTreeMap::new(),
             passed: false,
             took: Duration::ZERO,
         }
@@ -59,6 +71,7 @@ pub(super) fn parse_results(
 ) -> KernelRow {
     let mut checks = BTreeMap::new();
     let mut verifier = BTreeMap::new();
+    let mut stats = BTreeMap::new();
     for line in text.lines() {
         if let Some(at) = line.find("smoke: ") {
             let rest = &line[at + "smoke: ".len()..];
@@ -91,6 +104,14 @@ pub(super) fn parse_results(
                     }
                 );
                 verifier.insert(program.to_owned(), cell);
+                stats.insert(
+                    program.to_owned(),
+                    ProgramStat {
+                        insns: fields.get("insns").and_then(|n| n.parse().ok()),
+                        ms: fields.get("ms").and_then(|n| n.parse().ok()),
+                        ok: fields.get("ok") == Some(&"true"),
+                    },
+                );
             }
         }
         for (test, check) in [
@@ -124,6 +145,7 @@ pub(super) fn parse_results(
         how,
         checks,
         verifier,
+        stats,
         passed: exit_ok,
         took,
     }
@@ -196,3 +218,32 @@ pub(super) fn render(rows: &[KernelRow]) -> String {
     );
     out
 }
+
+/// The verifier's statistics of every kernel as JSON (verifier.json, read
+/// by the benchmark's figure 11), with the checkout they were measured on.
+pub(super) fn verifier_json(rows: &[KernelRow], commit: &str, dirty: bool) -> serde_json::Value {
+    let kernels: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let programs: Vec<serde_json::Value> = r
+                .stats
+                .iter()
+                .map(|(name, s)| {
+                    serde_json::json!({
+                        "program": name, "insns": s.insns, "ms": s.ms, "ok": s.ok,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "release": r.release,
+                "how": r.how,
+                "host": r.how == HOST,
+                "programs": programs,
+            })
+        })
+        .collect();
+    serde_json::json!({ "commit": commit, "dirty": dirty, "kernels": kernels })
+}
+
+/// How the host's own row says where it ran.
+pub(super) const HOST: &str = "this machine";

@@ -57,6 +57,20 @@ fn reads_checks_and_verifier_lines_off_a_console() {
         "a REFUSED program fails the verifier check"
     );
     assert_eq!(row.verifier["sdm_egress"], "39929 insns, 40 ms");
+    assert_eq!(
+        row.stats["sdm_egress"],
+        ProgramStat {
+            insns: Some(39929),
+            ms: Some(40),
+            ok: true
+        }
+    );
+    assert!(!row.stats["sdm_refused"].ok);
+    let json = verifier_json(std::slice::from_ref(&row), "abc", false);
+    assert_eq!(json["commit"], "abc");
+    assert_eq!(json["kernels"][0]["release"], "6.1.0-50-cloud-amd64");
+    assert_eq!(json["kernels"][0]["programs"][0]["program"], "sdm_egress");
+    assert_eq!(json["kernels"][0]["programs"][0]["insns"], 39929);
     assert!(row.failure().is_some());
     let table = render(&[row]);
     assert!(table.contains("| denied-eperm | FAILED |"), "{table}");
