@@ -108,8 +108,55 @@ pub(super) fn fig3_figures(sizes: &[usize], arms: &[RrArm], figs: &mut Vec<Figur
             }
             figs.push(fig);
         }
+        figs.push(against_nftables(n, arms)?);
     }
     Ok(())
+}
+
+/// Issue 12's goal at `n` entries: this program's rate over the nftables
+/// set's, round by round (both against the same no-filter arm, so ≥ 1 means
+/// its ratio to no filter is at least the set's and the time it adds per
+/// transaction at most the set's).
+fn against_nftables(n: usize, arms: &[RrArm]) -> Result<Figure> {
+    let none = &arms[0].samples;
+    let ours = &arms
+        .iter()
+        .find(|a| a.filter == Filter::Ebpf(n))
+        .context("arm")?
+        .samples;
+    let nft = &arms
+        .iter()
+        .find(|a| a.filter == Filter::Nft(n))
+        .context("arm")?
+        .samples;
+    let added = |with: &[f64]| {
+        median(
+            &with
+                .iter()
+                .zip(none)
+                .map(|(a, b)| (1.0 / a - 1.0 / b) * 1e9)
+                .collect::<Vec<_>>(),
+        )
+    };
+    Ok(Figure::measured(
+        3,
+        &format!("filters.ebpf_vs_nft.{n}"),
+        &format!(
+            "this program / nftables set, {} entries (rates in the same round)",
+            crate::group(n)
+        ),
+        "",
+        summarize(&ratios(ours, nft)),
+    )
+    .detail(format!(
+        "{:+.0} vs {:+.0} ns per transaction over no filter",
+        added(ours),
+        added(nft)
+    ))
+    .target(
+        "≥ 1.00 (ratio to no filter ≥ the set's, added ns ≤ the set's)",
+        Goal::AtLeast(1.0),
+    ))
 }
 
 /// Rates, and the filter's cost per transaction (two packets, each judged
