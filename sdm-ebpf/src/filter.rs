@@ -54,7 +54,7 @@
 
 use aya_ebpf::{bindings::bpf_sock, macros::cgroup_skb, programs::SkBuffContext};
 use aya_log_ebpf::info;
-use sdm_common::{DenyReason, KernelConfig, TrafficDir, LOOPBACK_ENFORCE};
+use sdm_common::{DenyReason, KernelConfig, SockState, TrafficDir, LOOPBACK_ENFORCE};
 
 use crate::{
     dns,
@@ -62,7 +62,7 @@ use crate::{
     maps::CONFIG,
     parse::{parse, PacketFlow},
     policy::{lookup, note_peers, reverse_lookup, NO_RULE},
-    sock::{cached_rule, remember, skb_socket},
+    sock::{cached_rule, remember, skb_socket, sock_state},
     stats::count_rule,
     PASS,
 };
@@ -140,19 +140,25 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
     // 5 and 6: the rule that allows the flow, and whether it is new to the
     // socket (6) or its cached verdict (5). Loopback, when passed, has no
     // rule: it gets here only for the DNS queries to a local resolver.
+    // The socket's storage, looked up once: step 5 reads it, step 6 writes it.
+    let state = if loopback_pass {
+        None
+    } else {
+        sock_state(sk, false)
+    };
     let allowed = if loopback_pass {
         if !egress {
             return pass_answer::<DIR>(ctx, &flow);
         }
         Some((NO_RULE, false))
-    } else if let Some(rule) = cached_rule(ctx, &flow, dir, slot, sk) {
+    } else if let Some(rule) = cached_rule(ctx, &flow, dir, slot, sk, state) {
         Some((rule, false))
     } else {
         lookup(slot, &flow, dir, port).map(|rule| (rule, true))
     };
     if let Some((rule, fresh)) = allowed {
         if fresh {
-            remember_allowed::<DIR>(ctx, config, sk, &flow, port, rule);
+            remember_allowed::<DIR>(ctx, config, sk, state, &flow, port, rule);
         }
         return pass_allowed::<DIR>(ctx, config, &flow, rule, len);
     }
@@ -227,12 +233,13 @@ fn remember_allowed<const DIR: u8>(
     ctx: &SkBuffContext,
     config: &KernelConfig,
     sk: *mut bpf_sock,
+    state: Option<*mut SockState>,
     flow: &PacketFlow,
     port: u16,
     rule: u32,
 ) {
     let dir = program_dir(DIR);
-    note_peers(ctx, flow, remember(sk, flow, dir, rule), rule);
+    note_peers(ctx, flow, remember(sk, state, flow, dir, rule), rule);
     if DIR == TrafficDir::Egress as u8 {
         crate::xdp::note_flow(flow);
     }

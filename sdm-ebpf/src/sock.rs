@@ -60,7 +60,8 @@ pub(crate) fn record_process(st: &mut SockState) {
     }
 }
 
-/// Step 5: the rule of the socket's cached verdict, if it covers this
+/// Step 5: the rule of the socket's cached verdict (`state`, the socket's
+/// storage, looked up once per packet by the caller), if it covers this
 /// packet (same remote, port and protocol; see `cache_serves`) and the rule
 /// is still in the live policy.
 #[inline(always)]
@@ -70,8 +71,9 @@ pub(crate) fn cached_rule(
     dir: TrafficDir,
     slot: u32,
     sk: *mut bpf_sock,
+    state: Option<*mut SockState>,
 ) -> Option<u32> {
-    let state = sock_state(sk, false)?;
+    let state = state?;
     // SAFETY: a non-null pointer from bpf_sk_storage_get.
     let st = unsafe { &*state };
     let hit = st.valid != 0
@@ -205,7 +207,10 @@ fn caching_pays(sk: *mut bpf_sock, flow: &PacketFlow) -> bool {
     // sock_common and returns null unless it is a full TCP socket.
     let tp = unsafe { bpf_tcp_sock(sk.cast()) };
     if tp.is_null() {
-        return true;
+        // Not a full TCP socket (a request or timewait socket, which have
+        // no storage, or BPF_PROG_TEST_RUN's socket of one call): nothing a
+        // cache would serve.
+        return false;
     }
     // SAFETY: a non-null pointer from bpf_tcp_sock, read-only fields.
     let segs = unsafe { (*tp).segs_in.wrapping_add((*tp).segs_out) };
@@ -216,8 +221,14 @@ fn caching_pays(sk: *mut bpf_sock, flow: &PacketFlow) -> bool {
 /// storage where caching pays (sockets older than the programs, TCP
 /// sockets, sockets seen only by BPF_PROG_TEST_RUN).
 #[inline(always)]
-pub(crate) fn remember(sk: *mut bpf_sock, flow: &PacketFlow, dir: TrafficDir, rule: u32) -> Cached {
-    let state = match sock_state(sk, false) {
+pub(crate) fn remember(
+    sk: *mut bpf_sock,
+    state: Option<*mut SockState>,
+    flow: &PacketFlow,
+    dir: TrafficDir,
+    rule: u32,
+) -> Cached {
+    let state = match state {
         Some(state) => state,
         None if caching_pays(sk, flow) => match sock_state(sk, true) {
             Some(state) => state,
