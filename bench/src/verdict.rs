@@ -175,19 +175,47 @@ pub fn udp_packet(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     p
 }
 
+/// A TCP SYN from SRC to `dst`:`dport` (the first packet of a connection),
+/// from the IP header on.
+pub fn syn_packet(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&SRC.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&dport.to_be_bytes());
+    // Data offset 5 words, SYN.
+    p[32] = 0x50;
+    p[33] = 0x02;
+    p
+}
+
 /// Packets to `k` allowlisted addresses, spread over the list of `n`.
 fn packets(kind: Kind, n: usize, k: usize) -> Vec<Vec<u8>> {
-    let k = k.min(n).max(1);
-    (0..k)
-        .map(|i| {
-            let idx = (i * n / k) as u32;
-            let dst = match kind {
-                Kind::Exact => EXACT_BASE + idx,
-                Kind::Cidr => CIDR_BASE + (idx << 8) + 7,
-            };
-            udp_packet(Ipv4Addr::from(dst), PORT)
-        })
+    addresses(kind, n, k)
+        .map(|dst| udp_packet(dst, PORT))
         .collect()
+}
+
+/// TCP SYNs to `k` allowlisted addresses, spread over the list of `n`.
+fn syns(kind: Kind, n: usize, k: usize) -> Vec<Vec<u8>> {
+    addresses(kind, n, k)
+        .map(|dst| syn_packet(dst, PORT))
+        .collect()
+}
+
+fn addresses(kind: Kind, n: usize, k: usize) -> impl Iterator<Item = Ipv4Addr> {
+    let k = k.min(n).max(1);
+    (0..k).map(move |i| {
+        let idx = (i * n / k) as u32;
+        Ipv4Addr::from(match kind {
+            Kind::Exact => EXACT_BASE + idx,
+            Kind::Cidr => CIDR_BASE + (idx << 8) + 7,
+        })
+    })
 }
 
 /// New-flow and established samples, one of each per round.
@@ -197,6 +225,8 @@ type PerRound = (Vec<f64>, Vec<f64>);
 struct Arm {
     label: String,
     kind: Option<(Kind, usize)>,
+    /// The list a TCP SYN arm measures (its new flows only count).
+    syn_of: Option<(Kind, usize)>,
     fd: RawFd,
     packets: Vec<Vec<u8>>,
     cursor: usize,
@@ -251,10 +281,12 @@ pub fn run(
 
     let empty = sys::load_empty_skb_prog()?;
     let mut instances = load_instances(p, notes)?;
-    let mut arms = build_arms(p, empty.as_raw_fd(), &mut instances)?;
+    let mut syn_instances = load_syn_instances(p)?;
+    let mut arms = build_arms(p, empty.as_raw_fd(), &mut instances, &mut syn_instances)?;
     let hot = arms.iter().position(|a| a.label.contains("hot keys"));
     measure_rounds(p, rng, &ns, ifindex, &mut arms)?;
     let by = ratio_figures(&arms, figs);
+    syn_figures(&arms, figs);
     growth_figures(p, &arms, hot, &by, figs, notes);
     Ok(())
 }
@@ -287,18 +319,74 @@ fn load_instances(p: &Params, notes: &mut Vec<String>) -> Result<Vec<(Kind, usiz
     Ok(instances)
 }
 
+/// The largest list of each kind again, allowing TCP instead of UDP: the
+/// new flows of a gateway are connections, whose first packet (a SYN)
+/// creates no socket storage (sdm-ebpf/src/sock.rs `caching_pays`).
+fn load_syn_instances(p: &Params) -> Result<Vec<(Kind, usize, Instance)>> {
+    let mut out = Vec::new();
+    for (kind, sizes) in [(Kind::Exact, &p.exact_sizes), (Kind::Cidr, &p.cidr_sizes)] {
+        let Some(&n) = sizes.iter().max() else {
+            continue;
+        };
+        sys::check_interrupted()?;
+        let tag = format!("v{}{n}t", &kind.name()[..1]);
+        let inst = Instance::new(&tag, &policy(kind, n, &[], PORT, Proto::Tcp))?;
+        println!(
+            "sdm-bench: [1] loaded {n} {} for TCP in {:.2} s",
+            kind.what(),
+            inst.load_secs
+        );
+        out.push((kind, n, inst));
+    }
+    Ok(out)
+}
+
+/// The SYN arms' new flows against the empty program: issue 12's new-flow
+/// goals (≤ 5× at the largest address list, ≤ 8× at the largest CIDR list).
+fn syn_figures(arms: &[Arm], figs: &mut Vec<Figure>) {
+    let empty_new = &arms[0].new;
+    for arm in arms {
+        let Some((kind, n)) = arm.syn_of else {
+            continue;
+        };
+        let fig = Figure::measured(
+            1,
+            &format!("verdict.{}.{n}.syn", kind.name()),
+            &format!(
+                "{} {}, new TCP connection (SYN): cost / empty program",
+                crate::group(n),
+                kind.what()
+            ),
+            "×",
+            summarize(&ratios(&arm.new, empty_new)),
+        )
+        .detail(format!(
+            "{:.0} ns per verdict; empty program {:.0} ns",
+            median(&arm.new),
+            median(empty_new)
+        ))
+        .decimals(2);
+        figs.push(match kind {
+            Kind::Exact => fig.target("≤ 5", Goal::AtMost(5.0)),
+            Kind::Cidr => fig.target("≤ 8", Goal::AtMost(8.0)),
+        });
+    }
+}
+
 /// The arms measured: the empty program first, then one per instance (and
 /// the hot-keys diagnostic beside the largest exact list).
 fn build_arms(
     p: &Params,
     empty_fd: std::os::fd::RawFd,
     instances: &mut [(Kind, usize, Instance)],
+    syn_instances: &mut [(Kind, usize, Instance)],
 ) -> Result<Vec<Arm>> {
     let largest_exact = p.exact_sizes.iter().copied().max().unwrap_or(10);
     let smallest_exact = p.exact_sizes.iter().copied().min().unwrap_or(10);
     let mut arms = vec![Arm {
         label: "empty program".into(),
         kind: None,
+        syn_of: None,
         fd: empty_fd,
         // The empty program gets the same packets as the largest list.
         packets: packets(Kind::Exact, largest_exact, MAX_KEYS),
@@ -310,6 +398,7 @@ fn build_arms(
         arms.push(Arm {
             label: format!("{} {n}", kind.name()),
             kind: Some((*kind, *n)),
+            syn_of: None,
             fd: inst.egress_fd()?,
             packets: packets(*kind, *n, MAX_KEYS),
             cursor: 0,
@@ -324,6 +413,7 @@ fn build_arms(
             arms.push(Arm {
                 label: format!("exact {n}, {smallest_exact} hot keys"),
                 kind: None,
+                syn_of: None,
                 fd: inst.egress_fd()?,
                 packets: packets(*kind, *n, smallest_exact),
                 cursor: 0,
@@ -331,6 +421,18 @@ fn build_arms(
                 est: vec![],
             });
         }
+    }
+    for (kind, n, inst) in syn_instances.iter_mut() {
+        arms.push(Arm {
+            label: format!("{} {n}, TCP SYN", kind.name()),
+            kind: None,
+            syn_of: Some((*kind, *n)),
+            fd: inst.egress_fd()?,
+            packets: syns(*kind, *n, MAX_KEYS),
+            cursor: 0,
+            new: vec![],
+            est: vec![],
+        });
     }
     Ok(arms)
 }
@@ -416,10 +518,12 @@ fn ratio_figures<'a>(arms: &[Arm], figs: &mut Vec<Figure>) -> BTreeMap<(&'a str,
             .decimals(2);
             // Issue 12's goals: established at every size, a new flow at
             // the largest list of each kind.
-            figs.push(match (path, kind) {
-                ("established", _) => fig.target("≤ 1.5", Goal::AtMost(1.5)),
-                (_, Kind::Exact) if at_largest => fig.target("≤ 5", Goal::AtMost(5.0)),
-                (_, Kind::Cidr) if at_largest => fig.target("≤ 8", Goal::AtMost(8.0)),
+            figs.push(match path {
+                "established" => fig.target("≤ 1.5", Goal::AtMost(1.5)),
+                _ if at_largest => fig.note_target(
+                    "none: a UDP socket's first datagram here allocates its storage, which a real \
+                     socket got at socket(); the goal is on the SYN row below",
+                ),
                 _ => fig,
             });
         }
