@@ -17,6 +17,7 @@ use crate::{
         CIDR4_0, CIDR4_1, CIDR6_0, CIDR6_1, EXACT4_0, EXACT4_1, EXACT6_0, EXACT6_1, PEERS, RULES,
     },
     parse::{read, PacketFlow},
+    ranges,
 };
 
 /// TCP_LISTEN in the kernel's TCP state enum (include/net/tcp_states.h).
@@ -36,7 +37,8 @@ pub(crate) fn rule_active(slot: u32, rule: u32) -> bool {
 }
 
 /// The allowlist of `dir` for (protocol, port, remote): exact entries first,
-/// then CIDRs; a constant number of lookups whatever the policy size.
+/// then CIDRs, then port ranges and learned addresses; a constant number of
+/// lookups whatever the policy size.
 #[inline(always)]
 pub(crate) fn lookup(slot: u32, flow: &PacketFlow, dir: TrafficDir, port: u16) -> Option<u32> {
     if flow.v6 {
@@ -64,7 +66,7 @@ pub(crate) fn lookup(slot: u32, flow: &PacketFlow, dir: TrafficDir, port: u16) -
         if let Some(r) = trie.get(&key) {
             return Some(r.rule);
         }
-        dns::learned_rule(slot, flow, dir, port)
+        ranges_then_learned(slot, flow, dir, port)
     } else {
         let addr = [
             flow.remote[0],
@@ -96,8 +98,21 @@ pub(crate) fn lookup(slot: u32, flow: &PacketFlow, dir: TrafficDir, port: u16) -
         if let Some(r) = trie.get(&key) {
             return Some(r.rule);
         }
-        dns::learned_rule(slot, flow, dir, port)
+        ranges_then_learned(slot, flow, dir, port)
     }
+}
+
+/// The steps after exact and CIDR: port ranges of the address, learned
+/// addresses, then their hostnames' port ranges (ranges.rs).
+#[inline(always)]
+fn ranges_then_learned(slot: u32, flow: &PacketFlow, dir: TrafficDir, port: u16) -> Option<u32> {
+    if let Some(r) = ranges::range_rule(slot, flow, dir, port) {
+        return Some(r);
+    }
+    if let Some(r) = dns::learned_rule(slot, flow, dir, port) {
+        return Some(r);
+    }
+    ranges::learned_range_rule(slot, flow, dir, port)
 }
 
 /// ICMP echo request and reply types (RFC 792, RFC 4443).
