@@ -40,11 +40,9 @@ static RANGE6_0: LpmTrie<Cidr6, PortSet> = LpmTrie::with_max_entries(MAX_RANGE_E
 #[map(name = "SDM_RANGE6_1")]
 static RANGE6_1: LpmTrie<Cidr6, PortSet> = LpmTrie::with_max_entries(MAX_RANGE_ENTRIES, 0);
 #[map(name = "SDM_PORTSET_0")]
-static PORT_SETS_0: LpmTrie<PortSetKey, RuleRef> =
-    LpmTrie::with_max_entries(MAX_RANGE_ENTRIES, 0);
+static PORT_SETS_0: LpmTrie<PortSetKey, RuleRef> = LpmTrie::with_max_entries(MAX_RANGE_ENTRIES, 0);
 #[map(name = "SDM_PORTSET_1")]
-static PORT_SETS_1: LpmTrie<PortSetKey, RuleRef> =
-    LpmTrie::with_max_entries(MAX_RANGE_ENTRIES, 0);
+static PORT_SETS_1: LpmTrie<PortSetKey, RuleRef> = LpmTrie::with_max_entries(MAX_RANGE_ENTRIES, 0);
 #[map(name = "SDM_HOSTRNG_0")]
 static HOST_RANGES_0: HashMap<HostPortKey, PortSet> =
     HashMap::with_max_entries(MAX_RANGE_ENTRIES, BPF_F_NO_PREALLOC);
@@ -55,7 +53,11 @@ static HOST_RANGES_1: HashMap<HostPortKey, PortSet> =
 /// The rule of `port` in port set `set`, if any.
 #[inline(always)]
 fn port_rule(slot: u32, set: u32, port: u16) -> Option<u32> {
-    let trie = if slot == 0 { &PORT_SETS_0 } else { &PORT_SETS_1 };
+    let trie = if slot == 0 {
+        &PORT_SETS_0
+    } else {
+        &PORT_SETS_1
+    };
     let key = LpmKey::new(
         PORT_SET_HEADER_BITS + 16,
         PortSetKey {

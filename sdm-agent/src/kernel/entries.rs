@@ -80,7 +80,11 @@ impl Entries {
             ("hostname port", self.host_ports.len(), MAX_HOST_PORTS),
             ("IPv4 port range", self.range4.len(), MAX_RANGE_ENTRIES),
             ("IPv6 port range", self.range6.len(), MAX_RANGE_ENTRIES),
-            ("hostname port range", self.host_ranges.len(), MAX_RANGE_ENTRIES),
+            (
+                "hostname port range",
+                self.host_ranges.len(),
+                MAX_RANGE_ENTRIES,
+            ),
             ("port set", self.port_sets.len(), MAX_RANGE_ENTRIES),
         ]
         .into_iter()

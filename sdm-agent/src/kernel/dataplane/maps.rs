@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use sdm_common::{
     Cidr4, Cidr6, Counter, DnsHost, HostPortKey, KernelConfig, Key4, Key6, Learned, PortSet,
-    PortSetKey, ResolverKey, RuleName, RuleRef, RuleState, MAP_CIDR4, MAP_CIDR6, MAP_CONFIG, MAP_DENY_STATS, MAP_DNSQ_STATS,
-    MAP_DNS_NAMES, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4, MAP_EXACT6, MAP_HOST_PORTS,
-    MAP_HOST_RANGES, MAP_LEARNED4, MAP_LEARNED6, MAP_PORT_SETS, MAP_RANGE4, MAP_RANGE6, MAP_RULES, MAP_RULE_NAMES, MAP_RULE_STATS,
+    PortSetKey, ResolverKey, RuleName, RuleRef, RuleState, MAP_CIDR4, MAP_CIDR6, MAP_CONFIG,
+    MAP_DENY_STATS, MAP_DNSQ_STATS, MAP_DNS_NAMES, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4,
+    MAP_EXACT6, MAP_HOST_PORTS, MAP_HOST_RANGES, MAP_LEARNED4, MAP_LEARNED6, MAP_PORT_SETS,
+    MAP_RANGE4, MAP_RANGE6, MAP_RULES, MAP_RULE_NAMES, MAP_RULE_STATS,
 };
 
 use super::{io_err, map_err, DataplaneError, Layout};

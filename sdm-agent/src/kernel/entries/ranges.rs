@@ -16,9 +16,7 @@
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
-use sdm_common::{
-    Cidr4, Cidr6, HostPortKey, PortSetKey, CIDR_HEADER_BITS, PORT_SET_HEADER_BITS,
-};
+use sdm_common::{Cidr4, Cidr6, HostPortKey, PortSetKey, CIDR_HEADER_BITS, PORT_SET_HEADER_BITS};
 
 use super::Entries;
 
@@ -36,7 +34,11 @@ pub fn decompose(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     let mut out = Vec::new();
     while lo <= hi {
         // The largest block aligned at `lo` that ends within the range.
-        let mut size = if lo == 0 { 1 << 16 } else { 1 << lo.trailing_zeros() };
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            1 << lo.trailing_zeros()
+        };
         while lo + size - 1 > hi {
             size >>= 1;
         }
@@ -150,7 +152,11 @@ impl Claims {
 
 /// The id of the port set of `claims` (from 1), writing its prefixes the
 /// first time these contents are seen.
-fn intern(sets: &mut BTreeMap<Vec<(u32, u16, u16)>, u32>, out: &mut Entries, claims: &[Claim]) -> u32 {
+fn intern(
+    sets: &mut BTreeMap<Vec<(u32, u16, u16)>, u32>,
+    out: &mut Entries,
+    claims: &[Claim],
+) -> u32 {
     // The same rule's range claimed again (on a covering prefix, say)
     // adds nothing: sets differing only so are one.
     let mut contents: Vec<(u32, u16, u16)> = Vec::with_capacity(claims.len());

@@ -239,7 +239,10 @@ fn overflow_names_the_first_full_map() {
     let mut one_range = host.clone();
     one_range.rules[0].ports = vec![PortRange { lo: 0, hi: 65535 }];
     let e = build(&one_range, &ids, |_| &addrs[..]);
-    assert_eq!((e.overflow(), e.range4.len(), e.port_sets.len()), (None, 3, 1));
+    assert_eq!(
+        (e.overflow(), e.range4.len(), e.port_sets.len()),
+        (None, 3, 1)
+    );
     // CIDRs fill the trie.
     let cidrs: Vec<Target> = (0..=255u8)
         .map(|i| Target::Cidr(format!("10.{i}.0.0/16").parse().unwrap()))

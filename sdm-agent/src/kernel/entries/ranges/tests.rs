@@ -16,8 +16,16 @@ fn check(lo: u16, hi: u16) {
     let mut next = u32::from(lo);
     for (base, bits) in &prefixes {
         let size = 1u32 << (16 - u32::from(*bits));
-        assert_eq!(u32::from(*base), next, "{lo}-{hi}: gap or overlap at {base}");
-        assert_eq!(u32::from(*base) % size, 0, "{lo}-{hi}: {base}/{bits} unaligned");
+        assert_eq!(
+            u32::from(*base),
+            next,
+            "{lo}-{hi}: gap or overlap at {base}"
+        );
+        assert_eq!(
+            u32::from(*base) % size,
+            0,
+            "{lo}-{hi}: {base}/{bits} unaligned"
+        );
         next += size;
     }
     assert_eq!(next, u32::from(hi) + 1, "{lo}-{hi}: cover ends at {next}");
@@ -31,11 +39,25 @@ fn decomposition_covers_exactly_within_the_bound() {
     assert_eq!(decompose(80, 80), vec![(80, 16)]);
     assert_eq!(
         decompose(1024, 65535),
-        vec![(1024, 6), (2048, 5), (4096, 4), (8192, 3), (16384, 2), (32768, 1)]
+        vec![
+            (1024, 6),
+            (2048, 5),
+            (4096, 4),
+            (8192, 3),
+            (16384, 2),
+            (32768, 1)
+        ]
     );
     // The worst case: both edges one port off alignment.
     assert_eq!(decompose(1, 65534).len(), MAX_PREFIXES);
-    for (lo, hi) in [(0, 65535), (1, 65534), (0, 65534), (1, 65535), (65535, 65535), (0, 0)] {
+    for (lo, hi) in [
+        (0, 65535),
+        (1, 65534),
+        (0, 65534),
+        (1, 65535),
+        (65535, 65535),
+        (0, 0),
+    ] {
         check(lo, hi);
     }
     // Every range starting and ending at a sample of ports, edges included.
@@ -61,7 +83,10 @@ fn uncovered_subtracts_earlier_ranges() {
     assert_eq!(uncovered(10, 20, &[]), vec![(10, 20)]);
     assert_eq!(uncovered(10, 20, &[(12, 15)]), vec![(10, 11), (16, 20)]);
     assert_eq!(uncovered(10, 20, &[(0, 65535)]), vec![]);
-    assert_eq!(uncovered(0, 65535, &[(0, 0), (65535, 65535)]), vec![(1, 65534)]);
+    assert_eq!(
+        uncovered(0, 65535, &[(0, 0), (65535, 65535)]),
+        vec![(1, 65534)]
+    );
     assert_eq!(uncovered(10, 20, &[(30, 40), (0, 5)]), vec![(10, 20)]);
 }
 
@@ -99,7 +124,11 @@ fn judge(e: &Entries, addr: [u8; 4], port: u16) -> Option<u32> {
         .iter()
         .filter(|((plen, k), _)| {
             let bits = plen - CIDR_HEADER_BITS;
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
             k.dir == 0
                 && k.proto == sdm_common::PROTO_TCP
                 && u32::from_be_bytes(k.addr) & mask == u32::from_be_bytes(addr) & mask
@@ -110,7 +139,11 @@ fn judge(e: &Entries, addr: [u8; 4], port: u16) -> Option<u32> {
         .iter()
         .filter(|((plen, k), _)| {
             let bits = plen - PORT_SET_HEADER_BITS;
-            let mask = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u16::MAX << (16 - bits)
+            };
             u32::from_be_bytes(k.set) == set && u16::from_be_bytes(k.port) & mask == port & mask
         })
         .max_by_key(|((plen, _), _)| *plen)
@@ -119,7 +152,13 @@ fn judge(e: &Entries, addr: [u8; 4], port: u16) -> Option<u32> {
 
 #[test]
 fn a_full_range_rule_on_one_cidr_writes_two_entries_not_64k() {
-    let e = entries(vec![rule("all", Direction::Egress, 0, 65535, &["10.0.0.0/8"])]);
+    let e = entries(vec![rule(
+        "all",
+        Direction::Egress,
+        0,
+        65535,
+        &["10.0.0.0/8"],
+    )]);
     assert!(e.cidr4.is_empty(), "no per-port entries");
     assert_eq!(e.range4.len(), 1);
     assert_eq!(e.port_sets.len(), 1);
@@ -150,10 +189,22 @@ fn a_full_range_rule_on_one_cidr_writes_two_entries_not_64k() {
 
 #[test]
 fn small_ranges_stay_expanded() {
-    let e = entries(vec![rule("few", Direction::Egress, 8000, 8015, &["10.0.0.0/8"])]);
+    let e = entries(vec![rule(
+        "few",
+        Direction::Egress,
+        8000,
+        8015,
+        &["10.0.0.0/8"],
+    )]);
     assert_eq!(e.cidr4.len(), 16);
     assert_eq!(e.range_len(), 0);
-    let e = entries(vec![rule("more", Direction::Egress, 8000, 8016, &["10.0.0.0/8"])]);
+    let e = entries(vec![rule(
+        "more",
+        Direction::Egress,
+        8000,
+        8016,
+        &["10.0.0.0/8"],
+    )]);
     assert!(e.cidr4.is_empty());
     assert_eq!(e.range4.len(), 1);
 }
