@@ -21,7 +21,9 @@ use sdm_agent::{
 };
 use sdm_common::{TrafficDir, PROG_DNS_IN, PROG_EGRESS, PROG_INGRESS};
 use sdm_tests::{
+    gateway::{any, expect_ok, sa, start_enforcing_with, OK_MS, OTHER},
     guards::{Netns, Pins},
+    lab::{result, Lab},
     packets::{dns_ptr, ipv4, ipv6, l4, udp, DnsMsg, Rr, V4Opts, DNS_A, TCP, UDP},
     require_root,
 };
@@ -314,4 +316,37 @@ fn a_hostnames_range_applies_to_learned_addresses() {
     assert_eq!(f.out4(addr, TCP, 11000), DROP, "learned, hi + 1");
     assert_eq!(f.out4(addr, UDP, 10000), DROP, "learned, other protocol");
     assert_eq!(f.packets("host", TrafficDir::Egress), 2);
+}
+
+/// The real agent enforcing `ports = "20000-20999"` on one address of the
+/// lab: real connections to the range's edges succeed; to the ports just
+/// outside, `connect()` itself is refused (EPERM, the sock_addr program
+/// judging the range), though servers listen there too.
+#[test]
+fn an_agent_enforces_a_range_at_connect() {
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_lab-probe"));
+    let extra = format!(
+        "\n[[allow]]\n\
+         name = \"range\"\n\
+         direction = \"egress\"\n\
+         proto = \"tcp\"\n\
+         ports = \"20000-20999\"\n\
+         to = \"10.231.{}.{OTHER}/32\"\n",
+        lab.n
+    );
+    lab.serve_tcp(&[any(19999), any(20000), any(20999), any(21000)]);
+    start_enforcing_with(&mut lab, "ranges.toml", &extra);
+    let other = lab.net_ip(OTHER);
+    expect_ok("the range's first port", &lab.tcp(sa(other, 20000), OK_MS));
+    expect_ok("the range's last port", &lab.tcp(sa(other, 20999), OK_MS));
+    for port in [19999, 21000] {
+        let r = lab.tcp(sa(other, port), OK_MS);
+        assert_eq!(result(&r), "eperm", "port {port}, just outside: {r}");
+    }
+    // Outside the cgroup the same ports answer: the servers are there.
+    for port in [19999, 21000] {
+        let addr = sa(other, port).to_string();
+        let r = lab.probe_outside(&["tcp", &addr, &OK_MS.to_string()]);
+        expect_ok("outside the cgroup", &r);
+    }
 }
