@@ -31,8 +31,11 @@ pub const MAP_DNS_PENDING: &str = "SDM_DNS_PEND";
 pub const MAP_DNS_SCRATCH: &str = "SDM_DNS_SCRATCH";
 /// Per-CPU answer counters, indexed by [`crate::DnsResult`] (then `DNS_STAT_LEARN_FULL`).
 pub const MAP_DNS_STATS: &str = "SDM_DNS_STATS";
-/// The DNS answer parser, tail-called from the ingress program.
+/// The DNS answer parser, tail-called from `sdm_dns_in`.
 pub const MAP_DNS_PROGS: &str = "SDM_DNS_PROGS";
+/// `sdm_dns_in`, tail-called from the ingress program for packets from
+/// port 53 it passes.
+pub const MAP_DNSIN_PROGS: &str = "SDM_DNSIN_PROGS";
 /// `[dns] queries = "policy"`: per-CPU state of the query judge (a
 /// [`crate::DnsScratch`] of its own: egress programs may interrupt each other on
 /// one CPU, the answer parser's softirq may interrupt both).
@@ -86,8 +89,8 @@ pub const PROG_CONNECT4: &str = "sdm_connect4";
 pub const PROG_CONNECT6: &str = "sdm_connect6";
 pub const PROG_SENDMSG4: &str = "sdm_sendmsg4";
 pub const PROG_SENDMSG6: &str = "sdm_sendmsg6";
-/// Hands DNS answers from trusted resolvers to the parser; attached to
-/// ingress beside `sdm_ingress`, always passes.
+/// Hands DNS answers from trusted resolvers to the parser; not attached,
+/// tail-called from `sdm_ingress` through `SDM_DNSIN_PROGS`, always passes.
 pub const PROG_DNS_IN: &str = "sdm_dns_in";
 /// The DNS answer parser: not attached, tail-called through `SDM_DNS_PROGS`.
 pub const PROG_DNS: &str = "sdm_dns";
@@ -102,7 +105,7 @@ pub const PROG_DNS_QUERY: &str = "sdm_dns_query";
 pub const PROG_XDP: &str = "sdm_xdp";
 
 /// Every map the kernel programs declare, for pinning.
-pub const KERNEL_MAPS: [&str; 41] = [
+pub const KERNEL_MAPS: [&str; 42] = [
     MAP_RANGE4[0],
     MAP_RANGE4[1],
     MAP_RANGE6[0],
@@ -124,6 +127,7 @@ pub const KERNEL_MAPS: [&str; 41] = [
     MAP_DNS_SCRATCH,
     MAP_DNS_STATS,
     MAP_DNS_PROGS,
+    MAP_DNSIN_PROGS,
     MAP_LEARNED4,
     MAP_LEARNED6,
     MAP_HOST_PORTS[0],

@@ -9,8 +9,10 @@
 //!     (`SDM_DNS_RESOLV`) on port 53 (UDP, or the first segment of a TCP
 //!     query): the query is noted in `SDM_DNS_PEND` by (resolver, local
 //!     port, DNS id, protocol).
-//!  2. Ingress (`sdm_dns_in`, attached beside `sdm_ingress`), a packet from
-//!     a trusted resolver's port 53: its payload (at most `DNS_BUF` bytes; for TCP, a whole message in one
+//!  2. Ingress, a packet from a trusted resolver's port 53 that
+//!     `sdm_ingress` passed (or, in audit mode, would have dropped): handed
+//!     to `sdm_dns_in` by a tail call (`hand_answer`), which copies its
+//!     payload (at most `DNS_BUF` bytes; for TCP, a whole message in one
 //!     segment) is copied into the per-CPU `SDM_DNS_SCRATCH`, and the
 //!     parser `sdm_dns` is tail-called. It returns PASS in every case: the
 //!     packet was allowed before it got here, and a parse failure must not
@@ -92,6 +94,8 @@ static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0
 static DNS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNS_STATS_SLOTS, 0);
 #[map(name = "SDM_DNS_PROGS")]
 static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map(name = "SDM_DNSIN_PROGS")]
+static DNS_IN_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "SDM_DNSQ_SCRATCH")]
 static DNSQ_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SDM_DNSQ_STATS")]
@@ -114,8 +118,12 @@ const MASK: u32 = (DNS_BUF - 1) as u32;
 /// Bytes and pointers one name walk may visit: 255 bytes of name plus
 /// pointers (each pointer strictly backwards).
 const DNS_MAX_STEPS: u32 = 384;
-/// Tail calls one answer may use (the kernel allows 33 in a chain).
-const MAX_CALLS: u32 = 32;
+/// Tail calls one answer or query may use. The kernel allows 33 in a chain
+/// (32 before 5.17: `MAX_TAIL_CALL_CNT`,
+/// https://github.com/torvalds/linux/blob/v5.10/include/linux/bpf.h), and
+/// an answer gets to the parser through two (`sdm_ingress` to `sdm_dns_in`
+/// to `sdm_dns`).
+const MAX_CALLS: u32 = 30;
 
 const STAGE_QUESTION: u32 = 0;
 const STAGE_OWNER: u32 = 1;
@@ -246,6 +254,18 @@ fn tail_call(ctx: &SkBuffContext, progs: &ProgramArray) {
 #[inline(always)]
 fn parse_next(ctx: &SkBuffContext) {
     tail_call(ctx, &DNS_PROGS);
+}
+
+/// Step 2's entry, from `sdm_ingress` once it has passed a packet (or
+/// would have, in audit mode): a packet from port 53 over UDP or TCP is
+/// handed to `sdm_dns_in`, which returns PASS whatever it finds. Every
+/// other packet costs this one comparison: the answer path used to be a
+/// second attached program that parsed every inbound packet again.
+#[inline(always)]
+pub fn hand_answer(ctx: &SkBuffContext, flow: &PacketFlow) {
+    if flow.remote_port == DNS_PORT && (flow.proto == PROTO_UDP || flow.proto == PROTO_TCP) {
+        tail_call(ctx, &DNS_IN_PROGS);
+    }
 }
 
 /// The rule a learned address allows for (port, protocol, direction) in

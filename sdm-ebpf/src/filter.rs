@@ -63,7 +63,7 @@ use crate::{
     events::deny,
     maps::CONFIG,
     parse::{parse, PacketFlow},
-    policy::{lookup, note_peer, reverse_lookup, NO_RULE},
+    policy::{lookup, note_peers, reverse_lookup, NO_RULE},
     sock::{cached_rule, full_socket, remember},
     stats::count_rule,
     PASS,
@@ -106,10 +106,10 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
     let len = ctx.len();
     // 1.
     let loopback_pass = loopback_passes(ctx, config);
-    // A local resolver's queries (systemd-resolved, a cache) still teach
-    // the DNS learning which answers to expect: parsed only when one is
-    // configured, and only on the way out.
-    if loopback_pass && (!egress || config.loopback_dns == 0) {
+    // A local resolver (systemd-resolved, a cache) still teaches the DNS
+    // learning: its queries name the answers to expect, its answers the
+    // addresses. Parsed only when one is configured.
+    if loopback_pass && config.loopback_dns == 0 {
         return PASS;
     }
     // 2, 3 and 4.
@@ -143,6 +143,9 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
     // socket (6) or its cached verdict (5). Loopback, when passed, has no
     // rule: it gets here only for the DNS queries to a local resolver.
     let allowed = if loopback_pass {
+        if !egress {
+            return pass_answer::<DIR>(ctx, &flow);
+        }
         Some((NO_RULE, false))
     } else if let Some(rule) = cached_rule(ctx, &flow, dir, slot, sk) {
         Some((rule, false))
@@ -159,11 +162,11 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
     // 7. Replies.
     if let Some(rule) = reverse_lookup(ctx, slot, &flow, dir, sk) {
         count_rule(rule, dir, len);
-        return PASS;
+        return pass_answer::<DIR>(ctx, &flow);
     }
 
     // 8. No rule.
-    deny(
+    let verdict = deny(
         ctx,
         &ctx.skb,
         config,
@@ -173,7 +176,25 @@ pub(crate) fn filter<const DIR: u8>(ctx: &SkBuffContext) -> i32 {
         Some(&flow),
         sk,
         None,
-    )
+    );
+    // Audit mode lets the packet through: an answer in it teaches as it
+    // would under a policy that allowed it.
+    if verdict == PASS {
+        return pass_answer::<DIR>(ctx, &flow);
+    }
+    verdict
+}
+
+/// An ingress packet that passes: a DNS answer goes on to the parser
+/// (dns.rs step 2), which passes it too; this returns only when there is
+/// nothing to hand over. Inlined into the program itself: a tail call from
+/// a subprogram is refused once its frame is deep (dns.rs `tail_call`).
+#[inline(always)]
+fn pass_answer<const DIR: u8>(ctx: &SkBuffContext, flow: &PacketFlow) -> i32 {
+    if DIR == TrafficDir::Ingress as u8 {
+        dns::hand_answer(ctx, flow);
+    }
+    PASS
 }
 
 /// The direction a program's `DIR` names (a constant, so this folds away).
@@ -213,8 +234,7 @@ fn remember_allowed<const DIR: u8>(
     rule: u32,
 ) {
     let dir = program_dir(DIR);
-    remember(sk, flow, dir, rule);
-    note_peer(ctx, flow, rule);
+    note_peers(ctx, flow, remember(sk, flow, dir, rule), rule);
     if DIR == TrafficDir::Egress as u8 {
         crate::xdp::note_flow(flow);
     }
@@ -246,5 +266,5 @@ fn pass_allowed<const DIR: u8>(
         return dns::unjudged(config);
     }
     count_rule(rule, program_dir(DIR), len);
-    PASS
+    pass_answer::<DIR>(ctx, flow)
 }

@@ -40,8 +40,8 @@
 //! **sock_create** (`sock`: `sdm_sock_create`): never refuses; records the
 //! creating process (pid, comm) in socket storage for later deny events.
 //!
-//! **DNS** (`dns`): answers, in `sdm_dns_in` beside `sdm_ingress` and the
-//! tail-called parser `sdm_dns`, always pass: (1) queries noted at packet
+//! **DNS** (`dns`): answers, handed by `sdm_ingress` (once it passes them)
+//! to the tail-called `sdm_dns_in` and parser `sdm_dns`, always pass: (1) queries noted at packet
 //! step 6, (2) an answer from a trusted resolver copied to scratch,
 //! (3) its question matched to a noted query and an allowed name,
 //! (4) A/AAAA records on the CNAME chain learned, (5) one record per tail

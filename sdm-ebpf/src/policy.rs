@@ -18,6 +18,7 @@ use crate::{
     },
     parse::{read, PacketFlow},
     ranges,
+    sock::{holds_peer, Cached},
 };
 
 /// TCP_LISTEN in the kernel's TCP state enum (include/net/tcp_states.h).
@@ -150,14 +151,42 @@ pub(crate) fn skb_cookie(ctx: &SkBuffContext) -> u64 {
 /// now peers, so the remote's replies (and, for an inbound flow, the
 /// socket's answers) pass step 7. TCP needs no such record: the stack
 /// matches segments to connections itself.
+///
+/// A socket's datagram peers live in two places: the one its cache holds
+/// (`sock::remember`), and the others in `SDM_PEERS`, written only when the
+/// cache turns to another peer. A socket with one peer (a connected
+/// socket, a client asking one server) so never pays for the LRU insert,
+/// which took its lock and a third of a new flow's cost. ICMP echo peers
+/// are keyed by remote alone (the kernel answers echo requests from a
+/// socket of its own, whose cache this is not): always written.
 #[inline(always)]
-pub(crate) fn note_peer(ctx: &SkBuffContext, flow: &PacketFlow, rule: u32) {
-    if flow.proto == PROTO_TCP {
-        return;
+pub(crate) fn note_peers(ctx: &SkBuffContext, flow: &PacketFlow, cached: Cached, rule: u32) {
+    match flow.proto {
+        PROTO_TCP => {}
+        PROTO_UDP => match cached {
+            Cached::Yes => {}
+            Cached::No => insert_peer(ctx, flow, rule),
+            Cached::Replaced(remote, remote_port, old_rule) => {
+                let old = PacketFlow {
+                    remote,
+                    remote_port,
+                    ..*flow
+                };
+                insert_peer(ctx, &old, old_rule);
+            }
+        },
+        _ => insert_peer(ctx, flow, rule),
     }
+}
+
+#[inline(always)]
+fn insert_peer(ctx: &SkBuffContext, flow: &PacketFlow, rule: u32) {
     let _ = PEERS.insert(&peer_key(skb_cookie(ctx), flow), &rule, 0);
 }
 
+/// Whether the remote of a datagram (or ICMP echo) flow is a peer of the
+/// socket with this cookie in `SDM_PEERS`; the socket's cache is the other
+/// place (`sock::holds_peer`).
 #[inline(always)]
 pub(crate) fn is_peer(cookie: u64, flow: &PacketFlow) -> bool {
     // SAFETY: a plain value, copied out.
@@ -216,7 +245,7 @@ pub(crate) fn is_reply(
             Ok(h) => h[1] & TCP_SYN == 0 || h[1] & TCP_ACK != 0,
             Err(_) => false,
         },
-        PROTO_UDP => is_peer(skb_cookie(ctx), flow),
+        PROTO_UDP => holds_peer(sk, flow) || is_peer(skb_cookie(ctx), flow),
         _ => {
             let echo_reply = (flow.proto == PROTO_ICMP && flow.remote_port == ICMP_ECHO_REPLY)
                 || (flow.proto == PROTO_ICMPV6 && flow.remote_port == ICMPV6_ECHO_REPLY);

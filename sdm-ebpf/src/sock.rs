@@ -150,17 +150,58 @@ pub(crate) fn sock_state(sk: *mut bpf_sock, create: bool) -> Option<*mut SockSta
     }
 }
 
+/// What [`remember`] did with the socket's cache.
+pub(crate) enum Cached {
+    /// The socket has no storage (the kernel could not allocate it).
+    No,
+    /// Cached, in place of nothing or of this same flow.
+    Yes,
+    /// Cached in place of another flow of the socket, which the caller
+    /// keeps as a datagram peer (`policy::note_peers`): its remote and port,
+    /// and the rule that allowed it.
+    Replaced([u8; 16], u16, u32),
+}
+
+/// Caches the verdict of a flow step 6 allowed on its socket (creating the
+/// storage for sockets older than the programs, or seen only by
+/// BPF_PROG_TEST_RUN).
 #[inline(always)]
-pub(crate) fn remember(sk: *mut bpf_sock, flow: &PacketFlow, dir: TrafficDir, rule: u32) {
-    if let Some(state) = sock_state(sk, true) {
-        // SAFETY: a non-null pointer from bpf_sk_storage_get.
-        unsafe {
-            (*state).remote = flow.remote;
-            (*state).remote_port = cache_port(flow);
-            (*state).proto = flow.proto;
-            (*state).dir = dir as u8;
-            (*state).rule = rule;
-            (*state).valid = 1;
-        }
-    }
+pub(crate) fn remember(sk: *mut bpf_sock, flow: &PacketFlow, dir: TrafficDir, rule: u32) -> Cached {
+    let Some(state) = sock_state(sk, true) else {
+        return Cached::No;
+    };
+    // SAFETY: a non-null pointer from bpf_sk_storage_get.
+    let st = unsafe { &mut *state };
+    let port = cache_port(flow);
+    let replaced = st.valid != 0
+        && st.proto == flow.proto
+        && (st.remote != flow.remote || st.remote_port != port);
+    let cached = if replaced {
+        Cached::Replaced(st.remote, st.remote_port, st.rule)
+    } else {
+        Cached::Yes
+    };
+    st.remote = flow.remote;
+    st.remote_port = port;
+    st.proto = flow.proto;
+    st.dir = dir as u8;
+    st.rule = rule;
+    st.valid = 1;
+    cached
+}
+
+/// Whether the socket's cache holds this datagram flow's remote and port,
+/// whatever its rule: the socket and the remote are peers (see
+/// `policy::note_peers`).
+#[inline(always)]
+pub(crate) fn holds_peer(sk: *mut bpf_sock, flow: &PacketFlow) -> bool {
+    let Some(state) = sock_state(sk, false) else {
+        return false;
+    };
+    // SAFETY: a non-null pointer from bpf_sk_storage_get.
+    let st = unsafe { &*state };
+    st.valid != 0
+        && st.proto == flow.proto
+        && st.remote_port == flow.remote_port
+        && st.remote == flow.remote
 }

@@ -19,7 +19,8 @@
 //!  5. The egress allowlist (`policy::lookup`, learned addresses
 //!     included): allow.
 //!  6. UDP from a port an ingress rule opens, to a remote that sent to
-//!     this socket (a server answering with `sendto()`): allow. A
+//!     this socket (its cached verdict, or `SDM_PEERS`: a server
+//!     answering with `sendto()`): allow. A
 //!     `connect()` is never a reply, whatever port the socket is bound to.
 //!  7. Otherwise refuse: counted as an enforce-mode egress `no_rule` deny
 //!     and reported with the process's pid and comm.
@@ -72,7 +73,9 @@ pub(crate) fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
     let sa = ctx.sock_addr;
     // 1.
     // SAFETY: the storage API takes this context.
-    if let Some(st) = unsafe { SOCK_STATE.get_or_insert_ptr_mut(ctx, None).as_mut() } {
+    let st = unsafe { SOCK_STATE.get_or_insert_ptr_mut(ctx, None) };
+    // SAFETY: null or a pointer from bpf_sk_storage_get.
+    if let Some(st) = unsafe { st.as_mut() } {
         record_process(st);
     }
     // SAFETY: reading context fields the verifier allows for sock_addr programs.
@@ -128,9 +131,20 @@ pub(crate) fn sock_addr_verdict(ctx: &SockAddrContext, v6: bool) -> i32 {
         && local_port != 0
         && lookup(slot, &flow, TrafficDir::Ingress, local_port).is_some()
     {
+        // SAFETY: null or a pointer from bpf_sk_storage_get.
+        let cached = unsafe { st.as_ref() }.is_some_and(|st| {
+            st.valid != 0
+                && st.proto == proto
+                && st.remote_port == remote_port
+                && st.remote == flow.remote
+        });
         // SAFETY: a helper on the program's own context.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-        if is_peer(cookie, &flow) {
+        if cached
+            || is_peer(
+                unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
+                &flow,
+            )
+        {
             return PASS;
         }
     }

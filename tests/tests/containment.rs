@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use aya::maps::{HashMap, Map, MapData};
+use sdm_common::{PeerKey, MAP_PEERS};
 use sdm_tests::{
     gateway::{
         gateway_config, gateway_dns, sa, serve_all, start_enforcing_with, start_rotating_gateway,
@@ -261,5 +263,52 @@ fn fail_open_passes_until_the_first_policy() {
         !lab.agent_log().contains("policy applied"),
         "{}",
         lab.agent_log()
+    );
+}
+
+/// The number of entries in the pinned `SDM_PEERS`.
+fn peer_entries(lab: &Lab) -> usize {
+    let pin = lab.pins.layout.map_pin(MAP_PEERS);
+    let data = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("open {}: {e}", pin.display()));
+    let map: HashMap<MapData, PeerKey, u32> =
+        HashMap::try_from(Map::LruHashMap(data)).expect("SDM_PEERS is an LRU hash");
+    map.keys().filter(Result::is_ok).count()
+}
+
+/// Datagram peers live in the socket's cache first and in `SDM_PEERS` only
+/// when a socket turns to another peer (sdm-ebpf/src/policy.rs
+/// `note_peers`): a UDP client asking one server writes no entry, and a
+/// server that heard from two clients before answering still answers both
+/// (the first one's reply is a peer only through the entry written when
+/// the second replaced it in the cache).
+#[test]
+fn datagram_peers_are_written_only_when_a_socket_turns_to_another() {
+    let lab = lab();
+    let udp_here = sa(lab.host_ip(), UDP_IN);
+    let before = peer_entries(&lab);
+    let mut server = lab.spawn_probe(&["udp-echo", &udp_here.to_string(), "3"], false);
+    assert_eq!(result(&server.line(Duration::from_secs(5))), "listening");
+    let v = lab.probe_from_net(&["udp", &udp_here.to_string(), &OK_MS.to_string()]);
+    assert_eq!(result(&v), "ok", "one client, one answer: {v}");
+    assert_eq!(server.line(Duration::from_secs(8))["refused"], 0);
+    assert_eq!(
+        peer_entries(&lab),
+        before,
+        "a socket with one peer wrote to SDM_PEERS"
+    );
+
+    let mut server = lab.spawn_probe(&["udp-gather", &udp_here.to_string(), "3", "5"], false);
+    assert_eq!(result(&server.line(Duration::from_secs(5))), "listening");
+    let v = lab.probe_from_net(&["udp-many", &udp_here.to_string(), "3", "3000"]);
+    let done = server.line(Duration::from_secs(10));
+    assert_eq!(done["received"], 3, "{done}");
+    assert_eq!(
+        done["refused"], 0,
+        "an answer to an earlier client was refused: {done}"
+    );
+    assert_eq!(result(&v), "ok", "every client got its answer: {v} {done}");
+    assert!(
+        peer_entries(&lab) >= before + 2,
+        "the two clients the cache let go should be in SDM_PEERS"
     );
 }

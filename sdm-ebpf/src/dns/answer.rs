@@ -4,10 +4,11 @@
 
 use super::*;
 
-/// Attached to the cgroup's ingress next to `sdm_ingress` (both run; this
-/// one always passes): answers from a trusted resolver's port 53 go to the
-/// parser (step 2 above). A separate program, so the packet filter's own
-/// verification and cost stay as they were.
+/// Tail-called by `sdm_ingress` (`hand_answer`) for a packet from port 53
+/// it passed; always passes: answers from a trusted resolver go to the
+/// parser (step 2 above). Not attached: a program of its own so that the
+/// packet filter's verification stays as it was, and a tail call so that
+/// only DNS packets pay for a second parse.
 #[cgroup_skb(ingress)]
 pub fn sdm_dns_in(ctx: SkBuffContext) -> i32 {
     let Ok(flow) = parse(&ctx, TrafficDir::Ingress) else {

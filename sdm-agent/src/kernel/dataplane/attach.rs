@@ -16,8 +16,8 @@ use aya::{
     Ebpf,
 };
 use sdm_common::{
-    PROG_CONNECT4, PROG_CONNECT6, PROG_DNS_IN, PROG_EGRESS, PROG_INGRESS, PROG_SENDMSG4,
-    PROG_SENDMSG6, PROG_SOCK_CREATE,
+    PROG_CONNECT4, PROG_CONNECT6, PROG_EGRESS, PROG_INGRESS, PROG_SENDMSG4, PROG_SENDMSG6,
+    PROG_SOCK_CREATE,
 };
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +44,7 @@ pub struct Attachment {
 
 /// Every program, in attach order: the packet filters first (they are the
 /// authority), then the socket hooks that name processes and fail fast.
-pub const ATTACHMENTS: [Attachment; 8] = [
+pub const ATTACHMENTS: [Attachment; 7] = [
     Attachment {
         program: PROG_EGRESS,
         pin: "egress",
@@ -53,12 +53,6 @@ pub const ATTACHMENTS: [Attachment; 8] = [
     Attachment {
         program: PROG_INGRESS,
         pin: "ingress",
-        kind: Kind::Skb(CgroupSkbAttachType::Ingress),
-    },
-    // Learns allowed addresses from DNS answers; always passes.
-    Attachment {
-        program: PROG_DNS_IN,
-        pin: "dns_in",
         kind: Kind::Skb(CgroupSkbAttachType::Ingress),
     },
     Attachment {

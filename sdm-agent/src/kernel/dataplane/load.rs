@@ -9,8 +9,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sdm_common::{
-    KernelConfig, KERNEL_MAPS, LAYOUT_VERSION, MAP_CONFIG, MAP_DNSQ_PROGS, MAP_DNS_PROGS,
-    MAP_RULES, MAP_RULE_STATS, MAP_SOCK_STATE, PROG_DNS, PROG_DNS_QUERY, XDP_MAPS,
+    KernelConfig, KERNEL_MAPS, LAYOUT_VERSION, MAP_CONFIG, MAP_DNSIN_PROGS, MAP_DNSQ_PROGS,
+    MAP_DNS_PROGS, MAP_RULES, MAP_RULE_STATS, MAP_SOCK_STATE, PROG_DNS, PROG_DNS_IN,
+    PROG_DNS_QUERY, XDP_MAPS,
 };
 
 use super::{
@@ -94,9 +95,10 @@ pub fn load(layout: &Layout, object: &[u8], rules: usize) -> Result<Ebpf, Datapl
     for a in &ATTACHMENTS {
         load_program(&mut ebpf, a)?;
     }
-    // The DNS answer parser and query judge are not attached: the ingress
+    // The DNS answer path and query judge are not attached: the ingress
     // and egress programs tail-call them through the pinned program arrays
     // (whose entries live as long as their pins).
+    load_tail_call(&mut ebpf, PROG_DNS_IN, MAP_DNSIN_PROGS)?;
     load_tail_call(&mut ebpf, PROG_DNS, MAP_DNS_PROGS)?;
     load_tail_call(&mut ebpf, PROG_DNS_QUERY, MAP_DNSQ_PROGS)?;
     // Loaded whether or not the config turns the backstop on, so that a

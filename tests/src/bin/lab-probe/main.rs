@@ -32,6 +32,10 @@
 //!                                     then count the datagrams that arrive
 //!   udp-echo ADDR SECONDS             bind ADDR, print {"result":"listening"},
 //!                                     then echo every datagram for SECONDS
+//!   udp-gather ADDR COUNT SECONDS     bind ADDR, receive COUNT datagrams, then
+//!                                     echo each to its sender (sendto)
+//!   udp-many ADDR COUNT TIMEOUT_MS    COUNT sockets each send to ADDR, then each
+//!                                     awaits its own echo
 //!   raw-udp ADDR COUNT [SRC_PORT]     COUNT UDP datagrams to ADDR (IPv4) through a
 //!                                     raw socket, which no sock_addr hook sees
 //!   packet-send IFACE DST_MAC ETHERTYPE SRC DST [bypass]
@@ -66,7 +70,7 @@ use std::{
 
 pub(crate) fn usage(msg: &str) -> ! {
     eprintln!("lab-probe: {msg}");
-    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|tcp-from|connect-then-listen|udp-from|udp-recv|udp-echo|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-tcp|resolve-connect|raw-udp|packet-send|flood ARGS...");
+    eprintln!("usage: lab-probe [--netns PATH] [--cgroup DIR] tcp|udp|tcp-from|connect-then-listen|udp-from|udp-recv|udp-echo|udp-gather|udp-many|listen-tcp|tcp-hold|tcp-loop|tcp-watch|resolve|resolve-tcp|resolve-connect|raw-udp|packet-send|flood ARGS...");
     std::process::exit(2);
 }
 

@@ -30,6 +30,16 @@ pub fn run(action: &str, rest: &[String]) -> Option<Value> {
             parse("address", rest.first()),
             parse("seconds", rest.get(1)),
         ),
+        "udp-gather" => udp_gather(
+            parse("address", rest.first()),
+            parse("count", rest.get(1)),
+            parse("seconds", rest.get(2)),
+        ),
+        "udp-many" => udp_many(
+            parse("address", rest.first()),
+            parse("count", rest.get(1)),
+            Duration::from_millis(parse("timeout", rest.get(2))),
+        ),
         _ => return None,
     };
     Some(out)
@@ -122,4 +132,69 @@ fn udp_from(port: u16, addr: SocketAddr, timeout: Duration) -> Value {
             }
         }
     }
+}
+
+/// Binds `addr`, says so, receives `count` datagrams (within `secs`), and
+/// only then echoes each to its sender: a server with several peers at
+/// once, answering with `sendto()` after its socket has heard from all.
+fn udp_gather(addr: SocketAddr, count: usize, secs: u64) -> Value {
+    let s = match bind_announced(addr) {
+        Ok(s) => s,
+        Err(failure) => return failure,
+    };
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut got: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+    let mut buf = [0u8; 1500];
+    while got.len() < count && Instant::now() < end {
+        if let Ok((n, peer)) = s.recv_from(&mut buf) {
+            got.push((buf[..n].to_vec(), peer));
+        }
+    }
+    let (mut echoed, mut refused) = (0u64, 0u64);
+    for (data, peer) in &got {
+        match s.send_to(data, peer) {
+            Ok(_) => echoed += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    json!({"result": "done", "received": got.len(), "echoed": echoed, "refused": refused})
+}
+
+/// `count` sockets each send one datagram to `addr`, all before any awaits
+/// its echo; then each waits for its own. "ok" when every one came back.
+fn udp_many(addr: SocketAddr, count: usize, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let mut socks = Vec::new();
+    for i in 0..count {
+        let s = match UdpSocket::bind(any_addr(addr, 0)) {
+            Ok(s) => s,
+            Err(e) => {
+                return json!({"result": errname(&e), "phase": "bind", "detail": e.to_string()})
+            }
+        };
+        let payload = format!("many-{}-{i}", std::process::id());
+        if let Err(e) = s.send_to(payload.as_bytes(), addr) {
+            return json!({"result": errname(&e), "phase": "send", "detail": e.to_string()});
+        }
+        socks.push((s, payload));
+    }
+    let mut answered = 0u64;
+    let mut buf = [0u8; 1500];
+    for (s, payload) in &socks {
+        let left = timeout
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(1));
+        let _ = s.set_read_timeout(Some(left));
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            if from == addr && &buf[..n] == payload.as_bytes() {
+                answered += 1;
+            }
+        }
+    }
+    let result = if answered == count as u64 {
+        "ok"
+    } else {
+        "timeout"
+    };
+    json!({"result": result, "answered": answered, "ms": ms(start)})
 }
