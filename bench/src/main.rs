@@ -492,6 +492,10 @@ fn measure(
         println!("sdm-bench: [1] cost per verdict (BPF_PROG_TEST_RUN)");
         verdict::run(p, &mut rng, &mut figs, &mut notes).context("figure 1")?;
     }
+    if wants(9) {
+        println!("sdm-bench: [9] port ranges: entries written and cost per verdict");
+        verdict::ranges::run(p, &mut rng, &mut figs).context("figure 9")?;
+    }
     if wants(2) || wants(3) || wants(8) {
         println!(
             "sdm-bench: [2,3] real traffic over veth: no filter, this program, iptables, nftables"

@@ -36,6 +36,8 @@ use sdm_agent::{
 };
 use sdm_common::PROG_EGRESS;
 
+pub mod ranges;
+
 use crate::{
     guards::{Netns, Pins},
     report::{Figure, Goal},

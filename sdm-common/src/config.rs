@@ -5,7 +5,7 @@ use crate::vocabulary::vocabulary;
 
 /// Bumped whenever a map's key, value or capacity changes: an agent refuses
 /// to adopt pinned maps of another layout instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 vocabulary! {
     /// What a deny does, held in `KernelConfig::mode`. Zero is audit, so a

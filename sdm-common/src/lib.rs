@@ -59,6 +59,8 @@ mod pod {
         Cidr4,
         Cidr6,
         RuleRef,
+        PortSet,
+        PortSetKey,
         RuleState,
         RuleName,
         SockState,

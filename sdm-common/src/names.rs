@@ -49,6 +49,16 @@ pub const MAP_LEARNED4: &str = "SDM_LEARNED4";
 pub const MAP_LEARNED6: &str = "SDM_LEARNED6";
 /// (host id, port, protocol, direction) -> rule, per policy slot.
 pub const MAP_HOST_PORTS: [&str; 2] = ["SDM_HOSTPORT_0", "SDM_HOSTPORT_1"];
+/// Port ranges (see `sdm-ebpf/src/ranges.rs`), per policy slot: (direction,
+/// protocol, address prefix) -> [`crate::PortSet`] in an LPM trie, port 0 in
+/// the key.
+pub const MAP_RANGE4: [&str; 2] = ["SDM_RANGE4_0", "SDM_RANGE4_1"];
+pub const MAP_RANGE6: [&str; 2] = ["SDM_RANGE6_0", "SDM_RANGE6_1"];
+/// (port set, port prefix) -> rule, an LPM trie of [`crate::PortSetKey`].
+pub const MAP_PORT_SETS: [&str; 2] = ["SDM_PORTSET_0", "SDM_PORTSET_1"];
+/// (hostname's host id, protocol, direction; port 0) -> [`crate::PortSet`]:
+/// the large ranges of hostname rules, for addresses learned from DNS.
+pub const MAP_HOST_RANGES: [&str; 2] = ["SDM_HOSTRNG_0", "SDM_HOSTRNG_1"];
 /// Created and used by the agent only: rule id -> rule name, so ids (and
 /// with them the counters) survive agent restarts.
 pub const MAP_RULE_NAMES: &str = "SDM_RULE_NAMES";
@@ -95,7 +105,15 @@ pub const PROG_DNS_QUERY: &str = "sdm_dns_query";
 pub const PROG_XDP: &str = "sdm_xdp";
 
 /// Every map the kernel programs declare, for pinning.
-pub const KERNEL_MAPS: [&str; 34] = [
+pub const KERNEL_MAPS: [&str; 42] = [
+    MAP_RANGE4[0],
+    MAP_RANGE4[1],
+    MAP_RANGE6[0],
+    MAP_RANGE6[1],
+    MAP_PORT_SETS[0],
+    MAP_PORT_SETS[1],
+    MAP_HOST_RANGES[0],
+    MAP_HOST_RANGES[1],
     MAP_PEERS,
     MAP_BACKSTOP,
     MAP_BACKSTOP_IFS,

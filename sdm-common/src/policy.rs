@@ -36,6 +36,16 @@ pub const RULE_CEILING: u32 = 131_072;
 /// a socket's next allowed send to that remote records it again).
 pub const PEER_ENTRIES: u32 = 65_536;
 
+/// Port ranges of more than this many ports are stored as port prefixes
+/// (`SDM_RANGE*`, `SDM_PORTSET_*`) instead of one entry per port.
+pub const RANGE_EXPAND_MAX: u32 = 16;
+/// Capacity of each range map. Like the CIDR tries they are never
+/// preallocated (the hostname one is created `BPF_F_NO_PREALLOC`), so it
+/// costs memory only for the entries in use.
+pub const MAX_RANGE_ENTRIES: u32 = 131_072;
+/// Bits of a [`PortSetKey`] before the port: the set id, matched in full.
+pub const PORT_SET_HEADER_BITS: u32 = 32;
+
 /// Bits of the trie key before the address.
 pub const CIDR_HEADER_BITS: u32 = 32;
 
@@ -126,6 +136,25 @@ pub struct RuleRef {
     pub rule: u32,
 }
 
+/// Value of `SDM_RANGE4/6_*` and `SDM_HOSTRNG_*`: the port set whose
+/// prefixes `SDM_PORTSET_*` holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSet {
+    pub set: u32,
+}
+
+/// Data of a `SDM_PORTSET_*` trie key: a port set id and a port, both
+/// big-endian (matched bit by bit); prefix length =
+/// [`PORT_SET_HEADER_BITS`] + the port prefix's bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortSetKey {
+    pub set: [u8; 4],
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
 /// A rule's state in one policy slot (`SDM_RULES`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -191,6 +220,8 @@ const _: () = assert!(core::mem::size_of::<Cidr4>() == 8);
 const _: () = assert!(core::mem::size_of::<Cidr6>() == 20);
 const _: () = assert!(core::mem::size_of::<RuleRef>() == 4);
 const _: () = assert!(core::mem::size_of::<RuleState>() == 4);
+const _: () = assert!(core::mem::size_of::<PortSet>() == 4);
+const _: () = assert!(core::mem::size_of::<PortSetKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleName>() == 96);
 const _: () = assert!(core::mem::size_of::<SockState>() == 48);
 const _: () = assert!(core::mem::size_of::<PeerKey>() == 32);

@@ -103,9 +103,11 @@ static DNSQ_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNSQ_STATS_S
 #[map(name = "SDM_DNSQ_PROGS")]
 static DNSQ_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "SDM_LEARNED4")]
-static LEARNED4: HashMap<[u8; 4], Learned> = HashMap::with_max_entries(LEARNED_ENTRIES, 0);
+pub(crate) static LEARNED4: HashMap<[u8; 4], Learned> =
+    HashMap::with_max_entries(LEARNED_ENTRIES, 0);
 #[map(name = "SDM_LEARNED6")]
-static LEARNED6: HashMap<[u8; 16], Learned> = HashMap::with_max_entries(LEARNED_ENTRIES, 0);
+pub(crate) static LEARNED6: HashMap<[u8; 16], Learned> =
+    HashMap::with_max_entries(LEARNED_ENTRIES, 0);
 #[map(name = "SDM_HOSTPORT_0")]
 static HOST_PORTS_0: HashMap<HostPortKey, u32> = HashMap::with_max_entries(MAX_HOST_PORTS, 0);
 #[map(name = "SDM_HOSTPORT_1")]

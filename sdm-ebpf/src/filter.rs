@@ -26,8 +26,10 @@
 //!     lookups, whatever the policy size.
 //!  6. The allowlist of this direction (policy.rs): exact (direction,
 //!     protocol, port, address) in a hash map, then (direction, protocol,
-//!     port, CIDR) in an LPM trie, then addresses learned from DNS answers
-//!     (dns.rs). Hit: allow, cache the verdict on the socket.
+//!     port, CIDR) in an LPM trie, then port ranges of more than 16 ports
+//!     (address prefix, then port prefix, two LPM tries: ranges.rs), then
+//!     addresses learned from DNS answers (dns.rs) and their hostnames'
+//!     port ranges. Hit: allow, cache the verdict on the socket.
 //!     After 5 or 6 on egress (and for a loopback resolver passed at 1): a
 //!     packet to a trusted resolver's port 53 is noted for the DNS learning
 //!     and, with `[dns] queries = "policy"`, judged by its question in the

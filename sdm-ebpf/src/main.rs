@@ -17,8 +17,8 @@
 //!     a source route: deny `source_route` (2-4 are `parse`).
 //!  5. The socket's cached verdict (`sock`) for this flow, rule still live:
 //!     allow.
-//!  6. The allowlist (`policy`): exact, CIDR, then DNS-learned addresses:
-//!     allow and cache. After 5 or 6 on egress, a query to a trusted
+//!  6. The allowlist (`policy`): exact, CIDR, port ranges (`ranges`), then
+//!     DNS-learned addresses (and their hostnames' ranges): allow and cache. After 5 or 6 on egress, a query to a trusted
 //!     resolver is noted and, with `[dns] queries = "policy"`, judged
 //!     (DNS Q1-Q5 below).
 //!  7. The reverse allowlist, for replies: allow.
@@ -60,7 +60,7 @@
 //! allows at step 6 while the shield is on.
 //!
 //! Modules: `filter`, `parse`, `policy`, `sock`, `sock_addr`, `events`,
-//! `stats`, `maps` (shared with the agent), `dns`, `backstop`, `xdp`, and
+//! `stats`, `maps` (shared with the agent), `ranges`, `dns`, `backstop`, `xdp`, and
 //! `runtime` (panic handler and license).
 #![no_std]
 #![no_main]
@@ -76,6 +76,7 @@ mod filter;
 mod maps;
 mod parse;
 mod policy;
+mod ranges;
 mod runtime;
 mod sock;
 mod sock_addr;

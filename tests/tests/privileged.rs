@@ -27,6 +27,7 @@ mod faults;
 mod flows;
 mod lab;
 mod prometheus;
+mod ranges;
 mod reload;
 mod sockets;
 mod targets;

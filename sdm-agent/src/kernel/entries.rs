@@ -10,16 +10,23 @@ use std::{
 use ipnet::IpNet;
 use sdm_common::{
     dns_host_id, dns_name_key, dns_wire_name, Cidr4, Cidr6, DnsHost, HostPortKey, Key4, Key6,
-    CIDR_HEADER_BITS, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_HOST_PORTS, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    PortSetKey, CIDR_HEADER_BITS, MAX_CIDR_ENTRIES, MAX_EXACT_ENTRIES, MAX_HOST_PORTS,
+    MAX_RANGE_ENTRIES, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::policy::{Direction, Policy, Proto, Rule, Target};
+
+pub mod ranges;
+
+use ranges::{Claims, RANGE_EXPAND_MAX};
 
 /// An LPM trie entry: (prefix length in bits, including the 32 bits of
 /// direction, protocol and port, then the key data).
 pub type Cidr4Entry = (u32, Cidr4);
 pub type Cidr6Entry = (u32, Cidr6);
+/// A port set trie entry: (prefix length in bits, including the 32 bits of
+/// the set id, then the key data).
+pub type PortSetEntry = (u32, PortSetKey);
 
 /// What one slot of the allowlist maps holds: key -> rule id.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,6 +39,14 @@ pub struct Entries {
     /// address learned in the kernel from a DNS answer for that hostname
     /// may reach.
     pub host_ports: BTreeMap<HostPortKey, u32>,
+    /// Port ranges (see [`ranges`]): (direction, protocol, port 0, address
+    /// prefix) -> port set id.
+    pub range4: BTreeMap<Cidr4Entry, u32>,
+    pub range6: BTreeMap<Cidr6Entry, u32>,
+    /// (hostname's host id, port 0, protocol, direction) -> port set id.
+    pub host_ranges: BTreeMap<HostPortKey, u32>,
+    /// (port set id, port prefix) -> rule.
+    pub port_sets: BTreeMap<PortSetEntry, u32>,
     /// Rule ids live in this slot.
     pub rules: BTreeSet<u32>,
 }
@@ -43,6 +58,11 @@ impl Entries {
             + self.cidr4.len()
             + self.cidr6.len()
             + self.host_ports.len()
+            + self.range_len()
+    }
+    /// Entries of the range maps alone.
+    pub fn range_len(&self) -> usize {
+        self.range4.len() + self.range6.len() + self.host_ranges.len() + self.port_sets.len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -58,6 +78,14 @@ impl Entries {
             ("IPv4 CIDR", self.cidr4.len(), MAX_CIDR_ENTRIES),
             ("IPv6 CIDR", self.cidr6.len(), MAX_CIDR_ENTRIES),
             ("hostname port", self.host_ports.len(), MAX_HOST_PORTS),
+            ("IPv4 port range", self.range4.len(), MAX_RANGE_ENTRIES),
+            ("IPv6 port range", self.range6.len(), MAX_RANGE_ENTRIES),
+            (
+                "hostname port range",
+                self.host_ranges.len(),
+                MAX_RANGE_ENTRIES,
+            ),
+            ("port set", self.port_sets.len(), MAX_RANGE_ENTRIES),
         ]
         .into_iter()
         .find(|(_, need, max)| *need > *max as usize)
@@ -68,8 +96,8 @@ impl Entries {
 /// An allowlist too big for one of the kernel maps.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the allowlist needs {need} {what} entries (one per address, protocol and port), more than \
-     the {max} the kernel map holds"
+    "the allowlist needs {need} {what} entries (one per address, protocol and port; a range of \
+     more than 16 ports takes at most 30), more than the {max} the kernel map holds"
 )]
 pub struct Overflow {
     pub what: &'static str,
@@ -82,14 +110,15 @@ pub struct Overflow {
 /// counting at the first overflow, so a huge config costs bounded memory.
 pub fn static_overflow(policy: &Policy) -> Option<Overflow> {
     let mut out = Entries::default();
+    let mut claims = Claims::default();
     for rule in &policy.rules {
         for target in &rule.targets {
             match target {
-                Target::Cidr(net) => add_net(&mut out, rule, 0, *net),
+                Target::Cidr(net) => add_net(&mut out, &mut claims, rule, 0, *net),
                 // A hostname's ports are known before it resolves.
                 Target::Host(h) => {
                     if let Some((key, _)) = dns_name_key(h) {
-                        add_host_ports(&mut out, rule, 0, dns_host_id(key));
+                        add_host_ports(&mut out, &mut claims, rule, 0, dns_host_id(key));
                     }
                 }
             }
@@ -98,7 +127,9 @@ pub fn static_overflow(policy: &Policy) -> Option<Overflow> {
             }
         }
     }
-    None
+    // Ranges take at most 30 entries each: counted once, at the end.
+    claims.finish(&mut out);
+    out.overflow()
 }
 
 /// Changes that turn one map's contents into another's.
@@ -163,6 +194,7 @@ pub fn build<'a>(
     resolved: impl Fn(&str) -> &'a [IpAddr],
 ) -> Entries {
     let mut out = Entries::default();
+    let mut claims = Claims::default();
     for rule in &policy.rules {
         let Some(&id) = ids.get(&rule.name) else {
             continue;
@@ -172,23 +204,31 @@ pub fn build<'a>(
             match target {
                 Target::Host(h) => {
                     for addr in resolved(h) {
-                        add_net(&mut out, rule, id, IpNet::from(*addr));
+                        add_net(&mut out, &mut claims, rule, id, IpNet::from(*addr));
                     }
                     if let Some((key, _)) = dns_name_key(h) {
-                        add_host_ports(&mut out, rule, id, dns_host_id(key));
+                        add_host_ports(&mut out, &mut claims, rule, id, dns_host_id(key));
                     }
                 }
-                Target::Cidr(net) => add_net(&mut out, rule, id, *net),
+                Target::Cidr(net) => add_net(&mut out, &mut claims, rule, id, *net),
             }
         }
     }
+    claims.finish(&mut out);
     out
 }
 
-fn add_host_ports(out: &mut Entries, rule: &Rule, id: u32, host: u32) {
+fn add_host_ports(out: &mut Entries, claims: &mut Claims, rule: &Rule, id: u32, host: u32) {
     let dir = dir_code(rule.direction);
     for proto in &rule.protos {
         for range in &rule.ports {
+            if range.len() > RANGE_EXPAND_MAX {
+                for v6 in [false, true] {
+                    let p = proto_code(*proto, v6);
+                    claims.add_host(host, dir, p, id, range.lo, range.hi);
+                }
+                continue;
+            }
             for port in range.iter() {
                 // Both address families: the learned address says which.
                 for v6 in [false, true] {
@@ -253,7 +293,7 @@ pub fn dns_names_and_search(policy: &Policy, search: &[String]) -> BTreeMap<u64,
     names
 }
 
-fn add_net(out: &mut Entries, rule: &Rule, id: u32, net: IpNet) {
+fn add_net(out: &mut Entries, claims: &mut Claims, rule: &Rule, id: u32, net: IpNet) {
     let net = net.trunc();
     let mut dirs = vec![dir_code(rule.direction)];
     // On loopback both ends are this host: a client connecting to an
@@ -264,6 +304,11 @@ fn add_net(out: &mut Entries, rule: &Rule, id: u32, net: IpNet) {
     for dir in dirs {
         for proto in &rule.protos {
             for range in &rule.ports {
+                if range.len() > RANGE_EXPAND_MAX {
+                    let p = proto_code(*proto, matches!(net, IpNet::V6(_)));
+                    claims.add_net(dir, p, net, id, range.lo, range.hi);
+                    continue;
+                }
                 for port in range.iter() {
                     insert(out, &net, dir, *proto, port, id);
                 }

@@ -139,7 +139,44 @@ fn live_addresses(live: &Entries) -> BTreeMap<u32, BTreeSet<String>> {
             addrs.entry(*id).or_default().insert(n.to_string());
         }
     }
+    range_addresses(live, &mut addrs);
     addrs
+}
+
+/// The prefixes of the port range maps, under every rule of their port
+/// set (a prefix inside another holds the covering prefix's ranges too).
+fn range_addresses(live: &Entries, addrs: &mut BTreeMap<u32, BTreeSet<String>>) {
+    let mut set_rules: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    for ((_, k), id) in &live.port_sets {
+        set_rules
+            .entry(u32::from_be_bytes(k.set))
+            .or_default()
+            .insert(*id);
+    }
+    let nets = live
+        .range4
+        .iter()
+        .map(|((plen, k), set)| (IpAddr::from(k.addr), *plen, *set))
+        .chain(
+            live.range6
+                .iter()
+                .map(|((plen, k), set)| (IpAddr::from(k.addr), *plen, *set)),
+        );
+    for (addr, plen, set) in nets {
+        let full = if addr.is_ipv4() { 32 } else { 128 };
+        let len = (plen - CIDR_HEADER_BITS) as u8;
+        let Ok(n) = IpNet::new(addr, len) else {
+            continue;
+        };
+        let shown = if len == full {
+            addr.to_string()
+        } else {
+            n.to_string()
+        };
+        for id in set_rules.get(&set).into_iter().flatten() {
+            addrs.entry(*id).or_default().insert(shown.clone());
+        }
+    }
 }
 
 /// Every rule of the live policy (and every rule the agent recorded), with
@@ -257,3 +294,6 @@ fn learned_statuses(
     learned.sort_by(|a, b| (&a.hostname, a.address).cmp(&(&b.hostname, b.address)));
     Ok(learned)
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,6 +4,7 @@
 //! names and counters), [`slots`] (the two policy slots and the flip).
 
 mod dns;
+mod ranges;
 mod rules;
 mod slots;
 
@@ -14,10 +15,11 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use sdm_common::{
-    Cidr4, Cidr6, Counter, DnsHost, HostPortKey, KernelConfig, Key4, Key6, Learned, ResolverKey,
-    RuleName, RuleRef, RuleState, MAP_CIDR4, MAP_CIDR6, MAP_CONFIG, MAP_DENY_STATS, MAP_DNSQ_STATS,
-    MAP_DNS_NAMES, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4, MAP_EXACT6, MAP_HOST_PORTS,
-    MAP_LEARNED4, MAP_LEARNED6, MAP_RULES, MAP_RULE_NAMES, MAP_RULE_STATS,
+    Cidr4, Cidr6, Counter, DnsHost, HostPortKey, KernelConfig, Key4, Key6, Learned, PortSet,
+    PortSetKey, ResolverKey, RuleName, RuleRef, RuleState, MAP_CIDR4, MAP_CIDR6, MAP_CONFIG,
+    MAP_DENY_STATS, MAP_DNSQ_STATS, MAP_DNS_NAMES, MAP_DNS_RESOLVERS, MAP_DNS_STATS, MAP_EXACT4,
+    MAP_EXACT6, MAP_HOST_PORTS, MAP_HOST_RANGES, MAP_LEARNED4, MAP_LEARNED6, MAP_PORT_SETS,
+    MAP_RANGE4, MAP_RANGE6, MAP_RULES, MAP_RULE_NAMES, MAP_RULE_STATS,
 };
 
 use super::{io_err, map_err, DataplaneError, Layout};
@@ -41,6 +43,10 @@ pub struct Maps {
     deny_stats: PerCpuArray<MapData, Counter>,
     rule_names: Array<MapData, RuleName>,
     host_ports: [HashMap<MapData, HostPortKey, u32>; 2],
+    range4: [LpmTrie<MapData, Cidr4, PortSet>; 2],
+    range6: [LpmTrie<MapData, Cidr6, PortSet>; 2],
+    port_sets: [LpmTrie<MapData, PortSetKey, RuleRef>; 2],
+    host_ranges: [HashMap<MapData, HostPortKey, PortSet>; 2],
     dns_names: HashMap<MapData, u64, DnsHost>,
     dns_resolvers: HashMap<MapData, ResolverKey, u32>,
     dns_stats: PerCpuArray<MapData, u64>,
@@ -111,6 +117,16 @@ impl Maps {
             host_ports: [
                 typed!(layout, MAP_HOST_PORTS[0]),
                 typed!(layout, MAP_HOST_PORTS[1]),
+            ],
+            range4: [typed!(layout, MAP_RANGE4[0]), typed!(layout, MAP_RANGE4[1])],
+            range6: [typed!(layout, MAP_RANGE6[0]), typed!(layout, MAP_RANGE6[1])],
+            port_sets: [
+                typed!(layout, MAP_PORT_SETS[0]),
+                typed!(layout, MAP_PORT_SETS[1]),
+            ],
+            host_ranges: [
+                typed!(layout, MAP_HOST_RANGES[0]),
+                typed!(layout, MAP_HOST_RANGES[1]),
             ],
             dns_names: typed!(layout, MAP_DNS_NAMES),
             dns_resolvers: typed!(layout, MAP_DNS_RESOLVERS),

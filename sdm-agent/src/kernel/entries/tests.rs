@@ -163,6 +163,17 @@ fn search_suffixes_are_query_only_wildcards() {
     assert_ne!(names[&corp_key].host, sdm_common::DNS_HOST_QUERY_ONLY);
 }
 
+/// Every port, as 4096 ranges of 16: each expanded to one entry per port
+/// (a single range of more than 16 ports takes at most 30 entries).
+fn every_port_expanded() -> Vec<PortRange> {
+    (0..4096u16)
+        .map(|i| PortRange {
+            lo: i * 16,
+            hi: i * 16 + 15,
+        })
+        .collect()
+}
+
 #[test]
 fn hostname_ports_are_counted_before_anything_resolves() {
     let host_rule = |name: &str, host: &str| {
@@ -170,7 +181,7 @@ fn hostname_ports_are_counted_before_anything_resolves() {
             name,
             Direction::Egress,
             vec![Proto::Tcp],
-            vec![PortRange { lo: 1, hi: 65535 }],
+            every_port_expanded(),
             vec![Target::Host(host.into())],
         )
     };
@@ -181,9 +192,15 @@ fn hostname_ports_are_counted_before_anything_resolves() {
     let two = Policy {
         rules: vec![host_rule("a", "a.example"), host_rule("b", "b.example")],
     };
-    let o = static_overflow(&two).expect("2 x 65535 hostname ports overflow");
+    let o = static_overflow(&two).expect("2 x 65536 hostname ports overflow");
     assert_eq!(o.what, "hostname port");
     assert_eq!(o.max, MAX_HOST_PORTS);
+    // The same as one range each: a port set per hostname.
+    let mut two = two;
+    for r in &mut two.rules {
+        r.ports = vec![PortRange { lo: 0, hi: 65535 }];
+    }
+    assert_eq!(static_overflow(&two), None);
 }
 
 #[test]
@@ -193,7 +210,7 @@ fn overflow_names_the_first_full_map() {
             "wide",
             Direction::Egress,
             vec![Proto::Tcp],
-            vec![PortRange { lo: 1, hi: 65535 }],
+            every_port_expanded(),
             targets,
         )],
     };
@@ -202,9 +219,9 @@ fn overflow_names_the_first_full_map() {
             .map(|i| Target::Cidr(format!("192.0.2.{i}/32").parse().unwrap()))
             .collect()
     };
-    // 2 x 65535 fit in 131072; 3 x 65535 do not.
+    // 2 x 65536 fit in 131072; 3 x 65536 do not.
     assert_eq!(static_overflow(&wide(ips(2))), None);
-    let o = static_overflow(&wide(ips(3))).expect("3 x 65535 entries overflow");
+    let o = static_overflow(&wide(ips(3))).expect("3 x 65536 entries overflow");
     assert_eq!(o.what, "exact IPv4");
     assert_eq!(o.max, MAX_EXACT_ENTRIES);
     assert!(o.need > MAX_EXACT_ENTRIES as usize, "{o:?}");
@@ -215,16 +232,24 @@ fn overflow_names_the_first_full_map() {
     let ids: BTreeMap<String, u32> = [("wide".to_string(), 1)].into();
     let addrs: Vec<IpAddr> = (1..=3).map(|i| IpAddr::from([192, 0, 2, i])).collect();
     let e = build(&host, &ids, |_| &addrs[..]);
-    assert_eq!(e.overflow().map(|o| o.need), Some(3 * 65535));
+    assert_eq!(e.overflow().map(|o| o.need), Some(3 * 65536));
     let e = build(&host, &ids, |_| &addrs[..2]);
     assert_eq!(e.overflow(), None);
+    // As one range, the three addresses take one entry each and share a set.
+    let mut one_range = host.clone();
+    one_range.rules[0].ports = vec![PortRange { lo: 0, hi: 65535 }];
+    let e = build(&one_range, &ids, |_| &addrs[..]);
+    assert_eq!(
+        (e.overflow(), e.range4.len(), e.port_sets.len()),
+        (None, 3, 1)
+    );
     // CIDRs fill the trie.
     let cidrs: Vec<Target> = (0..=255u8)
         .map(|i| Target::Cidr(format!("10.{i}.0.0/16").parse().unwrap()))
         .collect();
     let mut p = wide(cidrs);
-    p.rules[0].ports = vec![PortRange { lo: 1, hi: 1000 }];
-    let o = static_overflow(&p).expect("256 x 1000 CIDR entries overflow");
+    p.rules[0].ports = every_port_expanded()[..64].to_vec();
+    let o = static_overflow(&p).expect("256 x 1024 CIDR entries overflow");
     assert_eq!((o.what, o.max), ("IPv4 CIDR", MAX_CIDR_ENTRIES));
 }
 

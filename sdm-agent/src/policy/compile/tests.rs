@@ -458,9 +458,10 @@ fn limits() {
     c.allow.truncate(ceiling - 6);
     assert_eq!(compile(&c, &[ip("10.0.0.2")]).unwrap().rules.len(), ceiling);
 
-    // Every port in one rule is fine (on a CIDR: a hostname's 65535
-    // ports beside the role's own hostname ports would not fit the
-    // hostname-port map, which is refused below).
+    // Every port in one rule is fine, on a CIDR or a hostname (a range
+    // takes at most 30 entries); as ranges of 16 ports, expanded one entry
+    // per port, a hostname's 65536 ports beside the role's own hostname
+    // ports would not fit the hostname-port map, which is refused.
     let mut c = Config::default();
     c.allow.push(AllowConfig {
         name: "all".into(),
@@ -472,6 +473,13 @@ fn limits() {
     assert!(compile(&c, &[]).is_ok());
     let mut on_a_host = c.clone();
     on_a_host.allow[0].targets = vec![host("h.example")];
+    assert!(compile(&on_a_host, &[]).is_ok());
+    on_a_host.allow[0].ports = (0..4096u16)
+        .map(|i| PortRange {
+            lo: i * 16,
+            hi: i * 16 + 15,
+        })
+        .collect();
     match compile(&on_a_host, &[]) {
         Err(e @ CompileError::TooManyEntries(_)) => {
             assert!(e.to_string().contains("hostname port"), "{e}");
@@ -499,17 +507,23 @@ fn limits() {
         Err(CompileError::TooManyPorts { .. })
     ));
 
-    // Every port of three fixed addresses: 196605 exact entries, more
-    // than a map holds; `check` says so rather than `run` failing later.
+    // Almost every port of three fixed addresses, as ranges of 16 ports
+    // (each expanded): 196560 exact entries, more than a map holds; `check`
+    // says so rather than `run` failing later.
     let mut c = Config::default();
     c.allow.push(AllowConfig {
         name: "wide".into(),
         direction: Direction::Egress,
         proto: Proto::Tcp,
-        ports: vec![PortRange { lo: 1, hi: 65535 }],
+        ports: (0..4095u16)
+            .map(|i| PortRange {
+                lo: i * 16,
+                hi: i * 16 + 15,
+            })
+            .collect(),
         targets: vec![net("10.0.0.1/32"), net("10.0.0.2/32")],
     });
-    assert!(compile(&c, &[]).is_ok(), "2 x 65535 entries fit");
+    assert!(compile(&c, &[]).is_ok(), "2 x 65520 entries fit");
     c.allow[0].targets.push(net("10.0.0.3/32"));
     match compile(&c, &[]) {
         Err(e @ CompileError::TooManyEntries(_)) => {

@@ -44,6 +44,7 @@ impl Maps {
             let (k, v) = kv.map_err(map_err(MAP_HOST_PORTS[slot]))?;
             e.host_ports.insert(k, v);
         }
+        self.read_ranges(slot, &mut e)?;
         for id in 0..self.rule_capacity() {
             let s = self
                 .rules
@@ -92,6 +93,7 @@ impl Maps {
         self.shadow[idle] = None;
         let writes = self.write_addresses(idle, &have, want)?
             + self.write_host_ports(idle, &have, want)?
+            + self.write_ranges(idle, &have, want)?
             + self.write_rule_states(idle, &have, want)?;
         self.shadow[idle] = Some(want.clone());
 
