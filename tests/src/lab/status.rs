@@ -156,8 +156,8 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests;
 
-/// Whether `text` (an agent's error, a log) says "line <n>" and not
-/// "line <n>5": a config error names the line it is on.
+/// Whether `text` (an agent's error, a log) says `line N` and not
+/// `line N5`: a config error names the line it is on.
 pub fn names_line(text: &str, n: usize) -> bool {
     let pat = format!("line {n}");
     text.match_indices(&pat).any(|(i, _)| {
