@@ -400,8 +400,18 @@ fn wait_applied(lab: &Lab, after: u64, within: Duration) -> Value {
     .unwrap_or_else(|| panic!("no new policy generation after {after} within {within:?}: {last}"))
 }
 
+/// 448 ports as 28 ranges of 16 (443 among them): ranges of up to 16 ports
+/// are written one entry per port, wider ones as port prefixes (which never
+/// fill the maps), so this is what fills them.
+fn wide_ports() -> String {
+    (0..28)
+        .map(|i| format!("{}-{}", 1 + i * 20, 16 + i * 20))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// An allowlist that outgrows the kernel's exact map (a hostname whose
-/// rule opens 500 ports answers 300 addresses: 150,000 entries, the map
+/// rule opens 448 ports answers 300 addresses: 134,400 entries, the map
 /// holds 131,072): the update is refused with a log line naming the limit,
 /// counted in `sdm_policy_apply_errors_total`, shown in status, retried;
 /// the previous policy stays in force (its connections work, the new
@@ -422,9 +432,11 @@ fn allowlist_over_capacity_keeps_the_previous_policy() {
         &AgentConfig {
             top: "role = [\"api\"]\nmode = \"enforce\"".into(),
             dns: "ttl_min = \"1s\"\nttl_max = \"1h\"\ngrace = \"0s\"".into(),
-            tables: "[[allow]]\nname = \"wide\"\ndirection = \"egress\"\nports = \"1-500\"\n\
-                     to = \"wide.lab.test\"\n"
-                .into(),
+            tables: format!(
+                "[[allow]]\nname = \"wide\"\ndirection = \"egress\"\nports = \"{}\"\n\
+                 to = \"wide.lab.test\"\n",
+                wide_ports()
+            ),
         },
     );
     let hosts = ["app.strongdm.com", "wide.lab.test"];
@@ -443,7 +455,7 @@ fn allowlist_over_capacity_keeps_the_previous_policy() {
         Some(0.0)
     );
 
-    // 300 addresses x 500 ports: over capacity.
+    // 300 addresses x 448 ports: over capacity.
     let real = extra_ip(&lab, 0, 1);
     add_net_address(&lab, real);
     let mut over = many(&lab, 0, 299);
@@ -453,8 +465,8 @@ fn allowlist_over_capacity_keeps_the_previous_policy() {
     let s = lab.status();
     let err = s["policy_error"].as_str().unwrap_or_default().to_owned();
     assert!(
-        err.contains("needs 1500") && err.contains("more than the 131072"),
-        "status policy_error should name the need (150,000 and the other rules' few) and \
+        err.contains("needs 1344") && err.contains("more than the 131072"),
+        "status policy_error should name the need (134,400 and the other rules' few) and \
          the limit: {err}"
     );
     assert_eq!(generation(&s), g0, "nothing was flipped");
