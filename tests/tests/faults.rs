@@ -559,13 +559,20 @@ fn allowlist_over_capacity_keeps_the_previous_policy() {
     );
 
     // Fixed addresses that can never fit: `check` refuses the config.
+    // (Written, never sent to: `check` only compiles the policy.)
+    let fixed: Vec<String> = (0..300)
+        .map(|i| format!("\"198.18.{}.{}\"", i / 200, 1 + i % 200))
+        .collect();
     let bad = lab.write_config(
         "too-wide.toml",
         &AgentConfig {
             top: "role = [\"api\"]\nmode = \"enforce\"".into(),
-            tables: "[[allow]]\nname = \"all-ports\"\ndirection = \"egress\"\n\
-                     ports = \"1-65535\"\nto = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\"]\n"
-                .into(),
+            tables: format!(
+                "[[allow]]\nname = \"many-ports\"\ndirection = \"egress\"\n\
+                 ports = \"{}\"\nto = [{}]\n",
+                wide_ports(),
+                fixed.join(", ")
+            ),
             ..Default::default()
         },
     );
