@@ -103,11 +103,9 @@ static DNSQ_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNSQ_STATS_S
 #[map(name = "SDM_DNSQ_PROGS")]
 static DNSQ_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "SDM_LEARNED4")]
-pub(crate) static LEARNED4: HashMap<[u8; 4], Learned> =
-    HashMap::with_max_entries(LEARNED_ENTRIES, 0);
+static LEARNED4: HashMap<[u8; 4], Learned> = HashMap::with_max_entries(LEARNED_ENTRIES, 0);
 #[map(name = "SDM_LEARNED6")]
-pub(crate) static LEARNED6: HashMap<[u8; 16], Learned> =
-    HashMap::with_max_entries(LEARNED_ENTRIES, 0);
+static LEARNED6: HashMap<[u8; 16], Learned> = HashMap::with_max_entries(LEARNED_ENTRIES, 0);
 #[map(name = "SDM_HOSTPORT_0")]
 static HOST_PORTS_0: HashMap<HostPortKey, u32> = HashMap::with_max_entries(MAX_HOST_PORTS, 0);
 #[map(name = "SDM_HOSTPORT_1")]
@@ -268,10 +266,11 @@ pub fn hand_answer(ctx: &SkBuffContext, flow: &PacketFlow) {
     }
 }
 
-/// The rule a learned address allows for (port, protocol, direction) in
-/// policy `slot`, if it is learned and not expired.
+/// The host id of a learned, unexpired address: what both of a learned
+/// address's steps (single ports here, wide ranges in `ranges`) key on,
+/// looked up once per packet.
 #[inline(always)]
-pub fn learned_rule(slot: u32, flow: &PacketFlow, dir: TrafficDir, port: u16) -> Option<u32> {
+pub fn learned_host(flow: &PacketFlow) -> Option<u32> {
     // SAFETY: plain values, copied out.
     let learned = unsafe {
         if flow.v6 {
@@ -290,8 +289,21 @@ pub fn learned_rule(slot: u32, flow: &PacketFlow, dir: TrafficDir, port: u16) ->
     if unsafe { bpf_ktime_get_ns() } > learned.expires_ns {
         return None;
     }
+    Some(learned.host)
+}
+
+/// The rule a learned address of hostname `host` allows for (port,
+/// protocol, direction) in policy `slot`.
+#[inline(always)]
+pub fn host_port_rule(
+    slot: u32,
+    host: u32,
+    flow: &PacketFlow,
+    dir: TrafficDir,
+    port: u16,
+) -> Option<u32> {
     let key = HostPortKey {
-        host: learned.host,
+        host,
         port,
         proto: flow.proto,
         dir: dir as u8,
@@ -301,7 +313,7 @@ pub fn learned_rule(slot: u32, flow: &PacketFlow, dir: TrafficDir, port: u16) ->
     } else {
         &HOST_PORTS_1
     };
-    // SAFETY: as above.
+    // SAFETY: a plain value, copied out.
     unsafe { map.get(&key).copied() }
 }
 

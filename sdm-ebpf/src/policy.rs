@@ -115,10 +115,11 @@ fn ranges_then_learned(slot: u32, flow: &PacketFlow, dir: TrafficDir, port: u16)
     if let Some(r) = ranges::range_rule(slot, flow, dir, port) {
         return Some(r);
     }
-    if let Some(r) = dns::learned_rule(slot, flow, dir, port) {
+    let host = dns::learned_host(flow)?;
+    if let Some(r) = dns::host_port_rule(slot, host, flow, dir, port) {
         return Some(r);
     }
-    ranges::learned_range_rule(slot, flow, dir, port)
+    ranges::host_range_rule(slot, host, flow, dir, port)
 }
 
 /// ICMP echo request and reply types (RFC 792, RFC 4443).

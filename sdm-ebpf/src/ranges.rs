@@ -17,7 +17,6 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::generated::bpf_ktime_get_ns,
     macros::map,
     maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie},
 };
@@ -26,10 +25,7 @@ use sdm_common::{
     MAX_RANGE_ENTRIES, PORT_SET_HEADER_BITS,
 };
 
-use crate::{
-    dns::{LEARNED4, LEARNED6},
-    parse::PacketFlow,
-};
+use crate::parse::PacketFlow;
 
 #[map(name = "SDM_RANGE4_0")]
 static RANGE4_0: LpmTrie<Cidr4, PortSet> = LpmTrie::with_max_entries(MAX_RANGE_ENTRIES, 0);
@@ -105,35 +101,18 @@ pub(crate) fn range_rule(slot: u32, flow: &PacketFlow, dir: TrafficDir, port: u1
     port_rule(slot, set, port)
 }
 
-/// The range rule of a hostname whose address the kernel learned from a
-/// DNS answer (as `dns::learned_rule` does for single ports).
+/// The range rule of hostname `host`, whose address the kernel learned
+/// from a DNS answer (as `dns::host_port_rule` does for single ports).
 #[inline(always)]
-pub(crate) fn learned_range_rule(
+pub(crate) fn host_range_rule(
     slot: u32,
+    host: u32,
     flow: &PacketFlow,
     dir: TrafficDir,
     port: u16,
 ) -> Option<u32> {
-    // SAFETY: plain values, copied out.
-    let learned = unsafe {
-        if flow.v6 {
-            LEARNED6.get(&flow.remote).copied()
-        } else {
-            let a = [
-                flow.remote[0],
-                flow.remote[1],
-                flow.remote[2],
-                flow.remote[3],
-            ];
-            LEARNED4.get(&a).copied()
-        }
-    }?;
-    // SAFETY: no arguments.
-    if unsafe { bpf_ktime_get_ns() } > learned.expires_ns {
-        return None;
-    }
     let key = HostPortKey {
-        host: learned.host,
+        host,
         port: 0,
         proto: flow.proto,
         dir: dir as u8,
